@@ -1,0 +1,54 @@
+"""The one interface every firewall backend implements.
+
+A backend reads containers (zones, policies, direct tables) into a
+`FirewallView` and executes single operations.  It translates its own errors
+into `BackendUnavailable` / `OperationFailed` and reports idempotent cases
+(adding what is there, removing what is gone) as `Outcome.UNCHANGED` rather
+than as errors, so the transaction engine needs no backend knowledge.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from ..planner import Op
+from ..view import FirewallView
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"  # the firewall changed
+    UNCHANGED = "unchanged"  # it was already so (ALREADY_ENABLED / NOT_ENABLED)
+
+
+@dataclass(frozen=True)
+class KnownNames:
+    """Names the firewall knows, for validating policies against it."""
+
+    zones: frozenset[str]
+    policies: frozenset[str]
+    services: frozenset[str]
+    icmp_types: frozenset[str]
+
+
+class Backend(ABC):
+    """observe / execute / close; see module docstring."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+        """Read the given containers, one read each, into a view."""
+
+    @abstractmethod
+    async def execute(self, op: Op) -> Outcome:
+        """Apply one operation; raise OperationFailed if the firewall refuses it."""
+
+    async def known_names(self) -> KnownNames | None:
+        """Names to validate against, or None when the backend has no such notion."""
+        return None
+
+    async def close(self) -> None:
+        """Release connections; the default has none."""

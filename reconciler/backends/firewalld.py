@@ -1,0 +1,300 @@
+"""firewalld over D-Bus (dbus-fast, asyncio): never by spawning firewall-cmd.
+
+One connection; every call has a timeout; at most a few calls in flight
+(firewalld serves one call at a time, and dbus-fast has been seen to drop a
+connection with hundreds in flight).  firewalld's errors arrive as
+``org.fedoraproject.FirewallD1.Exception`` with a text ``CODE: detail``; the
+code is kept on `OperationFailed`, and ALREADY_ENABLED / NOT_ENABLED become
+`Outcome.UNCHANGED`.
+
+Zones have one runtime method per item kind.  Runtime policy objects only
+have get/setPolicySettings, so a policy item is a read-modify-write of one
+settings key (firewalld diffs the new list against the old one itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Collection
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from ..errors import BackendUnavailable, OperationFailed
+from ..model import (
+    DirectChain,
+    DirectRule,
+    ForwardPort,
+    IcmpBlock,
+    Interface,
+    Item,
+    Masquerade,
+    Port,
+    Protocol,
+    RichRule,
+    Scope,
+    ScopedItem,
+    Service,
+    Source,
+    SourcePort,
+)
+from ..planner import Op
+from ..ports import canonical_port
+from ..view import FirewallView
+from .base import Backend, KnownNames, Outcome
+
+BUS_NAME = "org.fedoraproject.FirewallD1"
+OBJECT_PATH = "/org/fedoraproject/FirewallD1"
+IFACE_MAIN = BUS_NAME
+IFACE_ZONE = BUS_NAME + ".zone"
+IFACE_POLICY = BUS_NAME + ".policy"
+IFACE_DIRECT = BUS_NAME + ".direct"
+FIREWALLD_EXCEPTION = BUS_NAME + ".Exception"
+# Errors that mean "it is already so": adding what is there, removing what is gone.
+IDEMPOTENT_CODES = {
+    "add": frozenset({"ALREADY_ENABLED", "ZONE_ALREADY_SET"}),
+    "remove": frozenset({"NOT_ENABLED", "UNKNOWN_SOURCE", "UNKNOWN_INTERFACE"}),
+}
+MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})
+UNAVAILABLE_ERRORS = frozenset(
+    {
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+        "org.freedesktop.DBus.Error.NoReply",
+        "org.freedesktop.DBus.Error.Disconnected",
+        "org.freedesktop.DBus.Error.Timeout",
+    }
+)
+
+# item kind -> (settings key, zone method suffix, D-Bus signature of the item args)
+_KINDS: dict[type[Item], tuple[str, str, str]] = {
+    Service: ("services", "Service", "s"),
+    Port: ("ports", "Port", "ss"),
+    Protocol: ("protocols", "Protocol", "s"),
+    SourcePort: ("source_ports", "SourcePort", "ss"),
+    IcmpBlock: ("icmp_blocks", "IcmpBlock", "s"),
+    Masquerade: ("masquerade", "Masquerade", ""),
+    ForwardPort: ("forward_ports", "ForwardPort", "ssss"),
+    RichRule: ("rich_rules", "RichRule", "s"),
+    Source: ("sources", "Source", "s"),
+    Interface: ("interfaces", "Interface", "s"),
+}
+# These zone add-methods take a trailing timeout argument (0 = permanent runtime).
+_TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
+# Zones report rich rules under "rules_str"; policies under "rich_rules".
+_ZONE_KEY_ALIASES = {"rich_rules": "rules_str"}
+
+
+def _item_args(item: ScopedItem) -> list[str]:
+    """The item's own arguments, in firewalld's order."""
+    match item:
+        case Service(name=v) | Protocol(name=v) | IcmpBlock(name=v) | Interface(name=v) | RichRule(rule=v) | Source(source=v):
+            return [v]
+        case Port() | SourcePort():
+            return [item.port, item.protocol]
+        case ForwardPort():
+            return [item.port, item.protocol, item.to_port, item.to_addr]
+        case Masquerade():
+            return []
+    raise TypeError(f"not a zone item: {item!r}")
+
+
+def _items_from_settings(scope: Scope, settings: dict[str, Variant]) -> list[Item]:
+    """Turn a getZoneSettings2/getPolicySettings reply into items."""
+
+    def value(key: str) -> Any:
+        if scope.kind == "zone":
+            key = _ZONE_KEY_ALIASES.get(key, key)
+        variant = settings.get(key)
+        return variant.value if variant is not None else None
+
+    builders: dict[type[Item], Callable[[Any], Item]] = {
+        Service: lambda v: Service(scope, v),
+        Port: lambda v: Port(scope, canonical_port(v[0]), v[1]),
+        Protocol: lambda v: Protocol(scope, v),
+        SourcePort: lambda v: SourcePort(scope, canonical_port(v[0]), v[1]),
+        IcmpBlock: lambda v: IcmpBlock(scope, v),
+        ForwardPort: lambda v: ForwardPort(scope, v[0], v[1], v[2], v[3]),
+        RichRule: lambda v: RichRule(scope, v),
+        Source: lambda v: Source(scope, v),
+        Interface: lambda v: Interface(scope, v),
+    }
+    items: list[Item] = []
+    for cls, build in builders.items():
+        items.extend(build(v) for v in value(_KINDS[cls][0]) or ())
+    if value("masquerade"):
+        items.append(Masquerade(scope))
+    return items
+
+
+class FirewalldBackend(Backend):
+    """See module docstring.  Use `connect()`; call `close()` when done."""
+
+    name = "firewalld"
+
+    def __init__(self, bus: MessageBus, *, timeout: float = 10.0, max_in_flight: int = 4) -> None:
+        self.bus = bus
+        self.timeout = timeout
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self.calls = 0  # every D-Bus method call made, for tests and metrics
+        self.writes = 0  # calls that change firewalld
+
+    @classmethod
+    async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> "FirewalldBackend":
+        """Connect to ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the system bus."""
+        address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+        try:
+            bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
+            await asyncio.wait_for(bus.connect(), timeout)
+        except (OSError, asyncio.TimeoutError, ValueError) as exc:
+            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address or 'default'}: {exc}") from exc
+        except Exception as exc:  # dbus-fast raises its own types for auth/handshake failures
+            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address or 'default'}: {exc}") from exc
+        return cls(bus, timeout=timeout)
+
+    async def close(self) -> None:
+        self.bus.disconnect()
+        try:
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2)
+        except (asyncio.TimeoutError, Exception):  # already gone is fine on close
+            pass
+
+    # -- raw calls -------------------------------------------------------------
+
+    async def call(self, interface: str, member: str, signature: str = "", body: list[Any] | None = None) -> list[Any]:
+        """One method call on firewalld; errors translated to fwrecon's types."""
+        message = Message(
+            destination=BUS_NAME,
+            path=OBJECT_PATH,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+        async with self._slots:
+            self.calls += 1
+            try:
+                reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
+            except asyncio.TimeoutError as exc:
+                raise BackendUnavailable(f"firewalld did not answer {member} within {self.timeout:g}s") from exc
+            except (OSError, EOFError) as exc:
+                raise BackendUnavailable(f"D-Bus connection lost during {member}: {exc}") from exc
+        if reply is None:
+            raise BackendUnavailable(f"D-Bus connection closed during {member}")
+        if reply.message_type == MessageType.ERROR:
+            text = str(reply.body[0]) if reply.body else reply.error_name or "unknown error"
+            if reply.error_name == FIREWALLD_EXCEPTION:
+                code = text.split(":", 1)[0].strip()
+                raise OperationFailed(f"firewalld {member}: {text}", code)
+            if reply.error_name in UNAVAILABLE_ERRORS:
+                raise BackendUnavailable(f"firewalld is not available ({reply.error_name}): {text}")
+            raise OperationFailed(f"{member}: {reply.error_name}: {text}", reply.error_name)
+        return list(reply.body)
+
+    # -- observe ---------------------------------------------------------------
+
+    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+        reads = [self._read(container) for container in sorted(containers)]
+        results = await asyncio.gather(*reads)
+        items: list[Item] = []
+        missing = []
+        for container, found in zip(sorted(containers), results):
+            if found is None:
+                missing.append(container)
+            else:
+                items.extend(found)
+        return FirewallView(items, containers, missing)
+
+    async def _read(self, container: tuple[str, ...]) -> list[Item] | None:
+        try:
+            match container:
+                case ("zone", name):
+                    (settings,) = await self.call(IFACE_ZONE, "getZoneSettings2", "s", [name])
+                    return _items_from_settings(Scope("zone", name), settings)
+                case ("policy", name):
+                    (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [name])
+                    return _items_from_settings(Scope("policy", name), settings)
+                case ("direct",):
+                    (chains,), (rules,) = await asyncio.gather(
+                        self.call(IFACE_DIRECT, "getAllChains"), self.call(IFACE_DIRECT, "getAllRules")
+                    )
+                    return [DirectChain(*c) for c in chains] + [
+                        DirectRule(r[0], r[1], r[2], int(r[3]), tuple(r[4])) for r in rules
+                    ]
+        except OperationFailed as exc:
+            if exc.code in MISSING_CONTAINER_CODES:
+                return None
+            raise
+        raise ValueError(f"unknown container {container!r}")
+
+    # -- execute ---------------------------------------------------------------
+
+    async def execute(self, op: Op) -> Outcome:
+        item = op.item
+        try:
+            if isinstance(item, DirectChain):
+                await self._write(IFACE_DIRECT, f"{op.action}Chain", "sss", [item.family, item.table, item.chain])
+            elif isinstance(item, DirectRule):
+                args = [item.family, item.table, item.chain, item.priority, list(item.args)]
+                await self._write(IFACE_DIRECT, f"{op.action}Rule", "sssias", args)
+            elif isinstance(item, ScopedItem) and item.scope.kind == "policy":
+                return await self._execute_policy_item(op, item)
+            elif isinstance(item, ScopedItem):
+                await self._execute_zone_item(op, item)
+            else:
+                raise TypeError(f"firewalld cannot hold {item!r}")
+        except OperationFailed as exc:
+            if exc.code in IDEMPOTENT_CODES[op.action]:
+                return Outcome.UNCHANGED
+            raise
+        return Outcome.APPLIED
+
+    async def _write(self, interface: str, member: str, signature: str, body: list[Any]) -> None:
+        self.writes += 1
+        await self.call(interface, member, signature, body)
+
+    async def _execute_zone_item(self, op: Op, item: ScopedItem) -> None:
+        _, suffix, item_sig = _KINDS[type(item)]
+        body: list[Any] = [item.scope.name, *_item_args(item)]
+        signature = "s" + item_sig
+        if op.action == "add" and type(item) in _TAKES_TIMEOUT:
+            body.append(0)
+            signature += "i"
+        await self._write(IFACE_ZONE, f"{op.action}{suffix}", signature, body)
+
+    async def _execute_policy_item(self, op: Op, item: ScopedItem) -> Outcome:
+        """Read the one settings key, change it, write it back."""
+        key, _, item_sig = _KINDS[type(item)]
+        if key in ("sources", "interfaces"):
+            raise OperationFailed(f"a firewalld policy cannot hold {key}", "INVALID_SETTING")
+        (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [item.scope.name])
+        if isinstance(item, Masquerade):
+            current = bool(settings["masquerade"].value) if "masquerade" in settings else False
+            wanted = op.action == "add"
+            if current == wanted:
+                return Outcome.UNCHANGED
+            new = Variant("b", wanted)
+        else:
+            present = [tuple(v) if isinstance(v, list) else v for v in (settings[key].value if key in settings else [])]
+            args = _item_args(item)
+            value: Any = tuple(args) if len(args) > 1 else args[0]
+            if (value in present) == (op.action == "add"):
+                return Outcome.UNCHANGED
+            values = present + [value] if op.action == "add" else [v for v in present if v != value]
+            signature = f"a({item_sig})" if len(item_sig) > 1 else "as"
+            new = Variant(signature, [list(v) if isinstance(v, tuple) else v for v in values])
+        await self._write(IFACE_POLICY, "setPolicySettings", "sa{sv}", [item.scope.name, {key: new}])
+        return Outcome.APPLIED
+
+    # -- names -----------------------------------------------------------------
+
+    async def known_names(self) -> KnownNames:
+        (zones,), (policies,), (services,), (icmp_types,) = await asyncio.gather(
+            self.call(IFACE_ZONE, "getZones"),
+            self.call(IFACE_POLICY, "getPolicies"),
+            self.call(IFACE_MAIN, "listServices"),
+            self.call(IFACE_MAIN, "listIcmpTypes"),
+        )
+        return KnownNames(frozenset(zones), frozenset(policies), frozenset(services), frozenset(icmp_types))

@@ -1,0 +1,50 @@
+"""An in-memory firewall that records every call: the test seam.
+
+Like httpx's mock transport, it ships in the package so tests (and other
+programs embedding the transaction engine) can check exact operation
+sequences without a firewall.  It follows firewalld's semantics for
+presence (port ranges merge and split) and idempotent errors, and can be told
+to refuse an item or to fail the Nth write call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from ..errors import OperationFailed
+from ..model import Item
+from ..planner import Op
+from ..view import FirewallView
+from .base import Backend, Outcome
+
+
+class MemoryBackend(Backend):
+    name = "memory"
+
+    def __init__(self, items: Iterable[Item] = (), *, refuse: Iterable[Item] = (), fail_on_call: int | None = None) -> None:
+        self.state = FirewallView(items)
+        self.refuse = set(refuse)
+        self.fail_on_call = fail_on_call
+        self.calls: list[str] = []  # every write, as "+ zone public port 80/tcp"
+        self.reads: list[tuple[str, ...]] = []
+
+    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+        self.reads.extend(sorted(containers))
+        wanted = set(containers)
+        return FirewallView((i for i in self.state.items() if i.container() in wanted), containers)
+
+    async def execute(self, op: Op) -> Outcome:
+        self.calls.append(op.describe())
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise OperationFailed(f"injected failure on call {self.fail_on_call}", "INJECTED")
+        if op.item in self.refuse:
+            raise OperationFailed(f"refused {op.item.describe()}", "INVALID_VALUE")
+        if op.action == "add":
+            if self.state.has(op.item):
+                return Outcome.UNCHANGED
+            self.state.add(op.item)
+        else:
+            if not self.state.has(op.item):
+                return Outcome.UNCHANGED
+            self.state.remove(op.item)
+        return Outcome.APPLIED

@@ -1,0 +1,155 @@
+"""The ``fwrecon`` command line: check, plan, apply and run.
+
+Exit codes are part of the interface, for scripts and CI:
+
+* ``check``: 0 all policies valid, 1 any invalid (one line per error).
+* ``plan``:  0 nothing to do, 2 changes pending, 1 error (invalid policy,
+  firewall unreachable).
+* ``apply``: 0 converged, 1 a policy failed (and was rolled back) or is
+  invalid, or the firewall is unreachable.
+* ``run``:   0 after SIGTERM/SIGINT, 1 on a fatal start-up error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from . import __version__
+from .backends.firewalld import FirewalldBackend
+from .engine import Reconciler
+from .errors import BackendUnavailable, FwreconError, StateError
+from .logsetup import configure_logging
+from .policy import LoadResult, load_policy_dir
+from .state import State, StateStore
+
+DEFAULT_POLICY_DIR = "/etc/fwrecon/policies.d"
+DEFAULT_STATE_FILE = "/var/lib/fwrecon/state.json"
+
+log = structlog.get_logger("fwrecon")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
+    common.add_argument("--bus-address", help="D-Bus address of the system bus firewalld is on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
+    common.add_argument("--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})")
+    common.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
+
+    parser = argparse.ArgumentParser(
+        prog="fwrecon",
+        description="Keep the host firewall (firewalld over D-Bus) equal to a directory of TOML policy files.",
+        epilog="Exit codes: check 0 valid / 1 invalid; plan 0 no changes / 2 changes pending / 1 error; apply 0 converged / 1 failed.",
+    )
+    parser.add_argument("--version", action="version", version=f"fwrecon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("check", parents=[common], help="validate policies; change nothing",
+                   description="Validate policy files offline and, when firewalld is reachable, check that the zones, policies, services and ICMP types they name exist. Changes nothing.")
+    plan = sub.add_parser("plan", parents=[common], help="print the operations apply would run",
+                          description="Print the operations 'apply' would run, one per line with the policy that wants it.")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("apply", parents=[common], help="reconcile once",
+                   description="Reconcile once: apply what is missing, remove what fwrecon owns and no policy wants.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format)
+    try:
+        return asyncio.run(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_errors(loaded: LoadResult, extra: dict[str, list[FwreconError]] | None = None) -> int:
+    errors = [str(e) for e in loaded.all_errors()]
+    for name in sorted(extra or {}):
+        errors.extend(str(e) for e in (extra or {})[name] if str(e) not in errors)
+    for line in errors:
+        print(line)
+    return len(errors)
+
+
+async def _connect(args: argparse.Namespace) -> FirewalldBackend:
+    return await FirewalldBackend.connect(args.bus_address)
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    loaded = load_policy_dir(args.policy_dir)
+    extra: dict[str, list[FwreconError]] = {}
+    try:
+        backend = await _connect(args)
+        try:
+            desired = await Reconciler(backend, StateStore(args.state_file)).desired(loaded, State())
+            extra = dict(desired.invalid)  # type: ignore[arg-type]
+        finally:
+            await backend.close()
+    except BackendUnavailable as exc:
+        print(f"note: firewalld not reachable, checked offline only ({exc})", file=sys.stderr)
+    count = _print_errors(loaded, extra)
+    if count == 0:
+        print(f"{len(loaded.policies)} policies valid")
+    return 1 if count else 0
+
+
+async def cmd_plan(args: argparse.Namespace) -> int:
+    loaded = load_policy_dir(args.policy_dir)
+    try:
+        backend = await _connect(args)
+        try:
+            plans, desired = await Reconciler(backend, StateStore(args.state_file)).plan(loaded)
+        finally:
+            await backend.close()
+    except (BackendUnavailable, StateError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    changes = [(plan.policy, op) for plan in plans for op in plan.ops]
+    errors = [str(e) for name in sorted(desired.invalid) for e in desired.invalid[name]]
+    if args.json:
+        print(json.dumps({
+            "changes": [{"policy": p, "action": op.action, "item": op.item.to_json(), "text": op.item.describe()} for p, op in changes],
+            "errors": errors,
+        }, indent=2))
+    else:
+        for policy, op in changes:
+            print(f"{op.describe()}  [{policy}]")
+        for line in errors:
+            print(line, file=sys.stderr)
+    if errors:
+        return 1
+    return 2 if changes else 0
+
+
+async def cmd_apply(args: argparse.Namespace) -> int:
+    loaded = load_policy_dir(args.policy_dir)
+    store = StateStore(args.state_file)
+    try:
+        with store.locked():
+            backend = await _connect(args)
+            try:
+                report = await Reconciler(backend, store).reconcile(loaded)
+            finally:
+                await backend.close()
+    except (BackendUnavailable, StateError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for outcome in report.outcomes:
+        for op, result in outcome.ops:
+            print(f"{op.describe()}  [{outcome.policy}]" + ("" if result.value == "applied" else f"  ({result.value})"))
+        if outcome.status == "failed":
+            print(f"FAILED {outcome.policy}: {outcome.error} (rolled back)")
+    for name in sorted(report.invalid):
+        for err in report.invalid[name]:
+            print(f"INVALID {err} (last good version kept)")
+    print(f"{report.write_ops} operations, {len(report.failed)} failed, {len(report.invalid)} invalid, {report.owned_items} owned items")
+    return 0 if report.converged and not report.invalid else 1
+
+
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply}

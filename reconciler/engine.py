@@ -1,0 +1,222 @@
+"""One reconcile: policies + observed firewall + ownership → transactions.
+
+This is the level-triggered core shared by ``fwrecon apply`` and the daemon:
+it always starts from what the files say and what the firewall holds now,
+never from a log of past events.  Each policy is one transaction; a policy
+that fails is rolled back and reported, and the policies after it are planned
+again against a fresh read of the firewall, so one broken policy cannot block
+or confuse the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from .backends.base import Backend, KnownNames, Outcome
+from .errors import BackendUnavailable, PolicyError
+from .model import DirectChain, Item
+from .planner import Op, Ownership, PolicyPlan, chain_in_use, plan_all, settle_ownership
+from .policy import LoadResult, check_references
+from .state import State, StateStore
+from .transaction import Transaction, TransactionFailed
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class PolicyOutcome:
+    policy: str
+    status: str  # "unchanged" | "applied" | "failed"
+    ops: list[tuple[Op, Outcome]] = field(default_factory=list)
+    error: str | None = None
+    code: str | None = None
+
+
+@dataclass
+class Desired:
+    """What every policy wants, and which policies are held at their last good state."""
+
+    items: dict[str, frozenset[Item]]
+    invalid: dict[str, list[PolicyError]]
+
+
+@dataclass
+class ReconcileReport:
+    outcomes: list[PolicyOutcome]
+    invalid: dict[str, list[PolicyError]]
+    owned_items: int
+    duration: float
+    write_ops: int = 0
+
+    @property
+    def failed(self) -> list[PolicyOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def converged(self) -> bool:
+        return not self.failed
+
+
+def desired_state(
+    loaded: LoadResult,
+    state: State,
+    known: KnownNames | None,
+    last_good: Mapping[str, frozenset[Item]] | None = None,
+) -> Desired:
+    """Valid policies want their items; an invalid one keeps its last good items.
+
+    The last good items are what the caller remembers (the daemon keeps them in
+    memory) or, failing that, what the policy owns according to the state file.
+    """
+    invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
+    items: dict[str, frozenset[Item]] = {}
+    for name, policy in loaded.policies.items():
+        problems = check_references(policy, known) if known is not None else []
+        if problems:
+            invalid[name] = problems
+        else:
+            items[name] = policy.items
+    for name in invalid:
+        if name in loaded.policies or name in loaded.errors:
+            held = (last_good or {}).get(name)
+            items[name] = held if held is not None else state.owned_by(name)
+    return Desired(items, invalid)
+
+
+def containers_for(desired: Mapping[str, frozenset[Item]], owned: Mapping[Item, frozenset[str]]) -> set[tuple[str, ...]]:
+    """Only the zones, policies and tables that desired or owned state mention."""
+    found = {item.container() for items in desired.values() for item in items}
+    found.update(item.container() for item in owned)
+    return found
+
+
+def build_transaction(plan: PolicyPlan) -> Transaction:
+    """The plan's ops in order; a chain is removed only if still empty when its turn comes."""
+    txn = Transaction(plan.policy)
+    for op in plan.ops:
+        if op.action == "remove" and isinstance(op.item, DirectChain):
+            txn.add_query(_remove_chain_if_empty(op.item))
+        else:
+            txn.add(op)
+    return txn
+
+
+def _remove_chain_if_empty(chain: DirectChain):  # type: ignore[no-untyped-def]
+    async def hook(txn: Transaction, backend: Backend) -> None:
+        view = await backend.observe({chain.container()})
+        if chain_in_use(view, chain):
+            log.warning("chain_kept", chain=chain.describe(), reason="it holds rules fwrecon does not own")
+        else:
+            txn.add(Op("remove", chain))
+
+    return hook
+
+
+class Reconciler:
+    """Runs reconciles against one backend and one state file."""
+
+    def __init__(self, backend: Backend, store: StateStore, *, check_names: bool = True) -> None:
+        self.backend = backend
+        self.store = store
+        self.check_names = check_names
+
+    async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
+        known = await self.backend.known_names() if self.check_names else None
+        return desired_state(loaded, state, known, last_good)
+
+    async def plan(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> tuple[list[PolicyPlan], Desired]:
+        """Observe and plan without changing anything (``fwrecon plan``)."""
+        state = self.store.load()
+        desired = await self.desired(loaded, state, last_good)
+        view = await self.backend.observe(containers_for(desired.items, state.owned))
+        return plan_all(desired.items, view, state.owned), desired
+
+    async def reconcile(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> ReconcileReport:
+        started = time.monotonic()
+        state = self.store.load()
+        if state.pending:
+            log.warning("interrupted_transaction_found", pending=state.pending)
+        desired = await self.desired(loaded, state, last_good)
+        for name, errors in desired.invalid.items():
+            for err in errors:
+                log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
+        outcomes: list[PolicyOutcome] = []
+        view = await self.backend.observe(containers_for(desired.items, state.owned))
+        plans = plan_all(desired.items, view, state.owned)
+        while plans:
+            plan = plans.pop(0)
+            outcome = await self._run_plan(plan, state)
+            outcomes.append(outcome)
+            if outcome.status == "failed" and plans:
+                remaining = {p.policy for p in plans}
+                view = await self.backend.observe(containers_for(desired.items, state.owned))
+                plans = [p for p in plan_all(desired.items, view, state.owned) if p.policy in remaining]
+        report = ReconcileReport(
+            outcomes,
+            desired.invalid,
+            owned_items=len(state.owned),
+            duration=time.monotonic() - started,
+            write_ops=sum(len(o.ops) for o in outcomes),
+        )
+        log.info(
+            "reconcile_done",
+            ops=report.write_ops,
+            failed=[o.policy for o in report.failed],
+            invalid=sorted(desired.invalid),
+            owned_items=report.owned_items,
+            duration_ms=round(report.duration * 1000, 2),
+        )
+        return report
+
+    async def _run_plan(self, plan: PolicyPlan, state: State) -> PolicyOutcome:
+        """Apply one policy's plan as a transaction, keeping the state file truthful."""
+        if plan.empty:
+            return PolicyOutcome(plan.policy, "unchanged")
+        before: Ownership = dict(state.owned)
+        if not plan.ops:
+            state.owned = settle_ownership(before, plan, [])
+            self.store.save(state)
+            return PolicyOutcome(plan.policy, "unchanged")
+        # Intent: claim what we are about to add before it exists, so a crash
+        # after the add can never leave an item nobody owns.
+        intent = settle_ownership(before, plan, [op for op in plan.ops if op.action == "add"])
+        intent.update({item: owners for item, owners in before.items() if item not in intent})
+        state.owned = intent
+        state.pending = {"policy": plan.policy, "ops": [op.describe() for op in plan.ops], "started": time.time()}
+        self.store.save(state)
+        try:
+            results = await build_transaction(plan).apply(self.backend)
+        except TransactionFailed as failure:
+            if isinstance(failure.cause, BackendUnavailable):
+                # We cannot know which ops landed: keep the intent (owning a
+                # little too much is safe) and let the caller retry later.
+                state.pending = None
+                self.store.save(state)
+                raise failure.cause
+            state.owned = before
+            for undo, _ in failure.rollback_errors:  # an add we could not undo is still ours
+                if undo.action == "remove":
+                    state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}
+            state.pending = None
+            self.store.save(state)
+            log.error(
+                "policy_failed",
+                policy=plan.policy,
+                op=failure.failed_op.describe() if failure.failed_op else None,
+                error=str(failure.cause),
+                code=getattr(failure.cause, "code", None),
+                rolled_back=len(failure.undone),
+            )
+            return PolicyOutcome(plan.policy, "failed", error=str(failure), code=getattr(failure.cause, "code", None))
+        added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
+        state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
+        state.pending = None
+        self.store.save(state)
+        for result in results:
+            log.debug("op_applied", policy=plan.policy, op=result.op.describe(), outcome=result.outcome.value)
+        return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
+

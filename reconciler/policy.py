@@ -1,0 +1,467 @@
+"""Policy files: a directory of TOML files, validated before anything applies.
+
+One file is one policy, named after the file stem.  Only ``*.toml`` files are
+read; hidden files, editor backups and temp files are ignored.  Every problem
+is reported as a `PolicyError` naming the file and the key path
+(``web.toml: zone.public.ports[1]: "80/tcpx" is not PORT[-PORT]/PROTO``); a
+file with any error yields no policy at all, so a half-valid file never
+applies half its rules.  Files that others could have written are refused.
+
+A policy only ever adds: an absent key, an empty list and ``masquerade =
+false`` all mean "not managed here", never "turn off".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import stat
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends.base import KnownNames
+from .errors import PolicyError
+from .model import (
+    DirectChain,
+    DirectRule,
+    ForwardPort,
+    IcmpBlock,
+    Interface,
+    Item,
+    Masquerade,
+    Port,
+    Protocol,
+    RichRule,
+    Scope,
+    Service,
+    Source,
+    SourcePort,
+)
+from .ports import PORT_PROTOCOLS, canonical_port
+from .richrule import RichRuleError, parse_rich_rule
+
+TOP_KEYS = ("description", "zone", "policy", "direct")
+SCOPE_LIST_KEYS = ("services", "ports", "protocols", "source_ports", "icmp_blocks", "rich_rules")
+ZONE_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports", "sources", "interfaces")
+POLICY_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports")
+FORWARD_PORT_KEYS = ("port", "protocol", "to_port", "to_addr")
+DIRECT_CHAIN_KEYS = ("family", "table", "chain")
+DIRECT_RULE_KEYS = ("family", "table", "chain", "priority", "args")
+DIRECT_TABLES = {
+    "ipv4": ("filter", "nat", "mangle", "raw", "security"),
+    "ipv6": ("filter", "nat", "mangle", "raw", "security"),
+    "eb": ("filter", "nat", "broute"),
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+_CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
+_INTERFACE = re.compile(r"^[^/\s:]{1,15}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A name the firewall must know (checked when it is reachable)."""
+
+    key: str
+    kind: str  # "zone" | "policy" | "service" | "icmp_type"
+    name: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    file: str
+    description: str
+    items: frozenset[Item]
+    references: tuple[Reference, ...] = ()
+
+
+@dataclass
+class LoadResult:
+    policies: dict[str, Policy] = field(default_factory=dict)
+    errors: dict[str, list[PolicyError]] = field(default_factory=dict)  # by policy name
+
+    def all_errors(self) -> list[PolicyError]:
+        return [err for name in sorted(self.errors) for err in self.errors[name]]
+
+
+def is_policy_file(path: Path) -> bool:
+    """``*.toml``, not hidden, not an editor's backup or lock file."""
+    name = path.name
+    return name.endswith(".toml") and not name.startswith((".", "#", "~")) and len(name) > len(".toml")
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if is_policy_file(p))
+
+
+def load_policy_dir(directory: Path | str) -> LoadResult:
+    """Load and validate every policy file in ``directory``.
+
+    A missing or unsafe directory is reported as an error of a pseudo-policy
+    named after the directory, so callers see it like any other error.
+    """
+    directory = Path(directory)
+    result = LoadResult()
+    try:
+        check_file_safety(directory, is_dir=True)
+        files = policy_files(directory)
+    except PolicyError as err:
+        result.errors[str(directory)] = [err]
+        return result
+    except OSError as exc:
+        result.errors[str(directory)] = [PolicyError(str(directory), "", f"cannot read policy directory: {exc.strerror}")]
+        return result
+    for path in files:
+        name = path.name[: -len(".toml")]
+        try:
+            result.policies[name] = load_policy_file(path)
+        except PolicyFileInvalid as invalid:
+            result.errors[name] = invalid.errors
+    return result
+
+
+class PolicyFileInvalid(Exception):
+    """All errors found in one file."""
+
+    def __init__(self, errors: list[PolicyError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(map(str, errors)))
+
+
+def check_file_safety(path: Path, *, is_dir: bool = False) -> None:
+    """Refuse files (and the directory) that someone else could have written."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        raise PolicyError(str(path), "", "does not exist") from exc
+    except OSError as exc:
+        raise PolicyError(str(path), "", f"cannot stat: {exc.strerror}") from exc
+    kind = "directory" if is_dir else "file"
+    if is_dir != stat.S_ISDIR(info.st_mode) or (not is_dir and not stat.S_ISREG(info.st_mode)):
+        raise PolicyError(str(path), "", f"not a regular {kind}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PolicyError(
+            str(path), "", f"refusing {kind} writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it"
+        )
+    if info.st_uid not in (0, os.geteuid()):
+        raise PolicyError(str(path), "", f"refusing {kind} owned by uid {info.st_uid} (must be root or uid {os.geteuid()})")
+
+
+def load_policy_file(path: Path) -> Policy:
+    """Parse and validate one file; raises PolicyFileInvalid with every error."""
+    label = path.name
+    name = path.name[: -len(".toml")]
+    try:
+        check_file_safety(path)
+        raw = path.read_bytes()
+    except PolicyError as err:
+        raise PolicyFileInvalid([PolicyError(label, "", err.message)]) from err
+    except OSError as exc:
+        raise PolicyFileInvalid([PolicyError(label, "", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PolicyFileInvalid([PolicyError(label, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyFileInvalid([PolicyError(label, "", f"TOML syntax error: {exc}")]) from exc
+    parser = _PolicyParser(label)
+    if not _POLICY_NAME.match(name):
+        parser.error("", f"policy name {name!r} (the file stem) may only hold letters, digits, '_', '.', '-'")
+    policy = parser.parse(name, data)
+    if parser.errors:
+        raise PolicyFileInvalid(parser.errors)
+    return policy
+
+
+def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:
+    """Errors for zones, policies, services and ICMP types firewalld lacks."""
+    pools = {
+        "zone": known.zones,
+        "policy": known.policies,
+        "service": known.services,
+        "icmp_type": known.icmp_types,
+    }
+    return [
+        PolicyError(policy.file, ref.key, f"{ref.kind.replace('_', ' ')} {ref.name!r} does not exist in firewalld")
+        for ref in policy.references
+        if ref.name not in pools[ref.kind]
+    ]
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+
+
+def _type_name(value: Any) -> str:
+    names = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table"}
+    return names.get(type(value), type(value).__name__)
+
+
+class _PolicyParser:
+    """Walks one file's TOML document, collecting items and errors."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.errors: list[PolicyError] = []
+        self.items: set[Item] = set()
+        self.references: list[Reference] = []
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(PolicyError(self.label, key, message))
+
+    # -- structure -----------------------------------------------------------
+
+    def parse(self, name: str, data: dict[str, Any]) -> Policy:
+        self.unknown_keys("", data, TOP_KEYS)
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            self.error("description", f"expected a string, got {_type_name(description)}")
+            description = ""
+        for kind, allowed in (("zone", ZONE_KEYS), ("policy", POLICY_KEYS)):
+            for scope_name, body in self.table(kind, data.get(kind, {})).items():
+                key = f"{kind}.{scope_name}"
+                if not _SCOPE_NAME.match(scope_name):
+                    self.error(key, f"{kind} name {scope_name!r} may only hold letters, digits, '_' and '-'")
+                    continue
+                self.references.append(Reference(key, kind, scope_name))
+                self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)  # type: ignore[arg-type]
+        self.direct(self.table("direct", data.get("direct", {})))
+        return Policy(name, self.label, description, frozenset(self.items), tuple(self.references))
+
+    def table(self, key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.error(key, f"expected a table, got {_type_name(value)}")
+            return {}
+        return value
+
+    def unknown_keys(self, prefix: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        for key in table:
+            if key not in allowed:
+                path = f"{prefix}.{key}" if prefix else key
+                self.error(path, f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def strings(self, key: str, value: Any) -> list[tuple[str, str]]:
+        """(key path of element, element) for an array of strings."""
+        if not isinstance(value, list):
+            self.error(key, f"expected an array of strings, got {_type_name(value)}")
+            return []
+        out = []
+        for index, element in enumerate(value):
+            if isinstance(element, str):
+                out.append((f"{key}[{index}]", element))
+            else:
+                self.error(f"{key}[{index}]", f"expected a string, got {_type_name(element)}")
+        return out
+
+    # -- zones and policies ----------------------------------------------------
+
+    def scope_items(self, scope: Scope, prefix: str, body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        self.unknown_keys(prefix, body, allowed)
+        simple: dict[str, Callable[[str, str], Item | None]] = {
+            "services": lambda k, v: self.named(k, v, "service", lambda n: Service(scope, n)),
+            "ports": lambda k, v: self.port(k, v, lambda p, proto: Port(scope, p, proto)),
+            "source_ports": lambda k, v: self.port(k, v, lambda p, proto: SourcePort(scope, p, proto)),
+            "protocols": lambda k, v: self.protocol(k, v, scope),
+            "icmp_blocks": lambda k, v: self.named(k, v, "icmp_type", lambda n: IcmpBlock(scope, n)),
+            "rich_rules": lambda k, v: self.rich_rule(k, v, scope),
+            "sources": lambda k, v: self.source(k, v, scope),
+            "interfaces": lambda k, v: self.interface(k, v, scope),
+        }
+        for key, build in simple.items():
+            if key in body and key in allowed:
+                for path, value in self.strings(f"{prefix}.{key}", body[key]):
+                    item = build(path, value)
+                    if item is not None:
+                        self.items.add(item)
+        if "masquerade" in body:
+            value = body["masquerade"]
+            if not isinstance(value, bool):
+                self.error(f"{prefix}.masquerade", f"expected true or false, got {_type_name(value)}")
+            elif value:
+                self.items.add(Masquerade(scope))
+        if "forward_ports" in body:
+            self.forward_ports(f"{prefix}.forward_ports", body["forward_ports"], scope)
+
+    def named(self, key: str, value: str, kind: str, build: Callable[[str], Item]) -> Item | None:
+        if not _NAME.match(value):
+            self.error(key, f"{_show(value)} is not a valid {kind.replace('_', ' ')} name")
+            return None
+        self.references.append(Reference(key, kind, value))
+        return build(value)
+
+    def port(self, key: str, value: str, build: Callable[[str, str], Item]) -> Item | None:
+        port, _, proto = value.strip().partition("/")
+        try:
+            if proto not in PORT_PROTOCOLS:
+                raise ValueError("bad protocol")
+            return build(canonical_port(port), proto)
+        except ValueError as exc:
+            detail = "" if str(exc) == "bad protocol" or "is not PORT" in str(exc) else f" ({exc})"
+            self.error(key, f"{_show(value)} is not PORT[-PORT]/PROTO with PROTO one of {'|'.join(PORT_PROTOCOLS)}{detail}")
+            return None
+
+    def protocol(self, key: str, value: str, scope: Scope) -> Item | None:
+        if value.isdigit():
+            if not 0 <= int(value) <= 255:
+                self.error(key, f"{_show(value)} is not a protocol number (0-255)")
+                return None
+            return Protocol(scope, value)
+        try:
+            socket.getprotobyname(value)
+        except OSError:
+            self.error(key, f"{_show(value)} is not a known IP protocol (see /etc/protocols)")
+            return None
+        return Protocol(scope, value)
+
+    def rich_rule(self, key: str, value: str, scope: Scope) -> Item | None:
+        try:
+            parsed = parse_rich_rule(value)
+        except RichRuleError as exc:
+            self.error(key, f"invalid rich rule: {exc}")
+            return None
+        self.references.extend(Reference(key, "service", s) for s in parsed.services)
+        self.references.extend(Reference(key, "icmp_type", i) for i in parsed.icmp_types)
+        return RichRule(scope, parsed.canonical)
+
+    def source(self, key: str, value: str, scope: Scope) -> Item | None:
+        text = value.strip()
+        if _MAC.match(text):
+            return Source(scope, text.upper())
+        if text.startswith("ipset:") and _NAME.match(text[len("ipset:") :]):
+            return Source(scope, text)
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            self.error(key, f"{_show(value)} is not an address, network, MAC address or ipset:NAME")
+            return None
+        return Source(scope, text)
+
+    def interface(self, key: str, value: str, scope: Scope) -> Item | None:
+        if not _INTERFACE.match(value) or value in (".", ".."):
+            self.error(key, f"{_show(value)} is not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+            return None
+        return Interface(scope, value)
+
+    def forward_ports(self, key: str, value: Any, scope: Scope) -> None:
+        if not isinstance(value, list):
+            self.error(key, f"expected an array of tables, got {_type_name(value)}")
+            return
+        for index, entry in enumerate(value):
+            path = f"{key}[{index}]"
+            if not isinstance(entry, dict):
+                self.error(path, f"expected a table like {{ port = \"80\", protocol = \"tcp\", to_port = \"8080\" }}, got {_type_name(entry)}")
+                continue
+            self.unknown_keys(path, entry, FORWARD_PORT_KEYS)
+            fields = {}
+            ok = True
+            for field_name in FORWARD_PORT_KEYS:
+                raw = entry.get(field_name, "")
+                if isinstance(raw, int) and not isinstance(raw, bool) and field_name in ("port", "to_port"):
+                    raw = str(raw)
+                if not isinstance(raw, str):
+                    self.error(f"{path}.{field_name}", f"expected a string, got {_type_name(raw)}")
+                    ok = False
+                    continue
+                fields[field_name] = raw.strip()
+            if not ok:
+                continue
+            ok = self.forward_port_fields(path, fields)
+            if ok:
+                to_port = canonical_port(fields["to_port"]) if fields["to_port"] else ""
+                self.items.add(ForwardPort(scope, canonical_port(fields["port"]), fields["protocol"], to_port, fields["to_addr"]))
+
+    def forward_port_fields(self, path: str, fields: dict[str, str]) -> bool:
+        ok = True
+        for name in ("port", "to_port"):
+            if not fields[name] and name == "to_port":
+                continue
+            try:
+                canonical_port(fields[name])
+            except ValueError:
+                self.error(f"{path}.{name}", f"{_show(fields[name])} is not PORT or PORT-PORT")
+                ok = False
+        if fields["protocol"] not in PORT_PROTOCOLS:
+            self.error(f"{path}.protocol", f"{_show(fields['protocol'])} is not one of {'|'.join(PORT_PROTOCOLS)}")
+            ok = False
+        if fields["to_addr"]:
+            try:
+                ipaddress.ip_address(fields["to_addr"])
+            except ValueError:
+                self.error(f"{path}.to_addr", f"{_show(fields['to_addr'])} is not an IP address")
+                ok = False
+        if not fields["to_port"] and not fields["to_addr"]:
+            self.error(path, "needs to_port, to_addr or both")
+            ok = False
+        return ok
+
+    # -- direct ----------------------------------------------------------------
+
+    def direct(self, body: dict[str, Any]) -> None:
+        self.unknown_keys("direct", body, ("chain", "rule"))
+        for section, keys in (("chain", DIRECT_CHAIN_KEYS), ("rule", DIRECT_RULE_KEYS)):
+            entries = body.get(section, [])
+            key = f"direct.{section}"
+            if not isinstance(entries, list):
+                self.error(key, f"expected an array of tables ([[{key}]]), got {_type_name(entries)}")
+                continue
+            for index, entry in enumerate(entries):
+                path = f"{key}[{index}]"
+                if not isinstance(entry, dict):
+                    self.error(path, f"expected a table, got {_type_name(entry)}")
+                    continue
+                self.unknown_keys(path, entry, keys)
+                item = self.direct_entry(path, section, entry)
+                if item is not None:
+                    self.items.add(item)
+
+    def direct_entry(self, path: str, section: str, entry: dict[str, Any]) -> Item | None:
+        errors_before = len(self.errors)
+        family = self.required_string(path, entry, "family")
+        table = self.required_string(path, entry, "table")
+        chain = self.required_string(path, entry, "chain")
+        if family is not None and family not in DIRECT_TABLES:
+            self.error(f"{path}.family", f"{_show(family)} is not one of ipv4|ipv6|eb")
+        elif family is not None and table is not None and table not in DIRECT_TABLES[family]:
+            self.error(f"{path}.table", f"{_show(table)} is not a {family} table ({'|'.join(DIRECT_TABLES[family])})")
+        if chain is not None and not _CHAIN.match(chain):
+            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name (1-28 of letters, digits, '_', '.', '-')")
+        if section == "chain":
+            if len(self.errors) > errors_before:
+                return None
+            return DirectChain(family, table, chain)  # type: ignore[arg-type]
+        priority = entry.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
+        args = entry.get("args")
+        if args is None:
+            self.error(f"{path}.args", "missing (the rule's arguments, e.g. [\"-p\", \"tcp\", \"-j\", \"ACCEPT\"])")
+        elif not isinstance(args, list) or not args:
+            self.error(f"{path}.args", "expected a non-empty array of strings")
+        else:
+            for index, arg in enumerate(args):
+                if not isinstance(arg, str) or not arg or any(c in arg for c in "\n\0"):
+                    self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
+        if len(self.errors) > errors_before:
+            return None
+        return DirectRule(family, table, chain, priority, tuple(args))  # type: ignore[arg-type]
+
+    def required_string(self, path: str, entry: dict[str, Any], key: str) -> str | None:
+        if key not in entry:
+            self.error(f"{path}.{key}", "missing")
+            return None
+        value = entry[key]
+        if not isinstance(value, str):
+            self.error(f"{path}.{key}", f"expected a string, got {_type_name(value)}")
+            return None
+        return value

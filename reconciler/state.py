@@ -1,0 +1,113 @@
+"""Ownership state: what fwrecon added, kept safe across crashes.
+
+fwrecon only ever removes what this file says it added.  Before a transaction
+runs, the items it is about to add are recorded as owned together with a
+``pending`` note (the intent); after it, the real outcome replaces that.  A
+crash in between leaves a file that claims a little too much, never too
+little: an owned item that is absent is simply re-added or let go on the next
+run, so nothing is orphaned and nothing is forgotten.
+
+Writes are atomic (temp file, fsync, rename, fsync of the directory).  A file
+that cannot be read or parsed raises `StateError`: silently starting empty
+would forget every rule fwrecon owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+from .model import Item
+from .planner import Ownership
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class State:
+    owned: Ownership = field(default_factory=dict)
+    pending: dict[str, Any] | None = None
+
+    def owned_by(self, policy: str) -> frozenset[Item]:
+        return frozenset(item for item, owners in self.owned.items() if policy in owners)
+
+
+class StateStore:
+    """Loads and atomically saves `State` at ``path``."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def load(self) -> State:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from exc
+        try:
+            data = json.loads(text)
+            if data.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unsupported version {data.get('version')!r}")
+            owned: Ownership = {}
+            for entry in data["owned"]:
+                owned[Item.from_json(entry["item"])] = frozenset(str(p) for p in entry["policies"])
+            return State(owned=owned, pending=data.get("pending"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StateError(
+                f"{self.path}: state file is corrupt ({exc}); refusing to start with an empty state, "
+                "which would forget the rules fwrecon owns. Repair or move the file away."
+            ) from exc
+
+    def save(self, state: State) -> None:
+        entries = sorted(
+            ({"item": item.to_json(), "policies": sorted(owners)} for item, owners in state.owned.items() if owners),
+            key=lambda e: json.dumps(e, sort_keys=True),
+        )
+        payload = json.dumps({"version": FORMAT_VERSION, "owned": entries, "pending": state.pending}, indent=1)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot write state file: {exc}") from exc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock so two fwrecon processes never interleave."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"{lock_path}: cannot open lock file: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise StateError(f"{lock_path}: another fwrecon process is running against this state file") from exc
+            yield
+        finally:
+            os.close(fd)

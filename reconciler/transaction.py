@@ -1,0 +1,141 @@
+"""Transactions: ordered operations that all take effect or none do.
+
+Modelled on libvirt's virFirewall: build first, apply once.  Usage::
+
+    txn = Transaction("web")
+    txn.add(Op("add", DirectChain("ipv4", "filter", "FWRECON_IN")))
+    txn.add(Op("add", DirectRule("ipv4", "filter", "FWRECON_IN", 0, ("-j", "ACCEPT"))))
+    txn.add_query(hook)            # runs in sequence; may add ops right after itself
+    results = await txn.apply(backend)
+
+`apply` runs the steps in order.  If an operation fails, the undo of every
+operation already applied runs in reverse order and `TransactionFailed` is
+raised (after the rollback) carrying the failing op, the firewall's error and
+any undo that failed too.  An operation that found the firewall already in the
+wanted state (`Outcome.UNCHANGED`) changed nothing and so has nothing to undo.
+Operations marked ``ignore_failure`` never abort the transaction (libvirt's
+IGNORE_ERRORS).  A query hook is ``async def hook(txn, backend)``: it may read
+the firewall and call ``txn.add`` to schedule operations that depend on what
+it found (libvirt's query callbacks); those run next, before later steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from .backends.base import Backend, Outcome
+from .errors import BackendError, FwreconError
+from .planner import Op
+
+log = structlog.get_logger(__name__)
+
+QueryHook = Callable[["Transaction", Backend], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    op: Op
+    outcome: Outcome
+
+
+@dataclass
+class _Step:
+    op: Op | None = None
+    query: QueryHook | None = None
+    ignore_failure: bool = False
+
+
+@dataclass(eq=False)
+class TransactionFailed(FwreconError):
+    """The transaction was rolled back (as far as the undo steps allowed)."""
+
+    name: str
+    failed_op: Op | None
+    cause: BaseException
+    undone: list[Op] = field(default_factory=list)
+    rollback_errors: list[tuple[Op, BaseException]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        what = self.failed_op.describe() if self.failed_op else "query hook"
+        text = f"transaction {self.name!r} failed at {what}: {self.cause}"
+        if self.rollback_errors:
+            text += f" (rollback incomplete: {len(self.rollback_errors)} undo step(s) failed)"
+        return text
+
+
+class Transaction:
+    """Ordered operations with automatic rollback; see module docstring."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._steps: list[_Step] = []
+        self._cursor: int | None = None  # index of the running step while applying
+
+    def add(self, op: Op, *, ignore_failure: bool = False) -> None:
+        """Append an operation, or, from inside a query hook, run it next."""
+        self._insert(_Step(op=op, ignore_failure=ignore_failure))
+
+    def add_query(self, hook: QueryHook) -> None:
+        self._insert(_Step(query=hook))
+
+    @property
+    def ops(self) -> list[Op]:
+        return [step.op for step in self._steps if step.op is not None]
+
+    def _insert(self, step: _Step) -> None:
+        if self._cursor is None:
+            self._steps.append(step)
+        else:
+            self._inserted += 1
+            self._steps.insert(self._cursor + self._inserted, step)
+
+    async def apply(self, backend: Backend) -> list[StepResult]:
+        """Run every step; on failure roll back and raise TransactionFailed."""
+        applied: list[StepResult] = []
+        index = 0
+        while index < len(self._steps):
+            step = self._steps[index]
+            self._cursor, self._inserted = index, 0
+            try:
+                if step.query is not None:
+                    await step.query(self, backend)
+                elif step.op is not None:
+                    applied.append(StepResult(step.op, await backend.execute(step.op)))
+            except BackendError as exc:
+                if step.ignore_failure:
+                    log.info("op_failure_ignored", transaction=self.name, op=step.op and step.op.describe(), error=str(exc))
+                else:
+                    self._cursor = None
+                    raise await self._rollback(backend, applied, step.op, exc) from exc
+            except BaseException as exc:  # cancellation or a bug in a hook: still undo
+                self._cursor = None
+                failure = await self._rollback(backend, applied, step.op, exc)
+                raise exc from failure
+            index += 1
+        self._cursor = None
+        return applied
+
+    async def _rollback(self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException) -> TransactionFailed:
+        failure = TransactionFailed(self.name, failed_op, cause)
+        for result in reversed(applied):
+            if result.outcome is not Outcome.APPLIED:
+                continue
+            undo = result.op.inverse()
+            try:
+                await backend.execute(undo)
+                failure.undone.append(undo)
+            except BackendError as exc:
+                failure.rollback_errors.append((undo, exc))
+        log.warning(
+            "transaction_rolled_back",
+            transaction=self.name,
+            failed_op=failed_op.describe() if failed_op else None,
+            error=str(cause),
+            code=getattr(cause, "code", None),
+            undone=len(failure.undone),
+            rollback_errors=len(failure.rollback_errors),
+        )
+        return failure

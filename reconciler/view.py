@@ -1,0 +1,92 @@
+"""What the firewall holds, with firewalld's own rules for "present".
+
+A backend's observe step returns a `FirewallView`; the planner asks it
+whether an item is present and, while planning, replays its own operations on
+a copy so later decisions see their effect (firewalld merges overlapping port
+ranges, so adding one port can swallow another).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from .model import DirectChain, DirectRule, Item, Port, Scope, SourcePort
+from .ports import Range, add_range, covers, format_range, parse_range, remove_range
+
+_RANGED = (Port, SourcePort)
+_RangeKey = tuple[type[Item], Scope, str]
+
+
+class FirewallView:
+    """A set of items plus per-(zone, protocol) port ranges."""
+
+    def __init__(
+        self,
+        items: Iterable[Item] = (),
+        containers: Iterable[tuple[str, ...]] = (),
+        missing: Iterable[tuple[str, ...]] = (),
+    ) -> None:
+        self.containers: frozenset[tuple[str, ...]] = frozenset(containers)
+        # Containers that were asked for but do not exist (an unknown zone).
+        self.missing: frozenset[tuple[str, ...]] = frozenset(missing)
+        self._items: set[Item] = set()
+        self._ranges: dict[_RangeKey, frozenset[Range]] = defaultdict(frozenset)
+        for item in items:
+            if isinstance(item, _RANGED):
+                key = _range_key(item)
+                self._ranges[key] = self._ranges[key] | {parse_range(item.port)}
+            else:
+                self._items.add(item)
+
+    def copy(self) -> "FirewallView":
+        clone = FirewallView(containers=self.containers, missing=self.missing)
+        clone._items = set(self._items)
+        clone._ranges = defaultdict(frozenset, self._ranges)
+        return clone
+
+    def items(self) -> frozenset[Item]:
+        ranged = (
+            cls(scope, format_range(rng), proto)  # type: ignore[call-arg]
+            for (cls, scope, proto), ranges in self._ranges.items()
+            for rng in ranges
+        )
+        return frozenset(self._items).union(ranged)
+
+    def has(self, item: Item) -> bool:
+        """Present as firewalld judges it: a port is present if a range covers it."""
+        if isinstance(item, _RANGED):
+            return covers(self._ranges.get(_range_key(item), frozenset()), parse_range(item.port))
+        return item in self._items
+
+    def has_exact(self, item: Item) -> bool:
+        """Listed as exactly this item (so removing it takes nothing else along)."""
+        if isinstance(item, _RANGED):
+            return parse_range(item.port) in self._ranges.get(_range_key(item), frozenset())
+        return item in self._items
+
+    def rules_in_chain(self, chain: DirectChain) -> list[DirectRule]:
+        return [
+            item
+            for item in self._items
+            if isinstance(item, DirectRule)
+            and (item.family, item.table, item.chain) == (chain.family, chain.table, chain.chain)
+        ]
+
+    def add(self, item: Item) -> None:
+        if isinstance(item, _RANGED):
+            key = _range_key(item)
+            self._ranges[key] = add_range(self._ranges[key], parse_range(item.port))
+        else:
+            self._items.add(item)
+
+    def remove(self, item: Item) -> None:
+        if isinstance(item, _RANGED):
+            key = _range_key(item)
+            self._ranges[key] = remove_range(self._ranges[key], parse_range(item.port))
+        else:
+            self._items.discard(item)
+
+
+def _range_key(item: Port | SourcePort) -> _RangeKey:
+    return (type(item), item.scope, item.protocol)
