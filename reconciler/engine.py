@@ -147,14 +147,17 @@ class Reconciler:
         outcomes: list[PolicyOutcome] = []
         view = await self.backend.observe(containers_for(desired.items, state.owned))
         plans = plan_all(desired.items, view, state.owned)
+        wanted = dict(desired.items)
         while plans:
             plan = plans.pop(0)
             outcome = await self._run_plan(plan, state)
             outcomes.append(outcome)
             if outcome.status == "failed" and plans:
+                # The failed policy stays as it was; plan the rest without its adds.
+                wanted[plan.policy] = state.owned_by(plan.policy)
                 remaining = {p.policy for p in plans}
-                view = await self.backend.observe(containers_for(desired.items, state.owned))
-                plans = [p for p in plan_all(desired.items, view, state.owned) if p.policy in remaining]
+                view = await self.backend.observe(containers_for(wanted, state.owned))
+                plans = [p for p in plan_all(wanted, view, state.owned) if p.policy in remaining]
         report = ReconcileReport(
             outcomes,
             desired.invalid,

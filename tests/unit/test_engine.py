@@ -1,0 +1,146 @@
+"""Whole reconciles against the recording backend: golden call sequences,
+rollback isolation between policies, last-good retention, crash-safe state."""
+
+import asyncio
+
+from reconciler.backends.memory import MemoryBackend
+from reconciler.engine import Reconciler
+from reconciler.errors import PolicyError
+from reconciler.model import DirectChain, DirectRule, Item, Port, Scope, Service
+from reconciler.policy import LoadResult, Policy
+from reconciler.state import StateStore
+
+Z = Scope("zone", "public")
+HTTP, SSH, P8080 = Service(Z, "http"), Service(Z, "ssh"), Port(Z, "8080", "tcp")
+CHAIN = DirectChain("ipv4", "filter", "FWRECON_IN")
+RULE = DirectRule("ipv4", "filter", "FWRECON_IN", 0, ("-j", "ACCEPT"))
+
+
+def policies(**items: set[Item]) -> LoadResult:
+    return LoadResult(policies={n: Policy(n, f"{n}.toml", "", frozenset(i)) for n, i in items.items()})
+
+
+def reconcile(backend, store, loaded, last_good=None):
+    return asyncio.run(Reconciler(backend, store, check_names=False).reconcile(loaded, last_good))
+
+
+def test_apply_then_noop(tmp_path):
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    report = reconcile(backend, store, policies(web={HTTP, P8080, CHAIN, RULE}))
+    assert backend.calls == [
+        "+ direct ipv4 filter chain FWRECON_IN",
+        "+ direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+        "+ zone public port 8080/tcp",
+        "+ zone public service http",
+    ]
+    assert report.converged and report.write_ops == 4
+    assert store.load().owned_by("web") == {HTTP, P8080, CHAIN, RULE}
+    assert store.load().pending is None
+    backend.calls.clear()
+    report = reconcile(backend, store, policies(web={HTTP, P8080, CHAIN, RULE}))
+    assert backend.calls == [] and report.write_ops == 0
+    # one read per container, never one per item
+    assert backend.reads[-2:] == [("direct",), ("zone", "public")]
+
+
+def test_delete_policy_removes_only_what_it_added(tmp_path):
+    backend, store = MemoryBackend(items=[SSH]), StateStore(tmp_path / "s.json")
+    reconcile(backend, store, policies(web={HTTP, SSH, CHAIN, RULE}))
+    backend.calls.clear()
+    reconcile(backend, store, policies())
+    assert backend.calls == [
+        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+        "- zone public service http",
+        "- direct ipv4 filter chain FWRECON_IN",
+    ]
+    assert backend.state.items() == {SSH}
+    assert store.load().owned == {}
+
+
+def test_failed_policy_is_rolled_back_and_others_apply(tmp_path):
+    bad = Service(Z, "bad")
+    backend, store = MemoryBackend(refuse=[bad]), StateStore(tmp_path / "s.json")
+    report = reconcile(backend, store, policies(a={HTTP, bad, P8080}, b={SSH}))
+    assert [(o.policy, o.status) for o in report.outcomes] == [("a", "failed"), ("b", "applied")]
+    assert backend.calls == [
+        "+ zone public port 8080/tcp",
+        "+ zone public service bad",
+        "- zone public port 8080/tcp",
+        "+ zone public service ssh",
+    ]
+    assert backend.state.items() == {SSH}
+    assert store.load().owned == {SSH: frozenset({"b"})}
+    assert not report.converged
+
+
+def test_failure_of_one_policy_replans_the_rest(tmp_path):
+    # a and b both want http; a fails after adding it, so b must add it itself
+    bad = Service(Z, "bad")
+    backend, store = MemoryBackend(refuse=[bad]), StateStore(tmp_path / "s.json")
+    reconcile(backend, store, policies(a={HTTP, bad}, b={HTTP}))
+    assert backend.state.items() == {HTTP}
+    assert store.load().owned == {HTTP: frozenset({"b"})}
+
+
+def test_invalid_policy_keeps_its_owned_items(tmp_path):
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconcile(backend, store, policies(web={HTTP}))
+    broken = LoadResult(errors={"web": [PolicyError("web.toml", "zone.public.ports[0]", "bad")]})
+    backend.calls.clear()
+    report = reconcile(backend, store, broken)
+    assert backend.calls == []
+    assert backend.state.items() == {HTTP}
+    assert list(report.invalid) == ["web"]
+
+
+def test_invalid_policy_uses_last_good_when_given(tmp_path):
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    broken = LoadResult(errors={"web": [PolicyError("web.toml", "x", "bad")]})
+    reconcile(backend, store, broken, last_good={"web": frozenset({HTTP})})
+    assert backend.state.items() == {HTTP}
+
+
+def test_intent_is_recorded_before_each_op(tmp_path):
+    """At every write, the state file already owns what is being added."""
+    store = StateStore(tmp_path / "s.json")
+    seen = []
+
+    class Spy(MemoryBackend):
+        async def execute(self, op):
+            state = store.load()
+            seen.append((op.item in state.owned, state.pending["policy"]))
+            return await super().execute(op)
+
+    reconcile(Spy(), store, policies(web={HTTP, P8080}))
+    assert seen == [(True, "web"), (True, "web")]
+
+
+def test_interrupted_transaction_converges(tmp_path):
+    """State as left by a kill between two adds: the next run finishes the job
+    and a later deletion removes everything, orphaning nothing."""
+    store = StateStore(tmp_path / "s.json")
+    backend = MemoryBackend()
+
+    class Killed(BaseException):
+        pass
+
+    class DiesOnSecondWrite(MemoryBackend):
+        async def execute(self, op):
+            if self.calls:
+                raise Killed
+            return await super().execute(op)
+
+    crashing = DiesOnSecondWrite()
+    try:
+        reconcile(crashing, store, policies(web={HTTP, P8080}))
+    except Killed:
+        pass
+    # a real kill -9 does not roll back: keep what the crashing run left
+    backend.state = crashing.state
+    state = store.load()
+    assert state.owned_by("web") == {HTTP, P8080}
+    reconcile(backend, store, policies(web={HTTP, P8080}))
+    assert backend.state.items() == {HTTP, P8080}
+    reconcile(backend, store, policies())
+    assert backend.state.items() == frozenset()
+    assert store.load().owned == {}

@@ -1,0 +1,141 @@
+"""Plan cases: add, remove owned, keep foreign, refcount, no-op, port ranges, chains."""
+
+from reconciler.model import DirectChain, DirectRule, Port, RichRule, Scope, Service
+from reconciler.planner import Op, plan_all
+from reconciler.view import FirewallView
+
+PUBLIC = Scope("zone", "public")
+HTTP = Service(PUBLIC, "http")
+SSH = Service(PUBLIC, "ssh")
+P8080 = Port(PUBLIC, "8080", "tcp")
+CHAIN = DirectChain("ipv4", "filter", "FWRECON_IN")
+RULE = DirectRule("ipv4", "filter", "FWRECON_IN", 0, ("-j", "ACCEPT"))
+
+
+def ops_of(plans):
+    return [(p.policy, op.describe()) for p in plans for op in p.ops]
+
+
+def test_adds_what_is_missing():
+    plans = plan_all({"web": frozenset({HTTP, P8080})}, FirewallView(), {})
+    assert ops_of(plans) == [
+        ("web", "+ zone public port 8080/tcp"),
+        ("web", "+ zone public service http"),
+    ]
+
+
+def test_unchanged_world_plans_nothing():
+    view = FirewallView([HTTP, P8080])
+    plans = plan_all({"web": frozenset({HTTP, P8080})}, view, {HTTP: frozenset({"web"}), P8080: frozenset({"web"})})
+    assert ops_of(plans) == []
+    assert all(p.empty for p in plans)
+
+
+def test_removes_owned_item_no_longer_wanted():
+    plans = plan_all({"web": frozenset({HTTP})}, FirewallView([HTTP, P8080]), {HTTP: frozenset({"web"}), P8080: frozenset({"web"})})
+    assert ops_of(plans) == [("web", "- zone public port 8080/tcp")]
+
+
+def test_deleted_policy_removes_everything_it_owns():
+    plans = plan_all({}, FirewallView([HTTP, SSH]), {HTTP: frozenset({"web"})})
+    assert ops_of(plans) == [("web", "- zone public service http")]
+
+
+def test_never_removes_foreign_items():
+    # ssh was there before fwrecon (not owned) and the policy that wanted it is gone
+    plans = plan_all({"web": frozenset()}, FirewallView([SSH]), {})
+    assert ops_of(plans) == []
+
+
+def test_wanted_item_already_present_is_not_owned():
+    plans = plan_all({"web": frozenset({SSH})}, FirewallView([SSH]), {})
+    assert ops_of(plans) == []
+    assert plans[0].claims == frozenset()
+
+
+def test_shared_item_removed_only_when_no_policy_wants_it():
+    owned = {HTTP: frozenset({"a"})}
+    plans = plan_all({"a": frozenset(), "b": frozenset({HTTP})}, FirewallView([HTTP]), owned)
+    assert ops_of(plans) == []
+    assert plans[1].claims == {HTTP}  # b now co-owns http
+    assert plans[0].releases == {HTTP}
+    # and once b lets go too, it is removed
+    plans = plan_all({"b": frozenset()}, FirewallView([HTTP]), {HTTP: frozenset({"b"})})
+    assert ops_of(plans) == [("b", "- zone public service http")]
+
+
+def test_shared_item_is_not_removed_and_readded_in_one_run():
+    # "a" sorts before "b": without settling claims first, a would remove
+    # what b is about to add again.
+    plans = plan_all({"b": frozenset({HTTP})}, FirewallView([HTTP]), {HTTP: frozenset({"a"})})
+    assert ops_of(plans) == []
+
+
+def test_owned_item_gone_by_hand_is_re_added():
+    plans = plan_all({"web": frozenset({HTTP})}, FirewallView(), {HTTP: frozenset({"web"})})
+    assert ops_of(plans) == [("web", "+ zone public service http")]
+
+
+def test_owned_item_gone_and_unwanted_is_released_without_ops():
+    plans = plan_all({"web": frozenset()}, FirewallView(), {HTTP: frozenset({"web"})})
+    assert ops_of(plans) == []
+    assert plans[0].releases == {HTTP}
+
+
+def test_port_covered_by_a_range_counts_as_present():
+    view = FirewallView([Port(PUBLIC, "8000-8100", "tcp")])
+    assert ops_of(plan_all({"web": frozenset({P8080})}, view, {})) == []
+
+
+def test_port_swallowed_into_foreign_range_is_released_not_cut_out():
+    view = FirewallView([Port(PUBLIC, "8000-8100", "tcp")])
+    plans = plan_all({}, view, {P8080: frozenset({"web"})})
+    assert ops_of(plans) == []
+    assert plans[0].releases == {P8080}
+
+
+def test_later_policy_sees_earlier_policy_ports():
+    plans = plan_all(
+        {"a": frozenset({Port(PUBLIC, "8000-8100", "tcp")}), "b": frozenset({P8080})}, FirewallView(), {}
+    )
+    assert ops_of(plans) == [("a", "+ zone public port 8000-8100/tcp")]
+
+
+def test_chains_added_before_rules_and_removed_after():
+    plans = plan_all({"d": frozenset({CHAIN, RULE})}, FirewallView(), {})
+    assert [op.describe() for op in plans[0].ops] == [
+        "+ direct ipv4 filter chain FWRECON_IN",
+        "+ direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+    ]
+    owned = {CHAIN: frozenset({"d"}), RULE: frozenset({"d"})}
+    plans = plan_all({}, FirewallView([CHAIN, RULE]), owned)
+    assert [op.describe() for op in plans[0].ops] == [
+        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+        "- direct ipv4 filter chain FWRECON_IN",
+    ]
+
+
+def test_chain_holding_foreign_rules_is_kept():
+    foreign = DirectRule("ipv4", "filter", "FWRECON_IN", 5, ("-j", "DROP"))
+    plans = plan_all({}, FirewallView([CHAIN, foreign]), {CHAIN: frozenset({"d"})})
+    assert ops_of(plans) == []
+    assert CHAIN not in plans[0].releases  # still ours, removed once empty
+
+
+def test_removals_run_before_adds_within_a_policy():
+    rule = RichRule(PUBLIC, 'rule service name="ssh" accept')
+    plans = plan_all({"web": frozenset({rule})}, FirewallView([HTTP]), {HTTP: frozenset({"web"})})
+    assert [op.action for op in plans[0].ops] == ["remove", "add"]
+
+
+def test_plan_does_not_modify_inputs():
+    view = FirewallView([HTTP])
+    owned = {HTTP: frozenset({"web"})}
+    plan_all({"web": frozenset({P8080})}, view, owned)
+    assert view.items() == {HTTP}
+    assert owned == {HTTP: frozenset({"web"})}
+
+
+def test_op_inverse():
+    assert Op("add", HTTP).inverse() == Op("remove", HTTP)
+    assert Op("remove", HTTP).inverse() == Op("add", HTTP)
