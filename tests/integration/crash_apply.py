@@ -1,0 +1,27 @@
+"""Run one reconcile and SIGKILL ourselves after N writes (used by the tests).
+
+usage: crash_apply.py BUS_ADDRESS POLICY_DIR STATE_FILE N
+"""
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from faults import FaultyBackend  # noqa: E402
+
+from reconciler.backends.firewalld import FirewalldBackend  # noqa: E402
+from reconciler.engine import Reconciler  # noqa: E402
+from reconciler.policy import load_policy_dir  # noqa: E402
+from reconciler.state import StateStore  # noqa: E402
+
+
+async def main(bus: str, policy_dir: str, state_file: str, kill_after: int) -> None:
+    backend = FaultyBackend(await FirewalldBackend.connect(bus), kill_after_writes=kill_after)
+    await Reconciler(backend, StateStore(state_file)).reconcile(load_policy_dir(policy_dir))
+    raise SystemExit("reconcile finished without reaching the kill point")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
