@@ -59,12 +59,16 @@ DIRECT_TABLES = {
     "eb": ("filter", "nat", "broute"),
 }
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_SCOPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-_POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
-_CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}$")
-_INTERFACE = re.compile(r"^[^/\s:]{1,15}$")
+# \Z, not $: "$" also matches before a trailing newline ("http\n" would pass).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
+_CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
+# The kernel refuses '/', ':' and white space; firewalld also '!' and '*'.
+_INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
+# firewalld's direct interface takes the priority as a D-Bus int32.
+_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -169,11 +173,12 @@ def load_policy_file(path: Path) -> Policy:
     except OSError as exc:
         raise PolicyFileInvalid([PolicyError(label, "", f"cannot read: {exc.strerror}")]) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise PolicyFileInvalid([PolicyError(label, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyFileInvalid([PolicyError(label, "", f"TOML syntax error: {exc}")]) from exc
+        raise PolicyFileInvalid([PolicyError(label, "", f"TOML syntax error: {_toml_message(exc, text)}")]) from exc
     parser = _PolicyParser(label)
     if not _POLICY_NAME.match(name):
         parser.error("", f"policy name {name!r} (the file stem) may only hold letters, digits, '_', '.', '-'")
@@ -196,6 +201,17 @@ def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:
         for ref in policy.references
         if ref.name not in pools[ref.kind]
     ]
+
+
+def _toml_message(exc: tomllib.TOMLDecodeError, text: str) -> str:
+    """tomllib says "(at end of document)" without line and column; add them."""
+    message = str(exc)
+    suffix = "(at end of document)"
+    if message.endswith(suffix):
+        line = text.count("\n") + 1
+        column = len(text) - text.rfind("\n")
+        message = f"{message[: -len(suffix)]}(at end of document, line {line}, column {column})"
+    return message
 
 
 def _show(value: Any) -> str:
@@ -312,14 +328,14 @@ class _PolicyParser:
             return None
 
     def protocol(self, key: str, value: str, scope: Scope) -> Item | None:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             if not 0 <= int(value) <= 255:
                 self.error(key, f"{_show(value)} is not a protocol number (0-255)")
                 return None
             return Protocol(scope, value)
         try:
             socket.getprotobyname(value)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: embedded NUL
             self.error(key, f"{_show(value)} is not a known IP protocol (see /etc/protocols)")
             return None
         return Protocol(scope, value)
@@ -341,6 +357,8 @@ class _PolicyParser:
         if text.startswith("ipset:") and _NAME.match(text[len("ipset:") :]):
             return Source(scope, text)
         try:
+            if "%" in text:  # firewalld refuses IPv6 scope ids (fe80::1%eth0)
+                raise ValueError(text)
             ipaddress.ip_network(text, strict=False)
         except ValueError:
             self.error(key, f"{_show(value)} is not an address, network, MAC address or ipset:NAME")
@@ -349,7 +367,7 @@ class _PolicyParser:
 
     def interface(self, key: str, value: str, scope: Scope) -> Item | None:
         if not _INTERFACE.match(value) or value in (".", ".."):
-            self.error(key, f"{_show(value)} is not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+            self.error(key, f"{_show(value)} is not a valid interface name (1-15 characters, no '/', ':', '!', '*' or spaces)")
             return None
         return Interface(scope, value)
 
@@ -396,6 +414,8 @@ class _PolicyParser:
             ok = False
         if fields["to_addr"]:
             try:
+                if "%" in fields["to_addr"]:  # firewalld refuses IPv6 scope ids
+                    raise ValueError(fields["to_addr"])
                 ipaddress.ip_address(fields["to_addr"])
             except ValueError:
                 self.error(f"{path}.to_addr", f"{_show(fields['to_addr'])} is not an IP address")
@@ -443,6 +463,8 @@ class _PolicyParser:
         priority = entry.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
+        elif not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
+            self.error(f"{path}.priority", f"{priority} is out of range ({_PRIORITY_RANGE[0]} to {_PRIORITY_RANGE[1]})")
         args = entry.get("args")
         if args is None:
             self.error(f"{path}.args", "missing (the rule's arguments, e.g. [\"-p\", \"tcp\", \"-j\", \"ACCEPT\"])")
