@@ -27,11 +27,12 @@ def reconcile(backend, store, loaded, last_good=None):
 def test_apply_then_noop(tmp_path):
     backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
     report = reconcile(backend, store, policies(web={HTTP, P8080, CHAIN, RULE}))
+    # chains first, then zone items, then direct rules (see Item.sort_key)
     assert backend.calls == [
         "+ direct ipv4 filter chain FWRECON_IN",
-        "+ direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
         "+ zone public port 8080/tcp",
         "+ zone public service http",
+        "+ direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
     ]
     assert report.converged and report.write_ops == 4
     assert store.load().owned_by("web") == {HTTP, P8080, CHAIN, RULE}
@@ -49,8 +50,8 @@ def test_delete_policy_removes_only_what_it_added(tmp_path):
     backend.calls.clear()
     reconcile(backend, store, policies())
     assert backend.calls == [
-        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
         "- zone public service http",
+        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
         "- direct ipv4 filter chain FWRECON_IN",
     ]
     assert backend.state.items() == {SSH}
