@@ -450,6 +450,10 @@ class Sandbox:
                      *args], timeout=timeout + 5)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
+    def reload(self) -> None:
+        """firewalld's reload over D-Bus (~0.2 s; firewall-cmd --reload adds ~0.15 s)."""
+        self._call("reload")
+
     def _call(self, method: str, interface: str = FW_NAME) -> str:
         out = self._dbus_send(FW_PATH, f"{interface}.{method}")
         if out is None:

@@ -23,9 +23,11 @@ import structlog
 
 from . import __version__
 from .backends.firewalld import FirewalldBackend
+from .daemon import Controller, DaemonSettings
 from .engine import Reconciler
 from .errors import BackendUnavailable, FwreconError, StateError
 from .logsetup import configure_logging
+from .metrics import DEFAULT_METRICS_ADDRESS
 from .policy import LoadResult, load_policy_dir
 from .state import State, StateStore
 
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("apply", parents=[common], help="reconcile once",
                    description="Reconcile once: apply what is missing, remove what fwrecon owns and no policy wants.")
+    run = sub.add_parser("run", parents=[common], help="run the daemon",
+                         description="Watch the policy directory and firewalld; keep the firewall equal to the policies. "
+                         "Re-applies after firewalld reloads or restarts, repairs drift, serves Prometheus metrics. "
+                         "SIGHUP re-reads policies; SIGTERM/SIGINT exit 0 leaving the rules in place.")
+    run.add_argument("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
+                     help=f"where /metrics listens (default {DEFAULT_METRICS_ADDRESS}; 'off' disables)")
+    run.add_argument("--resync-interval", type=float, default=60.0, metavar="SECONDS",
+                     help="full reconcile at least this often, as a safety net (default 60; 0 disables)")
     return parser
 
 
@@ -152,4 +162,22 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     return 0 if report.converged and not report.invalid else 1
 
 
-COMMANDS = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply}
+async def cmd_run(args: argparse.Namespace) -> int:
+    settings = DaemonSettings(
+        policy_dir=args.policy_dir,
+        state_file=args.state_file,
+        bus_address=args.bus_address,
+        metrics_address=None if args.metrics_address == "off" else args.metrics_address,
+        resync_interval=args.resync_interval,
+    )
+    if not args.policy_dir.is_dir():
+        print(f"error: {args.policy_dir}: policy directory does not exist", file=sys.stderr)
+        return 1
+    try:
+        return await Controller(settings).run()
+    except (StateError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply, "run": cmd_run}

@@ -10,6 +10,7 @@ or confuse the others.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class PolicyOutcome:
     ops: list[tuple[Op, Outcome]] = field(default_factory=list)
     error: str | None = None
     code: str | None = None
+    failed_op: Op | None = None
+    undone: list[Op] = field(default_factory=list)
 
 
 @dataclass
@@ -193,6 +196,11 @@ class Reconciler:
         self.store.save(state)
         try:
             results = await build_transaction(plan).apply(self.backend)
+        except (asyncio.CancelledError, KeyboardInterrupt) as stop:
+            # Shutdown mid-transaction: the transaction already rolled back.
+            failure = stop.__cause__ if isinstance(stop.__cause__, TransactionFailed) else None
+            self._restore_after_failure(state, before, plan, failure)
+            raise
         except TransactionFailed as failure:
             if isinstance(failure.cause, BackendUnavailable):
                 # We cannot know which ops landed: keep the intent (owning a
@@ -200,12 +208,7 @@ class Reconciler:
                 state.pending = None
                 self.store.save(state)
                 raise failure.cause
-            state.owned = before
-            for undo, _ in failure.rollback_errors:  # an add we could not undo is still ours
-                if undo.action == "remove":
-                    state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}
-            state.pending = None
-            self.store.save(state)
+            self._restore_after_failure(state, before, plan, failure)
             log.error(
                 "policy_failed",
                 policy=plan.policy,
@@ -214,7 +217,14 @@ class Reconciler:
                 code=getattr(failure.cause, "code", None),
                 rolled_back=len(failure.undone),
             )
-            return PolicyOutcome(plan.policy, "failed", error=str(failure), code=getattr(failure.cause, "code", None))
+            return PolicyOutcome(
+                plan.policy,
+                "failed",
+                error=str(failure),
+                code=getattr(failure.cause, "code", None),
+                failed_op=failure.failed_op,
+                undone=failure.undone,
+            )
         added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
         state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
         state.pending = None
@@ -222,4 +232,13 @@ class Reconciler:
         for result in results:
             log.debug("op_applied", policy=plan.policy, op=result.op.describe(), outcome=result.outcome.value)
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
+
+    def _restore_after_failure(self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None) -> None:
+        """Ownership as before the rolled-back transaction, plus adds we could not undo."""
+        state.owned = dict(before)
+        for undo, _ in failure.rollback_errors if failure else ():
+            if undo.action == "remove":
+                state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}
+        state.pending = None
+        self.store.save(state)
 

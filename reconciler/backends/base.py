@@ -9,9 +9,10 @@ than as errors, so the transaction engine needs no backend knowledge.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..planner import Op
@@ -21,6 +22,18 @@ from ..view import FirewallView
 class Outcome(enum.Enum):
     APPLIED = "applied"  # the firewall changed
     UNCHANGED = "unchanged"  # it was already so (ALREADY_ENABLED / NOT_ENABLED)
+
+
+class BackendEvent(enum.Enum):
+    """Things the firewall tells us; each only ever schedules a reconcile."""
+
+    RELOADED = "reload"  # runtime state was wiped and rebuilt from permanent config
+    APPEARED = "up"  # the firewall service came (back) onto the bus
+    VANISHED = "down"  # the firewall service left the bus
+    CHANGED = "drift"  # someone changed or removed something
+
+
+EventCallback = Callable[[BackendEvent], None]
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,17 @@ class Backend(ABC):
     async def known_names(self) -> KnownNames | None:
         """Names to validate against, or None when the backend has no such notion."""
         return None
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        """Deliver firewall events to ``callback``; the default has none."""
+
+    async def is_up(self) -> bool:
+        """Whether the firewall service is there to talk to now."""
+        return True
+
+    async def wait_closed(self) -> None:
+        """Return when the connection is lost; the default never loses it."""
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         """Release connections; the default has none."""

@@ -43,7 +43,7 @@ from ..model import (
 from ..planner import Op
 from ..ports import canonical_port
 from ..view import FirewallView
-from .base import Backend, KnownNames, Outcome
+from .base import Backend, BackendEvent, EventCallback, KnownNames, Outcome
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
@@ -67,6 +67,13 @@ UNAVAILABLE_ERRORS = frozenset(
         "org.freedesktop.DBus.Error.Timeout",
     }
 )
+
+DBUS_NAME = "org.freedesktop.DBus"
+DBUS_PATH = "/org/freedesktop/DBus"
+# Signals that may mean something of ours is gone.  Additions are ignored:
+# they cannot remove our items, and ignoring them halves the echo of our own writes.
+_DRIFT_SIGNALS = frozenset({"ZoneUpdated", "PolicyUpdated", "ZoneOfInterfaceChanged", "ZoneOfSourceChanged"})
+_DRIFT_INTERFACES = frozenset({IFACE_ZONE, IFACE_POLICY, IFACE_DIRECT})
 
 # item kind -> (settings key, zone method suffix, D-Bus signature of the item args)
 _KINDS: dict[type[Item], tuple[str, str, str]] = {
@@ -155,11 +162,9 @@ class FirewalldBackend(Backend):
         return cls(bus, timeout=timeout)
 
     async def close(self) -> None:
+        """Close the connection (dbus-fast finishes the teardown on the loop)."""
         self.bus.disconnect()
-        try:
-            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2)
-        except (asyncio.TimeoutError, Exception):  # already gone is fine on close
-            pass
+        await asyncio.sleep(0)
 
     # -- raw calls -------------------------------------------------------------
 
@@ -287,6 +292,51 @@ class FirewalldBackend(Backend):
             new = Variant(signature, [list(v) if isinstance(v, tuple) else v for v in values])
         await self._write(IFACE_POLICY, "setPolicySettings", "sa{sv}", [item.scope.name, {key: new}])
         return Outcome.APPLIED
+
+    # -- events ----------------------------------------------------------------
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        """Reloaded, bus-name owner changes and change signals → ``callback``."""
+
+        def on_message(message: Message) -> None:
+            if message.message_type != MessageType.SIGNAL:
+                return
+            if message.interface == DBUS_NAME and message.member == "NameOwnerChanged":
+                name, _old, new = message.body
+                if name == BUS_NAME:
+                    callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
+            elif message.interface == IFACE_MAIN and message.member == "Reloaded":
+                callback(BackendEvent.RELOADED)
+            elif message.interface in _DRIFT_INTERFACES and (
+                message.member.endswith("Removed") or message.member in _DRIFT_SIGNALS
+            ):
+                callback(BackendEvent.CHANGED)
+
+        self.bus.add_message_handler(on_message)
+        for rule in (
+            f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',member='NameOwnerChanged',arg0='{BUS_NAME}'",
+            f"type='signal',sender='{BUS_NAME}',interface='{IFACE_MAIN}',member='Reloaded'",
+            *(f"type='signal',sender='{BUS_NAME}',interface='{iface}'" for iface in sorted(_DRIFT_INTERFACES)),
+        ):
+            await self._bus_call("AddMatch", "s", [rule])
+
+    async def is_up(self) -> bool:
+        (has_owner,) = await self._bus_call("NameHasOwner", "s", [BUS_NAME])
+        return bool(has_owner)
+
+    async def wait_closed(self) -> None:
+        await self.bus.wait_for_disconnect()
+
+    async def _bus_call(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        """A call to the bus daemon itself (not to firewalld)."""
+        message = Message(destination=DBUS_NAME, path=DBUS_PATH, interface=DBUS_NAME, member=member, signature=signature, body=body)
+        try:
+            reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
+        except (asyncio.TimeoutError, OSError, EOFError) as exc:
+            raise BackendUnavailable(f"D-Bus {member} failed: {exc}") from exc
+        if reply is None or reply.message_type == MessageType.ERROR:
+            raise BackendUnavailable(f"D-Bus {member} failed: {reply.body if reply else 'no reply'}")
+        return list(reply.body)
 
     # -- names -----------------------------------------------------------------
 

@@ -1,0 +1,388 @@
+"""The long-running controller behind ``fwrecon run``.
+
+One asyncio loop; everything that happens only *requests* a reconcile:
+
+    policy file event ─┐
+    Reloaded signal ───┤
+    owner change ──────┼─▶ request(trigger) ─▶ coalesce ─▶ reconcile ─▶ metrics, log
+    change signal ─────┤     (quiet window,       (level-triggered: re-read files,
+    resync timer ──────┤      upper bound)          observe, plan, apply)
+    SIGHUP ────────────┘
+
+Requests carry no payload and are never replayed: a reconcile always starts
+from the files and the firewall as they are now, so a burst of 50 writes or
+10 reloads costs one reconcile.  A failed reconcile is retried with capped
+exponential backoff; while firewalld is off the bus nothing is attempted
+until it returns.  SIGTERM lets the reconcile in flight finish (or, after a
+grace period, cancels it, which rolls its transaction back) and exits 0,
+leaving every rule in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from .backends.base import Backend, BackendEvent
+from .backends.firewalld import FirewalldBackend
+from .engine import Reconciler, ReconcileReport
+from .errors import BackendUnavailable, FwreconError
+from .metrics import Metrics
+from .model import Item
+from .policy import LoadResult, load_policy_dir
+from .sdnotify import SystemdNotifier
+from .state import StateStore
+from .watch import PolicyWatcher
+
+log = structlog.get_logger(__name__)
+
+
+class Trigger(enum.Enum):
+    STARTUP = "startup"
+    POLICY = "policy"
+    RELOAD = "reload"
+    OWNER = "owner"
+    DRIFT = "drift"
+    RESYNC = "resync"
+    SIGNAL = "signal"
+
+
+# A coalesced batch is labelled by its most significant trigger.
+_LABEL_ORDER = (Trigger.RELOAD, Trigger.STARTUP, Trigger.OWNER, Trigger.POLICY, Trigger.SIGNAL, Trigger.DRIFT, Trigger.RESYNC)
+
+Connect = Callable[[str | None], Awaitable[Backend]]
+
+
+@dataclass
+class DaemonSettings:
+    policy_dir: Path
+    state_file: Path
+    bus_address: str | None = None
+    metrics_address: str | None = None
+    resync_interval: float = 60.0  # 0 disables the periodic resync
+    quiet_window: float = 0.1  # a burst ends after this much silence ...
+    max_delay: float = 1.0  # ... or this long after its first event
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    shutdown_grace: float = 2.0
+
+
+class Controller:
+    """See module docstring.  ``await Controller(settings).run()``."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        metrics: Metrics | None = None,
+        notifier: SystemdNotifier | None = None,
+        connect: Connect = FirewalldBackend.connect,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or SystemdNotifier()
+        self._connect = connect
+        self.store = StateStore(settings.state_file)
+        self.backend: Backend | None = None
+        self.firewalld_up = False
+        self.last_good: dict[str, frozenset[Item]] = {}
+        self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._busy = False
+        self._backoff = settings.backoff_initial
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_batch: dict[Trigger, float] = {}
+        self._connected_before = False
+        self._ready_sent = False
+
+    # -- requests ----------------------------------------------------------------
+
+    def request(self, trigger: Trigger, at: float | None = None) -> None:
+        """Ask for a reconcile (call from the loop thread)."""
+        when = time.monotonic() if at is None else at
+        self._pending[trigger] = min(self._pending.get(trigger, when), when)
+        self.metrics.last_queued.set(time.time())
+        self._wake.set()
+
+    def _schedule_retry(self, batch: dict[Trigger, float], delay: float) -> None:
+        self._retry_batch = batch
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        """Run the failed batch again, keeping its original request times."""
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = None
+        batch, self._retry_batch = self._retry_batch, {}
+        for trigger, at in batch.items():
+            self.request(trigger, at)
+
+    def on_backend_event(self, event: BackendEvent) -> None:
+        if event is BackendEvent.RELOADED:
+            self.metrics.firewalld_reloads.inc()
+            log.info("firewalld_reloaded")
+            self.request(Trigger.RELOAD)
+        elif event is BackendEvent.APPEARED:
+            log.info("firewalld_appeared")
+            self._set_up(True)
+            self.request(Trigger.OWNER)
+        elif event is BackendEvent.VANISHED:
+            log.warning("firewalld_vanished")
+            self._set_up(False)
+        elif event is BackendEvent.CHANGED:
+            self.request(Trigger.DRIFT)
+
+    def _set_up(self, up: bool) -> None:
+        self.firewalld_up = up
+        self.metrics.firewalld_up.set(1 if up else 0)
+        if up and self._retry is not None:
+            # firewalld is back: retry now rather than at the end of a long backoff
+            self._backoff = self.settings.backoff_initial
+            self._retry_now()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or `stop()`); 0 on a clean stop."""
+        loop = asyncio.get_running_loop()
+        with self.store.locked():
+            self.store.load()  # a corrupt state file is fatal here, not later
+            if self.settings.metrics_address:
+                self.metrics.serve(self.settings.metrics_address)
+                log.info("metrics_listening", address=self.settings.metrics_address)
+            watcher = PolicyWatcher(self.settings.policy_dir, lambda: loop.call_soon_threadsafe(self.request, Trigger.POLICY))
+            watcher.start()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            log.info("fwrecon_started", policy_dir=str(self.settings.policy_dir), state_file=str(self.settings.state_file))
+            self.request(Trigger.STARTUP)
+            background = [
+                self._guarded(self._connection_loop(), "connection"),
+                self._guarded(self._resync_loop(), "resync"),
+                self._guarded(self._watchdog_loop(), "watchdog"),
+            ]
+            worker = asyncio.create_task(self._worker(), name="fwrecon-worker")
+            try:
+                await self._stopping.wait()
+                self.notifier.stopping()
+                await self._finish(worker)
+            finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(signum)
+                watcher.stop()
+                if self.backend is not None:
+                    await self.backend.close()
+        log.info("fwrecon_stopped")
+        return 0
+
+    def stop(self) -> None:
+        log.info("shutdown_requested")
+        self._stopping.set()
+        self._wake.set()
+
+    def _on_sighup(self) -> None:
+        log.info("sighup_reread_policies")
+        self.request(Trigger.SIGNAL)
+
+    async def _finish(self, worker: asyncio.Task[None]) -> None:
+        """Let the reconcile in flight finish; after the grace period cancel it (rollback)."""
+        if self._retry is not None:
+            self._retry.cancel()
+        if not self._busy:
+            worker.cancel()
+        else:
+            try:
+                await asyncio.wait_for(asyncio.shield(worker), self.settings.shutdown_grace)
+            except asyncio.TimeoutError:
+                log.warning("shutdown_cancelling_reconcile", grace_seconds=self.settings.shutdown_grace)
+                worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+    def _guarded(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """A background task whose unexpected end is logged and stops the daemon."""
+
+        async def guard() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background_task_crashed", task=name)
+                self.stop()
+
+        return asyncio.create_task(guard(), name=f"fwrecon-{name}")
+
+    # -- background loops ----------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        """Keep one bus connection; reconnect with backoff if the bus goes away."""
+        delay = self.settings.backoff_initial
+        while not self._stopping.is_set():
+            try:
+                backend = await self._connect(self.settings.bus_address)
+                await backend.subscribe(self.on_backend_event)
+                up = await backend.is_up()
+            except BackendUnavailable as exc:
+                self._set_up(False)
+                log.warning("bus_unavailable", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max)
+                continue
+            delay = self.settings.backoff_initial
+            self.backend = backend
+            self._set_up(up)
+            log.info("bus_connected", firewalld_up=up)
+            self._connected_before = True
+            if up and self._connected_before:
+                self.request(Trigger.OWNER)
+            elif not up:
+                log.warning("firewalld_not_running", hint="waiting for it to appear on the bus")
+            try:
+                await backend.wait_closed()
+            except Exception as exc:  # dbus-fast re-raises the error that closed the bus
+                log.warning("bus_disconnected", error=str(exc))
+            else:
+                log.warning("bus_disconnected")
+            self.backend = None
+            self._set_up(False)
+
+    async def _resync_loop(self) -> None:
+        if self.settings.resync_interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.settings.resync_interval)
+            self.request(Trigger.RESYNC)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # -- the worker ------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while not self._stopping.is_set():
+            await self._wake.wait()
+            await self._settle()
+            if self._stopping.is_set():
+                return
+            if not self._pending or not self.firewalld_up or self.backend is None:
+                self._wake.clear()  # keep what is pending until firewalld is back
+                continue
+            batch, self._pending = self._pending, {}
+            self._wake.clear()
+            self._busy = True
+            try:
+                converged = await self._reconcile(batch)
+            finally:
+                self._busy = False
+            if converged:
+                self._backoff = self.settings.backoff_initial
+            elif not self._stopping.is_set():
+                delay = self._backoff
+                self._backoff = min(self._backoff * 2, self.settings.backoff_max)
+                log.info("reconcile_retry_scheduled", retry_in=delay)
+                self._schedule_retry(batch, delay)
+
+    async def _settle(self) -> None:
+        """Wait for a quiet window after the first request, bounded by max_delay."""
+        if not self._pending:
+            return
+        deadline = min(self._pending.values()) + self.settings.max_delay
+        while not self._stopping.is_set():
+            self._wake.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(self.settings.quiet_window, remaining))
+            except asyncio.TimeoutError:
+                return
+
+    async def _reconcile(self, batch: dict[Trigger, float]) -> bool:
+        trigger = next(t for t in _LABEL_ORDER if t in batch)
+        started = time.monotonic()
+        assert self.backend is not None
+        try:
+            loaded = load_policy_dir(self.settings.policy_dir)
+            report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
+        except BackendUnavailable as exc:
+            return self._record_error(trigger, started, exc, "firewalld_unavailable")
+        except FwreconError as exc:
+            return self._record_error(trigger, started, exc, "reconcile_error")
+        except Exception as exc:  # a bug must not kill the daemon: log, back off, retry
+            log.exception("reconcile_crashed", trigger=trigger.value)
+            return self._record_error(trigger, started, exc, "reconcile_crashed")
+        self._remember_last_good(loaded, report)
+        self._record(trigger, batch, loaded, report, time.monotonic() - started)
+        return report.converged
+
+    def _remember_last_good(self, loaded: LoadResult, report: ReconcileReport) -> None:
+        failed = {o.policy for o in report.failed}
+        for name, policy in loaded.policies.items():
+            if name not in report.invalid and name not in failed:
+                self.last_good[name] = policy.items
+        for name in list(self.last_good):
+            if name not in loaded.policies and name not in loaded.errors:
+                del self.last_good[name]  # the file is gone: nothing of it is wanted
+
+    def _record_error(self, trigger: Trigger, started: float, exc: BaseException, event: str) -> bool:
+        duration = time.monotonic() - started
+        self.metrics.reconcile_duration.labels(trigger=trigger.value).observe(duration)
+        self.metrics.reconciles.labels(trigger=trigger.value, result="error").inc()
+        log.error(event, trigger=trigger.value, error=str(exc), code=getattr(exc, "code", None),
+                  duration_ms=round(duration * 1000, 2), result="error")
+        return False
+
+    def _record(self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float) -> None:
+        m = self.metrics
+        result = "success" if report.converged else "error"
+        m.reconcile_duration.labels(trigger=trigger.value).observe(duration)
+        m.reconciles.labels(trigger=trigger.value, result=result).inc()
+        backend = self.backend.name if self.backend else "unknown"
+        for outcome in report.outcomes:
+            for op, op_result in outcome.ops:
+                m.operations.labels(backend=backend, action=op.action, result=op_result.value).inc()
+            if outcome.status == "failed":
+                m.rollbacks.labels(policy=outcome.policy).inc()
+                if outcome.failed_op:
+                    m.operations.labels(backend=backend, action=outcome.failed_op.action, result="failed").inc()
+                for undo in outcome.undone:
+                    m.operations.labels(backend=backend, action=undo.action, result="rollback").inc()
+        invalid = len(report.invalid)
+        m.policies.labels(state="invalid").set(invalid)
+        m.policies.labels(state="valid").set(len(loaded.policies.keys() - report.invalid.keys()))
+        m.owned_items.set(report.owned_items)
+        if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops:
+            m.drift_repairs.inc(report.write_ops)
+        now = time.monotonic()
+        if report.converged:
+            m.last_success.set(time.time())
+            for kind in (Trigger.RELOAD, Trigger.OWNER):
+                if kind in batch:
+                    m.reapply_after_reload.observe(now - batch[kind])
+                    break
+            if Trigger.POLICY in batch:
+                m.event_to_converged.observe(now - batch[Trigger.POLICY])
+            if not self._ready_sent:
+                self.notifier.ready(f"converged: {report.owned_items} owned items")
+                self._ready_sent = True
+        self.notifier.status(f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies")
+        log.info("reconcile", trigger=trigger.value, ops=report.write_ops, duration_ms=round(duration * 1000, 2),
+                 result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid))

@@ -1,0 +1,69 @@
+"""Every Prometheus metric fwrecon exports, in one place.
+
+Names follow Prometheus conventions (``fwrecon_*``, ``_seconds``,
+``_total``); labels are low-cardinality (trigger, result, action, backend,
+policy name).  Metrics live on their own registry so that several daemons in
+one test process never collide, and the HTTP endpoint binds to loopback
+unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from . import __version__
+
+# 9100-9999 is Prometheus' range for exporters; 9847 is fwrecon's default.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9847"
+TRIGGERS = ("startup", "policy", "reload", "owner", "drift", "resync", "signal")
+_RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The metric objects, created on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.reconcile_duration = Histogram(
+            "fwrecon_reconcile_duration_seconds", "Time of one reconcile (observe, plan, apply)",
+            ["trigger"], registry=r, buckets=_RECONCILE_BUCKETS,
+        )
+        self.reconciles = Counter("fwrecon_reconciles", "Reconciles run", ["trigger", "result"], registry=r)
+        self.operations = Counter(
+            "fwrecon_operations", "Firewall write operations", ["backend", "action", "result"], registry=r
+        )
+        self.rollbacks = Counter("fwrecon_rollbacks", "Transactions rolled back", ["policy"], registry=r)
+        self.reapply_after_reload = Histogram(
+            "fwrecon_reapply_after_reload_seconds",
+            "From firewalld's Reloaded signal (or its return to the bus) to converged",
+            registry=r, buckets=_RECONCILE_BUCKETS,
+        )
+        self.event_to_converged = Histogram(
+            "fwrecon_event_to_converged_seconds", "From a policy file event to converged",
+            registry=r, buckets=_RECONCILE_BUCKETS,
+        )
+        self.drift_repairs = Counter("fwrecon_drift_repairs", "Operations that repaired drift made outside fwrecon", registry=r)
+        self.firewalld_reloads = Counter("fwrecon_firewalld_reloads", "firewalld reloads seen", registry=r)
+        self.firewalld_up = Gauge("fwrecon_firewalld_up", "1 while firewalld is on the bus", registry=r)
+        self.policies = Gauge("fwrecon_policies", "Policy files by state", ["state"], registry=r)
+        self.owned_items = Gauge("fwrecon_owned_items", "Firewall items fwrecon added and owns", registry=r)
+        self.last_success = Gauge(
+            "fwrecon_last_success_timestamp_seconds", "When the last reconcile converged", registry=r
+        )
+        self.last_queued = Gauge(
+            "fwrecon_last_queued_timestamp_seconds", "When a reconcile was last requested (if it is far ahead of last success, something is stuck)", registry=r
+        )
+        self.build_info = Gauge("fwrecon_build_info", "fwrecon version", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        for trigger in TRIGGERS:
+            self.reconcile_duration.labels(trigger=trigger)
+            for result in ("success", "error"):
+                self.reconciles.labels(trigger=trigger, result=result)
+        for state in ("valid", "invalid"):
+            self.policies.labels(state=state)
+
+    def serve(self, address: str) -> None:
+        """Expose /metrics on HOST:PORT (a background thread)."""
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
