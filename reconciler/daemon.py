@@ -372,17 +372,20 @@ class Controller:
         if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops:
             m.drift_repairs.inc(report.write_ops)
         now = time.monotonic()
+        latencies: dict[str, float] = {}
         if report.converged:
             m.last_success.set(time.time())
             for kind in (Trigger.RELOAD, Trigger.OWNER):
                 if kind in batch:
+                    latencies["reapply_ms"] = round((now - batch[kind]) * 1000, 2)
                     m.reapply_after_reload.observe(now - batch[kind])
                     break
             if Trigger.POLICY in batch:
+                latencies["event_to_converged_ms"] = round((now - batch[Trigger.POLICY]) * 1000, 2)
                 m.event_to_converged.observe(now - batch[Trigger.POLICY])
             if not self._ready_sent:
                 self.notifier.ready(f"converged: {report.owned_items} owned items")
                 self._ready_sent = True
         self.notifier.status(f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies")
         log.info("reconcile", trigger=trigger.value, ops=report.write_ops, duration_ms=round(duration * 1000, 2),
-                 result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid))
+                 result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid), **latencies)
