@@ -384,6 +384,10 @@ class _PolicyParser:
             fields = {}
             ok = True
             for field_name in FORWARD_PORT_KEYS:
+                if field_name in ("port", "protocol") and field_name not in entry:
+                    self.error(f"{path}.{field_name}", "missing")
+                    ok = False
+                    continue
                 raw = entry.get(field_name, "")
                 if isinstance(raw, int) and not isinstance(raw, bool) and field_name in ("port", "to_port"):
                     raw = str(raw)
@@ -453,7 +457,7 @@ class _PolicyParser:
         if family is not None and family not in DIRECT_TABLES:
             self.error(f"{path}.family", f"{_show(family)} is not one of ipv4|ipv6|eb")
         elif family is not None and table is not None and table not in DIRECT_TABLES[family]:
-            self.error(f"{path}.table", f"{_show(table)} is not a {family} table ({'|'.join(DIRECT_TABLES[family])})")
+            self.error(f"{path}.table", f"{_show(table)} is not a table of family {family} ({'|'.join(DIRECT_TABLES[family])})")
         if chain is not None and not _CHAIN.match(chain):
             self.error(f"{path}.chain", f"{_show(chain)} is not a chain name (1-28 of letters, digits, '_', '.', '-')")
         if section == "chain":
