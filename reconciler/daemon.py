@@ -339,7 +339,7 @@ class Controller:
             if name not in report.invalid and name not in failed:
                 self.last_good[name] = policy.items
         for name in list(self.last_good):
-            if name not in loaded.policies and name not in loaded.errors:
+            if not loaded.unreadable and name not in loaded.policies and name not in loaded.errors:
                 del self.last_good[name]  # the file is gone: nothing of it is wanted
 
     def _record_error(self, trigger: Trigger, started: float, exc: BaseException, event: str) -> bool:

@@ -20,7 +20,7 @@ import structlog
 from .backends.base import Backend, KnownNames, Outcome
 from .errors import BackendUnavailable, PolicyError
 from .model import DirectChain, Item
-from .planner import Op, Ownership, PolicyPlan, chain_in_use, plan_all, settle_ownership
+from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_ownership
 from .policy import LoadResult, check_references
 from .state import State, StateStore
 from .transaction import Transaction, TransactionFailed
@@ -83,10 +83,12 @@ def desired_state(
             invalid[name] = problems
         else:
             items[name] = policy.items
-    for name in invalid:
-        if name in loaded.policies or name in loaded.errors:
-            held = (last_good or {}).get(name)
-            items[name] = held if held is not None else state.owned_by(name)
+    held_names = set(invalid)
+    if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
+        held_names |= owners_of(state.owned) | set(last_good or {})
+    for name in held_names - items.keys():
+        held = (last_good or {}).get(name)
+        items[name] = held if held is not None else state.owned_by(name)
     return Desired(items, invalid)
 
 

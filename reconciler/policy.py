@@ -93,6 +93,9 @@ class Policy:
 class LoadResult:
     policies: dict[str, Policy] = field(default_factory=dict)
     errors: dict[str, list[PolicyError]] = field(default_factory=dict)  # by policy name
+    # The directory itself could not be read (missing, unsafe): the set of
+    # policies is unknown, so none may be treated as deleted.
+    unreadable: bool = False
 
     def all_errors(self) -> list[PolicyError]:
         return [err for name in sorted(self.errors) for err in self.errors[name]]
@@ -121,9 +124,11 @@ def load_policy_dir(directory: Path | str) -> LoadResult:
         files = policy_files(directory)
     except PolicyError as err:
         result.errors[str(directory)] = [err]
+        result.unreadable = True
         return result
     except OSError as exc:
         result.errors[str(directory)] = [PolicyError(str(directory), "", f"cannot read policy directory: {exc.strerror}")]
+        result.unreadable = True
         return result
     for path in files:
         name = path.name[: -len(".toml")]

@@ -263,3 +263,28 @@ def test_unreachable_firewalld_is_a_clear_error(fwrecon: Fwrecon, tmp_path: Path
     )
     assert result.returncode == 1
     assert "cannot connect to the D-Bus system bus" in result.stderr
+
+
+def test_firewalld_policy_object_items(fwrecon: Fwrecon) -> None:
+    """Runtime policies have no per-item methods: items go through get/setPolicySettings."""
+    sb = fwrecon.sandbox
+    before = firewalld_snapshot(sb)
+    fwrecon.write_policy("pol", """
+        [policy.allow-host-ipv6]
+        ports = ["7700/tcp", "7701-7705/udp"]
+        services = ["mdns"]
+        forward_ports = [{ port = "7710", protocol = "tcp", to_port = "22" }]
+    """)
+    assert fwrecon.apply().returncode == 0
+    def listed(what: str) -> set[str]:
+        return set(sb.firewall_cmd("--policy=allow-host-ipv6", f"--list-{what}", check=True).stdout.split())
+    assert listed("ports") == {"7700/tcp", "7701-7705/udp"}
+    assert "mdns" in listed("services")
+    assert listed("forward-ports") == {"port=7710:proto=tcp:toport=22:toaddr="}
+    assert fwrecon.run("plan").returncode == 0
+    fwrecon.write_policy("pol", '[policy.allow-host-ipv6]\nports = ["7700/tcp"]\n')
+    assert fwrecon.apply().returncode == 0
+    assert listed("ports") == {"7700/tcp"} and "mdns" not in listed("services")
+    fwrecon.remove_policy("pol")
+    assert fwrecon.apply().returncode == 0
+    assert firewalld_snapshot(sb) == before

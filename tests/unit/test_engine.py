@@ -145,3 +145,14 @@ def test_interrupted_transaction_converges(tmp_path):
     reconcile(backend, store, policies())
     assert backend.state.items() == frozenset()
     assert store.load().owned == {}
+
+
+def test_unreadable_policy_directory_removes_nothing(tmp_path):
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconcile(backend, store, policies(web={HTTP}, api={P8080}))
+    unreadable = LoadResult(errors={"/etc/p": [PolicyError("/etc/p", "", "does not exist")]}, unreadable=True)
+    backend.calls.clear()
+    report = reconcile(backend, store, unreadable)
+    assert backend.calls == []
+    assert backend.state.items() == {HTTP, P8080}
+    assert list(report.invalid) == ["/etc/p"]
