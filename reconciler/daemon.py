@@ -301,8 +301,12 @@ class Controller:
                 self._schedule_retry(batch, delay)
 
     async def _settle(self) -> None:
-        """Wait for a quiet window after the first request, bounded by max_delay."""
-        if not self._pending:
+        """Wait for a quiet window after the first request, bounded by max_delay.
+
+        Not after a reload or restart: firewalld announces those once it is
+        ready, our rules are gone, and every millisecond of waiting is a hole.
+        """
+        if not self._pending or self._pending.keys() & {Trigger.RELOAD, Trigger.OWNER}:
             return
         deadline = min(self._pending.values()) + self.settings.max_delay
         while not self._stopping.is_set():

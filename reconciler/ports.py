@@ -48,6 +48,8 @@ def canonical_port(text: str) -> str:
 
 def covers(ranges: set[Range] | frozenset[Range], rng: Range) -> bool:
     """True when one existing range contains all of ``rng`` (firewalld's test)."""
+    if rng in ranges:  # the common case, without scanning every range of the zone
+        return True
     return any(low <= rng[0] and rng[1] <= high for low, high in ranges)
 
 
