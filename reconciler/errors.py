@@ -47,8 +47,9 @@ class BackendUnavailable(BackendError):
 
 
 class OperationFailed(BackendError):
-    """The firewall refused one operation."""
+    """The firewall refused one operation (``op``, when a batch knows which)."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, op: object | None = None) -> None:
         self.code = code
+        self.op = op
         super().__init__(message)

@@ -11,6 +11,8 @@ direct table): observing reads one container at a time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
@@ -75,14 +77,14 @@ class Item(ABC):
             kwargs: dict[str, Any] = {}
             for f in fields(cls):
                 value = data[f.name]
-                if f.name == "scope":
+                if f.type == "Scope":
                     kind, name = value
                     if kind not in ("zone", "policy"):
                         raise ValueError(f"bad scope kind {kind!r}")
                     value = Scope(kind, str(name))
-                elif f.name == "args":
+                elif f.type == "tuple[str, ...]":
                     value = tuple(str(a) for a in value)
-                elif f.name == "priority":
+                elif f.type == "int":
                     value = int(value)
                 else:
                     value = str(value)
@@ -90,6 +92,16 @@ class Item(ABC):
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed item {data!r}: {exc}") from exc
+
+    def tag(self) -> str:
+        """A short, stable ownership tag for backends that can label rules.
+
+        A hash of the canonical item, not the policy name: an item shared by
+        two policies is one rule in the firewall, and the state file says
+        which policies want it.
+        """
+        digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+        return f"fwrecon:{digest[:16]}"
 
 
 @dataclass(frozen=True, order=True)
@@ -223,7 +235,7 @@ class DirectChain(Item):
     chain: str
 
     def container(self) -> tuple[str, ...]:
-        return ("direct",)
+        return ("direct", self.family, self.table)
 
     def describe(self) -> str:
         return f"direct {self.family} {self.table} chain {self.chain}"
@@ -239,13 +251,56 @@ class DirectRule(Item):
     args: tuple[str, ...]
 
     def container(self) -> tuple[str, ...]:
-        return ("direct",)
+        return ("direct", self.family, self.table)
 
     def describe(self) -> str:
         return (
             f"direct {self.family} {self.table} {self.chain} "
             f"priority {self.priority} rule {' '.join(self.args)}"
         )
+
+
+NFT_TABLE = "fwrecon"  # fwrecon's own table in each nftables family
+
+
+@dataclass(frozen=True, order=True)
+class NftChain(Item):
+    """A chain in fwrecon's own nftables table; a base chain when ``hook`` is set."""
+
+    kind: ClassVar[str] = "nft_chain"
+    layer: ClassVar[int] = 0
+    family: str
+    chain: str
+    type: str = ""  # filter | nat | route (base chains only)
+    hook: str = ""
+    priority: int = 0
+    policy: str = ""  # accept | drop (base chains only)
+
+    def container(self) -> tuple[str, ...]:
+        return ("nft", self.family)
+
+    def describe(self) -> str:
+        text = f"nft {self.family} {NFT_TABLE} chain {self.chain}"
+        if self.hook:
+            text += f" {{ type {self.type} hook {self.hook} priority {self.priority};"
+            text += f" policy {self.policy}; }}" if self.policy else " }"
+        return text
+
+
+@dataclass(frozen=True, order=True)
+class NftRule(Item):
+    """A rule in fwrecon's table; ``rule`` is the policy's text, whitespace folded."""
+
+    kind: ClassVar[str] = "nft_rule"
+    family: str
+    chain: str
+    rule: str
+
+    def container(self) -> tuple[str, ...]:
+        return ("nft", self.family)
+
+    def describe(self) -> str:
+        return f"nft {self.family} {NFT_TABLE} {self.chain} rule {self.rule}"
 
 
 ITEM_KINDS: dict[str, type[Item]] = {
@@ -263,6 +318,8 @@ ITEM_KINDS: dict[str, type[Item]] = {
         Interface,
         DirectChain,
         DirectRule,
+        NftChain,
+        NftRule,
     )
 }
 

@@ -93,15 +93,24 @@ class Transaction:
             self._steps.insert(self._cursor + self._inserted, step)
 
     async def apply(self, backend: Backend) -> list[StepResult]:
-        """Run every step; on failure roll back and raise TransactionFailed."""
+        """Run every step; on failure roll back and raise TransactionFailed.
+
+        Consecutive ops the backend can batch (same `batch_key`) go to it in
+        one `execute_batch`, which is all or nothing.
+        """
         applied: list[StepResult] = []
         index = 0
         while index < len(self._steps):
             step = self._steps[index]
             self._cursor, self._inserted = index, 0
+            batch = self._batch_at(index, backend)
             try:
                 if step.query is not None:
                     await step.query(self, backend)
+                elif len(batch) > 1:
+                    outcomes = await backend.execute_batch(batch)
+                    applied.extend(StepResult(op, outcome) for op, outcome in zip(batch, outcomes))
+                    index += len(batch) - 1
                 elif step.op is not None:
                     applied.append(StepResult(step.op, await backend.execute(step.op)))
             except BackendError as exc:
@@ -109,7 +118,8 @@ class Transaction:
                     log.info("op_failure_ignored", transaction=self.name, op=step.op and step.op.describe(), error=str(exc))
                 else:
                     self._cursor = None
-                    raise await self._rollback(backend, applied, step.op, exc) from exc
+                    culprit = getattr(exc, "op", None) or step.op
+                    raise await self._rollback(backend, applied, culprit, exc) from exc
             except BaseException as exc:  # cancellation or a bug in a hook: still undo
                 self._cursor = None
                 failure = await self._rollback(backend, applied, step.op, exc)
@@ -118,17 +128,38 @@ class Transaction:
         self._cursor = None
         return applied
 
+    def _batch_at(self, index: int, backend: Backend) -> list[Op]:
+        """The run of plain ops from ``index`` that share one batch key."""
+        first = self._steps[index]
+        if first.op is None or first.ignore_failure:
+            return []
+        key = backend.batch_key(first.op)
+        if key is None:
+            return [first.op]
+        run = [first.op]
+        for step in self._steps[index + 1 :]:
+            if step.op is None or step.ignore_failure or backend.batch_key(step.op) != key:
+                break
+            run.append(step.op)
+        return run
+
     async def _rollback(self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException) -> TransactionFailed:
         failure = TransactionFailed(self.name, failed_op, cause)
-        for result in reversed(applied):
-            if result.outcome is not Outcome.APPLIED:
-                continue
-            undo = result.op.inverse()
+        undos = [result.op.inverse() for result in reversed(applied) if result.outcome is Outcome.APPLIED]
+        while undos:
+            key = backend.batch_key(undos[0])
+            size = 1
+            while key is not None and size < len(undos) and backend.batch_key(undos[size]) == key:
+                size += 1
+            group, undos = undos[:size], undos[size:]
             try:
-                await backend.execute(undo)
-                failure.undone.append(undo)
+                if len(group) > 1:
+                    await backend.execute_batch(group)
+                else:
+                    await backend.execute(group[0])
+                failure.undone.extend(group)
             except BackendError as exc:
-                failure.rollback_errors.append((undo, exc))
+                failure.rollback_errors.extend((undo, exc) for undo in group)
         log.warning(
             "transaction_rolled_back",
             transaction=self.name,

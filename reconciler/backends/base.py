@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 
+from ..model import Item
 from ..planner import Op
 from ..view import FirewallView
 
@@ -58,6 +59,27 @@ class Backend(ABC):
     @abstractmethod
     async def execute(self, op: Op) -> Outcome:
         """Apply one operation; raise OperationFailed if the firewall refuses it."""
+
+    def batch_key(self, op: Op) -> Hashable | None:
+        """Consecutive ops with the same non-None key go to `execute_batch` together."""
+        return None
+
+    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+        """Apply ``ops`` all or nothing (``*-restore``, ``nft -f``).
+
+        Raises OperationFailed (with ``op`` set to the culprit when known) and
+        then nothing of the batch took effect.  Only called for ops that
+        `batch_key` groups.
+        """
+        return [await self.execute(op) for op in ops]
+
+    def cannot_hold(self, item: Item) -> str | None:
+        """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""
+        return None
+
+    def name_for(self, item: Item) -> str:
+        """The name of the backend that holds ``item`` (for metrics and state)."""
+        return self.name
 
     async def known_names(self) -> KnownNames | None:
         """Names to validate against, or None when the backend has no such notion."""

@@ -201,15 +201,17 @@ class FirewalldBackend(Backend):
     # -- observe ---------------------------------------------------------------
 
     async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
-        reads = [self._read(container) for container in sorted(containers)]
-        results = await asyncio.gather(*reads)
+        """One read per zone and policy; one getAllChains + getAllRules for every direct table."""
+        wanted = set(containers)
+        reads = sorted({("direct",) if c[0] == "direct" else c for c in wanted})
+        results = await asyncio.gather(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
-        for container, found in zip(sorted(containers), results):
+        for container, found in zip(reads, results):
             if found is None:
                 missing.append(container)
             else:
-                items.extend(found)
+                items.extend(item for item in found if item.container() in wanted)
         return FirewallView(items, containers, missing)
 
     async def _read(self, container: tuple[str, ...]) -> list[Item] | None:

@@ -9,7 +9,7 @@ to refuse an item or to fail the Nth write call.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Hashable, Iterable, Sequence
 
 from ..errors import OperationFailed
 from ..model import Item
@@ -21,12 +21,32 @@ from .base import Backend, Outcome
 class MemoryBackend(Backend):
     name = "memory"
 
-    def __init__(self, items: Iterable[Item] = (), *, refuse: Iterable[Item] = (), fail_on_call: int | None = None) -> None:
+    def __init__(
+        self,
+        items: Iterable[Item] = (),
+        *,
+        refuse: Iterable[Item] = (),
+        fail_on_call: int | None = None,
+        batches: bool = False,
+    ) -> None:
         self.state = FirewallView(items)
         self.refuse = set(refuse)
         self.fail_on_call = fail_on_call
+        self.batches = batches  # behave like *-restore / nft -f: one atomic call per container
         self.calls: list[str] = []  # every write, as "+ zone public port 80/tcp"
         self.reads: list[tuple[str, ...]] = []
+
+    def batch_key(self, op: Op) -> Hashable | None:
+        return op.item.container() if self.batches else None
+
+    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+        self.calls.append("batch: " + "; ".join(op.describe() for op in ops))
+        saved = self.state.copy()
+        try:
+            return [self._apply(op) for op in ops]
+        except OperationFailed:
+            self.state = saved  # all or nothing
+            raise
 
     async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
         self.reads.extend(sorted(containers))
@@ -35,10 +55,13 @@ class MemoryBackend(Backend):
 
     async def execute(self, op: Op) -> Outcome:
         self.calls.append(op.describe())
+        return self._apply(op)
+
+    def _apply(self, op: Op) -> Outcome:
         if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
-            raise OperationFailed(f"injected failure on call {self.fail_on_call}", "INJECTED")
+            raise OperationFailed(f"injected failure on call {self.fail_on_call}", "INJECTED", op)
         if op.item in self.refuse:
-            raise OperationFailed(f"refused {op.item.describe()}", "INVALID_VALUE")
+            raise OperationFailed(f"refused {op.item.describe()}", "INVALID_VALUE", op)
         if op.action == "add":
             if self.state.has(op.item):
                 return Outcome.UNCHANGED

@@ -111,7 +111,7 @@ def test_query_hook_adds_ops_that_run_next():
     backend = MemoryBackend(items=[chain, rule, Port(Z, "80", "tcp")])
 
     async def flush_chain(txn, backend):
-        view = await backend.observe({("direct",)})
+        view = await backend.observe({chain.container()})
         for found in sorted(view.rules_in_chain(chain), key=lambda r: r.priority):
             txn.add(Op("remove", found))
         txn.add(Op("remove", chain))
@@ -127,7 +127,7 @@ def test_query_hook_adds_ops_that_run_next():
         "- direct ipv4 filter chain X",
         "+ zone public service b",
     ]
-    assert backend.reads == [("direct",)]
+    assert backend.reads == [("direct", "ipv4", "filter")]
 
 
 def test_query_added_ops_are_rolled_back_too():
@@ -143,4 +143,30 @@ def test_query_added_ops_are_rolled_back_too():
     with pytest.raises(TransactionFailed):
         run(txn.apply(backend))
     assert backend.calls[-2:] == ["- zone public service b", "- zone public service a"]
+    assert backend.state.items() == frozenset()
+
+
+def test_batching_backend_gets_one_call_per_container_run():
+    rule = DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    chain = DirectChain("ipv4", "filter", "X")
+    backend = MemoryBackend(batches=True)
+    run(txn_of(Op("add", chain), Op("add", rule), Op("add", A), Op("add", B)).apply(backend))
+    assert backend.calls == [
+        "batch: + direct ipv4 filter chain X; + direct ipv4 filter X priority 0 rule -j ACCEPT",
+        "batch: + zone public service a; + zone public service b",
+    ]
+
+
+def test_failed_batch_changes_nothing_and_earlier_batches_are_undone_as_a_batch():
+    rule = DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    chain = DirectChain("ipv4", "filter", "X")
+    backend = MemoryBackend(batches=True, refuse=[B])
+    with pytest.raises(TransactionFailed) as info:
+        run(txn_of(Op("add", chain), Op("add", rule), Op("add", A), Op("add", B)).apply(backend))
+    assert backend.calls == [
+        "batch: + direct ipv4 filter chain X; + direct ipv4 filter X priority 0 rule -j ACCEPT",
+        "batch: + zone public service a; + zone public service b",
+        "batch: - direct ipv4 filter X priority 0 rule -j ACCEPT; - direct ipv4 filter chain X",
+    ]
+    assert info.value.failed_op == Op("add", B)  # the batch named its culprit
     assert backend.state.items() == frozenset()
