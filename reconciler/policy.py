@@ -35,6 +35,8 @@ from .model import (
     Interface,
     Item,
     Masquerade,
+    NftChain,
+    NftRule,
     Port,
     Protocol,
     RichRule,
@@ -46,7 +48,19 @@ from .model import (
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
 
-TOP_KEYS = ("description", "zone", "policy", "direct")
+TOP_KEYS = ("description", "zone", "policy", "direct", "nft")
+NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+NFT_HOOKS = {
+    "ip": ("prerouting", "input", "forward", "output", "postrouting"),
+    "ip6": ("prerouting", "input", "forward", "output", "postrouting"),
+    "inet": ("prerouting", "input", "forward", "output", "postrouting"),
+    "arp": ("input", "output"),
+    "bridge": ("prerouting", "input", "forward", "output", "postrouting"),
+    "netdev": (),  # ingress/egress chains need a device: not supported here
+}
+NFT_CHAIN_TYPES = ("filter", "nat", "route")
+NFT_CHAIN_KEYS = ("family", "chain", "type", "hook", "priority", "policy")
+NFT_RULE_KEYS = ("family", "chain", "rule")
 SCOPE_LIST_KEYS = ("services", "ports", "protocols", "source_ports", "icmp_blocks", "rich_rules")
 ZONE_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports", "sources", "interfaces")
 POLICY_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports")
@@ -66,6 +80,7 @@ _POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
 _CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
 # The kernel refuses '/', ':' and white space; firewalld also '!' and '*'.
+_NFT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 _INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
 # firewalld's direct interface takes the priority as a D-Bus int32.
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
@@ -257,6 +272,7 @@ class _PolicyParser:
                 self.references.append(Reference(key, kind, scope_name))
                 self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)  # type: ignore[arg-type]
         self.direct(self.table("direct", data.get("direct", {})))
+        self.nft(self.table("nft", data.get("nft", {})))
         return Policy(name, self.label, description, frozenset(self.items), tuple(self.references))
 
     def table(self, key: str, value: Any) -> dict[str, Any]:
@@ -486,6 +502,82 @@ class _PolicyParser:
         if len(self.errors) > errors_before:
             return None
         return DirectRule(family, table, chain, priority, tuple(args))  # type: ignore[arg-type]
+
+    # -- nftables ---------------------------------------------------------------
+
+    def nft(self, body: dict[str, Any]) -> None:
+        self.unknown_keys("nft", body, ("chain", "rule"))
+        for section, keys, build in (("chain", NFT_CHAIN_KEYS, self.nft_chain), ("rule", NFT_RULE_KEYS, self.nft_rule)):
+            entries = body.get(section, [])
+            key = f"nft.{section}"
+            if not isinstance(entries, list):
+                self.error(key, f"expected an array of tables ([[{key}]]), got {_type_name(entries)}")
+                continue
+            for index, entry in enumerate(entries):
+                path = f"{key}[{index}]"
+                if not isinstance(entry, dict):
+                    self.error(path, f"expected a table, got {_type_name(entry)}")
+                    continue
+                self.unknown_keys(path, entry, keys)
+                item = build(path, entry)
+                if item is not None:
+                    self.items.add(item)
+
+    def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
+        family = self.required_string(path, entry, "family")
+        chain = self.required_string(path, entry, "chain")
+        ok = family is not None and chain is not None
+        if family is not None and family not in NFT_FAMILIES:
+            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
+            ok = False
+        if chain is not None and not _NFT_NAME.match(chain):
+            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name (letters, digits, '_', '.', '-'; up to 64)")
+            ok = False
+        return (family, chain) if ok else None  # type: ignore[return-value]
+
+    def nft_chain(self, path: str, entry: dict[str, Any]) -> Item | None:
+        errors_before = len(self.errors)
+        names = self.nft_family_and_chain(path, entry)
+        hook = entry.get("hook", "")
+        if not isinstance(hook, str):
+            self.error(f"{path}.hook", f"expected a string, got {_type_name(hook)}")
+            hook = ""
+        elif hook and names and hook not in NFT_HOOKS[names[0]]:
+            allowed = "|".join(NFT_HOOKS[names[0]]) or "none supported"
+            self.error(f"{path}.hook", f"{_show(hook)} is not a {names[0]} hook ({allowed})")
+        base_only = {k: entry[k] for k in ("type", "priority", "policy") if k in entry}
+        if not hook:
+            for key in base_only:
+                self.error(f"{path}.{key}", "only a base chain (one with a hook) has a type, priority or policy")
+        chain_type = base_only.get("type", "filter" if hook else "")
+        if hook and chain_type not in NFT_CHAIN_TYPES:
+            self.error(f"{path}.type", f"{_show(chain_type)} is not one of {'|'.join(NFT_CHAIN_TYPES)}")
+        priority = base_only.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
+        chain_policy = base_only.get("policy", "")
+        if hook and chain_policy not in ("", "accept", "drop"):
+            self.error(f"{path}.policy", f"{_show(chain_policy)} is not accept|drop")
+        if len(self.errors) > errors_before or names is None:
+            return None
+        family, chain = names
+        return NftChain(family, chain, chain_type, hook, priority if hook else 0, chain_policy if hook else "")
+
+    def nft_rule(self, path: str, entry: dict[str, Any]) -> Item | None:
+        errors_before = len(self.errors)
+        names = self.nft_family_and_chain(path, entry)
+        rule = self.required_string(path, entry, "rule")
+        if rule is not None:
+            folded = " ".join(rule.split())
+            if not folded:
+                self.error(f"{path}.rule", "is empty")
+            elif any(c in rule for c in ";#\n\r\0"):
+                self.error(f"{path}.rule", "must be one rule: no ';', '#' or line breaks")
+            elif re.search(r"\bcomment\b", folded):
+                self.error(f"{path}.rule", "must not carry a comment: fwrecon tags each rule with its own")
+        if len(self.errors) > errors_before or names is None or rule is None:
+            return None
+        return NftRule(names[0], names[1], " ".join(rule.split()))
 
     def required_string(self, path: str, entry: dict[str, Any], key: str) -> str | None:
         if key not in entry:

@@ -338,7 +338,7 @@ POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("foo = 1\n", "t.toml: foo: unknown key (expected one of: description, zone, policy, direct)"),
+        ("foo = 1\n", "t.toml: foo: unknown key (expected one of: description, zone, policy, direct, nft)"),
         (zone("service = []"), f"t.toml: zone.public.service: unknown key (expected one of: {ZONE_KEYS_TEXT})"),
         ('[policy.p]\nsources = ["10.0.0.1"]\n', f"t.toml: policy.p.sources: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
         ('[policy.p]\ninterfaces = ["eth0"]\n', f"t.toml: policy.p.interfaces: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
@@ -630,7 +630,7 @@ MANY_ERRORS = (
     'family = "ipv4"\ntable = "filter"\nchain = "X"\nargs = []\n'
 )
 MANY_ERRORS_EXPECTED = [
-    ("descripton", "unknown key (expected one of: description, zone, policy, direct)"),
+    ("descripton", "unknown key (expected one of: description, zone, policy, direct, nft)"),
     ("zone.public.ports[0]", f'"80/tcpx" {PORT_MSG}'),
     ("zone.public.sources[0]", f'"not-an-ip" {SOURCE_MSG}'),
     ("zone.public.masquerade", "expected true or false, got integer"),
@@ -665,7 +665,7 @@ def test_all_errors_sorted_by_policy_name(tmp_path: Path) -> None:
     write(tmp_path, "c.toml", "")
     result = load_policy_dir(tmp_path)
     assert list(result.policies) == ["c"]
-    top = "unknown key (expected one of: description, zone, policy, direct)"
+    top = "unknown key (expected one of: description, zone, policy, direct, nft)"
     assert [str(e) for e in result.all_errors()] == [f"a.toml: y: {top}", f"a.toml: z: {top}", f"b.toml: x: {top}"]
 
 
@@ -799,3 +799,55 @@ def test_check_references_reports_every_unknown_name(tmp_path: Path) -> None:
         ("zone.dmz.rich_rules[0]", "service 'imap' does not exist in firewalld"),
         ("zone.dmz.services[0]", "service 'smtp' does not exist in firewalld"),
     ]
+
+
+# -- nftables sections --------------------------------------------------------
+
+
+def test_nft_sections_load(tmp_path: Path) -> None:
+    from reconciler.model import NftChain, NftRule
+
+    policy = load(tmp_path, """
+[[nft.chain]]
+family = "inet"
+chain = "input"
+hook = "input"
+priority = -5
+policy = "drop"
+
+[[nft.chain]]
+family = "ip"
+chain = "helper"
+
+[[nft.rule]]
+family = "inet"
+chain = "input"
+rule = "  tcp dport { 80, 443 }   accept "
+""")
+    assert policy.items == {
+        NftChain("inet", "input", "filter", "input", -5, "drop"),
+        NftChain("ip", "helper", "", "", 0, ""),
+        NftRule("inet", "input", "tcp dport { 80, 443 } accept"),
+    }
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        ('[[nft.chain]]\nfamily = "inet6"\nchain = "x"', 'nft.chain[0].family: "inet6" is not one of ip|ip6|inet|arp|bridge|netdev'),
+        ('[[nft.chain]]\nfamily = "inet"', "nft.chain[0].chain: missing"),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "ingress2"', 'nft.chain[0].hook: "ingress2" is not a inet hook (prerouting|input|forward|output|postrouting)'),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\npolicy = "drop"', "nft.chain[0].policy: only a base chain (one with a hook) has a type, priority or policy"),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\ntype = "mangle"', 'nft.chain[0].type: "mangle" is not one of filter|nat|route'),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npolicy = "reject"', 'nft.chain[0].policy: "reject" is not accept|drop'),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npriority = "0"', "nft.chain[0].priority: expected an integer, got string"),
+        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhooks = "input"', "nft.chain[0].hooks: unknown key (expected one of: family, chain, type, hook, priority, policy)"),
+        ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept; flush ruleset"', "nft.rule[0].rule: must be one rule: no ';', '#' or line breaks"),
+        ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept comment \\"x\\""', "nft.rule[0].rule: must not carry a comment: fwrecon tags each rule with its own"),
+        ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "   "', "nft.rule[0].rule: is empty"),
+        ('[[nft.rule]]\nfamily = "inet"\nchain = "bad chain"\nrule = "accept"', 'nft.rule[0].chain: "bad chain" is not a chain name (letters, digits, \'_\', \'.\', \'-\'; up to 64)'),
+        ("[nft]\nrules = []", "nft.rules: unknown key (expected one of: chain, rule)"),
+    ],
+)
+def test_nft_section_errors(tmp_path: Path, body: str, expected: str) -> None:
+    assert errors(tmp_path, body) == [f"t.toml: {expected}"]
