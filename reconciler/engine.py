@@ -11,6 +11,7 @@ or confuse the others.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from .backends.base import Backend, KnownNames, Outcome
-from .errors import BackendUnavailable, PolicyError
+from .backends.router import Router
+from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item
 from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_ownership
-from .policy import LoadResult, check_references
+from .policy import LoadResult, Policy, check_references
+from .view import FirewallView
 from .state import State, StateStore
 from .transaction import Transaction, TransactionFailed
 
@@ -64,21 +67,41 @@ class ReconcileReport:
         return not self.failed
 
 
+def section_key(item: Item) -> str:
+    """The policy-file section an item comes from, for error messages."""
+    container = item.container()
+    return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
+
+
+def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
+    """One error per section the backend in charge cannot express."""
+    found: dict[str, str] = {}
+    for item in sorted(policy.items, key=Item.sort_key):
+        reason = backend.cannot_hold(item)
+        if reason:
+            found.setdefault(section_key(item), reason)
+    return [PolicyError(policy.file, key, f"{reason} (backend in charge: {backend.name})") for key, reason in found.items()]
+
+
 def desired_state(
     loaded: LoadResult,
     state: State,
     known: KnownNames | None,
     last_good: Mapping[str, frozenset[Item]] | None = None,
+    backend: Backend | None = None,
 ) -> Desired:
     """Valid policies want their items; an invalid one keeps its last good items.
 
     The last good items are what the caller remembers (the daemon keeps them in
     memory) or, failing that, what the policy owns according to the state file.
+    A policy with items the backend in charge cannot express is invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     items: dict[str, frozenset[Item]] = {}
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
+        if backend is not None:
+            problems += refusals(policy, backend)
         if problems:
             invalid[name] = problems
         else:
@@ -131,13 +154,18 @@ class Reconciler:
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.backend.known_names() if self.check_names else None
-        return desired_state(loaded, state, known, last_good)
+        return desired_state(loaded, state, known, last_good, self.backend)
+
+    async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
+        """Read what desired or owned state mentions (and teach labelling backends those items)."""
+        self.backend.remember(itertools.chain(state.owned, *desired.values()))
+        return await self.backend.observe(containers_for(desired, state.owned))
 
     async def plan(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> tuple[list[PolicyPlan], Desired]:
         """Observe and plan without changing anything (``fwrecon plan``)."""
         state = self.store.load()
         desired = await self.desired(loaded, state, last_good)
-        view = await self.backend.observe(containers_for(desired.items, state.owned))
+        view = await self.observe(desired.items, state)
         return plan_all(desired.items, view, state.owned), desired
 
     async def reconcile(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> ReconcileReport:
@@ -150,7 +178,8 @@ class Reconciler:
             for err in errors:
                 log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
         outcomes: list[PolicyOutcome] = []
-        view = await self.backend.observe(containers_for(desired.items, state.owned))
+        await self._migrate(state)
+        view = await self.observe(desired.items, state)
         plans = plan_all(desired.items, view, state.owned)
         wanted = dict(desired.items)
         while plans:
@@ -161,7 +190,7 @@ class Reconciler:
                 # The failed policy stays as it was; plan the rest without its adds.
                 wanted[plan.policy] = state.owned_by(plan.policy)
                 remaining = {p.policy for p in plans}
-                view = await self.backend.observe(containers_for(wanted, state.owned))
+                view = await self.observe(wanted, state)
                 plans = [p for p in plan_all(wanted, view, state.owned) if p.policy in remaining]
         report = ReconcileReport(
             outcomes,
@@ -229,11 +258,40 @@ class Reconciler:
             )
         added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
         state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
+        for item in added_new:
+            state.placed[item] = self.backend.name_for(item)
+        state.placed = {item: name for item, name in state.placed.items() if item in state.owned}
         state.pending = None
         self.store.save(state)
         for result in results:
             log.debug("op_applied", policy=plan.policy, op=result.op.describe(), outcome=result.outcome.value)
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
+
+    def _moved(self, state: State) -> list[Item]:
+        """Owned items held by a backend that is no longer in charge of them."""
+        return [item for item, name in state.placed.items() if item in state.owned and name != self.backend.name_for(item)]
+
+    async def _migrate(self, state: State) -> None:
+        """Take owned items out of the backend that held them before a switch.
+
+        The backend now in charge then adds them like any missing item.  If the
+        old backend is gone (firewalld stopped), there is nothing to take out;
+        if it left rules behind (firewalld killed), the new backend sees them
+        as present and adopts them, so nothing is doubled either way.
+        """
+        moved = sorted(self._moved(state), key=lambda item: (-item.layer, item.sort_key()))
+        if not moved:
+            return
+        for item in moved:
+            old = state.placed.pop(item)
+            source = self.backend.by_name(old) if isinstance(self.backend, Router) else None
+            try:
+                if source is not None and await source.is_up():
+                    await source.execute(Op("remove", item))
+                log.info("item_moved", item=item.describe(), source=old, target=self.backend.name_for(item))
+            except BackendError as exc:
+                log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
+        self.store.save(state)
 
     def _restore_after_failure(self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None) -> None:
         """Ownership as before the rolled-back transaction, plus adds we could not undo."""

@@ -35,6 +35,9 @@ FORMAT_VERSION = 1
 class State:
     owned: Ownership = field(default_factory=dict)
     pending: dict[str, Any] | None = None
+    # Which backend holds each owned item, so a switch (firewalld appears or
+    # goes away) can take it out of the old one: no duplicates left behind.
+    placed: dict[Item, str] = field(default_factory=dict)
 
     def owned_by(self, policy: str) -> frozenset[Item]:
         return frozenset(item for item, owners in self.owned.items() if policy in owners)
@@ -58,9 +61,13 @@ class StateStore:
             if data.get("version") != FORMAT_VERSION:
                 raise ValueError(f"unsupported version {data.get('version')!r}")
             owned: Ownership = {}
+            placed: dict[Item, str] = {}
             for entry in data["owned"]:
-                owned[Item.from_json(entry["item"])] = frozenset(str(p) for p in entry["policies"])
-            return State(owned=owned, pending=data.get("pending"))
+                item = Item.from_json(entry["item"])
+                owned[item] = frozenset(str(p) for p in entry["policies"])
+                if entry.get("backend"):
+                    placed[item] = str(entry["backend"])
+            return State(owned=owned, pending=data.get("pending"), placed=placed)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(
                 f"{self.path}: state file is corrupt ({exc}); refusing to start with an empty state, "
@@ -69,7 +76,11 @@ class StateStore:
 
     def save(self, state: State) -> None:
         entries = sorted(
-            ({"item": item.to_json(), "policies": sorted(owners)} for item, owners in state.owned.items() if owners),
+            (
+                {"item": item.to_json(), "policies": sorted(owners), "backend": state.placed.get(item)}
+                for item, owners in state.owned.items()
+                if owners
+            ),
             key=lambda e: json.dumps(e, sort_keys=True),
         )
         payload = json.dumps({"version": FORMAT_VERSION, "owned": entries, "pending": state.pending}, indent=1)

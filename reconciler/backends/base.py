@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..model import Item
@@ -72,6 +72,13 @@ class Backend(ABC):
         `batch_key` groups.
         """
         return [await self.execute(op) for op in ops]
+
+    def remember(self, items: Iterable[Item]) -> None:
+        """Learn items the engine cares about (desired and owned) before observing.
+
+        Backends that label rules with `Item.tag()` need this to map a label
+        back to its item; the default has nothing to learn.
+        """
 
     def cannot_hold(self, item: Item) -> str | None:
         """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""

@@ -156,3 +156,48 @@ def test_unreadable_policy_directory_removes_nothing(tmp_path):
     assert backend.calls == []
     assert backend.state.items() == {HTTP, P8080}
     assert list(report.invalid) == ["/etc/p"]
+
+
+def named(name, **kwargs):
+    backend = MemoryBackend(**kwargs)
+    backend.name = name
+    return backend
+
+
+def test_zone_items_on_a_backend_without_zones_make_the_policy_invalid(tmp_path):
+    from reconciler.backends.router import routes_for
+
+    ipt = named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    report = reconcile(routes_for(None, ipt, None), store, policies(web={HTTP, RULE}, rules={RULE}))
+    assert [str(e) for e in report.invalid["web"]] == ["web.toml: zone.public: needs firewalld (backend in charge: iptables)"]
+    assert ipt.state.items() == {RULE}  # the other policy applied
+    assert store.load().placed == {RULE: "iptables"}
+
+
+def test_switching_backends_moves_owned_items_without_duplicates(tmp_path):
+    from reconciler.backends.router import routes_for
+
+    fw, ipt = named("firewalld"), named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    wanted = policies(d={CHAIN, RULE})
+    reconcile(routes_for(fw, ipt, None), store, wanted)
+    assert fw.state.items() == {CHAIN, RULE} and ipt.state.items() == frozenset()
+    assert set(store.load().placed.values()) == {"firewalld"}
+
+    # firewalld went away (its rules with it): iptables takes over
+    fw.state = type(fw.state)()
+    reconcile(routes_for(None, ipt, None), store, wanted)
+    assert ipt.state.items() == {CHAIN, RULE}
+    assert set(store.load().placed.values()) == {"iptables"}
+
+    # firewalld is back: the rules leave iptables and go to firewalld
+    ipt.calls.clear()
+    reconcile(routes_for(fw, ipt, None), store, wanted)
+    assert ipt.calls == [
+        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+        "- direct ipv4 filter chain FWRECON_IN",
+    ]
+    assert ipt.state.items() == frozenset() and fw.state.items() == {CHAIN, RULE}
+    assert set(store.load().placed.values()) == {"firewalld"}
+    assert store.load().owned_by("d") == {CHAIN, RULE}

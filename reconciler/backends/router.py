@@ -1,0 +1,130 @@
+"""One backend made of several: each kind of container goes to the backend
+that holds it.
+
+With firewalld, zones, firewalld policies and direct rules go to firewalld and
+nft sections to the nftables backend beside it (firewalld leaves foreign
+tables alone).  Without firewalld, direct rules go to iptables/ip6tables/
+ebtables and zones are refused with "needs firewalld".  The engine sees one
+`Backend`; the router also knows every backend it can reach by name, so the
+engine can take an item out of the backend that held it before a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+
+from ..model import Item
+from ..planner import Op
+from ..view import FirewallView
+from .base import Backend, EventCallback, KnownNames, Outcome
+
+CONTAINER_KINDS = ("zone", "policy", "direct", "nft")
+
+
+class Router(Backend):
+    """Routes by ``item.container()[0]``; see module docstring."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Backend],
+        refusals: Mapping[str, str] | None = None,
+        reachable: Iterable[Backend] = (),
+    ) -> None:
+        self.routes = dict(routes)
+        self.refusals = dict(refusals or {})
+        self.backends: list[Backend] = []
+        for backend in [*self.routes.values(), *reachable]:
+            if all(backend is not known for known in self.backends):
+                self.backends.append(backend)
+        primary = self.routes.get("direct") or self.routes.get("zone") or self.routes.get("nft")
+        self.name = primary.name if primary else "none"
+
+    def backend_for(self, item: Item) -> Backend | None:
+        return self.routes.get(item.container()[0])
+
+    def by_name(self, name: str) -> Backend | None:
+        """A reachable backend by name (to evict items it held before a switch)."""
+        return next((b for b in self.backends if b.name == name), None)
+
+    def _route(self, item: Item) -> Backend:
+        backend = self.backend_for(item)
+        if backend is None:
+            raise ValueError(f"no backend for {item.describe()}: {self.cannot_hold(item)}")
+        return backend
+
+    def cannot_hold(self, item: Item) -> str | None:
+        backend = self.backend_for(item)
+        if backend is None:
+            kind = item.container()[0]
+            return self.refusals.get(kind, f"no backend handles {kind} items")
+        return backend.cannot_hold(item)
+
+    def name_for(self, item: Item) -> str:
+        backend = self.backend_for(item)
+        return backend.name_for(item) if backend else "none"
+
+    def remember(self, items: Iterable[Item]) -> None:
+        items = list(items)
+        for backend in self.backends:
+            backend.remember(items)
+
+    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+        groups: dict[int, tuple[Backend, list[tuple[str, ...]]]] = {}
+        skipped = []
+        for container in containers:
+            backend = self.routes.get(container[0])
+            if backend is None:
+                skipped.append(container)  # nothing to read: its items are refused
+                continue
+            groups.setdefault(id(backend), (backend, []))[1].append(container)
+        views = await asyncio.gather(*(backend.observe(wanted) for backend, wanted in groups.values()))
+        items: list[Item] = []
+        missing: list[tuple[str, ...]] = list(skipped)
+        for view in views:
+            items.extend(view.items())
+            missing.extend(view.missing)
+        return FirewallView(items, containers, missing)
+
+    async def execute(self, op: Op) -> Outcome:
+        return await self._route(op.item).execute(op)
+
+    def batch_key(self, op: Op) -> Hashable | None:
+        backend = self.backend_for(op.item)
+        inner = backend.batch_key(op) if backend else None
+        return None if inner is None else (id(backend), inner)
+
+    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+        return await self._route(ops[0].item).execute_batch(ops)
+
+    async def known_names(self) -> KnownNames | None:
+        zone_backend = self.routes.get("zone")
+        return await zone_backend.known_names() if zone_backend else None
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        for backend in self.backends:
+            await backend.subscribe(callback)
+
+    async def close(self) -> None:
+        for backend in self.backends:
+            await backend.close()
+
+
+def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Backend | None) -> Router:
+    """The routing fwrecon uses with these backends in charge."""
+    routes: dict[str, Backend] = {}
+    if firewalld is not None:
+        routes.update(zone=firewalld, policy=firewalld, direct=firewalld)
+    elif iptables is not None:
+        routes["direct"] = iptables
+    if nftables is not None:
+        routes["nft"] = nftables
+    refusals = {
+        "zone": "needs firewalld",
+        "policy": "needs firewalld",
+        "direct": "needs firewalld or the iptables backend",
+        "nft": "needs the nftables backend",
+    }
+    reachable = [b for b in (firewalld, iptables, nftables) if b is not None]
+    return Router(routes, refusals, reachable)
+
