@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import structlog
 
 from . import __version__
-from .backends.firewalld import FirewalldBackend
+from .backends.select import BACKEND_MODES
+from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
 from .engine import Reconciler
 from .errors import BackendUnavailable, FwreconError, StateError
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
     common.add_argument("--bus-address", help="D-Bus address of the system bus firewalld is on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
     common.add_argument("--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})")
+    common.add_argument("--backend", choices=BACKEND_MODES, default="auto",
+                        help="auto (default): firewalld when it is on the bus, else iptables; firewalld: zones, policies "
+                        "and direct rules via firewalld; iptables: direct rules via iptables/ip6tables/ebtables; nftables: "
+                        "nft sections only. nft sections always go to fwrecon's own nftables table")
     common.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
 
     parser = argparse.ArgumentParser(
@@ -87,22 +93,25 @@ def _print_errors(loaded: LoadResult, extra: dict[str, list[FwreconError]] | Non
     return len(errors)
 
 
-async def _connect(args: argparse.Namespace) -> FirewalldBackend:
-    return await FirewalldBackend.connect(args.bus_address)
+@contextlib.asynccontextmanager
+async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncIterator[Reconciler]:
+    """A Reconciler on the backends ``--backend`` selects; closed afterwards."""
+    backends, router = await select_backends(args.backend, args.bus_address)
+    try:
+        yield Reconciler(router, store)
+    finally:
+        await backends.close()
 
 
 async def cmd_check(args: argparse.Namespace) -> int:
     loaded = load_policy_dir(args.policy_dir)
     extra: dict[str, list[FwreconError]] = {}
     try:
-        backend = await _connect(args)
-        try:
-            desired = await Reconciler(backend, StateStore(args.state_file)).desired(loaded, State())
+        async with _reconciler(args, StateStore(args.state_file)) as reconciler:
+            desired = await reconciler.desired(loaded, State())
             extra = dict(desired.invalid)  # type: ignore[arg-type]
-        finally:
-            await backend.close()
     except BackendUnavailable as exc:
-        print(f"note: firewalld not reachable, checked offline only ({exc})", file=sys.stderr)
+        print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
     count = _print_errors(loaded, extra)
     if count == 0:
         print(f"{len(loaded.policies)} policies valid")
@@ -112,11 +121,8 @@ async def cmd_check(args: argparse.Namespace) -> int:
 async def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_policy_dir(args.policy_dir)
     try:
-        backend = await _connect(args)
-        try:
-            plans, desired = await Reconciler(backend, StateStore(args.state_file)).plan(loaded)
-        finally:
-            await backend.close()
+        async with _reconciler(args, StateStore(args.state_file)) as reconciler:
+            plans, desired = await reconciler.plan(loaded)
     except (BackendUnavailable, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -142,11 +148,8 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     store = StateStore(args.state_file)
     try:
         with store.locked():
-            backend = await _connect(args)
-            try:
-                report = await Reconciler(backend, store).reconcile(loaded)
-            finally:
-                await backend.close()
+            async with _reconciler(args, store) as reconciler:
+                report = await reconciler.reconcile(loaded)
     except (BackendUnavailable, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -169,6 +172,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         bus_address=args.bus_address,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
         resync_interval=args.resync_interval,
+        backend_mode=args.backend,
     )
     if not args.policy_dir.is_dir():
         print(f"error: {args.policy_dir}: policy directory does not exist", file=sys.stderr)

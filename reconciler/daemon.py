@@ -33,10 +33,12 @@ import structlog
 
 from .backends.base import Backend, BackendEvent
 from .backends.firewalld import FirewalldBackend
+from .backends.select import BACKEND_NAMES, BackendMode, BackendSet
 from .engine import Reconciler, ReconcileReport
 from .errors import BackendUnavailable, FwreconError
 from .metrics import Metrics
 from .model import Item
+from .planner import Op
 from .policy import LoadResult, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore
@@ -73,6 +75,7 @@ class DaemonSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     shutdown_grace: float = 2.0
+    backend_mode: BackendMode = "auto"
 
 
 class Controller:
@@ -84,13 +87,15 @@ class Controller:
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
         connect: Connect = FirewalldBackend.connect,
+        backends: BackendSet | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.notifier = notifier or SystemdNotifier()
         self._connect = connect
         self.store = StateStore(settings.state_file)
-        self.backend: Backend | None = None
+        self.backends = backends or BackendSet(settings.backend_mode)
+        self.backend: Backend | None = None  # the routing in force; None while it cannot work
         self.firewalld_up = False
         self.last_good: dict[str, frozenset[Item]] = {}
         self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
@@ -137,16 +142,29 @@ class Controller:
         elif event is BackendEvent.VANISHED:
             log.warning("firewalld_vanished")
             self._set_up(False)
+            if self.backend is not None:  # auto mode: iptables takes over now
+                self.request(Trigger.OWNER)
         elif event is BackendEvent.CHANGED:
             self.request(Trigger.DRIFT)
 
     def _set_up(self, up: bool) -> None:
         self.firewalld_up = up
         self.metrics.firewalld_up.set(1 if up else 0)
+        self._route()
         if up and self._retry is not None:
             # firewalld is back: retry now rather than at the end of a long backoff
             self._backoff = self.settings.backoff_initial
             self._retry_now()
+
+    def _route(self) -> None:
+        """Pick the backends in charge for the mode and firewalld's presence."""
+        previous = self.backend.name if self.backend else None
+        self.backend = self.backends.router(self.firewalld_up)
+        current = self.backend.name if self.backend else None
+        if current != previous:
+            log.info("backend_selected", mode=self.backends.mode, backend=current, firewalld_up=self.firewalld_up)
+            for name in BACKEND_NAMES:
+                self.metrics.active_backend.labels(backend=name).set(1 if name == current else 0)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -165,6 +183,10 @@ class Controller:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             log.info("fwrecon_started", policy_dir=str(self.settings.policy_dir), state_file=str(self.settings.state_file))
             self.request(Trigger.STARTUP)
+            if self.backends.mode not in ("auto", "firewalld"):
+                self._route()  # with firewalld in play, the first bus connection decides
+            if self.backends.nftables is not None:
+                await self.backends.nftables.subscribe(self.on_backend_event)
             background = [
                 self._guarded(self._connection_loop(), "connection"),
                 self._guarded(self._resync_loop(), "resync"),
@@ -182,8 +204,7 @@ class Controller:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(signum)
                 watcher.stop()
-                if self.backend is not None:
-                    await self.backend.close()
+                await self.backends.close()
         log.info("fwrecon_stopped")
         return 0
 
@@ -229,6 +250,8 @@ class Controller:
 
     async def _connection_loop(self) -> None:
         """Keep one bus connection; reconnect with backoff if the bus goes away."""
+        if self.backends.mode not in ("auto", "firewalld"):
+            return
         delay = self.settings.backoff_initial
         while not self._stopping.is_set():
             try:
@@ -242,13 +265,13 @@ class Controller:
                 delay = min(delay * 2, self.settings.backoff_max)
                 continue
             delay = self.settings.backoff_initial
-            self.backend = backend
+            self.backends.firewalld = backend  # type: ignore[assignment]
             self._set_up(up)
             log.info("bus_connected", firewalld_up=up)
-            self._connected_before = True
             if up and self._connected_before:
                 self.request(Trigger.OWNER)
-            elif not up:
+            self._connected_before = True
+            if not up:
                 log.warning("firewalld_not_running", hint="waiting for it to appear on the bus")
             try:
                 await backend.wait_closed()
@@ -256,7 +279,8 @@ class Controller:
                 log.warning("bus_disconnected", error=str(exc))
             else:
                 log.warning("bus_disconnected")
-            self.backend = None
+            await backend.close()
+            self.backends.firewalld = None
             self._set_up(False)
 
     async def _resync_loop(self) -> None:
@@ -282,7 +306,7 @@ class Controller:
             await self._settle()
             if self._stopping.is_set():
                 return
-            if not self._pending or not self.firewalld_up or self.backend is None:
+            if not self._pending or self.backend is None:
                 self._wake.clear()  # keep what is pending until firewalld is back
                 continue
             batch, self._pending = self._pending, {}
@@ -354,21 +378,23 @@ class Controller:
                   duration_ms=round(duration * 1000, 2), result="error")
         return False
 
+    def _name_for(self, op: Op) -> str:
+        return self.backend.name_for(op.item) if self.backend else "none"
+
     def _record(self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float) -> None:
         m = self.metrics
         result = "success" if report.converged else "error"
         m.reconcile_duration.labels(trigger=trigger.value).observe(duration)
         m.reconciles.labels(trigger=trigger.value, result=result).inc()
-        backend = self.backend.name if self.backend else "unknown"
         for outcome in report.outcomes:
             for op, op_result in outcome.ops:
-                m.operations.labels(backend=backend, action=op.action, result=op_result.value).inc()
+                m.operations.labels(backend=self._name_for(op), action=op.action, result=op_result.value).inc()
             if outcome.status == "failed":
                 m.rollbacks.labels(policy=outcome.policy).inc()
                 if outcome.failed_op:
-                    m.operations.labels(backend=backend, action=outcome.failed_op.action, result="failed").inc()
+                    m.operations.labels(backend=self._name_for(outcome.failed_op), action=outcome.failed_op.action, result="failed").inc()
                 for undo in outcome.undone:
-                    m.operations.labels(backend=backend, action=undo.action, result="rollback").inc()
+                    m.operations.labels(backend=self._name_for(undo), action=undo.action, result="rollback").inc()
         invalid = len(report.invalid)
         m.policies.labels(state="invalid").set(invalid)
         m.policies.labels(state="valid").set(len(loaded.policies.keys() - report.invalid.keys()))

@@ -54,6 +54,9 @@ class Metrics:
         self.last_queued = Gauge(
             "fwrecon_last_queued_timestamp_seconds", "When a reconcile was last requested (if it is far ahead of last success, something is stuck)", registry=r
         )
+        self.active_backend = Gauge(
+            "fwrecon_backend", "1 for the backend in charge of zones/direct rules (auto mode switches)", ["backend"], registry=r
+        )
         self.build_info = Gauge("fwrecon_build_info", "fwrecon version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         for trigger in TRIGGERS:

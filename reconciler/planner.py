@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .model import DirectChain, Item
+from .model import DirectChain, Item, NftChain
 from .view import FirewallView
 
 Ownership = dict[Item, frozenset[str]]
@@ -55,9 +55,9 @@ class PolicyPlan:
         return not (self.ops or self.claims or self.releases)
 
 
-def chain_in_use(view: FirewallView, chain: DirectChain) -> bool:
+def chain_in_use(view: FirewallView, chain: DirectChain | NftChain) -> bool:
     """A chain that still holds rules cannot be removed without breaking them."""
-    return bool(view.rules_in_chain(chain))
+    return bool(view.chain_users(chain))
 
 
 def plan_all(desired: Mapping[str, frozenset[Item]], actual: FirewallView, owned: Mapping[Item, frozenset[str]]) -> list[PolicyPlan]:
@@ -97,7 +97,7 @@ def _plan_policy(policy: str, desired: frozenset[Item], view: FirewallView, owne
     for item in mine:
         if owned[item] - {policy} or not view.has_exact(item):
             releases.add(item)
-        elif isinstance(item, DirectChain) and chain_in_use(view, item):
+        elif isinstance(item, (DirectChain, NftChain)) and chain_in_use(view, item):
             continue  # keep owning it; it goes once its foreign rules are gone
         else:
             ops.append(Op("remove", item))

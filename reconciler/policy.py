@@ -561,7 +561,8 @@ class _PolicyParser:
         if len(self.errors) > errors_before or names is None:
             return None
         family, chain = names
-        return NftChain(family, chain, chain_type, hook, priority if hook else 0, chain_policy if hook else "")
+        # nft reports a base chain without a policy as "policy accept": say so here too
+        return NftChain(family, chain, chain_type, hook, priority if hook else 0, (chain_policy or "accept") if hook else "")
 
     def nft_rule(self, path: str, entry: dict[str, Any]) -> Item | None:
         errors_before = len(self.errors)

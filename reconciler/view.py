@@ -9,9 +9,9 @@ ranges, so adding one port can swallow another).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from .model import DirectChain, DirectRule, Item, Port, Scope, SourcePort
+from .model import DirectChain, DirectRule, Item, NftChain, NftRule, Port, Scope, SourcePort
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
 _RANGED = (Port, SourcePort)
@@ -26,10 +26,14 @@ class FirewallView:
         items: Iterable[Item] = (),
         containers: Iterable[tuple[str, ...]] = (),
         missing: Iterable[tuple[str, ...]] = (),
+        users: Mapping[Item, Iterable[Item | str]] | None = None,
     ) -> None:
         self.containers: frozenset[tuple[str, ...]] = frozenset(containers)
         # Containers that were asked for but do not exist (an unknown zone).
         self.missing: frozenset[tuple[str, ...]] = frozenset(missing)
+        # What else uses a chain: foreign rules in it (text) or our rules
+        # elsewhere jumping to it (items, in use while present).
+        self.users: dict[Item, tuple[Item | str, ...]] = {k: tuple(v) for k, v in (users or {}).items()}
         self._items: set[Item] = set()
         self._ranges: dict[_RangeKey, frozenset[Range]] = defaultdict(frozenset)
         for item in items:
@@ -40,7 +44,7 @@ class FirewallView:
                 self._items.add(item)
 
     def copy(self) -> "FirewallView":
-        clone = FirewallView(containers=self.containers, missing=self.missing)
+        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users)
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
         return clone
@@ -65,7 +69,20 @@ class FirewallView:
             return parse_range(item.port) in self._ranges.get(_range_key(item), frozenset())
         return item in self._items
 
-    def rules_in_chain(self, chain: DirectChain) -> list[DirectRule]:
+    def chain_users(self, chain: DirectChain | NftChain) -> list[str]:
+        """Everything that still uses ``chain``: its rules, foreign rules, jumps to it."""
+        found = [rule.describe() for rule in self.rules_in_chain(chain)]
+        for user in self.users.get(chain, ()):
+            if isinstance(user, str):
+                found.append(user)
+            elif self.has(user):
+                found.append(user.describe())
+        return found
+
+    def rules_in_chain(self, chain: DirectChain | NftChain) -> list[Item]:
+        """Rules the view knows in ``chain`` (a direct or an nft chain)."""
+        if isinstance(chain, NftChain):
+            return [i for i in self._items if isinstance(i, NftRule) and (i.family, i.chain) == (chain.family, chain.chain)]
         return [
             item
             for item in self._items

@@ -81,10 +81,12 @@ class Router(Backend):
         views = await asyncio.gather(*(backend.observe(wanted) for backend, wanted in groups.values()))
         items: list[Item] = []
         missing: list[tuple[str, ...]] = list(skipped)
+        users: dict[Item, tuple[Item | str, ...]] = {}
         for view in views:
             items.extend(view.items())
             missing.extend(view.missing)
-        return FirewallView(items, containers, missing)
+            users.update(view.users)
+        return FirewallView(items, containers, missing, users)
 
     async def execute(self, op: Op) -> Outcome:
         return await self._route(op.item).execute(op)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fwsandbox import Sandbox
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +30,8 @@ class Fwrecon:
     sandbox: Sandbox
     policy_dir: Path
     state_file: Path
+    in_netns: bool = False  # run fwrecon inside the sandbox netns (needed for iptables/nft work)
+    backend: str | None = None  # --backend; None = fwrecon's default (auto)
 
     def write_policy(self, name: str, text: str) -> Path:
         path = self.policy_dir / f"{name}.toml"
@@ -34,8 +43,10 @@ class Fwrecon:
         (self.policy_dir / f"{name}.toml").unlink()
 
     def argv(self, command: str, *extra: str) -> list[str]:
+        prefix = ["ip", "netns", "exec", self.sandbox.netns] if self.in_netns else []
+        backend = ["--backend", self.backend] if self.backend else []
         return [
-            sys.executable, "-m", "reconciler", command,
+            *prefix, sys.executable, "-m", "reconciler", command, *backend,
             "--bus-address", self.sandbox.bus_address,
             "--policy-dir", str(self.policy_dir),
             "--state-file", str(self.state_file),
@@ -71,3 +82,93 @@ def firewalld_snapshot(sandbox: Sandbox) -> dict[str, str]:
         "direct": sandbox.firewall_cmd("--direct", "--get-all-rules", check=True).stdout
         + sandbox.firewall_cmd("--direct", "--get-all-chains", check=True).stdout,
     }
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """One `fwrecon run` process with its log and metrics endpoint."""
+
+    def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None) -> None:
+        self.fwrecon = fwrecon
+        self.log_path = log_path
+        self.port = free_port()
+        # inside the sandbox netns the endpoint would be unreachable from here
+        metrics = "off" if fwrecon.in_netns else f"127.0.0.1:{self.port}"
+        argv = fwrecon.argv("run", "--metrics-address", metrics, "--resync-interval", str(resync))
+        self._log = open(log_path, "a")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        wait_until(lambda: self.reconciles(), 10, "the first reconcile")
+
+    def events(self, name: str | None = None) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if name is None or event.get("event") == name:
+                out.append(event)
+        return out
+
+    def reconciles(self) -> list[dict]:
+        return self.events("reconcile")
+
+    def metrics(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return {family.name: family for family in text_string_to_metric_families(text)}
+
+    def value(self, name: str, **labels: str) -> float:
+        family = self.metrics()[name]
+        for sample in family.samples:  # type: ignore[attr-defined]
+            if sample.name in (name, name + "_total", name + "_count") and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name + "_count" or not sample.name.endswith("_count"):
+                    return sample.value
+        raise KeyError(f"{name} {labels}")
+
+    def settled(self, quiet: float = 0.4) -> None:
+        """Wait until no reconcile has happened for `quiet` seconds."""
+        def calm() -> bool:
+            count = len(self.reconciles())
+            time.sleep(quiet)
+            return len(self.reconciles()) == count
+        wait_until(calm, 15, "the daemon to settle")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def daemon_factory(fwrecon: Fwrecon, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(**kwargs: object) -> Daemon:
+        daemon = Daemon(fwrecon, tmp_path / f"fwrecon-{len(started)}.log", **kwargs)  # type: ignore[arg-type]
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()

@@ -259,7 +259,7 @@ def test_world_writable_policy_is_refused(fwrecon: Fwrecon) -> None:
 
 def test_unreachable_firewalld_is_a_clear_error(fwrecon: Fwrecon, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "reconciler", "apply", "--bus-address", f"unix:path={tmp_path}/nobus",
+        [sys.executable, "-m", "reconciler", "apply", "--backend", "firewalld", "--bus-address", f"unix:path={tmp_path}/nobus",
          "--policy-dir", str(fwrecon.policy_dir), "--state-file", str(fwrecon.state_file)],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from conftest import ROOT, Fwrecon
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import ROOT, Daemon, Fwrecon, wait_until
 
 EXPECTED_METRICS = {
     "fwrecon_reconcile_duration_seconds": "histogram",
@@ -32,94 +28,6 @@ EXPECTED_METRICS = {
     "fwrecon_last_success_timestamp_seconds": "gauge",
     "fwrecon_build_info": "gauge",
 }
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Daemon:
-    """One `fwrecon run` process with its log and metrics endpoint."""
-
-    def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None) -> None:
-        self.fwrecon = fwrecon
-        self.log_path = log_path
-        self.port = free_port()
-        argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync))
-        self._log = open(log_path, "a")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
-        wait_until(lambda: self.reconciles(), 10, "the first reconcile")
-
-    def events(self, name: str | None = None) -> list[dict]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if name is None or event.get("event") == name:
-                out.append(event)
-        return out
-
-    def reconciles(self) -> list[dict]:
-        return self.events("reconcile")
-
-    def metrics(self) -> dict[str, object]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        return {family.name: family for family in text_string_to_metric_families(text)}
-
-    def value(self, name: str, **labels: str) -> float:
-        family = self.metrics()[name]
-        for sample in family.samples:  # type: ignore[attr-defined]
-            if sample.name in (name, name + "_total", name + "_count") and all(sample.labels.get(k) == v for k, v in labels.items()):
-                if sample.name == name + "_count" or not sample.name.endswith("_count"):
-                    return sample.value
-        raise KeyError(f"{name} {labels}")
-
-    def settled(self, quiet: float = 0.4) -> None:
-        """Wait until no reconcile has happened for `quiet` seconds."""
-        def calm() -> bool:
-            count = len(self.reconciles())
-            time.sleep(quiet)
-            return len(self.reconciles()) == count
-        wait_until(calm, 15, "the daemon to settle")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=10)
-        finally:
-            self._log.close()
-
-
-@pytest.fixture
-def daemon_factory(fwrecon: Fwrecon, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
-
-    def start(**kwargs: object) -> Daemon:
-        daemon = Daemon(fwrecon, tmp_path / f"fwrecon-{len(started)}.log", **kwargs)  # type: ignore[arg-type]
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
 
 
 def ports(fwrecon: Fwrecon, zone: str = "public") -> set[str]:

@@ -139,3 +139,14 @@ def test_plan_does_not_modify_inputs():
 def test_op_inverse():
     assert Op("add", HTTP).inverse() == Op("remove", HTTP)
     assert Op("remove", HTTP).inverse() == Op("add", HTTP)
+
+
+def test_nft_chain_holding_rules_is_kept():
+    from reconciler.model import NftChain, NftRule
+
+    chain = NftChain("inet", "input", "filter", "input", 0, "accept")
+    other = NftRule("inet", "input", "tcp dport 1 accept")
+    plans = plan_all({}, FirewallView([chain, other]), {chain: frozenset({"p"})})
+    assert ops_of(plans) == []
+    plans = plan_all({}, FirewallView([chain]), {chain: frozenset({"p"})})
+    assert ops_of(plans) == [("p", "- nft inet fwrecon chain input { type filter hook input priority 0; policy accept; }")]

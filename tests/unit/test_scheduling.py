@@ -69,12 +69,28 @@ async def eventually(condition, timeout: float = 5.0) -> None:  # type: ignore[n
         await asyncio.sleep(0.01)
 
 
+class FakeBackends:
+    """Stands in for BackendSet in firewalld mode: the fake firewall is the routing."""
+
+    mode = "firewalld"
+    nftables = None
+
+    def __init__(self) -> None:
+        self.firewalld = None
+
+    def router(self, firewalld_up: bool):  # type: ignore[no-untyped-def]
+        return self.firewalld if firewalld_up else None
+
+    async def close(self) -> None:
+        pass
+
+
 def make(tmp_path: Path, firewall: FakeFirewall) -> tuple[Controller, Metrics]:
     async def connect(_address):  # type: ignore[no-untyped-def]
         return firewall
 
     metrics = Metrics()
-    return Controller(settings(tmp_path), metrics, connect=connect), metrics
+    return Controller(settings(tmp_path), metrics, connect=connect, backends=FakeBackends()), metrics  # type: ignore[arg-type]
 
 
 def count(metrics: Metrics, trigger: str, result: str = "success") -> float:

@@ -1,0 +1,82 @@
+"""The one place that decides which backends are in charge (``--backend``).
+
+* ``firewalld``: zones, firewalld policies and direct rules through firewalld
+  over D-Bus (it must be running); nft sections through nftables beside it.
+* ``iptables``: direct rules through iptables/ip6tables/ebtables; nft sections
+  through nftables; zones and firewalld policies are refused ("needs firewalld").
+* ``nftables``: nft sections only; everything else is refused.
+* ``auto``: ``firewalld`` when org.fedoraproject.FirewallD1 has an owner on
+  the bus, else ``iptables``.  The daemon re-decides whenever firewalld comes
+  or goes.
+
+The choice is logged (event ``backend_selected``) and exported as a metric label.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import structlog
+
+from ..errors import BackendUnavailable
+from .firewalld import FirewalldBackend
+from .iptables import IptablesBackend
+from .nftables import NftablesBackend
+from .router import Router, routes_for
+
+log = structlog.get_logger(__name__)
+
+BackendMode = Literal["auto", "firewalld", "iptables", "nftables"]
+BACKEND_MODES: tuple[str, ...] = ("auto", "firewalld", "iptables", "nftables")
+BACKEND_NAMES: tuple[str, ...] = ("firewalld", "iptables", "nftables")
+
+
+class BackendSet:
+    """The backends one fwrecon process can reach, and the routing in force."""
+
+    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None, netns: str | None = None) -> None:
+        self.mode = mode
+        self.firewalld = firewalld
+        self.iptables = IptablesBackend(netns=netns) if mode in ("auto", "firewalld", "iptables") else None
+        self.nftables = NftablesBackend(netns=netns)
+
+    def router(self, firewalld_up: bool) -> Router | None:
+        """The routing for this mode, or None when the mode cannot work now.
+
+        The iptables backend stays reachable under firewalld, so items it held
+        before firewalld appeared can be taken out of it.
+        """
+        if self.mode == "nftables":
+            return routes_for(None, None, self.nftables)
+        if self.mode == "iptables":
+            return routes_for(None, self.iptables, self.nftables)
+        if firewalld_up and self.firewalld is not None:
+            return routes_for(self.firewalld, self.iptables, self.nftables)
+        if self.mode == "auto":
+            return routes_for(None, self.iptables, self.nftables)
+        return None  # firewalld mode while firewalld is away: wait
+
+    async def close(self) -> None:
+        for backend in (self.firewalld, self.iptables, self.nftables):
+            if backend is not None:
+                await backend.close()
+
+
+async def connect(mode: BackendMode, bus_address: str | None) -> tuple[BackendSet, Router]:
+    """Backends and routing for a one-shot command; raises BackendUnavailable."""
+    firewalld = None
+    up = False
+    if mode in ("auto", "firewalld"):
+        try:
+            firewalld = await FirewalldBackend.connect(bus_address)
+            up = await firewalld.is_up()
+        except BackendUnavailable:
+            if mode == "firewalld":
+                raise
+    if mode == "firewalld" and not up:
+        raise BackendUnavailable("firewalld is not running (org.fedoraproject.FirewallD1 has no owner on the bus)")
+    backends = BackendSet(mode, firewalld)
+    router = backends.router(up)
+    assert router is not None
+    log.info("backend_selected", mode=mode, backend=router.name, firewalld_up=up)
+    return backends, router

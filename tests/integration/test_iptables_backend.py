@@ -1,0 +1,473 @@
+"""The iptables backend against real iptables/ip6tables/ebtables, in our own netns.
+
+This backend is for hosts without firewalld, so these tests need no firewalld
+sandbox: one network namespace for the module (tables reset before each test)
+and, for the traffic test, a second one joined by a veth pair.  Nothing runs
+in the host's own namespace.  Without root or the tools they skip, except with
+CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from reconciler.backends.base import Outcome
+from reconciler.backends.iptables import IptablesBackend
+from reconciler.errors import BackendUnavailable, OperationFailed
+from reconciler.model import DirectChain, DirectRule
+from reconciler.planner import Op, plan_all
+
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables") for suffix in ("", "-save", "-restore")))
+SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save", "eb": "ebtables-save"}
+CMD = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
+FAMILIES = ("ipv4", "ipv6", "eb")
+
+# Per family: two ordinary rule args, one the tool refuses while parsing.
+ARGS = {
+    "ipv4": (("-p", "tcp", "--dport", "9000", "-j", "ACCEPT"), ("-s", "198.18.0.0/15", "-j", "DROP")),
+    "ipv6": (("-p", "tcp", "--dport", "9000", "-j", "ACCEPT"), ("-s", "2001:db8::/32", "-j", "DROP")),
+    "eb": (("-p", "IPv4", "--ip-proto", "tcp", "--ip-dport", "9000", "-j", "ACCEPT"), ("-p", "ARP", "-j", "DROP")),
+}
+BAD_ARGS = {
+    "ipv4": ("-p", "tcp", "--dport", "99999", "-j", "ACCEPT"),
+    "ipv6": ("-p", "tcp", "--dport", "99999", "-j", "ACCEPT"),
+    "eb": ("-p", "NOPROTO", "-j", "ACCEPT"),
+}
+
+
+def missing_tools() -> list[str]:
+    missing = [] if os.geteuid() == 0 else ["root privileges"]
+    return missing + [tool for tool in TOOLS if shutil.which(tool, path=_SEARCH_PATH) is None]
+
+
+def require_tools() -> None:
+    """Skip without root/tools; but with CI=true a missing prerequisite is a failure."""
+    missing = missing_tools()
+    if missing:
+        reason = f"iptables backend tests need: {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _integration_prerequisites() -> None:
+    """Replaces tests/conftest.py's firewalld check: this backend needs no firewalld."""
+    require_tools()
+
+
+def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def _delete_netns(name: str) -> None:
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _create_netns(name: str) -> None:
+    if os.path.exists(f"/run/netns/{name}"):
+        _delete_netns(name)  # left over by an earlier run of ours (same pid-based name)
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    require_tools()
+    name = f"fwrecon-ipt{os.getpid()}"
+    _create_netns(name)
+    try:
+        yield name
+    finally:
+        _delete_netns(name)
+
+
+@pytest.fixture
+def ns(netns: str) -> str:
+    """The module's netns with empty filter tables."""
+    for family in ("ipv4", "ipv6"):
+        sh(netns, CMD[family], "-t", "filter", "-F")
+        sh(netns, CMD[family], "-t", "filter", "-X")
+    sh(netns, "ebtables", "-t", "filter", "-F")
+    sh(netns, "ebtables", "-t", "filter", "-X")
+    return netns
+
+
+@pytest.fixture
+def backend(ns: str) -> IptablesBackend:
+    return IptablesBackend(ns)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def table_lines(ns: str, family: str) -> list[str]:
+    """Chains and rules of the filter table as -save prints them (no header comments)."""
+    out = sh(ns, SAVE[family], "-t", "filter").stdout
+    return [line for line in out.splitlines() if line.startswith((":", "-A"))]
+
+
+def chain_rules(ns: str, family: str, chain: str) -> list[str]:
+    prefix = f"-A {chain} "
+    return [line[len(prefix):] for line in table_lines(ns, family) if line.startswith(prefix) or line == f"-A {chain}"]
+
+
+def items_for(family: str) -> tuple[DirectChain, DirectRule, DirectRule, DirectRule]:
+    chain = DirectChain(family, "filter", "FWR_IN")
+    first, second = ARGS[family]
+    return (
+        chain,
+        DirectRule(family, "filter", "FWR_IN", 0, first),
+        DirectRule(family, "filter", "FWR_IN", 1, second),
+        DirectRule(family, "filter", "INPUT", 0, ("-j", "FWR_IN")),
+    )
+
+
+# -- apply, observe, idempotence, removal ---------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend, ns: str, family: str):
+    items = items_for(family)
+    backend.remember(items)
+    assert run(backend.execute_batch([Op("add", i) for i in items])) == [Outcome.APPLIED] * 4
+    lines = table_lines(ns, family)
+    assert any(line.startswith("-A INPUT ") and line.endswith(" -j FWR_IN") for line in lines)
+    assert len(chain_rules(ns, family, "FWR_IN")) == 2
+
+    view = run(backend.observe({("direct", family, "filter")}))
+    assert set(items) <= view.items()
+
+    fresh = IptablesBackend(ns)  # a restarted daemon: only what the engine tells it
+    fresh.remember(items)
+    assert set(items) <= run(fresh.observe({("direct", family, "filter")})).items()
+    assert run(fresh.execute_batch([Op("add", i) for i in items])) == [Outcome.UNCHANGED] * 4
+    assert table_lines(ns, family) == lines
+    assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_remove_takes_out_exactly_what_was_added(backend: IptablesBackend, ns: str, family: str):
+    baseline = table_lines(ns, family)
+    chain, rule_a, rule_b, jump = items = items_for(family)
+    run(backend.execute_batch([Op("add", i) for i in items]))
+    removals = [Op("remove", jump), Op("remove", rule_b), Op("remove", rule_a), Op("remove", chain)]
+    assert run(backend.execute_batch(removals)) == [Outcome.APPLIED] * 4
+    assert table_lines(ns, family) == baseline
+    assert run(backend.execute_batch(removals)) == [Outcome.UNCHANGED] * 4
+    assert run(backend.observe({("direct", family, "filter")})).items() == frozenset()
+
+
+def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
+    for family in FAMILIES:
+        run(backend.execute_batch([Op("add", i) for i in items_for(family)]))
+    tables = {("direct", f, "filter") for f in FAMILIES}
+    backend.runs = 0
+    run(backend.observe(tables))
+    # ip/ip6 rules are known by their tags; eb rules only by text, which one
+    # probe (restore, save, cleanup) learns the first time they are seen.
+    assert backend.runs == 3 + 3
+    backend.runs = 0
+    view = run(backend.observe(tables))
+    assert backend.runs == 3  # one save per table, nothing left to learn
+    assert all(set(items_for(f)) <= view.items() for f in FAMILIES)
+    backend.runs = 0
+    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
+    assert backend.runs == 1  # everything there: one save, no restore
+
+
+# -- order ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ("ipv4", "eb"))
+def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: IptablesBackend, ns: str, family: str):
+    def rule(priority: int, n: int) -> DirectRule:
+        if family == "eb":
+            args = ("-p", "IPv4", "--ip-proto", "udp", "--ip-dport", str(n), "-j", "ACCEPT")
+        else:
+            args = ("-p", "udp", "--dport", str(n), "-j", "ACCEPT")
+        return DirectRule(family, "filter", "FWR_IN", priority, args)
+
+    chain = DirectChain(family, "filter", "FWR_IN")
+    run(backend.execute_batch([Op("add", chain), Op("add", rule(10, 10)), Op("add", rule(0, 1))]))
+    # someone else's rule lands at the end, after our priority-10 rule
+    foreign = ["-p", "IPv4", "-j", "DROP"] if family == "eb" else ["-p", "icmp", "-j", "DROP"]
+    sh(ns, CMD[family], "-A", "FWR_IN", *foreign)
+    run(backend.execute_batch([Op("add", rule(5, 5)), Op("add", rule(5, 6)), Op("add", rule(-1, 0)), Op("add", rule(20, 20))]))
+    ports = []
+    for text in chain_rules(ns, family, "FWR_IN"):
+        words = text.split()
+        port = next((words[i + 1] for i, w in enumerate(words) if w in ("--dport", "--ip-dport")), "foreign")
+        ports.append(port)
+    assert ports == ["0", "1", "5", "6", "10", "foreign", "20"]
+
+
+# -- foreign rules ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ("ipv4", "eb"))
+def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBackend, ns: str, family: str):
+    chain, rule_a, rule_b, _ = items_for(family)
+    backend.remember([chain, rule_a, rule_b])
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)]))
+    if family == "eb":
+        foreign = [["-p", "IPv6", "-j", "DROP"], ["-p", "IPv4", "--ip-src", "198.18.0.9", "-j", "DROP"]]
+    else:
+        foreign = [
+            ["-p", "icmp", "-j", "ACCEPT"],
+            ["-s", "198.18.0.9", "-m", "comment", "--comment", "fwrecon:00000000deadbeef", "-j", "DROP"],
+        ]
+    sh(ns, CMD[family], "-I", "FWR_IN", "1", *foreign[0])
+    sh(ns, CMD[family], "-A", "FWR_IN", *foreign[1])
+    run(backend.execute_batch([Op("add", rule_b)]))
+    before = chain_rules(ns, family, "FWR_IN")
+    assert len(before) == 4
+
+    view = run(backend.observe({("direct", family, "filter")}))
+    assert {i for i in view.items() if isinstance(i, DirectRule)} == {rule_a, rule_b}
+
+    outcomes = run(backend.execute_batch([Op("remove", rule_b), Op("remove", rule_a)]))
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    after = chain_rules(ns, family, "FWR_IN")
+    assert after == [before[0], before[2]]  # exactly the two foreign rules, in their order
+
+    # The chain still holds foreign rules: the planner keeps it, and a forced removal is refused.
+    view = run(backend.observe({("direct", family, "filter")}))
+    assert view.chain_users(chain)
+    plans = plan_all({"p": frozenset()}, view, {chain: frozenset({"p"})})
+    assert plans[0].ops == ()
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute(Op("remove", chain)))
+    assert info.value.code == "CHAIN_IN_USE"
+    assert chain_rules(ns, family, "FWR_IN") == after
+
+
+def test_chain_jumped_to_by_a_foreign_rule_is_not_removed(backend: IptablesBackend, ns: str):
+    chain = DirectChain("ipv4", "filter", "FWR_IN")
+    run(backend.execute(Op("add", chain)))
+    sh(ns, "iptables", "-A", "INPUT", "-j", "FWR_IN")
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute(Op("remove", chain)))
+    assert info.value.code == "CHAIN_IN_USE" and "-A INPUT -j FWR_IN" in str(info.value)
+    assert ":FWR_IN - [0:0]" in table_lines(ns, "ipv4")
+
+
+# -- atomicity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_with_one_bad_rule_changes_nothing(backend: IptablesBackend, ns: str, family: str):
+    chain, rule_a, rule_b, jump = items_for(family)
+    run(backend.execute(Op("add", DirectChain(family, "filter", "KEEP"))))
+    baseline = table_lines(ns, family)
+    bad = DirectRule(family, "filter", "FWR_IN", 5, BAD_ARGS[family])
+    # script lines: *filter, -N FWR_IN, -A bad (line 3), -I rule_a, -I rule_b, -A INPUT jump, COMMIT
+    ops = [Op("add", chain), Op("add", bad), Op("add", rule_a), Op("add", rule_b), Op("add", jump)]
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute_batch(ops))
+    assert info.value.code == "RESTORE_FAILED"
+    assert info.value.op == Op("add", bad)
+    assert CMD[family] + "-restore" in str(info.value)
+    assert table_lines(ns, family) == baseline
+    assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_jump_to_missing_chain_fails_at_commit_and_names_the_rule(backend: IptablesBackend, ns: str, family: str):
+    chain, rule_a, _, _ = items_for(family)
+    baseline = table_lines(ns, family)
+    dangling = DirectRule(family, "filter", "FWR_IN", 2, ("-j", "NO_SUCH_CHAIN"))
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute_batch([Op("add", chain), Op("add", dangling), Op("add", rule_a)]))
+    assert info.value.op == Op("add", dangling)
+    assert table_lines(ns, family) == baseline
+
+
+def test_removing_a_rule_someone_deleted_meanwhile_is_unchanged(backend: IptablesBackend, ns: str):
+    chain, rule_a, rule_b, _ = items_for("ipv4")
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
+    sh(ns, "iptables", "-D", "FWR_IN", "1")
+    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert chain_rules(ns, "ipv4", "FWR_IN") == []
+
+
+# -- migration: untagged copies (firewalld's direct interface adds no comments) -----------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: str, family: str):
+    chain, rule_a, rule_b, _ = items_for(family)
+    sh(ns, CMD[family], "-N", "FWR_IN")
+    sh(ns, CMD[family], "-A", "FWR_IN", *rule_a.args)  # as firewalld would have added it
+    sh(ns, CMD[family], "-A", "FWR_IN", *rule_b.args)  # foreign: nobody told the backend about it
+    if family != "eb":  # and a tagged copy of the same item
+        sh(ns, CMD[family], "-A", "FWR_IN", *rule_a.args, "-m", "comment", "--comment", rule_a.tag())
+    backend.remember([chain, rule_a])
+    view = run(backend.observe({("direct", family, "filter")}))
+    assert {i for i in view.items() if isinstance(i, DirectRule)} == {rule_a}
+    before = table_lines(ns, family)
+    assert run(backend.execute(Op("add", rule_a))) is Outcome.UNCHANGED  # never a duplicate
+    assert table_lines(ns, family) == before
+
+    assert run(backend.execute(Op("remove", rule_a))) is Outcome.APPLIED
+    remaining = chain_rules(ns, family, "FWR_IN")
+    assert len(remaining) == 1 and rule_a.tag() not in remaining[0]  # only rule_b, foreign, is left
+    assert run(backend.observe({("direct", family, "filter")})).items() == {chain}
+    assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
+
+
+def test_unknown_netns_is_unavailable():
+    backend = IptablesBackend(f"fwrecon-nonexistent-{os.getpid()}")
+    with pytest.raises(BackendUnavailable):
+        run(backend.observe({("direct", "ipv4", "filter")}))
+
+
+# -- traffic --------------------------------------------------------------------------------------
+
+SERVER_ADDR, CLIENT_ADDR = "198.18.0.1", "198.18.0.2"
+PORT = 9400
+
+_LISTENER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+s.settimeout(60)
+print("ready", flush=True)
+try:
+    while True:
+        s.accept()[0].close()
+except OSError:
+    pass
+"""
+
+_CONNECTOR = r"""
+import errno, socket, sys
+s = socket.socket()
+s.settimeout(1.0)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("accepted")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print("refused" if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH) else "error %s" % e.errno)
+"""
+
+
+@pytest.fixture
+def client(ns: str) -> Iterator[str]:
+    """A second netns joined to ``ns`` by a veth pair, and a listener on PORT in ``ns``."""
+    name = f"{ns}-c"
+    _create_netns(name)
+    listener = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "del", "fwrt-s"], capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "add", "fwrt-s", "type", "veth", "peer", "name", "fwrt-c", "netns", name],
+                       check=True, capture_output=True)
+        for where, iface, addr in ((ns, "fwrt-s", SERVER_ADDR), (name, "fwrt-c", CLIENT_ADDR)):
+            subprocess.run(["ip", "-n", where, "addr", "add", f"{addr}/30", "dev", iface], check=True, capture_output=True)
+            subprocess.run(["ip", "-n", where, "link", "set", iface, "up"], check=True, capture_output=True)
+        listener = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _LISTENER, str(PORT)],
+                                    stdout=subprocess.PIPE, text=True)
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        yield name
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        _delete_netns(name)  # takes the veth pair with it
+
+
+def connect(client: str) -> str:
+    return sh(client, sys.executable, "-c", _CONNECTOR, SERVER_ADDR, str(PORT)).stdout.strip()
+
+
+def test_traffic_follows_the_rules_and_their_priorities(backend: IptablesBackend, ns: str, client: str):
+    """A foreign REJECT for the port sits in INPUT after a jump to the (foreign) chain GATE.
+
+    fwrecon's rules go into GATE, so they are evaluated before the REJECT
+    (a rule appended to INPUT itself would land after it and never match):
+    ACCEPT at priority 10 opens the port; a DROP at priority 0, added later,
+    is inserted above the ACCEPT and closes it again (timeout, not reject);
+    taking the rules out restores the foreign REJECT's verdict.
+    """
+    sh(ns, "iptables", "-N", "GATE")
+    sh(ns, "iptables", "-A", "INPUT", "-j", "GATE")
+    sh(ns, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(PORT), "-j", "REJECT", "--reject-with", "tcp-reset")
+    assert connect(client) == "refused"
+
+    accept = DirectRule("ipv4", "filter", "GATE", 10, ("-p", "tcp", "--dport", str(PORT), "-j", "ACCEPT"))
+    drop = DirectRule("ipv4", "filter", "GATE", 0, ("-p", "tcp", "--dport", str(PORT), "-j", "DROP"))
+    assert DirectChain("ipv4", "filter", "GATE") in run(backend.observe({("direct", "ipv4", "filter")})).items()
+    run(backend.execute(Op("add", accept)))
+    assert connect(client) == "accepted"
+
+    run(backend.execute(Op("add", drop)))
+    assert chain_rules(ns, "ipv4", "GATE")[0].startswith("-p tcp -m tcp --dport 9400 -m comment")
+    assert " -j DROP" in chain_rules(ns, "ipv4", "GATE")[0]
+    started = time.monotonic()
+    assert connect(client) == "timeout"
+    assert time.monotonic() - started >= 0.9
+
+    run(backend.execute(Op("remove", drop)))
+    assert connect(client) == "accepted"
+    run(backend.execute(Op("remove", accept)))
+    assert connect(client) == "refused"
+    assert chain_rules(ns, "ipv4", "INPUT") == ["-j GATE", f"-p tcp -m tcp --dport {PORT} -j REJECT --reject-with tcp-reset"]
+
+
+# -- the whole engine on this backend --------------------------------------------------------------
+
+
+def test_reconciler_applies_keeps_a_chain_with_foreign_rules_and_removes_the_rest(backend: IptablesBackend, ns: str, tmp_path):
+    """Policy in, policy out, through the real engine (no Router in between)."""
+    from reconciler.engine import Reconciler
+    from reconciler.policy import LoadResult, Policy
+    from reconciler.state import StateStore
+
+    chain, rule_a, rule_b, jump = items = items_for("ipv4")
+    store = StateStore(tmp_path / "state.json")
+
+    def reconcile(**wanted: frozenset):
+        loaded = LoadResult(policies={n: Policy(n, f"{n}.toml", "", frozenset(i)) for n, i in wanted.items()})
+        return run(Reconciler(backend, store, check_names=False).reconcile(loaded))
+
+    report = reconcile(web=frozenset(items))
+    assert report.converged and report.write_ops == 4
+    assert len(chain_rules(ns, "ipv4", "FWR_IN")) == 2
+    backend.runs = 0
+    report = reconcile(web=frozenset(items))
+    assert report.write_ops == 0 and backend.runs == 1  # one save of ipv4 filter, nothing else
+
+    sh(ns, "iptables", "-A", "FWR_IN", "-p", "icmp", "-j", "ACCEPT")  # someone else's rule in our chain
+    report = reconcile()
+    assert report.converged
+    assert chain_rules(ns, "ipv4", "FWR_IN") == ["-p icmp -j ACCEPT"]
+    assert chain_rules(ns, "ipv4", "INPUT") == []
+    assert store.load().owned == {chain: frozenset({"web"})}  # kept, and still ours to remove later
+
+    sh(ns, "iptables", "-F", "FWR_IN")
+    report = reconcile()
+    assert report.converged and ":FWR_IN - [0:0]" not in table_lines(ns, "ipv4")
+    assert store.load().owned == {}

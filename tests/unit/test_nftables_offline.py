@@ -1,0 +1,667 @@
+"""The nftables backend without nft: script building, JSON parsing, error and
+monitor-line handling, and whole batches against a scripted fake ``nft``.
+
+The JSON, stderr and monitor samples were captured from nftables 1.0.6
+(kernel 6.18) in a scratch network namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+
+from reconciler.backends.base import BackendEvent, Outcome
+from reconciler.backends.nftables import (
+    CONFLICT_CODE,
+    ERROR_CODE,
+    IN_USE_CODE,
+    INVALID_CODE,
+    NftablesBackend,
+    RuleEntry,
+    TableListing,
+    _Result,
+    build_script,
+    canonical_chain,
+    chain_statement,
+    failure_for,
+    generation_pid,
+    is_drift_line,
+    parse_errors,
+    parse_listing,
+    parse_priority,
+    rule_problem,
+    rule_statement,
+)
+from reconciler.errors import BackendUnavailable, OperationFailed
+from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, Port, Scope
+from reconciler.planner import Op
+
+# `nft -j list table inet fwrecon` (one line in reality), after:
+#   add chain inet fwrecon input { type filter hook input priority 0; policy drop; }
+#   add chain inet fwrecon pre { type nat hook prerouting priority -100; }
+#   add chain inet fwrecon mine
+#   add set inet fwrecon blocked { type ipv4_addr; }
+#   add rule inet fwrecon input tcp dport 22 accept comment "fwrecon:0123456789abcdef"
+#   add rule inet fwrecon input ct state established,related accept
+#   add rule inet fwrecon mine ip saddr @blocked drop comment "someone else"
+#   add rule inet fwrecon mine tcp dport 80 accept comment "fwrecon:fedcba9876543210"
+INET_SAMPLE = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "fwrecon", "handle": 11}}, {"set": {"family": "inet", "name": "blocked", "table": "fwrecon", "type": "ipv4_addr", "handle": 4}}, {"chain": {"family": "inet", "table": "fwrecon", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}, {"chain": {"family": "inet", "table": "fwrecon", "name": "pre", "handle": 2, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}, {"chain": {"family": "inet", "table": "fwrecon", "name": "mine", "handle": 3}}, {"rule": {"family": "inet", "table": "fwrecon", "chain": "input", "handle": 5, "comment": "fwrecon:0123456789abcdef", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "fwrecon", "chain": "input", "handle": 6, "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}}, {"rule": {"family": "inet", "table": "fwrecon", "chain": "mine", "handle": 7, "comment": "someone else", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@blocked"}}, {"drop": null}]}}, {"rule": {"family": "inet", "table": "fwrecon", "chain": "mine", "handle": 8, "comment": "fwrecon:fedcba9876543210", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}}, {"accept": null}]}}]}"""
+
+# add chain bridge fwrecon forward_br { type filter hook forward priority filter; policy accept; }
+BRIDGE_SAMPLE = """{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "bridge", "name": "fwrecon", "handle": 12}}, {"chain": {"family": "bridge", "table": "fwrecon", "name": "forward_br", "handle": 1, "type": "filter", "hook": "forward", "prio": -200, "policy": "accept"}}]}"""
+
+MISSING_TABLE_STDERR = """Error: No such file or directory
+list table ip fwrecon
+              ^^^^^^^
+"""
+
+# `nft -f -` refusing a script: evaluation errors (the kernel never saw the batch) ...
+EVAL_STDERR = """/dev/stdin:3:61-67: Error: syntax error, unexpected comment, expecting end of file or newline or semicolon
+add rule inet fwrecon input tcp dport 22 accept comment "a" comment "fwrecon:1"
+                                                            ^^^^^^^
+/dev/stdin:4:39-43: Error: Service out of range
+add rule inet fwrecon input tcp dport 99999 accept
+                                      ^^^^^
+"""
+# ... and kernel errors (every failing command is reported).
+KERNEL_STDERR = """/dev/stdin:3:47-53: Error: Could not process rule: No such file or directory
+add rule inet fwrecon input tcp dport 22 jump nowhere
+                                              ^^^^^^^
+/dev/stdin:4:23-29: Error: Could not process rule: No such file or directory
+add rule inet fwrecon nochain tcp dport 22 accept
+                      ^^^^^^^
+"""
+
+# `nft monitor` while: adding a rule (pid 8969), deleting one, flushing a chain,
+# creating and deleting `table inet other`, setting a policy in place,
+# `nft flush table inet fwrecon`, `nft flush ruleset`.
+MONITOR_SAMPLE = """add rule inet fwrecon mine2 counter packets 0 bytes 0 comment "fwrecon:bbbbbbbbbbbbbbbb"
+# new generation 3 by process 8969 (nft)
+delete rule inet fwrecon input handle 6
+# new generation 4 by process 8971 (nft)
+delete rule inet fwrecon mine handle 8
+delete rule inet fwrecon mine handle 11
+delete set inet fwrecon __set0
+delete set inet fwrecon __set1
+# new generation 5 by process 8972 (nft)
+add table inet other
+# new generation 6 by process 8973 (nft)
+add chain inet other c
+# new generation 7 by process 8974 (nft)
+add rule inet other c counter packets 0 bytes 0
+# new generation 8 by process 8975 (nft)
+delete rule inet other c handle 2
+# new generation 9 by process 8976 (nft)
+delete chain inet other c
+delete table inet other
+# new generation 10 by process 8977 (nft)
+add chain inet fwrecon input { type filter hook input priority filter; policy accept; }
+# new generation 11 by process 8978 (nft)
+delete rule inet fwrecon input handle 7
+delete rule inet fwrecon mine2 handle 12
+# new generation 12 by process 8979 (nft)
+delete chain inet fwrecon input
+delete chain inet fwrecon mine
+delete chain inet fwrecon mine2
+delete chain inet fwrecon pre
+delete chain inet fwrecon out
+delete table inet fwrecon
+# new generation 13 by process 8980 (nft)
+"""
+
+INPUT = NftChain("inet", "input", "filter", "input", 0, "drop")
+PRE = NftChain("inet", "pre", "nat", "prerouting", -100, "")  # policy left out, as a policy may
+MINE = NftChain("inet", "mine")
+SSH = NftRule("inet", "input", "tcp dport 22 accept")
+WEB = NftRule("inet", "mine", "tcp dport 80 accept")
+
+
+def sample(text: str = INET_SAMPLE) -> str:
+    """The captured listing, with the placeholder tags replaced by SSH's and WEB's."""
+    return text.replace("fwrecon:0123456789abcdef", SSH.tag()).replace("fwrecon:fedcba9876543210", WEB.tag())
+
+
+def listing_of(*chains: NftChain, rules: tuple[RuleEntry, ...] = (), others: tuple[str, ...] = (), family: str = "inet") -> TableListing:
+    return TableListing(
+        family,
+        exists=bool(chains or rules or others),
+        chains={c.chain: canonical_chain(c) for c in chains},
+        rules=list(rules),
+        others=list(others),
+    )
+
+
+def adds(*items):
+    return [Op("add", item) for item in items]
+
+
+def removes(*items):
+    return [Op("remove", item) for item in items]
+
+
+# -- canonical forms and statements -------------------------------------------------
+
+
+def test_canonical_chain_gives_base_chains_a_policy_and_regular_chains_nothing():
+    assert canonical_chain(PRE) == NftChain("inet", "pre", "nat", "prerouting", -100, "accept")
+    assert canonical_chain(INPUT) == INPUT
+    assert canonical_chain(NftChain("inet", "x", "filter", "", 5, "drop")) == NftChain("inet", "x")
+
+
+@pytest.mark.parametrize(
+    ("family", "value", "expected"),
+    [
+        ("inet", 0, 0),
+        ("inet", "-100", -100),
+        ("inet", "dstnat", -100),
+        ("ip", "filter + 10", 10),
+        ("ip6", "mangle - 5", -155),
+        ("inet", "srcnat", 100),
+        ("bridge", "filter", -200),
+        ("bridge", "dstnat", -300),
+        ("netdev", "filter", 0),
+    ],
+)
+def test_parse_priority(family, value, expected):
+    assert parse_priority(family, value) == expected
+
+
+def test_parse_priority_refuses_unknown_names():
+    with pytest.raises(ValueError, match="named priorities"):
+        parse_priority("arp", "dstnat")
+
+
+def test_chain_statements():
+    assert chain_statement(INPUT) == "add chain inet fwrecon input { type filter hook input priority 0; policy drop; }"
+    assert chain_statement(PRE) == "add chain inet fwrecon pre { type nat hook prerouting priority -100; policy accept; }"
+    assert chain_statement(MINE) == "add chain inet fwrecon mine"
+    assert chain_statement(MINE, "fwrecon_check_1") == "add chain inet fwrecon_check_1 mine"
+
+
+def test_rule_statement_carries_the_tag():
+    assert SSH.tag().startswith("fwrecon:") and len(SSH.tag()) == 24
+    assert rule_statement(SSH) == f'add rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"'
+
+
+@pytest.mark.parametrize(
+    "rule",
+    ["tcp dport 22 accept", 'log prefix "a;b #c comment" accept', "ip saddr { 198.18.0.1, 198.18.0.2 } counter drop"],
+)
+def test_rule_problem_accepts(rule):
+    assert rule_problem(rule) is None
+
+
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        ('tcp dport 22 accept comment "mine"', "own comment"),
+        ("accept; flush ruleset", "';'"),
+        ("accept # note", "'#'"),
+        ("accept\nflush ruleset", "line break"),
+        ('log prefix "x accept', "unterminated"),
+        ("   ", "empty"),
+    ],
+)
+def test_rule_problem_refuses(rule, words):
+    assert words in (rule_problem(rule) or "")
+
+
+# -- parsing listings --------------------------------------------------------------
+
+
+def test_parse_listing_of_a_real_sample():
+    listing = parse_listing("inet", sample())
+    assert listing.exists
+    assert list(listing.chains.values()) == [
+        INPUT,
+        NftChain("inet", "pre", "nat", "prerouting", -100, "accept"),
+        MINE,
+    ]
+    assert listing.rules == [
+        RuleEntry("input", 5, SSH.tag()),
+        RuleEntry("input", 6, None),
+        RuleEntry("mine", 7, "someone else"),
+        RuleEntry("mine", 8, WEB.tag()),
+    ]
+    assert [r.tag for r in listing.rules] == [SSH.tag(), None, None, WEB.tag()]
+    assert listing.others == ["set blocked"]
+    assert listing.handles("inet", "input", SSH.tag()) == [5]
+
+
+def test_parse_listing_bridge_priority_is_numeric():
+    listing = parse_listing("bridge", BRIDGE_SAMPLE)
+    assert listing.chains == {"forward_br": NftChain("bridge", "forward_br", "filter", "forward", -200, "accept")}
+
+
+def test_parse_listing_garbage_is_unavailable():
+    with pytest.raises(BackendUnavailable):
+        parse_listing("inet", "{not json")
+
+
+# -- a backend on a scripted fake nft ------------------------------------------------
+
+
+class FakeNft(NftablesBackend):
+    """Answers `_run` from canned listings; records every argv and script."""
+
+    def __init__(self, listings: dict[str, str] | None = None, fail: str | None = None) -> None:
+        super().__init__()
+        self.listings = listings or {}
+        self.fail = fail  # stderr of a refused `nft -f` / `nft -c`
+        self.runs: list[tuple[tuple[str, ...], str | None]] = []
+
+    async def _run(self, *args: str, input: str | None = None, own: bool = False) -> _Result:
+        self.runs.append((args, input))
+        if args[:3] == ("-j", "list", "table"):
+            text = self.listings.get(args[3])
+            if text is None:
+                return _Result(1, "", MISSING_TABLE_STDERR.replace(" ip ", f" {args[3]} "))
+            return _Result(0, text, "")
+        if self.fail is not None:
+            return _Result(1, "", self.fail)
+        return _Result(0, "", "")
+
+    def scripts(self) -> list[str]:
+        return [text for args, text in self.runs if args[0] in ("-f", "-c")]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_observe_reports_remembered_rules_and_all_chains():
+    backend = FakeNft({"inet": sample()})
+    backend.remember([SSH, WEB, PRE])
+    view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    assert sorted(backend.runs) == [(("-j", "list", "table", "inet", "fwrecon"), None), (("-j", "list", "table", "ip", "fwrecon"), None)]
+    assert view.has(SSH) and view.has(WEB)
+    assert view.has(INPUT) and view.has(MINE)
+    assert view.has(PRE)  # declared without a policy, listed with "accept": the same chain
+    assert view.has(canonical_chain(PRE))
+    rules = {i for i in view.items() if isinstance(i, NftRule)}
+    assert rules == {SSH, WEB}  # the untagged and the foreign-comment rules are not reported
+    assert backend.handles(SSH) == [5]
+
+
+def test_observe_ignores_unknown_tags_and_a_tag_in_the_wrong_chain():
+    backend = FakeNft({"inet": sample()})
+    view = run(backend.observe([("nft", "inet")]))
+    assert not any(isinstance(i, NftRule) for i in view.items())
+    moved = NftRule("inet", "mine", SSH.rule)  # another item: another tag
+    backend.remember([moved])
+    assert not run(backend.observe([("nft", "inet")])).has(moved)
+
+
+def test_observe_missing_table_is_empty():
+    view = run(FakeNft().observe([("nft", "ip")]))
+    assert view.items() == frozenset()
+
+
+def test_batch_into_an_empty_table_is_one_script():
+    backend = FakeNft()
+    outcomes = run(backend.execute_batch(adds(INPUT, MINE, SSH, WEB)))
+    assert outcomes == [Outcome.APPLIED] * 4
+    assert [args for args, _ in backend.runs] == [("-j", "list", "table", "inet", "fwrecon"), ("-f", "-")]
+    assert backend.scripts() == [
+        "add table inet fwrecon\n"
+        "add chain inet fwrecon input { type filter hook input priority 0; policy drop; }\n"
+        "add chain inet fwrecon mine\n"
+        f'add rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"\n'
+        f'add rule inet fwrecon mine tcp dport 80 accept comment "{WEB.tag()}"\n'
+    ]
+
+
+def test_batch_of_what_is_there_runs_no_script():
+    backend = FakeNft({"inet": sample()})
+    outcomes = run(backend.execute_batch(adds(INPUT, PRE, MINE, SSH, WEB)))
+    assert outcomes == [Outcome.UNCHANGED] * 5
+    assert backend.scripts() == []
+
+
+def test_batch_with_two_families_lists_each_once_and_runs_once():
+    backend = FakeNft()
+    ip_chain = NftChain("ip", "input", "filter", "input", 0, "accept")
+    ip_rule = NftRule("ip", "input", "tcp dport 22 accept")
+    run(backend.execute_batch(adds(INPUT, ip_chain, SSH, ip_rule)))
+    assert [args[:4] for args, _ in backend.runs].count(("-j", "list", "table", "inet")) == 1
+    assert [args[:4] for args, _ in backend.runs].count(("-j", "list", "table", "ip")) == 1
+    (script,) = backend.scripts()
+    lines = script.splitlines()
+    assert lines[0] == "add table ip fwrecon"  # families in a fixed order, each with its table first
+    assert lines.index("add table inet fwrecon") == 3
+
+
+def test_removal_deletes_by_handle_and_gone_is_unchanged():
+    backend = FakeNft({"inet": sample()})
+    gone = NftRule("inet", "input", "udp dport 53 accept")
+    outcomes = run(backend.execute_batch(removes(SSH, gone)))
+    assert outcomes == [Outcome.APPLIED, Outcome.UNCHANGED]
+    assert backend.scripts() == ["delete rule inet fwrecon input handle 5\n"]
+
+
+def test_removing_a_copied_rule_deletes_every_copy():
+    listing = listing_of(INPUT, rules=(RuleEntry("input", 5, SSH.tag()), RuleEntry("input", 9, SSH.tag())))
+    script = build_script(removes(SSH), {"inet": listing})
+    assert script.lines == ["delete rule inet fwrecon input handle 5", "delete rule inet fwrecon input handle 9"]
+
+
+def test_chain_with_foreign_rules_is_never_deleted():
+    backend = FakeNft({"inet": sample()})
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute_batch(removes(WEB, MINE)))  # "someone else"'s rule stays in mine
+    assert info.value.code == IN_USE_CODE
+    assert info.value.op == Op("remove", MINE)
+    assert backend.scripts() == []
+
+
+def test_removing_every_chain_removes_the_table_in_the_same_script():
+    listing = listing_of(INPUT, MINE, rules=(RuleEntry("input", 5, SSH.tag()),))
+    script = build_script(removes(SSH, INPUT, MINE), {"inet": listing})
+    assert script.lines == [
+        "delete rule inet fwrecon input handle 5",
+        "delete chain inet fwrecon input",
+        "delete chain inet fwrecon mine",
+        "delete table inet fwrecon",
+    ]
+    assert script.op_at(4) is None
+
+
+def test_table_stays_while_it_holds_anything_else():
+    assert build_script(removes(MINE), {"inet": listing_of(MINE, INPUT)}).lines == ["delete chain inet fwrecon mine"]
+    assert build_script(removes(MINE), {"inet": listing_of(MINE, others=("set blocked",))}).lines == [
+        "delete chain inet fwrecon mine"
+    ]
+
+
+def test_add_chain_that_exists_with_another_hook_is_refused():
+    other = NftChain("inet", "input", "filter", "input", 10, "drop")
+    with pytest.raises(OperationFailed) as info:
+        build_script(adds(other), {"inet": listing_of(INPUT)})
+    assert info.value.code == CONFLICT_CODE and info.value.op == Op("add", other)
+
+
+def test_policy_is_changed_in_place():
+    accept = NftChain("inet", "input", "filter", "input", 0, "accept")
+    listing = listing_of(INPUT, rules=(RuleEntry("input", 5, SSH.tag()),))
+    assert build_script(adds(accept), {"inet": listing}).lines == [
+        "add table inet fwrecon",
+        "add chain inet fwrecon input { type filter hook input priority 0; policy accept; }",
+    ]
+    # As the planner emits it: remove the old chain, add the new one; the rules stay.
+    script = build_script(removes(INPUT) + adds(accept), {"inet": listing})
+    assert script.outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+    assert script.lines == [
+        "add table inet fwrecon",
+        "add chain inet fwrecon input { type filter hook input priority 0; policy accept; }",
+    ]
+
+
+def test_redefined_chain_takes_its_own_rules_along():
+    moved = NftChain("inet", "input", "filter", "input", 10, "drop")
+    listing = listing_of(INPUT, rules=(RuleEntry("input", 5, SSH.tag()),))
+    script = build_script(removes(INPUT) + adds(moved), {"inet": listing}, {SSH.tag(): SSH})
+    assert script.lines == [
+        "add table inet fwrecon",
+        "delete rule inet fwrecon input handle 5",
+        "delete chain inet fwrecon input",
+        "add chain inet fwrecon input { type filter hook input priority 10; policy drop; }",
+        rule_statement(SSH),
+    ]
+    assert script.ops[1:] == [Op("remove", INPUT)] * 2 + [Op("add", moved)] * 2
+
+
+def test_redefined_chain_with_foreign_rules_is_refused():
+    moved = NftChain("inet", "input", "filter", "input", 10, "drop")
+    listing = listing_of(INPUT, rules=(RuleEntry("input", 5, SSH.tag()), RuleEntry("input", 6, None)))
+    with pytest.raises(OperationFailed) as info:
+        build_script(removes(INPUT) + adds(moved), {"inet": listing}, {SSH.tag(): SSH})
+    assert info.value.code == IN_USE_CODE and "does not own" in str(info.value)
+
+
+def test_redefined_chain_treats_a_tag_copied_from_another_chain_as_foreign():
+    moved = NftChain("inet", "mine", "filter", "output", 0, "accept")
+    listing = listing_of(MINE, rules=(RuleEntry("mine", 8, SSH.tag()),))  # SSH belongs in input
+    with pytest.raises(OperationFailed) as info:
+        build_script(removes(MINE) + adds(moved), {"inet": listing}, {SSH.tag(): SSH})
+    assert info.value.code == IN_USE_CODE
+
+
+def test_rule_added_and_removed_in_one_batch_cancels_out():
+    script = build_script(adds(SSH) + removes(SSH), {"inet": listing_of(INPUT)})
+    assert script.lines == [] and script.outcomes == [Outcome.APPLIED, Outcome.APPLIED]
+
+
+def test_duplicate_adds_in_one_batch_emit_once():
+    script = build_script(adds(SSH, SSH), {"inet": listing_of(INPUT)})
+    assert script.outcomes == [Outcome.APPLIED, Outcome.UNCHANGED]
+    assert script.lines.count(rule_statement(SSH)) == 1
+
+
+def test_rule_with_its_own_comment_is_refused_before_nft_runs():
+    bad = NftRule("inet", "input", 'tcp dport 22 accept comment "mine"')
+    backend = FakeNft()
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute_batch(adds(SSH, bad)))
+    assert info.value.code == INVALID_CODE and info.value.op == Op("add", bad)
+    assert backend.runs == []
+
+
+@pytest.mark.parametrize(
+    "item",
+    [NftChain("inet", "bad name"), NftChain("inet6", "x"), NftChain("inet", "x", "filter", "input", 0, "reject"), NftRule("inet", "9x", "accept")],
+)
+def test_invalid_names_are_refused(item):
+    with pytest.raises(OperationFailed) as info:
+        build_script(adds(item), {item.family: TableListing(item.family)})
+    assert info.value.code == INVALID_CODE
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def test_parse_errors_of_real_stderr():
+    errors = parse_errors(EVAL_STDERR)
+    assert [(e.line, e.text) for e in errors] == [
+        (3, "syntax error, unexpected comment, expecting end of file or newline or semicolon"),
+        (4, "Service out of range"),
+    ]
+    assert errors[1].statement == "add rule inet fwrecon input tcp dport 99999 accept"
+    assert [(e.line, e.text) for e in parse_errors(MISSING_TABLE_STDERR)] == [(None, "No such file or directory")]
+
+
+def test_failure_names_the_op_of_the_first_error_line():
+    nowhere = NftRule("inet", "input", "tcp dport 22 jump nowhere")
+    nochain = NftRule("inet", "nochain", "tcp dport 22 accept")
+    script = build_script(adds(INPUT, nowhere, nochain), {"inet": TableListing("inet")})
+    failure = failure_for(script, KERNEL_STDERR, 1)
+    assert failure.op == Op("add", nowhere)
+    assert failure.code == ERROR_CODE
+    assert str(failure).startswith("nft: Could not process rule: No such file or directory (in: add rule inet fwrecon input")
+    assert "(and 1 more error(s))" in str(failure)
+
+
+def test_failure_on_a_housekeeping_line_names_no_op():
+    script = build_script(adds(INPUT, MINE), {"inet": TableListing("inet")})
+    failure = failure_for(script, "/dev/stdin:1:1-10: Error: Could not process rule: Operation not permitted\nadd table inet fwrecon\n", 1)
+    assert failure.op is None and "Operation not permitted" in str(failure)
+
+
+def test_failed_batch_raises_with_culprit():
+    bad = NftRule("inet", "input", "tcp dport 99999 accept")
+    backend = FakeNft(fail="/dev/stdin:4:39-43: Error: Service out of range\nx\n   ^\n")
+    with pytest.raises(OperationFailed) as info:
+        run(backend.execute_batch(adds(INPUT, SSH, bad)))
+    # line 1 is "add table", 2 the chain, 3 SSH, 4 the bad rule
+    assert info.value.op == Op("add", bad)
+
+
+def test_check_maps_errors_to_items_and_retries_the_rest():
+    bad = NftRule("inet", "input", "tcp dport 99999 accept")
+    own_comment = NftRule("inet", "input", 'accept comment "x"')
+
+    class Checker(FakeNft):
+        async def _run(self, *args, input=None, own=False):
+            self.runs.append((args, input))
+            lines = input.splitlines()
+            for number, line in enumerate(lines, 1):
+                if "99999" in line:
+                    return _Result(1, "", f"/dev/stdin:{number}:39-43: Error: Service out of range\n{line}\n   ^^^^^\n")
+            return _Result(0, "", "")
+
+    backend = Checker()
+    errors = run(backend.check([INPUT, SSH, bad, own_comment, WEB]))
+    assert errors == {bad: "Service out of range", own_comment: rule_problem(own_comment.rule)}
+    first, second = backend.scripts()
+    assert all(args[:3] == ("-c", "-f", "-") for args, _ in backend.runs)
+    table = first.splitlines()[0].split()[-1]
+    assert table.startswith("fwrecon_check_")
+    assert f"add chain inet {table} mine" in first.splitlines()  # placeholder for WEB's chain
+    assert "99999" not in second
+
+
+# -- small things -----------------------------------------------------------------------
+
+
+def test_cannot_hold_and_batch_key():
+    backend = NftablesBackend()
+    assert backend.cannot_hold(INPUT) is None and backend.cannot_hold(SSH) is None
+    assert backend.cannot_hold(Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
+    assert backend.cannot_hold(DirectChain("ipv4", "filter", "X")) == "needs firewalld or the iptables backend"
+    assert backend.cannot_hold(DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))) == "needs firewalld or the iptables backend"
+    assert backend.batch_key(Op("add", INPUT)) == backend.batch_key(Op("remove", SSH)) == "nft"
+    assert backend.name == "nftables"
+    assert run(backend.known_names()) is None
+
+
+def test_netns_prefix():
+    argv = NftablesBackend("lab")._argv("-j", "list", "table", "inet", "fwrecon")
+    assert argv[1:4] == ["netns", "exec", "lab"] and argv[4].endswith("nft") and argv[5:] == ["-j", "list", "table", "inet", "fwrecon"]
+    assert NftablesBackend()._argv("monitor")[1:] == ["monitor"]
+
+
+def test_missing_nft_is_unavailable():
+    backend = NftablesBackend(nft="/nonexistent/nft")
+    with pytest.raises(BackendUnavailable):
+        run(backend.observe([("nft", "inet")]))
+    assert run(backend.is_up()) is False
+
+
+# -- monitor lines ----------------------------------------------------------------------
+
+
+def test_drift_lines_of_a_real_monitor_sample():
+    events = [line for line in MONITOR_SAMPLE.splitlines() if not line.startswith("#")]
+    drift = [line for line in events if is_drift_line(line)]
+    assert drift == [
+        "delete rule inet fwrecon input handle 6",
+        "delete rule inet fwrecon mine handle 8",
+        "delete rule inet fwrecon mine handle 11",
+        "delete set inet fwrecon __set0",
+        "delete set inet fwrecon __set1",
+        "add chain inet fwrecon input { type filter hook input priority filter; policy accept; }",
+        "delete rule inet fwrecon input handle 7",
+        "delete rule inet fwrecon mine2 handle 12",
+        "delete chain inet fwrecon input",
+        "delete chain inet fwrecon mine",
+        "delete chain inet fwrecon mine2",
+        "delete chain inet fwrecon pre",
+        "delete chain inet fwrecon out",
+        "delete table inet fwrecon",
+    ]
+    assert is_drift_line("flush table ip fwrecon")
+    assert is_drift_line("flush ruleset")
+    assert is_drift_line("delete element inet fwrecon blocked { 198.18.0.9 }")
+    assert not is_drift_line("delete rule ip filter INPUT handle 4")  # someone else's table
+    assert not is_drift_line("add chain inet fwrecon mine")
+
+
+def test_generation_pid():
+    assert generation_pid("# new generation 13 by process 8980 (nft)") == 8980
+    assert generation_pid("delete table inet fwrecon") is None
+
+
+class FakeProc:
+    def __init__(self, data: str) -> None:
+        self.stdout = asyncio.StreamReader()
+        self.stdout.feed_data(data.encode())
+        self.stdout.feed_eof()
+
+
+def events_from(text: str, own: set[int] = frozenset()) -> list[BackendEvent]:
+    backend = NftablesBackend()
+    seen: list[BackendEvent] = []
+    backend._callbacks.append(seen.append)
+
+    async def go() -> None:
+        for pid in own:
+            backend._own_pids[pid] = float("inf")
+        await backend._read_monitor(FakeProc(text))  # type: ignore[arg-type]
+
+    run(go())
+    return seen
+
+
+def test_monitor_calls_back_per_foreign_transaction_with_drift():
+    # Transactions 4, 5, 11, 12, 13 delete something in fwrecon; 3 and 6-10 do not.
+    assert len(events_from(MONITOR_SAMPLE)) == 5
+
+
+def test_monitor_ignores_our_own_transactions():
+    assert events_from(MONITOR_SAMPLE, own={8971, 8972, 8978, 8979, 8980}) == []
+    assert len(events_from(MONITOR_SAMPLE, own={8971, 8972, 8978, 8979})) == 1
+
+
+def test_monitor_without_generation_lines_still_reports():
+    assert events_from("delete table inet fwrecon\n") == [BackendEvent.CHANGED]
+
+
+# -- real processes, fake nft (no root needed) ------------------------------------------
+
+
+def fake_nft(tmp_path, body: str) -> str:
+    path = tmp_path / "nft"
+    path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_hanging_nft_times_out_as_unavailable(tmp_path):
+    backend = NftablesBackend(nft=fake_nft(tmp_path, "time.sleep(30)"), timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="did not finish"):
+        run(backend.observe([("nft", "inet")]))
+    assert time.monotonic() - started < 5
+
+
+def test_monitor_subprocess_events_and_close(tmp_path):
+    script = fake_nft(
+        tmp_path,
+        'print("add table inet other", flush=True)\n'
+        'print("# new generation 2 by process 1 (nft)", flush=True)\n'
+        'print("delete table inet fwrecon", flush=True)\n'
+        'print("# new generation 3 by process 1 (nft)", flush=True)\n'
+        "time.sleep(60)",
+    )
+
+    async def go():
+        backend = NftablesBackend(nft=script)
+        seen = asyncio.Event()
+        count = []
+
+        def callback(event):
+            count.append(event)
+            seen.set()
+
+        await backend.subscribe(callback)
+        await backend.subscribe(callback)  # once is enough: no second monitor, no double calls
+        await asyncio.wait_for(seen.wait(), 5)
+        proc = backend._monitor_proc
+        await backend.close()
+        return count, proc
+
+    count, proc = run(go())
+    assert count == [BackendEvent.CHANGED]
+    assert proc is not None and proc.returncode is not None  # terminated and reaped
