@@ -27,9 +27,11 @@ from .backends.select import BACKEND_MODES
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
 from .engine import Reconciler
-from .errors import BackendUnavailable, FwreconError, StateError
+from .backends.nftables import NftablesBackend
+from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS
+from .model import NftChain, NftRule
 from .policy import LoadResult, load_policy_dir
 from .state import State, StateStore
 
@@ -112,10 +114,30 @@ async def cmd_check(args: argparse.Namespace) -> int:
             extra = dict(desired.invalid)  # type: ignore[arg-type]
     except BackendUnavailable as exc:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
+    for name, errors in (await _nft_syntax_errors(loaded)).items():
+        extra.setdefault(name, []).extend(errors)
     count = _print_errors(loaded, extra)
     if count == 0:
         print(f"{len(loaded.policies)} policies valid")
     return 1 if count else 0
+
+
+async def _nft_syntax_errors(loaded: LoadResult) -> dict[str, list[FwreconError]]:
+    """nft's own verdict on nft sections (``nft -c``: checks, commits nothing)."""
+    wanted = {item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))}
+    if not wanted:
+        return {}
+    try:
+        verdicts = await NftablesBackend().check(wanted)
+    except BackendUnavailable as exc:
+        print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
+        return {}
+    found: dict[str, list[FwreconError]] = {}
+    for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
+        policy = wanted[item]
+        what = repr(item.rule) if isinstance(item, NftRule) else "the chain"
+        found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), f"nft rejects {what}: {message}"))
+    return found
 
 
 async def cmd_plan(args: argparse.Namespace) -> int:

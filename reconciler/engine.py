@@ -263,8 +263,6 @@ class Reconciler:
         state.placed = {item: name for item, name in state.placed.items() if item in state.owned}
         state.pending = None
         self.store.save(state)
-        for result in results:
-            log.debug("op_applied", policy=plan.policy, op=result.op.describe(), outcome=result.outcome.value)
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
 
     def _moved(self, state: State) -> list[Item]:

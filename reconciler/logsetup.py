@@ -33,5 +33,5 @@ def configure_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> Non
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )

@@ -11,6 +11,7 @@ direct table): observing reads one container at a time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -55,18 +56,17 @@ class Item(ABC):
         firewalld nftables call gets slower as the iptables-nft ruleset grows
         (measured: 1000 ports + rules take ~25% longer with rules first).
         """
-        container = self.container()
-        return (self.layer, container[0] == "direct", container, self.kind, repr(self))
+        return _sort_key(self)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
             if isinstance(value, Scope):
                 value = [value.kind, value.name]
             elif isinstance(value, tuple):
                 value = list(value)
-            data[f.name] = value
+            data[name] = value
         return data
 
     @staticmethod
@@ -100,8 +100,24 @@ class Item(ABC):
         two policies is one rule in the firewall, and the state file says
         which policies want it.
         """
-        digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
-        return f"fwrecon:{digest[:16]}"
+        return _tag(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sort_key(item: Item) -> tuple[Any, ...]:
+    container = item.container()
+    return (item.layer, container[0] == "direct", container, item.kind, repr(item))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tag(item: Item) -> str:
+    digest = hashlib.sha256(json.dumps(item.to_json(), sort_keys=True).encode()).hexdigest()
+    return f"fwrecon:{digest[:16]}"
 
 
 @dataclass(frozen=True, order=True)

@@ -102,6 +102,10 @@ class Policy:
     description: str
     items: frozenset[Item]
     references: tuple[Reference, ...] = ()
+    keys: dict[Item, str] = field(default_factory=dict, compare=False, hash=False)  # item -> key path
+
+    def key_of(self, item: Item) -> str:
+        return self.keys.get(item, "")
 
 
 @dataclass
@@ -250,7 +254,12 @@ class _PolicyParser:
         self.label = label
         self.errors: list[PolicyError] = []
         self.items: set[Item] = set()
+        self.keys: dict[Item, str] = {}  # where each item was declared, for error messages
         self.references: list[Reference] = []
+
+    def add(self, item: Item, key: str) -> None:
+        self.items.add(item)
+        self.keys.setdefault(item, key)
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(PolicyError(self.label, key, message))
@@ -273,7 +282,7 @@ class _PolicyParser:
                 self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)  # type: ignore[arg-type]
         self.direct(self.table("direct", data.get("direct", {})))
         self.nft(self.table("nft", data.get("nft", {})))
-        return Policy(name, self.label, description, frozenset(self.items), tuple(self.references))
+        return Policy(name, self.label, description, frozenset(self.items), tuple(self.references), self.keys)
 
     def table(self, key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -320,13 +329,13 @@ class _PolicyParser:
                 for path, value in self.strings(f"{prefix}.{key}", body[key]):
                     item = build(path, value)
                     if item is not None:
-                        self.items.add(item)
+                        self.add(item, path)
         if "masquerade" in body:
             value = body["masquerade"]
             if not isinstance(value, bool):
                 self.error(f"{prefix}.masquerade", f"expected true or false, got {_type_name(value)}")
             elif value:
-                self.items.add(Masquerade(scope))
+                self.add(Masquerade(scope), f"{prefix}.masquerade")
         if "forward_ports" in body:
             self.forward_ports(f"{prefix}.forward_ports", body["forward_ports"], scope)
 
@@ -422,7 +431,7 @@ class _PolicyParser:
             ok = self.forward_port_fields(path, fields)
             if ok:
                 to_port = canonical_port(fields["to_port"]) if fields["to_port"] else ""
-                self.items.add(ForwardPort(scope, canonical_port(fields["port"]), fields["protocol"], to_port, fields["to_addr"]))
+                self.add(ForwardPort(scope, canonical_port(fields["port"]), fields["protocol"], to_port, fields["to_addr"]), path)
 
     def forward_port_fields(self, path: str, fields: dict[str, str]) -> bool:
         ok = True
@@ -468,7 +477,7 @@ class _PolicyParser:
                 self.unknown_keys(path, entry, keys)
                 item = self.direct_entry(path, section, entry)
                 if item is not None:
-                    self.items.add(item)
+                    self.add(item, path)
 
     def direct_entry(self, path: str, section: str, entry: dict[str, Any]) -> Item | None:
         errors_before = len(self.errors)
@@ -521,7 +530,7 @@ class _PolicyParser:
                 self.unknown_keys(path, entry, keys)
                 item = build(path, entry)
                 if item is not None:
-                    self.items.add(item)
+                    self.add(item, path)
 
     def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
         family = self.required_string(path, entry, "family")

@@ -75,15 +75,13 @@ class StateStore:
             ) from exc
 
     def save(self, state: State) -> None:
-        entries = sorted(
-            (
-                {"item": item.to_json(), "policies": sorted(owners), "backend": state.placed.get(item)}
-                for item, owners in state.owned.items()
-                if owners
-            ),
-            key=lambda e: json.dumps(e, sort_keys=True),
-        )
-        payload = json.dumps({"version": FORMAT_VERSION, "owned": entries, "pending": state.pending}, indent=1)
+        entries = [
+            {"item": item.to_json(), "policies": sorted(owners), "backend": state.placed.get(item)}
+            for item, owners in sorted(state.owned.items(), key=lambda pair: pair[0].sort_key())
+            if owners
+        ]
+        # compact: the C encoder; indent would make 10,000 items cost ~1 s (read it with jq)
+        payload = json.dumps({"version": FORMAT_VERSION, "owned": entries, "pending": state.pending}, separators=(",", ":"))
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)

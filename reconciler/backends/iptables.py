@@ -45,6 +45,7 @@ at the end.  Foreign rules are never moved.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -176,6 +177,7 @@ def jump_targets(tokens: Sequence[str]) -> set[str]:
     return {tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token in _JUMPS}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def quote_arg(arg: str) -> str:
     """One argument as the *-restore line parser reads it back."""
     if arg and not re.search(r"[\s\"'\\]", arg) and not arg.startswith("#"):
@@ -233,6 +235,7 @@ def culprit_op(stderr: str, line_ops: Sequence[Op | None]) -> Op | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def check_names(item: DirectChain | DirectRule) -> str | None:
     """Why ``item`` cannot be written into a *-restore script safely, or None."""
     if item.family not in COMMANDS:

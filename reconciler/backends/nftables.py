@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -147,17 +148,10 @@ def rule_problem(rule: str) -> str | None:
         return "empty rule"
     if "\n" in rule or "\r" in rule:
         return "rule text contains a line break"
-    outside: list[str] = []
-    quoted = False
-    for char in rule:
-        if char == '"':
-            quoted = not quoted
-            outside.append(" ")
-        elif not quoted:
-            outside.append(char)
-    if quoted:
+    pieces = rule.split('"')  # nft strings have no escapes: odd pieces are quoted
+    if len(pieces) % 2 == 0:
         return "rule text has an unterminated string"
-    bare = "".join(outside)
+    bare = " ".join(pieces[::2])
     if ";" in bare:
         return "rule text contains ';' (one rule per item)"
     if "#" in bare:
@@ -167,6 +161,7 @@ def rule_problem(rule: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def item_problem(item: Item) -> str | None:
     """Why ``item`` cannot go into an nft script as is (bad family, name, words, rule text)."""
     if not isinstance(item, (NftChain, NftRule)):
@@ -302,10 +297,18 @@ class _FamilyState:
 
     listing: TableListing
     chains: dict[str, NftChain]
-    live: list[RuleEntry]  # listed rules not yet deleted by the batch
-    added: list[tuple[str, str]] = field(default_factory=list)  # (chain, tag) added by the batch
+    # Indexed by (chain, tag) so that a batch of N rules costs O(N), not O(N^2).
+    live: dict[tuple[str, str | None], list[RuleEntry]]  # listed rules not yet deleted by the batch
+    added: dict[tuple[str, str], None] = field(default_factory=dict)  # (chain, tag) added by the batch, in order
     statements: list[tuple[str, Op | None]] = field(default_factory=list)
     readd: dict[str, list[NftRule]] = field(default_factory=dict)  # chain -> our rules to re-add
+
+
+def _index(rules: Sequence[RuleEntry]) -> dict[tuple[str, str | None], list[RuleEntry]]:
+    index: dict[tuple[str, str | None], list[RuleEntry]] = {}
+    for rule in rules:
+        index.setdefault((rule.chain, rule.tag), []).append(rule)
+    return index
 
 
 def validate(ops: Sequence[Op]) -> None:
@@ -327,7 +330,7 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
     known = known or {}
     validate(ops)
     states = {
-        family: _FamilyState(listing, dict(listing.chains), list(listing.rules))
+        family: _FamilyState(listing, dict(listing.chains), _index(listing.rules))
         for family, listing in listings.items()
     }
     outcomes: list[Outcome] = []
@@ -376,7 +379,7 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
         state.chains[chain.chain] = canon
         for rule in state.readd.pop(chain.chain, []):
             state.statements.append((rule_statement(rule), op))
-            state.added.append((rule.chain, rule.tag()))
+            state.added[(rule.chain, rule.tag())] = None
         return Outcome.APPLIED
     if current != canon:
         return Outcome.UNCHANGED  # gone, or it is some other chain now
@@ -388,7 +391,7 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
     if successor is not None and replace(current, policy=canonical_chain(successor).policy) == canonical_chain(successor):
         del state.chains[chain.chain]  # only the policy changes: the later add does it in place
         return Outcome.APPLIED
-    left = [r for r in state.live if r.chain == chain.chain]
+    left = [r for rules in state.live.values() for r in rules if r.chain == chain.chain]
     pending = [tag for c, tag in state.added if c == chain.chain]
     if pending or (left and successor is None):
         raise OperationFailed(
@@ -412,7 +415,7 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
             )
         for entry in left:
             state.statements.append((f"delete rule {chain.family} {NFT_TABLE} {chain.chain} handle {entry.handle}", op))
-        state.live = [r for r in state.live if r.chain != chain.chain]
+        state.live = {key: rules for key, rules in state.live.items() if key[0] != chain.chain}
         state.readd[chain.chain] = list(dict.fromkeys(ours[r.tag] for r in left))  # type: ignore[index]
     state.statements.append((f"delete chain {chain.family} {NFT_TABLE} {chain.chain}", op))
     del state.chains[chain.chain]
@@ -423,15 +426,15 @@ def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
     tag = rule.tag()
     readd = state.readd.get(rule.chain, [])
     if op.action == "add":
-        if (rule.chain, tag) in state.added or any(r.chain == rule.chain and r.tag == tag for r in state.live):
+        if (rule.chain, tag) in state.added or (rule.chain, tag) in state.live:
             return Outcome.UNCHANGED
         if rule in readd:
             return Outcome.UNCHANGED  # its chain is being redefined and it goes back in with it
         state.statements.append((rule_statement(rule), op))
-        state.added.append((rule.chain, tag))
+        state.added[(rule.chain, tag)] = None
         return Outcome.APPLIED
     if (rule.chain, tag) in state.added:  # added earlier in this very batch: drop that statement
-        state.added.remove((rule.chain, tag))
+        del state.added[(rule.chain, tag)]
         text = rule_statement(rule)
         position = max(i for i, (line, _) in enumerate(state.statements) if line == text)
         del state.statements[position]
@@ -439,12 +442,12 @@ def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
     if rule in readd:  # taken out with its redefined chain: just do not put it back
         readd.remove(rule)
         return Outcome.APPLIED
-    handles = [r.handle for r in state.live if r.chain == rule.chain and r.tag == tag]
+    handles = [r.handle for r in state.live.get((rule.chain, tag), [])]
     if not handles:
         return Outcome.UNCHANGED
     for handle in handles:  # a copied rule (same tag twice) goes too
         state.statements.append((f"delete rule {rule.family} {NFT_TABLE} {rule.chain} handle {handle}", op))
-    state.live = [r for r in state.live if not (r.chain == rule.chain and r.tag == tag)]
+    del state.live[(rule.chain, tag)]
     return Outcome.APPLIED
 
 

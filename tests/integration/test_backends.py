@@ -290,3 +290,27 @@ def test_chain_with_foreign_rules_is_kept_and_the_run_converges(bare: Fwrecon) -
     assert rule_lines(v4, "--dport 53") and ":FWRECON_IN" in v4  # kept: someone else uses it
     again = bare.apply()
     assert again.returncode == 0 and "0 operations" in again.stdout
+
+
+def test_shipped_policies_apply_and_converge(fwrecon: Fwrecon) -> None:
+    """Everything in policies/ (zones, a firewalld policy, direct and nft sections)."""
+    from conftest import ROOT
+
+    fwrecon.in_netns = True
+    for path in sorted((ROOT / "policies").glob("*.toml")):
+        fwrecon.write_policy(path.stem, path.read_text())
+    result = fwrecon.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = fwrecon.apply()
+    assert "0 operations" in again.stdout, again.stdout
+    assert "ct state new limit rate over 10/minute" in fwrecon.sandbox.nft("list", "table", "inet", "fwrecon", check=True).stdout
+
+
+def test_check_asks_nft_about_nft_rules(bare: Fwrecon) -> None:
+    bare.write_policy("fw", NFT_POLICY + '\n[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "tcp dport 8445 acept"\n')
+    before = bare.sandbox.ruleset()
+    result = bare.run("check")
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert line.startswith("fw.toml: nft.rule[1]: nft rejects 'tcp dport 8445 acept': "), line
+    assert bare.sandbox.ruleset() == before  # checked, not applied

@@ -27,6 +27,7 @@ EXPECTED_METRICS = {
     "fwrecon_owned_items": "gauge",
     "fwrecon_last_success_timestamp_seconds": "gauge",
     "fwrecon_build_info": "gauge",
+    "fwrecon_backend": "gauge",
 }
 
 
