@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "contrib"))
 
 import fwsandbox  # noqa: E402
+from prereq import skip_or_fail  # noqa: E402
 from fwsandbox import Sandbox  # noqa: E402
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
@@ -38,18 +39,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def require_sandbox_prerequisites() -> None:
-    """Skip without root/tools; but with CI=true a missing prerequisite is a failure.
-
-    Why: locally a laptop without firewalld should still run the unit tests,
-    while in CI a silently skipped integration suite would hide breakage.
-    """
+    """Integration tests need root and the sandbox's tools (see tests/prereq.py)."""
     missing = fwsandbox.missing_prerequisites()
-    if not missing:
-        return
-    reason = f"integration tests need: {', '.join(missing)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
+    if missing:
+        skip_or_fail(f"integration tests need: {', '.join(missing)}")
 
 
 @pytest.fixture(autouse=True)

@@ -48,7 +48,6 @@ import asyncio
 import functools
 import os
 import re
-import shutil
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from ..model import DirectChain, DirectRule, Item, NftChain, NftRule
 from ..planner import Op
 from ..view import FirewallView
 from .base import Backend, Outcome
+from .process import ToolRunner, which
 
 log = structlog.get_logger(__name__)
 
@@ -73,8 +73,6 @@ EB_BUILTIN_CHAINS = {
     "broute": frozenset({"BROUTING"}),
 }
 DEFAULT_TIMEOUT = 30.0
-# Where iptables & co. live even when the daemon's PATH lacks the sbin directories.
-_EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # No whitespace, quotes, backslashes or control characters; not an option.
@@ -89,7 +87,6 @@ _LINE_PATTERNS = (
     re.compile(r"\bline (\d+)\b"),
 )
 _MISSING_CHAIN = re.compile(r"Chain '([^']+)' does not exist")
-_NETNS_FAILURES = ("Cannot open network namespace", "exec of ")
 
 
 # -- the text of *-save --------------------------------------------------------
@@ -504,6 +501,7 @@ class IptablesBackend(Backend):
     def __init__(self, netns: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.netns = netns
         self.timeout = timeout
+        self._tools = ToolRunner(netns, timeout)
         self.runs = 0  # processes started, for tests and metrics
         self.writes = 0  # *-restore runs that applied a batch
         self._by_tag: dict[str, DirectRule] = {}
@@ -511,7 +509,6 @@ class IptablesBackend(Backend):
         self._chains: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._canon: dict[DirectRule, str] = {}  # item -> its rule text as -save prints it
         self._canon_failed: dict[DirectRule, frozenset[str]] = {}  # -> the chains when it failed
-        self._path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
 
     # -- what the engine tells us --------------------------------------------------
 
@@ -546,7 +543,7 @@ class IptablesBackend(Backend):
     # -- processes -----------------------------------------------------------------
 
     def _which(self, name: str) -> str | None:
-        return shutil.which(name, path=self._path)
+        return which(name)
 
     def _tool(self, family: str, suffix: str) -> str:
         name = COMMANDS[family] + suffix
@@ -558,41 +555,11 @@ class IptablesBackend(Backend):
 
     async def _run(self, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
         """Run one command (in the namespace, if any); (returncode, stdout, stderr)."""
-        tool = argv[0]
-        if self.netns:
-            ip = self._which("ip")
-            if ip is None:
-                raise BackendUnavailable("ip (iproute2) not found, needed for --netns")
-            argv = [ip, "netns", "exec", self.netns, *argv]
-        env = {**os.environ, "LC_ALL": "C", "PATH": self._path}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-            )
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot run {argv[0]}: {exc}") from exc
         self.runs += 1
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(stdin.encode() if stdin is not None else None), self.timeout
-            )
-        except asyncio.TimeoutError as exc:
-            await _kill(proc)
-            raise BackendUnavailable(f"{' '.join(argv)} did not finish within {self.timeout:g}s") from exc
-        except BaseException:
-            await _kill(proc)
-            raise
-        rc = proc.returncode if proc.returncode is not None else -1
-        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        if self.netns and rc == 255 and any(s in stderr for s in _NETNS_FAILURES):
-            raise BackendUnavailable(f"cannot run in network namespace {self.netns}: {error_text(stderr)}")
-        if "xtables lock" in stderr:
-            raise BackendUnavailable(f"{os.path.basename(tool)}: {error_text(stderr)}")
-        return rc, stdout, stderr
+        result = await self._tools.run(argv, stdin)
+        if "xtables lock" in result.stderr:
+            raise BackendUnavailable(f"{os.path.basename(argv[0])}: {error_text(result.stderr)}")
+        return result.returncode, result.stdout, result.stderr
 
     async def _save(self, family: str, table: str) -> TableSave:
         rc, out, err = await self._run([self._tool(family, "-save"), "-t", table])
@@ -814,10 +781,3 @@ def _only(save: TableSave, chains: Collection[str]) -> list[tuple[str, tuple[str
     return [entry for entry in save.content() if entry[0] in chains]
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await asyncio.shield(proc.wait())

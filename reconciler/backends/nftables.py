@@ -54,12 +54,9 @@ import functools
 import json
 import os
 import re
-import shutil
-import signal
 import time
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import structlog
 
@@ -68,6 +65,7 @@ from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule,
 from ..planner import Op
 from ..view import FirewallView
 from .base import Backend, BackendEvent, EventCallback, Outcome
+from .process import ToolRunner, kill, which
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +83,6 @@ MONITOR_SETTLE = 1.0  # a monitor alive this long is taken to be working
 MONITOR_GROUP_WAIT = 0.5  # wait this long for a generation line before judging lines alone
 OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ignored
 # Where nft usually lives, for daemons started with a short PATH.
-_SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 
 TAG_RE = re.compile(r"fwrecon:[0-9a-f]{16}")
 # nft 1.0.6 scanner: string = ({letter}|[_.])({letter}|{digit}|[/\-_\.])*; names are < 256 bytes.
@@ -562,6 +559,7 @@ class NftablesBackend(Backend):
         self.netns = netns
         self.nft = nft
         self.timeout = timeout
+        self._tools = ToolRunner(netns, timeout)
         self.calls = 0  # nft processes run (reads, writes and checks), for tests and metrics
         self.writes = 0  # `nft -f` runs that could change the ruleset
         self._rules: dict[str, NftRule] = {}  # tag -> rule
@@ -604,50 +602,27 @@ class NftablesBackend(Backend):
     # -- running nft --------------------------------------------------------------------
 
     def _argv(self, *args: str) -> list[str]:
-        nft = self._nft_path() or self.nft
-        argv = [nft, *args]
-        if self.netns is not None:
-            ip = shutil.which("ip", path=_search_path()) or "ip"
-            argv = [ip, "netns", "exec", self.netns, *argv]
-        return argv
+        return self._tools.argv([self.nft, *args])
 
     def _nft_path(self) -> str | None:
-        return shutil.which(self.nft, path=_search_path())
-
-    async def _spawn(self, argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
-        try:
-            return await asyncio.create_subprocess_exec(*argv, **kwargs)
-        except OSError as exc:  # FileNotFoundError, PermissionError
-            raise BackendUnavailable(f"cannot run {argv[0]}: {exc}") from exc
+        return which(self.nft)
 
     async def _run(self, *args: str, input: str | None = None, own: bool = False) -> _Result:
         """Run nft once (in the netns), with the timeout; ``own`` marks a write."""
-        argv = self._argv(*args)
-        proc = await self._spawn(
-            argv,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
         self.calls += 1
         if own:
             self.writes += 1
-            self._own_pids[proc.pid] = float("inf")
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(None if input is None else input.encode()), self.timeout)
-        except asyncio.TimeoutError as exc:
-            await _kill(proc)
-            raise BackendUnavailable(f"{' '.join(args[:3])} did not finish within {self.timeout:g}s") from exc
-        except BaseException:
-            await _kill(proc)
-            raise
-        finally:
+
+        def started(pid: int) -> None:
             if own:
-                self._own_pids[proc.pid] = time.monotonic() + OWN_PID_GRACE
-        result = _Result(proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace"), err.decode(errors="replace"))
-        if result.returncode != 0 and self.netns is not None and _netns_failure(result.stderr):
-            raise BackendUnavailable(f"ip netns exec {self.netns}: {result.stderr.strip()}")
-        return result
+                self._own_pids[pid] = float("inf")
+
+        def ended(pid: int) -> None:
+            if own:
+                self._own_pids[pid] = time.monotonic() + OWN_PID_GRACE
+
+        result = await self._tools.run([self.nft, *args], input, on_start=started, on_exit=ended)
+        return _Result(result.returncode, result.stdout, result.stderr)
 
     async def _list(self, family: str) -> TableListing:
         result = await self._run("-j", "list", "table", family, NFT_TABLE)
@@ -769,7 +744,7 @@ class NftablesBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._monitor_proc is not None:
-            await _kill(self._monitor_proc)
+            await kill(self._monitor_proc)
             self._monitor_proc = None
 
     def _notify(self, reason: str) -> None:
@@ -787,8 +762,8 @@ class NftablesBackend(Backend):
         while not self._closing:
             started = time.monotonic()
             try:
-                proc = await self._spawn(
-                    self._argv("monitor"),
+                proc = await self._tools.spawn(
+                    [self.nft, "monitor"],
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
@@ -815,7 +790,7 @@ class NftablesBackend(Backend):
                 finally:
                     if settled is not None:
                         settled.cancel()
-                    await _kill(proc)
+                    await kill(proc)
                     stderr = b""
                     if proc.stderr is not None:
                         with contextlib.suppress(Exception):
@@ -878,33 +853,6 @@ class NftablesBackend(Backend):
         drift = next((line for line in lines if is_drift_line(line)), None)
         if drift is not None:
             self._notify(drift.strip())
-
-
-def _search_path() -> str:
-    return f"{os.environ.get('PATH', '')}:{_SBIN_PATH}"
-
-
-def _netns_failure(stderr: str) -> bool:
-    """``ip netns exec`` itself failed (no such netns, or nft missing there)."""
-    return stderr.startswith("Cannot open network namespace") or "exec of " in stderr.split("\n", 1)[0]
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Terminate ``proc`` (then kill it) and reap it: no zombies."""
-    # os.kill, not proc.send_signal: Popen.send_signal polls first and so may reap
-    # the child behind asyncio's child watcher (which then reports status 255).
-    # Until asyncio has reaped it, the pid cannot have been reused.
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 2)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            await proc.wait()
-    else:
-        await proc.wait()
 
 
 def _check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Item | None]]:

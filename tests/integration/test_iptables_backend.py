@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from prereq import require_tools
 
 from reconciler.backends.base import Outcome
 from reconciler.backends.iptables import IptablesBackend
@@ -25,7 +25,6 @@ from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import DirectChain, DirectRule
 from reconciler.planner import Op, plan_all
 
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables") for suffix in ("", "-save", "-restore")))
 SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save", "eb": "ebtables-save"}
 CMD = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
@@ -44,25 +43,10 @@ BAD_ARGS = {
 }
 
 
-def missing_tools() -> list[str]:
-    missing = [] if os.geteuid() == 0 else ["root privileges"]
-    return missing + [tool for tool in TOOLS if shutil.which(tool, path=_SEARCH_PATH) is None]
-
-
-def require_tools() -> None:
-    """Skip without root/tools; but with CI=true a missing prerequisite is a failure."""
-    missing = missing_tools()
-    if missing:
-        reason = f"iptables backend tests need: {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)", pytrace=False)
-        pytest.skip(reason)
-
-
 @pytest.fixture(autouse=True)
 def _integration_prerequisites() -> None:
     """Replaces tests/conftest.py's firewalld check: this backend needs no firewalld."""
-    require_tools()
+    require_tools("iptables backend tests", TOOLS)
 
 
 def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -91,7 +75,7 @@ def _create_netns(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    require_tools()
+    require_tools("iptables backend tests", TOOLS)
     name = f"fwrecon-ipt{os.getpid()}"
     _create_netns(name)
     try:

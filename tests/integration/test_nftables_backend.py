@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from prereq import require_tools
+
+from reconciler.backends.process import search_path
 
 from reconciler.backends.base import BackendEvent, Outcome
 from reconciler.backends.nftables import IN_USE_CODE, NftablesBackend, rule_statement
@@ -25,30 +27,14 @@ from reconciler.model import NftChain, NftRule
 from reconciler.planner import Op
 from reconciler.transaction import Transaction, TransactionFailed
 
-SBIN_PATH = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+SBIN_PATH = search_path()
 _names = itertools.count()
-
-
-def missing_prerequisites() -> list[str]:
-    missing = [] if os.geteuid() == 0 else ["root privileges"]
-    return missing + [tool for tool in ("nft", "ip") if shutil.which(tool, path=SBIN_PATH) is None]
-
-
-def require_nft_prerequisites() -> None:
-    """Skip without root/nft/ip; with CI=true a missing prerequisite is a failure."""
-    missing = missing_prerequisites()
-    if not missing:
-        return
-    reason = f"nftables integration tests need: {', '.join(missing)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
 def _integration_prerequisites() -> None:
     """Overrides tests/conftest.py's: these tests need nft and ip, not firewalld."""
-    require_nft_prerequisites()
+    require_tools("nftables integration tests", ("nft", "ip"))
 
 
 def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from prereq import require_tools
+
+from reconciler.backends.process import which
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path:
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{tool} is missing (CI=true, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(f"{tool} is not installed")
+    require_tools(f"the {tool} check", [tool], root=False)
+    return which(tool)  # type: ignore[return-value]
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

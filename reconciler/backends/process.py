@@ -1,0 +1,119 @@
+"""Running firewall tools (iptables-restore, nft, ...): the one way to do it.
+
+argv lists only, never a shell; a timeout on every run; optionally inside a
+network namespace (``ip netns exec``, which the tests use); the sbin
+directories on the search path even when the daemon's PATH lacks them; a
+missing tool, a missing namespace or a hung tool becomes `BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BackendUnavailable
+
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# What `ip netns exec` prints when it, not the tool, failed.
+NETNS_FAILURES = ("Cannot open network namespace", "exec of ")
+
+
+def search_path() -> str:
+    return os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name, path=search_path())
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    """Terminate, then kill, and reap ``proc`` (no zombies), even while being cancelled."""
+    # os.kill, not proc.send_signal: Popen.send_signal polls first and so may reap
+    # the child behind asyncio's child watcher (which then reports status 255).
+    # Until asyncio has reaped it, the pid cannot have been reused.
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 2)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            await asyncio.shield(proc.wait())
+
+
+class ToolRunner:
+    """Runs tools for one backend, in ``netns`` when given."""
+
+    def __init__(self, netns: str | None = None, timeout: float = 30.0) -> None:
+        self.netns = netns
+        self.timeout = timeout
+        self.runs = 0
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """``argv`` with the tool resolved on the search path, inside the namespace if any."""
+        tool = which(argv[0]) or argv[0]
+        argv = [tool, *argv[1:]]
+        if self.netns is not None:
+            argv = [which("ip") or "ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+    async def spawn(self, argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start a tool (for long-running ones such as ``nft monitor``)."""
+        full = self.argv(argv)
+        env = {**os.environ, "LC_ALL": "C", "PATH": search_path()}
+        try:
+            return await asyncio.create_subprocess_exec(*full, env=env, **kwargs)
+        except OSError as exc:  # not installed, not executable
+            raise BackendUnavailable(f"cannot run {full[0]}: {exc}") from exc
+
+    async def run(
+        self,
+        argv: list[str],
+        stdin: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> ToolResult:
+        """Run to completion with the timeout; ``on_start(pid)`` / ``on_exit(pid)``
+        bracket the run however it ends (e.g. to recognise our own changes in a monitor)."""
+        proc = await self.spawn(
+            argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.runs += 1
+        if on_start is not None:
+            on_start(proc.pid)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(None if stdin is None else stdin.encode()), self.timeout)
+        except asyncio.TimeoutError as exc:
+            await kill(proc)
+            raise BackendUnavailable(f"{' '.join(argv[:4])} did not finish within {self.timeout:g}s") from exc
+        except BaseException:
+            await kill(proc)
+            raise
+        finally:
+            if on_exit is not None:
+                on_exit(proc.pid)
+        result = ToolResult(
+            proc.returncode if proc.returncode is not None else -1,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+        )
+        if result.returncode != 0 and self.netns is not None and any(s in result.stderr for s in NETNS_FAILURES):
+            raise BackendUnavailable(f"cannot run in network namespace {self.netns}: {result.stderr.strip()}")
+        return result
