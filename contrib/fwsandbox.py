@@ -77,7 +77,7 @@ BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 """
 
 # Runs in the sandbox netns: accept (and drop) connections until killed or idle.
-_LISTENER = r"""
+LISTENER_SCRIPT = r"""
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -93,7 +93,7 @@ except OSError:
 """
 
 # Runs in the peer netns: one connect, the outcome on stdout.
-_CONNECTOR = r"""
+CONNECT_SCRIPT = r"""
 import errno, socket, sys
 s = socket.socket()
 s.settimeout(float(sys.argv[3]))
@@ -561,7 +561,7 @@ class Sandbox:
         self.add_peer()
         listener = self._start_listener(port) if listen else None
         try:
-            result = self.peer_exec([sys.executable, "-I", "-S", "-c", _CONNECTOR, SANDBOX_ADDR,
+            result = self.peer_exec([sys.executable, "-I", "-S", "-c", CONNECT_SCRIPT, SANDBOX_ADDR,
                                      str(port), str(timeout)], check=True, timeout=timeout + 10)
         finally:
             if listener is not None:
@@ -574,7 +574,7 @@ class Sandbox:
 
     def _start_listener(self, port: int) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-I", "-S", "-c", _LISTENER,
+            ["ip", "netns", "exec", self.netns, sys.executable, "-I", "-S", "-c", LISTENER_SCRIPT,
              str(port), "60"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stderr is not None

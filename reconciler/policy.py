@@ -462,10 +462,22 @@ class _PolicyParser:
     # -- direct ----------------------------------------------------------------
 
     def direct(self, body: dict[str, Any]) -> None:
-        self.unknown_keys("direct", body, ("chain", "rule"))
-        for section, keys in (("chain", DIRECT_CHAIN_KEYS), ("rule", DIRECT_RULE_KEYS)):
+        self.arrays_of_tables("direct", body, {
+            "chain": (DIRECT_CHAIN_KEYS, lambda path, entry: self.direct_entry(path, "chain", entry)),
+            "rule": (DIRECT_RULE_KEYS, lambda path, entry: self.direct_entry(path, "rule", entry)),
+        })
+
+    def arrays_of_tables(
+        self,
+        prefix: str,
+        body: dict[str, Any],
+        sections: dict[str, tuple[tuple[str, ...], Callable[[str, dict[str, Any]], Item | None]]],
+    ) -> None:
+        """``[[prefix.section]]`` entries: check the shape and keys, then build each item."""
+        self.unknown_keys(prefix, body, sections)
+        for section, (keys, build) in sections.items():
             entries = body.get(section, [])
-            key = f"direct.{section}"
+            key = f"{prefix}.{section}"
             if not isinstance(entries, list):
                 self.error(key, f"expected an array of tables ([[{key}]]), got {_type_name(entries)}")
                 continue
@@ -475,7 +487,7 @@ class _PolicyParser:
                     self.error(path, f"expected a table, got {_type_name(entry)}")
                     continue
                 self.unknown_keys(path, entry, keys)
-                item = self.direct_entry(path, section, entry)
+                item = build(path, entry)
                 if item is not None:
                     self.add(item, path)
 
@@ -515,22 +527,10 @@ class _PolicyParser:
     # -- nftables ---------------------------------------------------------------
 
     def nft(self, body: dict[str, Any]) -> None:
-        self.unknown_keys("nft", body, ("chain", "rule"))
-        for section, keys, build in (("chain", NFT_CHAIN_KEYS, self.nft_chain), ("rule", NFT_RULE_KEYS, self.nft_rule)):
-            entries = body.get(section, [])
-            key = f"nft.{section}"
-            if not isinstance(entries, list):
-                self.error(key, f"expected an array of tables ([[{key}]]), got {_type_name(entries)}")
-                continue
-            for index, entry in enumerate(entries):
-                path = f"{key}[{index}]"
-                if not isinstance(entry, dict):
-                    self.error(path, f"expected a table, got {_type_name(entry)}")
-                    continue
-                self.unknown_keys(path, entry, keys)
-                item = build(path, entry)
-                if item is not None:
-                    self.add(item, path)
+        self.arrays_of_tables("nft", body, {
+            "chain": (NFT_CHAIN_KEYS, self.nft_chain),
+            "rule": (NFT_RULE_KEYS, self.nft_rule),
+        })
 
     def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
         family = self.required_string(path, entry, "family")

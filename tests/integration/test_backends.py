@@ -243,18 +243,7 @@ def test_nft_sections_beside_firewalld(fwrecon: Fwrecon) -> None:
 def test_auto_moves_rules_when_firewalld_goes_and_comes_back(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
     sb = fwrecon.sandbox
     fwrecon.in_netns = True
-    fwrecon.write_policy("d", """
-        [[direct.chain]]
-        family = "ipv4"
-        table = "filter"
-        chain = "FWRECON_IN"
-
-        [[direct.rule]]
-        family = "ipv4"
-        table = "filter"
-        chain = "FWRECON_IN"
-        args = ["-p", "tcp", "--dport", "9000", "-j", "ACCEPT"]
-    """)
+    fwrecon.write_policy("d", DIRECT_POLICY)
     daemon = daemon_factory()
     wait_until(lambda: "--dport 9000" in sb.firewall_cmd("--direct", "--get-all-rules").stdout, 5, "the rule via firewalld")
     daemon.settled()

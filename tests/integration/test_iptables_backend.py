@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fwsandbox import CONNECT_SCRIPT, LISTENER_SCRIPT
 from prereq import require_tools
 
 from reconciler.backends.base import Outcome
@@ -330,35 +331,6 @@ def test_unknown_netns_is_unavailable():
 SERVER_ADDR, CLIENT_ADDR = "198.18.0.1", "198.18.0.2"
 PORT = 9400
 
-_LISTENER = r"""
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-s.settimeout(60)
-print("ready", flush=True)
-try:
-    while True:
-        s.accept()[0].close()
-except OSError:
-    pass
-"""
-
-_CONNECTOR = r"""
-import errno, socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect((sys.argv[1], int(sys.argv[2])))
-    print("accepted")
-except socket.timeout:
-    print("timeout")
-except OSError as e:
-    print("refused" if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH) else "error %s" % e.errno)
-"""
-
-
 @pytest.fixture
 def client(ns: str) -> Iterator[str]:
     """A second netns joined to ``ns`` by a veth pair, and a listener on PORT in ``ns``."""
@@ -372,7 +344,7 @@ def client(ns: str) -> Iterator[str]:
         for where, iface, addr in ((ns, "fwrt-s", SERVER_ADDR), (name, "fwrt-c", CLIENT_ADDR)):
             subprocess.run(["ip", "-n", where, "addr", "add", f"{addr}/30", "dev", iface], check=True, capture_output=True)
             subprocess.run(["ip", "-n", where, "link", "set", iface, "up"], check=True, capture_output=True)
-        listener = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _LISTENER, str(PORT)],
+        listener = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER_SCRIPT, str(PORT), "60"],
                                     stdout=subprocess.PIPE, text=True)
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         yield name
@@ -384,7 +356,7 @@ def client(ns: str) -> Iterator[str]:
 
 
 def connect(client: str) -> str:
-    return sh(client, sys.executable, "-c", _CONNECTOR, SERVER_ADDR, str(PORT)).stdout.strip()
+    return sh(client, sys.executable, "-c", CONNECT_SCRIPT, SERVER_ADDR, str(PORT), "1.0").stdout.strip()
 
 
 def test_traffic_follows_the_rules_and_their_priorities(backend: IptablesBackend, ns: str, client: str):
