@@ -34,11 +34,11 @@ BACKEND_NAMES: tuple[str, ...] = ("firewalld", "iptables", "nftables")
 class BackendSet:
     """The backends one fwrecon process can reach, and the routing in force."""
 
-    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None, netns: str | None = None) -> None:
+    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None) -> None:
         self.mode = mode
         self.firewalld = firewalld
-        self.iptables = IptablesBackend(netns=netns) if mode in ("auto", "firewalld", "iptables") else None
-        self.nftables = NftablesBackend(netns=netns)
+        self.iptables = IptablesBackend() if mode in ("auto", "firewalld", "iptables") else None
+        self.nftables = NftablesBackend()
 
     def router(self, firewalld_up: bool) -> Router | None:
         """The routing for this mode, or None when the mode cannot work now.
