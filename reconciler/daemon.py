@@ -39,7 +39,7 @@ from .errors import BackendUnavailable, FwreconError
 from .metrics import Metrics
 from .model import Item
 from .planner import Op
-from .policy import LoadResult, load_policy_dir
+from .policy import LoadResult, PolicyCache, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore
 from .watch import PolicyWatcher
@@ -98,6 +98,7 @@ class Controller:
         self.backend: Backend | None = None  # the routing in force; None while it cannot work
         self.firewalld_up = False
         self.last_good: dict[str, frozenset[Item]] = {}
+        self._policy_cache = PolicyCache()
         self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -348,7 +349,7 @@ class Controller:
         started = time.monotonic()
         assert self.backend is not None
         try:
-            loaded = load_policy_dir(self.settings.policy_dir)
+            loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
             report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
         except BackendUnavailable as exc:
             return self._record_error(trigger, started, exc, "firewalld_unavailable")

@@ -76,11 +76,12 @@ def section_key(item: Item) -> str:
 def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
     """One error per section the backend in charge cannot express."""
     found: dict[str, str] = {}
-    for item in sorted(policy.items, key=Item.sort_key):
+    for item in policy.items:
         reason = backend.cannot_hold(item)
         if reason:
-            found.setdefault(section_key(item), reason)
-    return [PolicyError(policy.file, key, f"{reason} (backend in charge: {backend.name})") for key, reason in found.items()]
+            key = section_key(item)
+            found[key] = min(found.get(key, reason), reason)  # deterministic whatever the set order
+    return [PolicyError(policy.file, key, f"{found[key]} (backend in charge: {backend.name})") for key in sorted(found)]
 
 
 def desired_state(
@@ -267,7 +268,15 @@ class Reconciler:
 
     def _moved(self, state: State) -> list[Item]:
         """Owned items held by a backend that is no longer in charge of them."""
-        return [item for item, name in state.placed.items() if item in state.owned and name != self.backend.name_for(item)]
+        in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
+        moved = []
+        for item, name in state.placed.items():
+            kind = item.container()[0]
+            if kind not in in_charge:
+                in_charge[kind] = self.backend.name_for(item)
+            if name != in_charge[kind] and item in state.owned:
+                moved.append(item)
+        return moved
 
     async def _migrate(self, state: State) -> None:
         """Take owned items out of the backend that held them before a switch.

@@ -851,3 +851,19 @@ rule = "  tcp dport { 80, 443 }   accept "
 )
 def test_nft_section_errors(tmp_path: Path, body: str, expected: str) -> None:
     assert errors(tmp_path, body) == [f"t.toml: {expected}"]
+
+
+def test_policy_cache_skips_parsing_unchanged_files_but_sees_every_change(tmp_path: Path) -> None:
+    from reconciler.policy import PolicyCache, load_policy_dir
+
+    cache = PolicyCache()
+    path = write(tmp_path, "web.toml", zone('ports = ["80/tcp"]'))
+    first = load_policy_dir(tmp_path, cache).policies["web"]
+    assert load_policy_dir(tmp_path, cache).policies["web"] is first  # not parsed again
+    # same size, same second: a content change is still seen
+    path.write_text(zone('ports = ["81/tcp"]'))
+    second = load_policy_dir(tmp_path, cache).policies["web"]
+    assert second is not first and "81" in str(second.items)
+    # safety checks run on every read, cached or not
+    path.chmod(0o666)
+    assert "web" in load_policy_dir(tmp_path, cache).errors
