@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fwrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("check", parents=[common], help="validate policies; change nothing",
-                   description="Validate policy files offline and, when firewalld is reachable, check that the zones, policies, services and ICMP types they name exist. Changes nothing.")
+                   description="Validate policy files offline; when the backend is reachable, also check that the zones, policies, "
+                   "services and ICMP types they name exist and that the backend in charge can express every section; "
+                   "nft sections are checked by 'nft -c'. Changes nothing.")
     plan = sub.add_parser("plan", parents=[common], help="print the operations apply would run",
                           description="Print the operations 'apply' would run, one per line with the policy that wants it.")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
