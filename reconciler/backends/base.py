@@ -105,3 +105,16 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Release connections; the default has none."""
+
+
+class BatchBackend(Backend):
+    """A backend whose every write is a batch (``*-restore``, ``nft -f``):
+    a single op is a batch of one."""
+
+    @abstractmethod
+    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+        """See `Backend.execute_batch`; must be all or nothing."""
+
+    async def execute(self, op: Op) -> Outcome:
+        (outcome,) = await self.execute_batch([op])
+        return outcome

@@ -58,7 +58,7 @@ from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..model import DirectChain, DirectRule, Item, NftChain, NftRule
 from ..planner import Op
 from ..view import FirewallView
-from .base import Backend, Outcome
+from .base import BatchBackend, Outcome
 from .process import ToolRunner, which
 
 log = structlog.get_logger(__name__)
@@ -493,7 +493,7 @@ def compensation_script(
 # -- the backend -----------------------------------------------------------------
 
 
-class IptablesBackend(Backend):
+class IptablesBackend(BatchBackend):
     """See module docstring.  ``netns``: run every command inside that namespace."""
 
     name = "iptables"
@@ -704,10 +704,6 @@ class IptablesBackend(Backend):
         return FirewallView(items, containers, missing, users)
 
     # -- execute -------------------------------------------------------------------------
-
-    async def execute(self, op: Op) -> Outcome:
-        (outcome,) = await self.execute_batch([op])
-        return outcome
 
     async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
         """All ops of one table in one ``-restore --noflush``: all or nothing."""

@@ -64,7 +64,7 @@ from ..errors import BackendUnavailable, OperationFailed
 from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule, ScopedItem
 from ..planner import Op
 from ..view import FirewallView
-from .base import Backend, BackendEvent, EventCallback, Outcome
+from .base import BackendEvent, BatchBackend, EventCallback, Outcome
 from .process import ToolRunner, kill, which
 
 log = structlog.get_logger(__name__)
@@ -550,7 +550,7 @@ class _Result:
     stderr: str
 
 
-class NftablesBackend(Backend):
+class NftablesBackend(BatchBackend):
     """See module docstring."""
 
     name = "nftables"
@@ -660,10 +660,6 @@ class NftablesBackend(Backend):
         return items
 
     # -- execute ------------------------------------------------------------------------
-
-    async def execute(self, op: Op) -> Outcome:
-        (outcome,) = await self.execute_batch([op])
-        return outcome
 
     async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
         """List each family once, then one atomic ``nft -f -``; see module docstring."""

@@ -19,9 +19,6 @@ from ..planner import Op
 from ..view import FirewallView
 from .base import Backend, EventCallback, KnownNames, Outcome
 
-CONTAINER_KINDS = ("zone", "policy", "direct", "nft")
-
-
 class Router(Backend):
     """Routes by ``item.container()[0]``; see module docstring."""
 
@@ -106,10 +103,6 @@ class Router(Backend):
     async def subscribe(self, callback: EventCallback) -> None:
         for backend in self.backends:
             await backend.subscribe(callback)
-
-    async def close(self) -> None:
-        for backend in self.backends:
-            await backend.close()
 
 
 def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Backend | None) -> Router:
