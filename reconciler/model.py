@@ -14,8 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 ScopeKind = Literal["zone", "policy"]
@@ -56,40 +59,25 @@ class Item(ABC):
         firewalld nftables call gets slower as the iptables-nft ruleset grows
         (measured: 1000 ports + rules take ~25% longer with rules first).
         """
-        return _sort_key(self)
+        return _memo(self, "_sort_key", _sort_key)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind}
-        for name in _field_names(type(self)):
+        for name, to_plain in _to_plain(type(self)):
             value = getattr(self, name)
-            if isinstance(value, Scope):
-                value = [value.kind, value.name]
-            elif isinstance(value, tuple):
-                value = list(value)
-            data[name] = value
+            data[name] = value if to_plain is None else to_plain(value)
         return data
+
+    def json_text(self) -> str:
+        """`to_json` as compact JSON text, computed once (the state file holds thousands)."""
+        return _memo(self, "_json_text", _json_text)
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> "Item":
         """Inverse of `to_json`; raises ValueError on anything malformed."""
         try:
             cls = ITEM_KINDS[data["kind"]]
-            kwargs: dict[str, Any] = {}
-            for f in fields(cls):
-                value = data[f.name]
-                if f.type == "Scope":
-                    kind, name = value
-                    if kind not in ("zone", "policy"):
-                        raise ValueError(f"bad scope kind {kind!r}")
-                    value = Scope(kind, str(name))
-                elif f.type == "tuple[str, ...]":
-                    value = tuple(str(a) for a in value)
-                elif f.type == "int":
-                    value = int(value)
-                else:
-                    value = str(value)
-                kwargs[f.name] = value
-            return cls(**kwargs)
+            return cls(**{name: convert(data[name]) for name, convert in _converters(cls)})
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed item {data!r}: {exc}") from exc
 
@@ -100,7 +88,29 @@ class Item(ABC):
         two policies is one rule in the firewall, and the state file says
         which policies want it.
         """
-        return _tag(self)
+        return _memo(self, "_tag", _tag)
+
+    def __hash__(self) -> int:
+        # Items are hashed millions of times per large reconcile (sets, dicts,
+        # caches); a frozen item's hash never changes, so compute it once.
+        # (Inlined rather than through _memo: this is the hottest call.)
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self.__dict__["_hash"] = _field_hash(self)
+        return cached  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # str hashes differ between processes: a copy carries no cached values.
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
+
+# Derived values are kept in the instance's __dict__ (a frozen dataclass only
+# forbids attribute assignment): they never count in eq, repr or fields.
+def _memo(item: Item, name: str, compute: Callable[[Any], Any]) -> Any:
+    cached = item.__dict__.get(name)  # (a miss via KeyError would cost more than the work)
+    if cached is None:
+        cached = item.__dict__[name] = compute(item)
+    return cached
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,16 +118,88 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-@functools.lru_cache(maxsize=1 << 16)
+def _field_hash(item: Item) -> int:
+    return hash(_field_values(type(item))(item))
+
+
+@functools.lru_cache(maxsize=None)
+def _field_values(cls: type) -> Callable[[Any], Any]:
+    """The fields' values in one C call (a tuple; the value itself for one field)."""
+    return operator.attrgetter(*_field_names(cls))
+
+
 def _sort_key(item: Item) -> tuple[Any, ...]:
     container = item.container()
-    return (item.layer, container[0] == "direct", container, item.kind, repr(item))
+    # The JSON text starts with the kind and orders items of one kind by value.
+    return (item.layer, container[0] == "direct", container, item.json_text())
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _tag(item: Item) -> str:
-    digest = hashlib.sha256(json.dumps(item.to_json(), sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(_encode(item, sort_keys=True).encode()).hexdigest()
     return f"fwrecon:{digest[:16]}"
+
+
+def _json_text(item: Item) -> str:
+    return _encode(item, sort_keys=False)
+
+
+def _encode(item: Item, *, sort_keys: bool) -> str:
+    """Exactly ``json.dumps(item.to_json())`` with ``sort_keys=True`` (the tag's
+    input, default separators) or compact separators, built directly: the
+    json module makes a new encoder per call, 4x slower for small dicts."""
+    sep, colon = (", ", ": ") if sort_keys else (",", ":")
+    parts = [(f'"kind"{colon}', _quote(item.kind))]
+    for name, encode in _field_encoders(type(item)):
+        parts.append((f'"{name}"{colon}', encode(getattr(item, name), sep)))
+    if sort_keys:
+        parts.sort()
+    return "{" + sep.join(key + value for key, value in parts) + "}"
+
+
+_ENCODERS: dict[str, Callable[[Any, str], str]] = {
+    "str": lambda value, sep: _quote(value),
+    "int": lambda value, sep: int.__repr__(value),
+    "tuple[str, ...]": lambda value, sep: "[" + sep.join(map(_quote, value)) + "]",
+    "Scope": lambda value, sep: f"[{_quote(value.kind)}{sep}{_quote(value.name)}]",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_encoders(cls: type) -> tuple[tuple[str, Callable[[Any, str], str]], ...]:
+    return tuple((f.name, _ENCODERS[f.type]) for f in fields(cls))  # type: ignore[index]
+
+
+def _scope(value: Any) -> Scope:
+    kind, name = value
+    if kind not in ("zone", "policy"):
+        raise ValueError(f"bad scope kind {kind!r}")
+    return Scope(kind, str(name))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError("expected a list of strings")
+    return tuple(str(a) for a in value)
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"Scope": _scope, "tuple[str, ...]": _strings, "int": int, "str": str}
+_TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
+    "Scope": lambda scope: [scope.kind, scope.name],
+    "tuple[str, ...]": list,
+    "int": None,
+    "str": None,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _to_plain(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """Per field: how `to_json` makes it plain JSON (None: as it is)."""
+    return tuple((f.name, _TO_PLAIN[f.type]) for f in fields(cls))  # type: ignore[index]
+
+
+@functools.lru_cache(maxsize=None)
+def _converters(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return tuple((f.name, _CONVERTERS[f.type]) for f in fields(cls))  # type: ignore[index]
 
 
 @dataclass(frozen=True, order=True)
@@ -338,6 +420,10 @@ ITEM_KINDS: dict[str, type[Item]] = {
         NftRule,
     )
 }
+
+# @dataclass(frozen=True) writes a __hash__ into every class; use the cached one.
+for _cls in ITEM_KINDS.values():
+    _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]
 
 # Item kinds a zone or a firewalld policy object can hold.
 ZONE_ONLY_KINDS = frozenset({"source", "interface"})

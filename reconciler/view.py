@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from .model import DirectChain, DirectRule, Item, NftChain, NftRule, Port, Scope, SourcePort
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
-_RANGED = (Port, SourcePort)
+_RANGED = frozenset({Port, SourcePort})  # exact types: cheaper than isinstance on ABCs
 _RangeKey = tuple[type[Item], Scope, str]
 
 
@@ -37,7 +37,7 @@ class FirewallView:
         self._items: set[Item] = set()
         self._ranges: dict[_RangeKey, frozenset[Range]] = defaultdict(frozenset)
         for item in items:
-            if isinstance(item, _RANGED):
+            if type(item) in _RANGED:
                 key = _range_key(item)
                 self._ranges[key] = self._ranges[key] | {parse_range(item.port)}
             else:
@@ -59,13 +59,13 @@ class FirewallView:
 
     def has(self, item: Item) -> bool:
         """Present as firewalld judges it: a port is present if a range covers it."""
-        if isinstance(item, _RANGED):
+        if type(item) in _RANGED:
             return covers(self._ranges.get(_range_key(item), frozenset()), parse_range(item.port))
         return item in self._items
 
     def has_exact(self, item: Item) -> bool:
         """Listed as exactly this item (so removing it takes nothing else along)."""
-        if isinstance(item, _RANGED):
+        if type(item) in _RANGED:
             return parse_range(item.port) in self._ranges.get(_range_key(item), frozenset())
         return item in self._items
 
@@ -91,14 +91,14 @@ class FirewallView:
         ]
 
     def add(self, item: Item) -> None:
-        if isinstance(item, _RANGED):
+        if type(item) in _RANGED:
             key = _range_key(item)
             self._ranges[key] = add_range(self._ranges[key], parse_range(item.port))
         else:
             self._items.add(item)
 
     def remove(self, item: Item) -> None:
-        if isinstance(item, _RANGED):
+        if type(item) in _RANGED:
             key = _range_key(item)
             self._ranges[key] = remove_range(self._ranges[key], parse_range(item.port))
         else:
