@@ -15,6 +15,7 @@ would forget every rule fwrecon owns.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -44,18 +45,33 @@ class State:
 
 
 class StateStore:
-    """Loads and atomically saves `State` at ``path``."""
+    """Loads and atomically saves `State` at ``path``.
+
+    The daemon loads the state at every reconcile; the store remembers what it
+    last read or wrote, and while the file is unchanged (same inode, size and
+    mtime: every save is a new inode) `load` returns a copy of that instead of
+    parsing thousands of items again.
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._known: tuple[tuple[int, int, int], State] | None = None
 
     def load(self) -> State:
         try:
+            signature = _signature(os.stat(self.path))
+            if self._known is not None and self._known[0] == signature:
+                return _copy(self._known[1])
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return State()
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from exc
+        state = self._parse(text)
+        self._known = (signature, _copy(state))
+        return state
+
+    def _parse(self, text: str) -> State:
         try:
             data = json.loads(text)
             if data.get("version") != FORMAT_VERSION:
@@ -75,13 +91,7 @@ class StateStore:
             ) from exc
 
     def save(self, state: State) -> None:
-        entries = [
-            {"item": item.to_json(), "policies": sorted(owners), "backend": state.placed.get(item)}
-            for item, owners in sorted(state.owned.items(), key=lambda pair: pair[0].sort_key())
-            if owners
-        ]
-        # compact: the C encoder; indent would make 10,000 items cost ~1 s (read it with jq)
-        payload = json.dumps({"version": FORMAT_VERSION, "owned": entries, "pending": state.pending}, separators=(",", ":"))
+        payload = render(state)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
@@ -90,17 +100,20 @@ class StateStore:
                     handle.write(payload)
                     handle.flush()
                     os.fsync(handle.fileno())
+                    signature = _signature(os.fstat(handle.fileno()))
                 os.replace(tmp, self.path)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
+            self._known = (signature, _copy(state))
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
         except OSError as exc:
+            self._known = None
             raise StateError(f"{self.path}: cannot write state file: {exc}") from exc
 
     @contextlib.contextmanager
@@ -120,3 +133,41 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+
+def render(state: State) -> str:
+    """The file's JSON text: compact, items in plan order (read it with jq).
+
+    Built from each item's cached JSON text: 10,000 items cost milliseconds
+    instead of a fresh encode of every item at every save.
+    """
+    texts: dict[Any, str] = {}  # owner sets and backend names repeat: encode each once
+
+    def text_of(value: Any) -> str:
+        try:
+            return texts[value]
+        except KeyError:
+            encoded = texts[value] = json.dumps(sorted(value) if isinstance(value, frozenset) else value, separators=(",", ":"))
+            return encoded
+
+    placed = state.placed
+    entries = [
+        f'{{"item":{item.json_text()},"policies":{text_of(owners)},"backend":{text_of(placed.get(item))}}}'
+        for item, owners in sorted(state.owned.items(), key=_by_item)
+        if owners
+    ]
+    pending = json.dumps(state.pending, separators=(",", ":"))
+    return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"pending":{pending}}}'
+
+
+def _by_item(pair: tuple[Item, frozenset[str]]) -> tuple[Any, ...]:
+    return pair[0].sort_key()
+
+
+def _signature(status: os.stat_result) -> tuple[int, int, int]:
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def _copy(state: State) -> State:
+    """A copy the caller may change freely (items and owner sets are immutable)."""
+    return State(owned=dict(state.owned), pending=copy.deepcopy(state.pending), placed=dict(state.placed))

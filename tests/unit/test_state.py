@@ -24,12 +24,49 @@ def test_round_trip_every_field_type(tmp_path):
         ForwardPort(Z, "2222", "tcp", "22", ""): frozenset({"web"}),
         DirectRule("ipv4", "filter", "X", -3, ("-p", "tcp", "-j", "ACCEPT")): frozenset({"d"}),
     }
-    store.save(State(owned=owned, pending={"policy": "web", "ops": ["+ x"]}))
-    loaded = store.load()
-    assert loaded.owned == owned
-    assert loaded.pending == {"policy": "web", "ops": ["+ x"]}
-    assert loaded.owned_by("web") == {Service(Z, "http"), ForwardPort(Z, "2222", "tcp", "22", "")}
+    placed = {Masquerade(Z): "firewalld"}
+    store.save(State(owned=owned, pending={"policy": "web", "ops": ["+ x"]}, placed=placed))
+    for loaded in (store.load(), StateStore(store.path).load()):  # remembered, and parsed from the file
+        assert loaded.owned == owned
+        assert loaded.placed == placed
+        assert loaded.pending == {"policy": "web", "ops": ["+ x"]}
+        assert loaded.owned_by("web") == {Service(Z, "http"), ForwardPort(Z, "2222", "tcp", "22", "")}
     assert oct((tmp_path / "sub").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_file_is_plain_json_in_plan_order(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    rule = DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    store.save(State(owned={rule: frozenset({"b", "a"}), Service(Z, "ssh"): frozenset({"a"})}, placed={rule: "iptables"}))
+    assert json.loads(store.path.read_text()) == {
+        "version": 1,
+        "owned": [
+            {"item": {"kind": "service", "scope": ["zone", "public"], "name": "ssh"}, "policies": ["a"], "backend": None},
+            {"item": {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0,
+                      "args": ["-j", "ACCEPT"]}, "policies": ["a", "b"], "backend": "iptables"},
+        ],
+        "pending": None,
+    }
+
+
+def test_load_sees_a_file_replaced_behind_its_back(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    store.save(State(owned={Service(Z, "http"): frozenset({"web"})}))
+    assert store.load().owned == {Service(Z, "http"): frozenset({"web"})}
+    StateStore(store.path).save(State(owned={Service(Z, "ssh"): frozenset({"web"})}))  # another writer
+    assert store.load().owned == {Service(Z, "ssh"): frozenset({"web"})}
+
+
+def test_changing_a_loaded_state_does_not_change_the_next_load(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    store.save(State(owned={Service(Z, "http"): frozenset({"web"})}, pending={"ops": ["+ x"]}))
+    first = store.load()
+    first.owned.clear()
+    first.placed[Service(Z, "http")] = "firewalld"
+    first.pending["ops"].append("+ y")
+    second = store.load()
+    assert second.owned == {Service(Z, "http"): frozenset({"web"})}
+    assert second.placed == {} and second.pending == {"ops": ["+ x"]}
 
 
 def test_save_leaves_no_temp_files(tmp_path):
