@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .model import DirectChain, Item, NftChain
 from .view import FirewallView
@@ -27,9 +27,12 @@ Ownership = dict[Item, frozenset[str]]
 Action = Literal["add", "remove"]
 
 
-@dataclass(frozen=True)
-class Op:
-    """One write to the firewall; its undo is the opposite action."""
+class Op(NamedTuple):
+    """One write to the firewall; its undo is the opposite action.
+
+    A named tuple rather than a frozen dataclass: a plan of 10,000 rules
+    creates 10,000 of them, three times faster.
+    """
 
     action: Action
     item: Item

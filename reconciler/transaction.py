@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import structlog
 
@@ -35,8 +36,7 @@ log = structlog.get_logger(__name__)
 QueryHook = Callable[["Transaction", Backend], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
     op: Op
     outcome: Outcome
 
