@@ -26,7 +26,7 @@ from . import __version__
 from .backends.select import BACKEND_MODES
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
-from .engine import Reconciler
+from .engine import Reconciler, gc_paused
 from .backends.nftables import NftablesBackend
 from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
@@ -83,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        if args.command == "run":
+            return asyncio.run(cmd_run(args))  # the daemon pauses the collector per reconcile
+        with gc_paused():  # one-shot commands are a single reconcile
+            return asyncio.run(COMMANDS[args.command](args))
     except KeyboardInterrupt:
         return 130
 

@@ -34,7 +34,7 @@ import structlog
 from .backends.base import Backend, BackendEvent
 from .backends.firewalld import FirewalldBackend
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet
-from .engine import Reconciler, ReconcileReport
+from .engine import Reconciler, ReconcileReport, gc_paused
 from .errors import BackendUnavailable, FwreconError
 from .metrics import Metrics
 from .model import Item
@@ -349,8 +349,9 @@ class Controller:
         started = time.monotonic()
         assert self.backend is not None
         try:
-            loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
-            report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
+            with gc_paused():
+                loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
+                report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
         except BackendUnavailable as exc:
             return self._record_error(trigger, started, exc, "firewalld_unavailable")
         except FwreconError as exc:
