@@ -20,6 +20,12 @@ from ..planner import Op
 from ..view import FirewallView
 
 
+# How long an observe's read may stand in for a fresh one at the next batch:
+# the engine writes right after planning, within milliseconds.  A batch built
+# on it that the firewall refuses is built again on a fresh read.
+OBSERVED_MAX_AGE = 1.0
+
+
 class Outcome(enum.Enum):
     APPLIED = "applied"  # the firewall changed
     UNCHANGED = "unchanged"  # it was already so (ALREADY_ENABLED / NOT_ENABLED)

@@ -7,10 +7,17 @@ through a shell, each with a timeout; with ``netns`` every command runs under
 ``ip netns exec NETNS``.
 
 Reading: one ``<cmd>-save -t TABLE`` per table, never one process per rule.
-Writing: one ``<cmd>-save -t TABLE`` to see the table as it is now, then one
-``<cmd>-restore --noflush`` script for the whole batch, which the tools commit
-per table all or nothing (checked after every failure, and undone if a tool
-ever turns out not to be atomic).
+Writing: one ``<cmd>-restore --noflush`` script for the whole batch, which the
+tools commit per table all or nothing (checked after every failure, and undone
+if a tool ever turns out not to be atomic).  The script is built on the read
+the engine's observe made moments before (used once, for at most
+`base.OBSERVED_MAX_AGE`); when there is none, when the script places rules by
+position (``-I CHAIN N``), or when the tool refuses a script built on it, the
+table is read again with ``-save`` and the script rebuilt, so a change made
+by someone else in between costs a re-read, never a wrong write.  ebtables
+always reads again first: only iptables-restore and ip6tables-restore are
+atomic per table in both their legacy and nf_tables variants, and a refused
+script must be known to have changed nothing before it is tried again.
 
 Which rules are ours
 --------------------
@@ -48,6 +55,7 @@ import asyncio
 import functools
 import os
 import re
+import time
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +66,7 @@ from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..model import DirectChain, DirectRule, Item, NftChain, NftRule
 from ..planner import Op
 from ..view import FirewallView
+from . import base
 from .base import BatchBackend, Outcome
 from .process import ToolRunner, which
 
@@ -362,6 +371,11 @@ class BatchScript:
     def changes(self) -> bool:
         return any(op is not None for op in self.line_ops)
 
+    @property
+    def positional(self) -> bool:
+        """Places a rule by index (``-I CHAIN N``): right only on an exact read."""
+        return any(line.startswith("-I ") for line in self.lines)
+
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
 
@@ -493,6 +507,16 @@ def compensation_script(
 # -- the backend -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TableRead:
+    """One read of a table: the save as printed and the rules tied to items."""
+
+    save: TableSave
+    model: TableModel
+    at: float  # time.monotonic() of the read
+    knowledge: int  # IptablesBackend.knowledge when it was tied
+
+
 class IptablesBackend(BatchBackend):
     """See module docstring.  ``netns``: run every command inside that namespace."""
 
@@ -509,6 +533,8 @@ class IptablesBackend(BatchBackend):
         self._chains: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._canon: dict[DirectRule, str] = {}  # item -> its rule text as -save prints it
         self._canon_failed: dict[DirectRule, frozenset[str]] = {}  # -> the chains when it failed
+        self.knowledge = 0  # grows when `remember` learns a new item (older reads may miss it)
+        self._observed: dict[tuple[str, str], TableRead] = {}  # observe's last read, for the next batch
 
     # -- what the engine tells us --------------------------------------------------
 
@@ -521,8 +547,11 @@ class IptablesBackend(BatchBackend):
         """
         for item in items:
             if isinstance(item, DirectRule):
-                self._by_tag[item.tag()] = item
-                self._rules[(item.family, item.table)].add(item)
+                known = self._rules[(item.family, item.table)]
+                if item not in known:
+                    known.add(item)
+                    self._by_tag[item.tag()] = item
+                    self.knowledge += 1
             elif isinstance(item, DirectChain):
                 self._chains[(item.family, item.table)].add(item.chain)
 
@@ -670,16 +699,22 @@ class IptablesBackend(BatchBackend):
 
     def _model(self, family: str, table: str, save: TableSave) -> TableModel:
         by_text: dict[tuple[str, str], list[DirectRule]] = defaultdict(list)
-        for item in sorted(self._rules[(family, table)], key=Item.sort_key):
-            text = self._canon.get(item)
-            if text is not None:
-                by_text[(item.chain, text)].append(item)
+        learnt = (item for item in self._rules[(family, table)] if item in self._canon)
+        for item in sorted(learnt, key=Item.sort_key):
+            by_text[(item.chain, self._canon[item])].append(item)
         return build_model(save, family, self._by_tag, by_text)
 
-    async def _read(self, family: str, table: str) -> TableModel:
+    async def _read(self, family: str, table: str) -> TableRead:
         save = await self._save(family, table)
         save = await self._learn(family, table, save)
-        return self._model(family, table, save)
+        return TableRead(save, self._model(family, table, save), time.monotonic(), self.knowledge)
+
+    def _take_observed(self, family: str, table: str) -> TableRead | None:
+        """Observe's read of the table if recent and made knowing every item; used once."""
+        read = self._observed.pop((family, table), None)
+        if read is None or family == "eb" or read.knowledge != self.knowledge:
+            return None
+        return read if time.monotonic() - read.at <= base.OBSERVED_MAX_AGE else None
 
     # -- observe -----------------------------------------------------------------------
 
@@ -693,7 +728,8 @@ class IptablesBackend(BatchBackend):
 
         async def read(family: str, table: str) -> TableModel:
             async with self._lock(family, table):
-                return await self._read(family, table)
+                self._observed[(family, table)] = found = await self._read(family, table)
+                return found.model
 
         models = await asyncio.gather(*(read(f, t) for f, t in valid))
         items: list[Item] = []
@@ -721,16 +757,34 @@ class IptablesBackend(BatchBackend):
                 raise _refuse(op, "INVALID_ARGUMENT", problem)
         self.remember(op.item for op in ops)
         async with self._lock(family, table):
-            save = await self._save(family, table)
-            save = await self._learn(family, table, save)
-            script = build_script(self._model(family, table, save), ops)
-            if not script.changes:
-                return script.outcomes
-            rc, err = await self._restore(family, script.text())
-            if rc != 0:
-                await self._fail(family, table, save, script, err)
-            self.writes += 1
+            observed = self._take_observed(family, table)
+            if observed is not None:
+                try:
+                    script = build_script(observed.model, ops)
+                except OperationFailed:
+                    pass  # judged on a read that may be stale: judge again on a fresh one
+                else:
+                    if not script.positional and (not script.changes or await self._write(family, script) == 0):
+                        return script.outcomes
+            # No usable read from observe, or the tool refused a script built on
+            # it (the table may have changed since): read now and build again.
+            read = await self._read(family, table)
+            script = build_script(read.model, ops)
+            if script.changes:
+                rc, err = await self._restore(family, script.text())
+                if rc != 0:
+                    await self._fail(family, table, read.save, script, err)
+                self.writes += 1
             return script.outcomes
+
+    async def _write(self, family: str, script: BatchScript) -> int:
+        """Try ``script``; a refusal is only logged (the caller retries on a fresh read)."""
+        rc, err = await self._restore(family, script.text())
+        if rc == 0:
+            self.writes += 1
+        else:
+            log.info("restore_retried", family=family, table=script.lines[0][1:], error=error_text(err))
+        return rc
 
     async def _fail(self, family: str, table: str, before: TableSave, script: BatchScript, err: str) -> None:
         """Raise the failure; first make sure the failed restore left the table as it was."""

@@ -21,10 +21,13 @@ Identity and ownership
 
 Batches
     Every op has the same `batch_key`: a transaction's nft ops become one
-    ``nft -f -`` script, which the kernel commits all or nothing.  Before
-    building it, each family involved is listed once (fresh handles):
-    adding what is there and removing what is gone are `Outcome.UNCHANGED`
-    and emit nothing, so no duplicates arise.  A chain is deleted only if no
+    ``nft -f -`` script, which the kernel commits all or nothing.  It is built
+    on observe's listing of each family involved when that was made moments
+    before (`OBSERVED_MAX_AGE`, used once), else on a fresh listing; a script
+    nft refuses after being built on observe's listing is built again on a
+    fresh one (the handles may have changed meanwhile) before the refusal
+    counts.  Adding what is there and removing what is gone are
+    `Outcome.UNCHANGED` and emit nothing, so no duplicates arise.  A chain is deleted only if no
     rule would remain in it (nft would silently delete foreign rules along
     with it); the exception is a chain being *redefined* in the same batch
     (removed and added again under the same name, which is how a changed
@@ -64,6 +67,7 @@ from ..errors import BackendUnavailable, OperationFailed
 from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule, ScopedItem
 from ..planner import Op
 from ..view import FirewallView
+from . import base
 from .base import BackendEvent, BatchBackend, EventCallback, Outcome
 from .process import ToolRunner, kill, which
 
@@ -82,7 +86,6 @@ MONITOR_STABLE_AFTER = 10.0  # a monitor that ran this long resets the backoff
 MONITOR_SETTLE = 1.0  # a monitor alive this long is taken to be working
 MONITOR_GROUP_WAIT = 0.5  # wait this long for a generation line before judging lines alone
 OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ignored
-# Where nft usually lives, for daemons started with a short PATH.
 
 TAG_RE = re.compile(r"fwrecon:[0-9a-f]{16}")
 # nft 1.0.6 scanner: string = ({letter}|[_.])({letter}|{digit}|[/\-_\.])*; names are < 256 bytes.
@@ -565,6 +568,7 @@ class NftablesBackend(BatchBackend):
         self._rules: dict[str, NftRule] = {}  # tag -> rule
         self._chains: dict[tuple[str, str], set[NftChain]] = {}  # (family, name) -> remembered chains
         self._listings: dict[str, TableListing] = {}  # last listing per family (handles of present rules)
+        self._observed: dict[str, tuple[float, TableListing]] = {}  # observe's listings, for the next batch
         self._lock = asyncio.Lock()
         self._callbacks: list[EventCallback] = []
         self._monitor_task: asyncio.Task[None] | None = None
@@ -645,6 +649,7 @@ class NftablesBackend(BatchBackend):
         items: list[Item] = []
         for listing in listings:
             items.extend(self._items_of(listing))
+            self._observed[listing.family] = (time.monotonic(), listing)
         return FirewallView(items, containers)
 
     def _items_of(self, listing: TableListing) -> list[Item]:
@@ -669,19 +674,40 @@ class NftablesBackend(BatchBackend):
         self.remember(op.item for op in ops)
         async with self._lock:
             families = sorted({op.item.family for op in ops}, key=FAMILIES.index)  # type: ignore[attr-defined]
+            observed = {family: self._take_observed(family) for family in families}
+            if all(listing is not None for listing in observed.values()):
+                try:
+                    script = build_script(ops, observed, self._rules)  # type: ignore[arg-type]
+                except OperationFailed:
+                    pass  # judged on listings that may be stale: judge again on fresh ones
+                else:
+                    if not script.lines or await self._write(script, families, retry=True):
+                        return script.outcomes
             listings = dict(zip(families, await asyncio.gather(*(self._list(f) for f in families))))
             script = build_script(ops, listings, self._rules)
-            if not script.lines:
-                return script.outcomes
-            result = await self._run("-f", "-", input=script.text(), own=True)
-            if result.returncode != 0:
-                failure = failure_for(script, result.stderr, result.returncode)
-                log.warning("nft_batch_refused", error=str(failure), ops=len(ops), culprit=failure.op.describe() if isinstance(failure.op, Op) else None)
-                raise failure
-            for family in families:
-                self._listings.pop(family, None)  # handles changed; the next observe re-reads
-            log.debug("nft_batch_applied", ops=len(ops), lines=len(script.lines))
+            if script.lines:
+                await self._write(script, families, retry=False)
             return script.outcomes
+
+    def _take_observed(self, family: str) -> TableListing | None:
+        """Observe's listing of ``family`` if made moments ago; used once."""
+        at, listing = self._observed.pop(family, (0.0, None))
+        return listing if time.monotonic() - at <= base.OBSERVED_MAX_AGE else None
+
+    async def _write(self, script: Script, families: Sequence[str], *, retry: bool) -> bool:
+        """Run ``script``; on refusal log and return False (``retry``) or raise the failure."""
+        result = await self._run("-f", "-", input=script.text(), own=True)
+        if result.returncode != 0:
+            failure = failure_for(script, result.stderr, result.returncode)
+            if retry:
+                log.info("nft_batch_retried", error=str(failure))
+                return False
+            log.warning("nft_batch_refused", error=str(failure), ops=len(script.outcomes), culprit=failure.op.describe() if isinstance(failure.op, Op) else None)
+            raise failure
+        for family in families:
+            self._listings.pop(family, None)  # handles changed; the next observe re-reads
+        log.debug("nft_batch_applied", ops=len(script.outcomes), lines=len(script.lines))
+        return True
 
     # -- check ----------------------------------------------------------------------------
 

@@ -177,7 +177,9 @@ def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
     assert all(set(items_for(f)) <= view.items() for f in FAMILIES)
     backend.runs = 0
     run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
-    assert backend.runs == 1  # everything there: one save, no restore
+    assert backend.runs == 0  # everything there, as observe just read: no process at all
+    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
+    assert backend.runs == 1  # observe's read was used up: one save, no restore
 
 
 # -- order ------------------------------------------------------------------------------
@@ -293,6 +295,61 @@ def test_removing_a_rule_someone_deleted_meanwhile_is_unchanged(backend: Iptable
     sh(ns, "iptables", "-D", "FWR_IN", "1")
     assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
+
+
+# -- the batch right after observe writes on observe's read ------------------------------------
+
+
+def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
+    chain, rule_a, rule_b, _ = items_for("ipv4")
+    backend.remember([chain, rule_a, rule_b])
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    before = backend.runs
+    assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)])) == [Outcome.APPLIED] * 3
+    assert backend.runs == before + 1  # the restore; no second save
+    assert [r.split(" -m comment")[0] for r in chain_rules(ns, "ipv4", "FWR_IN")] == ["-p tcp -m tcp --dport 9000", "-s 198.18.0.0/15"]
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    assert run(backend.execute_batch([Op("remove", rule_a)])) == [Outcome.APPLIED]  # a read is used once:
+    assert run(backend.execute_batch([Op("remove", rule_b)])) == [Outcome.APPLIED]  # this one reads again
+    assert chain_rules(ns, "ipv4", "FWR_IN") == []
+
+
+def test_change_between_observe_and_batch_is_judged_on_a_fresh_read(backend: IptablesBackend, ns: str):
+    chain, rule_a, rule_b, _ = items_for("ipv4")
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    sh(ns, "iptables", "-D", "FWR_IN", "1")  # someone deletes rule_a after we looked
+    before = backend.runs
+    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert backend.runs == before + 3  # refused restore, save, restore
+    assert chain_rules(ns, "ipv4", "FWR_IN") == []
+
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    sh(ns, "iptables", "-X", "FWR_IN")  # and the chain, which we saw
+    sh(ns, "iptables", "-N", "FWR_IN")  # ... then someone creates it again
+    assert run(backend.execute_batch([Op("remove", chain), Op("add", chain)])) == [Outcome.APPLIED, Outcome.APPLIED]
+
+
+def test_rule_placed_by_position_reads_the_table_first(backend: IptablesBackend, ns: str):
+    chain, rule_a, rule_b, _ = items_for("ipv4")
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_b)]))
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    sh(ns, "iptables", "-I", "FWR_IN", "1", "-s", "192.0.2.1/32", "-j", "RETURN")  # foreign, after we looked
+    assert run(backend.execute(Op("add", rule_a))) is Outcome.APPLIED  # priority 0: before rule_b
+    rules = chain_rules(ns, "ipv4", "FWR_IN")
+    assert rules[0] == "-s 192.0.2.1/32 -j RETURN"  # the foreign rule keeps its place
+    assert rule_a.tag() in rules[1] and rule_b.tag() in rules[2]
+
+
+def test_an_old_observe_is_not_trusted(backend: IptablesBackend, ns: str, monkeypatch):
+    from reconciler.backends import base
+
+    chain, rule_a, _, _ = items_for("ipv4")
+    run(backend.observe({("direct", "ipv4", "filter")}))
+    monkeypatch.setattr(base, "OBSERVED_MAX_AGE", 0.0)
+    before = backend.runs
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)]))
+    assert backend.runs == before + 2  # save, restore
 
 
 # -- migration: untagged copies (firewalld's direct interface adds no comments) -----------------

@@ -164,6 +164,33 @@ def test_single_rule_removal_keeps_the_rest(netns):
     assert all(view.has(item) for item in ITEMS if item != SSH)
 
 
+def test_batch_after_observe_is_one_nft_process(netns):
+    backend = NftablesBackend(netns)
+    backend.remember(ITEMS)
+    run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    calls = backend.calls
+    assert run(backend.execute_batch(adds(*ITEMS))) == [Outcome.APPLIED] * len(ITEMS)
+    assert backend.calls == calls + 1  # nft -f, on observe's listings
+    run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    assert run(backend.execute(Op("remove", SSH))) is Outcome.APPLIED
+    assert run(backend.execute(Op("remove", JUMP))) is Outcome.APPLIED  # listing used up: lists again
+    assert backend.calls == calls + 1 + 2 + 1 + 2
+    assert "tcp dport 22" not in ruleset(netns) and "jump mine" not in ruleset(netns)
+
+
+def test_rule_deleted_by_hand_after_observe_is_judged_on_a_fresh_listing(netns):
+    backend = NftablesBackend(netns)
+    run(backend.execute_batch(adds(*ITEMS)))
+    run(backend.observe([("nft", "inet")]))
+    handle = next(line.split("# handle ")[1] for line in nft(netns, "-a", "list", "chain", "inet", "fwrecon", "input").stdout.splitlines()
+                  if "dport 22" in line)
+    nft(netns, "delete", "rule", "inet", "fwrecon", "input", "handle", handle)  # someone, after we looked
+    calls = backend.calls
+    assert run(backend.execute_batch(removes(SSH, JUMP))) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert backend.calls == calls + 3  # refused nft -f (stale handle), fresh listing, nft -f
+    assert "jump mine" not in ruleset(netns) and "tcp dport 22" not in ruleset(netns)
+
+
 def test_policy_change_in_place_and_redefinition_keep_our_rules(netns):
     backend = NftablesBackend(netns)
     run(backend.execute_batch(adds(INPUT, SSH)))
