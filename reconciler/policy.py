@@ -82,6 +82,8 @@ _MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
 _CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
 # The kernel refuses '/', ':' and white space; firewalld also '!' and '*'.
 _NFT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
+_NFT_NOT_ONE_RULE = re.compile(r"[;#\n\r\0]")
+_NFT_COMMENT = re.compile(r"\bcomment\b")
 _INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
 # firewalld's direct interface takes the priority as a D-Bus int32.
 _PRIORITY_RANGE = (-(2**31), 2**31 - 1)
@@ -617,17 +619,17 @@ class _PolicyParser:
         errors_before = len(self.errors)
         names = self.nft_family_and_chain(path, entry)
         rule = self.required_string(path, entry, "rule")
+        folded = " ".join(rule.split()) if rule is not None else ""
         if rule is not None:
-            folded = " ".join(rule.split())
             if not folded:
                 self.error(f"{path}.rule", "is empty")
-            elif any(c in rule for c in ";#\n\r\0"):
+            elif _NFT_NOT_ONE_RULE.search(rule):
                 self.error(f"{path}.rule", "must be one rule: no ';', '#' or line breaks")
-            elif re.search(r"\bcomment\b", folded):
+            elif _NFT_COMMENT.search(folded):
                 self.error(f"{path}.rule", "must not carry a comment: fwrecon tags each rule with its own")
         if len(self.errors) > errors_before or names is None or rule is None:
             return None
-        return NftRule(names[0], names[1], " ".join(rule.split()))
+        return NftRule(names[0], names[1], folded)
 
     def required_string(self, path: str, entry: dict[str, Any], key: str) -> str | None:
         if key not in entry:
