@@ -32,6 +32,8 @@ from .transaction import Transaction, TransactionFailed
 
 log = structlog.get_logger(__name__)
 
+PENDING_OPS_SHOWN = 20  # ops named in the state file's intent note (and the warning after a crash)
+
 
 @dataclass
 class PolicyOutcome:
@@ -244,7 +246,12 @@ class Reconciler:
         intent = settle_ownership(before, plan, [op for op in plan.ops if op.action == "add"])
         intent.update({item: owners for item, owners in before.items() if item not in intent})
         state.owned = intent
-        state.pending = {"policy": plan.policy, "ops": [op.describe() for op in plan.ops], "started": time.time()}
+        state.pending = {
+            "policy": plan.policy,
+            "op_count": len(plan.ops),
+            "ops": [op.describe() for op in plan.ops[:PENDING_OPS_SHOWN]],  # enough to say what it was doing
+            "started": time.time(),
+        }
         self.store.save(state)
         try:
             results = await build_transaction(plan).apply(self.backend)

@@ -116,6 +116,22 @@ def test_intent_is_recorded_before_each_op(tmp_path):
     assert seen == [(True, "web"), (True, "web")]
 
 
+def test_intent_note_names_a_few_ops_and_counts_them_all(tmp_path):
+    store = StateStore(tmp_path / "s.json")
+    notes = []
+
+    class Spy(MemoryBackend):
+        async def execute(self, op):
+            notes.append(StateStore(store.path).load().pending)  # as written to disk
+            return await super().execute(op)
+
+    ports = {Port(Z, str(8000 + 2 * i), "tcp") for i in range(30)}  # 2 apart: firewalld merges neighbours
+    reconcile(Spy(), store, policies(web=ports))
+    note = notes[0]
+    assert note["policy"] == "web" and note["op_count"] == 30
+    assert note["ops"] == [f"+ zone public port {8000 + 2 * i}/tcp" for i in range(20)]
+
+
 def test_interrupted_transaction_converges(tmp_path):
     """State as left by a kill between two adds: the next run finishes the job
     and a later deletion removes everything, orphaning nothing."""
