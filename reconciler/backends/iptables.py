@@ -199,6 +199,12 @@ def rule_text(family: str, args: Sequence[str], tag: str | None) -> str:
     return " ".join(words)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def tagged_rule_text(item: DirectRule) -> str:
+    """`rule_text` of one of our rules, tag included: built once per item."""
+    return rule_text(item.family, item.args, item.tag())
+
+
 def _line(*words: str) -> str:
     return " ".join(w for w in words if w)
 
@@ -445,7 +451,7 @@ def build_script(model: TableModel, ops: Sequence[Op]) -> BatchScript:
                 if copies_of.get(item):
                     outcome = Outcome.UNCHANGED
                 else:
-                    entry = Entry(rule_text(item.family, item.args, item.tag()), (item,))
+                    entry = Entry(tagged_rule_text(item), (item,))
                     if item.chain not in top:
                         top[item.chain] = max((e.priority for e in entries if e.priority is not None), default=None)
                     highest = top[item.chain]
