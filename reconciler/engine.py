@@ -167,6 +167,21 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
+    """Ownership to record before the transaction runs: ``before`` plus this
+    policy on every item it claims or is about to add.
+
+    Claiming before the item exists means a crash after the add can never
+    leave an item nobody owns; nothing is let go until the outcome is known.
+    """
+    intent = dict(before)
+    mine = frozenset({plan.policy})
+    for item in itertools.chain(plan.claims, (op.item for op in plan.ops if op.action == "add")):
+        owners = intent.get(item)
+        intent[item] = mine if owners is None else owners | mine
+    return intent
+
+
 class Reconciler:
     """Runs reconciles against one backend and one state file."""
 
@@ -241,11 +256,7 @@ class Reconciler:
             state.owned = settle_ownership(before, plan, [])
             self.store.save(state)
             return PolicyOutcome(plan.policy, "unchanged")
-        # Intent: claim what we are about to add before it exists, so a crash
-        # after the add can never leave an item nobody owns.
-        intent = settle_ownership(before, plan, [op for op in plan.ops if op.action == "add"])
-        intent.update({item: owners for item, owners in before.items() if item not in intent})
-        state.owned = intent
+        state.owned = intent_of(before, plan)
         state.pending = {
             "policy": plan.policy,
             "op_count": len(plan.ops),
@@ -286,9 +297,15 @@ class Reconciler:
             )
         added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
         state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
+        in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
         for item in added_new:
-            state.placed[item] = self.backend.name_for(item)
-        state.placed = {item: name for item, name in state.placed.items() if item in state.owned}
+            kind = item.container()[0]
+            if kind not in in_charge:
+                in_charge[kind] = self.backend.name_for(item)
+            state.placed[item] = in_charge[kind]
+        for item in itertools.chain(plan.releases, (op.item for op in plan.ops if op.action == "remove")):
+            if item not in state.owned:
+                state.placed.pop(item, None)
         state.pending = None
         self.store.save(state)
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])

@@ -81,10 +81,12 @@ def plan_all(desired: Mapping[str, frozenset[Item]], actual: FirewallView, owned
         for item in claims[policy]:
             ownership[item] = ownership[item] | {policy}
     plans = []
-    for policy in sorted(desired.keys() | owners_of(owned)):
+    names = sorted(desired.keys() | owners_of(owned))
+    for policy in names:
         plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership)
         plan = PolicyPlan(policy, plan.ops, claims.get(policy, frozenset()), plan.releases)
-        ownership = settle_ownership(ownership, plan, plan.ops)
+        if policy != names[-1]:  # the policies after it plan against its effect
+            ownership = settle_ownership(ownership, plan, plan.ops)
         plans.append(plan)
     return plans
 

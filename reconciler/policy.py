@@ -83,6 +83,7 @@ _CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
 # The kernel refuses '/', ':' and white space; firewalld also '!' and '*'.
 _NFT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 _NFT_NOT_ONE_RULE = re.compile(r"[;#\n\r\0]")
+_LINE_BREAK_OR_NUL = re.compile(r"[\n\0]")
 _NFT_COMMENT = re.compile(r"\bcomment\b")
 _INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
 # firewalld's direct interface takes the priority as a D-Bus int32.
@@ -560,7 +561,7 @@ class _PolicyParser:
             self.error(f"{path}.args", "expected a non-empty array of strings")
         else:
             for index, arg in enumerate(args):
-                if not isinstance(arg, str) or not arg or any(c in arg for c in "\n\0"):
+                if not isinstance(arg, str) or not arg or _LINE_BREAK_OR_NUL.search(arg):
                     self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
         if len(self.errors) > errors_before:
             return None

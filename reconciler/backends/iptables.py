@@ -86,6 +86,7 @@ DEFAULT_TIMEOUT = 30.0
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # No whitespace, quotes, backslashes or control characters; not an option.
 _CHAIN_NAME = re.compile(r"[^\s\"'\\!#\-\x00-\x1f\x7f][^\s\"'\\\x00-\x1f\x7f]*")
+_LINE_BREAK_OR_NUL = re.compile(r"[\n\r\x00]")
 _TAG = re.compile(r"fwrecon:[0-9a-f]{16}")
 _COMMENT = re.compile(r'--comment\s+("(?:[^"\\]|\\.)*"|\S+)')
 _JUMPS = frozenset({"-j", "--jump", "-g", "--goto"})
@@ -258,7 +259,7 @@ def check_names(item: DirectChain | DirectRule) -> str | None:
         return f"invalid chain name {item.chain!r}"
     if isinstance(item, DirectRule):
         for arg in item.args:
-            if any(c in arg for c in "\n\r\x00"):
+            if _LINE_BREAK_OR_NUL.search(arg):
                 return f"rule argument {arg!r} contains a line break or NUL"
     return None
 
@@ -277,7 +278,9 @@ class Entry:
     def __init__(self, rest: str, owners: tuple[DirectRule, ...] = ()) -> None:
         self.rest = rest
         self.owners = owners
-        self.priority: int | None = min(o.priority for o in owners) if owners else None
+        self.priority: int | None = (
+            owners[0].priority if len(owners) == 1 else min(o.priority for o in owners) if owners else None
+        )
 
     def __repr__(self) -> str:
         return f"Entry({self.rest!r}, {self.owners!r})"
@@ -459,7 +462,8 @@ def build_script(model: TableModel, ops: Sequence[Op]) -> BatchScript:
                     if highest is not None and highest > item.priority:
                         position = next(i for i, e in enumerate(entries) if e.priority is not None and e.priority > item.priority)
                     if position is None:
-                        emit(op, "-A", item.chain, entry.rest)
+                        lines.append(f"-A {item.chain} {entry.rest}")  # emit(), inlined: once per rule
+                        line_ops.append(op)
                         entries.append(entry)
                     else:
                         emit(op, "-I", item.chain, str(position + 1), entry.rest)
@@ -756,11 +760,11 @@ class IptablesBackend(BatchBackend):
             raise _refuse(first, "UNSUPPORTED", self.cannot_hold(first.item) or "not a direct item")
         family, table = first.item.family, first.item.table
         for op in ops:
-            if op.item.container() != first.item.container():
-                raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
             problem = self.cannot_hold(op.item)
             if problem:
                 raise _refuse(op, "INVALID_ARGUMENT", problem)
+            if (op.item.family, op.item.table) != (family, table):  # type: ignore[attr-defined]
+                raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
         self.remember(op.item for op in ops)
         async with self._lock(family, table):
             observed = self._take_observed(family, table)
