@@ -178,7 +178,8 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
     mine = frozenset({plan.policy})
     for item in itertools.chain(plan.claims, (op.item for op in plan.ops if op.action == "add")):
         owners = intent.get(item)
-        intent[item] = mine if owners is None else owners | mine
+        if owners is None or plan.policy not in owners:
+            intent[item] = mine if owners is None else owners | mine
     return intent
 
 

@@ -3,7 +3,7 @@
 
 Run as root; everything happens in a network namespace of its own:
 
-    .venv/bin/python tests/perf/bench_backends.py [--sizes 1000 10000] [--loop-n 1000] [--rounds 5]
+    .venv/bin/python tests/perf/bench_backends.py [--sizes 1000 10000] [--loop-n 1000] [--rounds 7] [--repeats 3]
 
 For each N: N direct rules through ``--backend iptables`` and N nft rules
 through ``--backend nftables``, as the daemon runs them (backends, state store
@@ -14,7 +14,7 @@ and parsed files kept between reconciles; the garbage collector paused):
   crash-safe state writes.  "batch" is the part inside the backend's one
   atomic ``*-restore``/``nft -f``.
 * "re-apply": the chain or table was flushed by hand; the file is unchanged,
-  so nothing is parsed again.
+  so nothing is parsed again (``--repeats`` times per round; their median).
 
 The baseline is a loop of one ``iptables -A`` process per rule.  This machine
 kind is noisy (the same CPU loop varies by +-25% minute to minute), so every
@@ -136,12 +136,17 @@ class Sample:
     """One round of one backend and size, with the loop measured in that round."""
 
     first: Run
-    again: Run
+    agains: list[Run]  # re-applies, each after a flush by hand
     loop: float  # the per-rule loop's seconds for N rules (per-rule cost of this round x N)
 
+    @property
+    def again(self) -> float:
+        return statistics.median(run.seconds for run in self.agains)
 
-def scenario(ns: str, work: Path, policy_dir: Path, name: str, n: int) -> tuple[Run, Run]:
-    """Apply N rules from empty, flush by hand, re-apply; then remove them again through fwrecon."""
+
+def scenario(ns: str, work: Path, policy_dir: Path, name: str, n: int, repeats: int) -> tuple[Run, list[Run]]:
+    """Apply N rules from empty; ``repeats`` times flush by hand and re-apply; then
+    remove them again through fwrecon."""
     if name == "iptables":
         text, flush = iptables_policy(n), ["iptables", "-F", "FWRECON_BENCH"]
         router = routes_for(None, IptablesBackend(netns=ns), None)
@@ -152,12 +157,14 @@ def scenario(ns: str, work: Path, policy_dir: Path, name: str, n: int) -> tuple[
     write(policy_dir, text)
     first = asyncio.run(daemon.reconcile())
     assert first.write_ops == n + 1, first.write_ops
-    netns_run(ns, *flush)
-    again = asyncio.run(daemon.reconcile())
-    assert again.write_ops == n and again.parse < first.parse, again
+    agains = []
+    for _ in range(repeats):
+        netns_run(ns, *flush)
+        agains.append(asyncio.run(daemon.reconcile()))
+        assert agains[-1].write_ops == n and agains[-1].parse < first.parse, agains[-1]
     write(policy_dir, "")
     asyncio.run(daemon.reconcile())
-    return first, again
+    return first, agains
 
 
 def report(samples: dict[tuple[str, int], list[Sample]]) -> list[str]:
@@ -171,10 +178,10 @@ def report(samples: dict[tuple[str, int], list[Sample]]) -> list[str]:
         ratios = [med(r.loop / x for r, x in zip(rounds, values)) for values in (
             [r.first.seconds for r in rounds],
             [r.first.seconds - r.first.parse for r in rounds],
-            [r.again.seconds for r in rounds],
+            [r.again for r in rounds],
         )]
         print(f"{name:>9} {n:>6} {apply:>8.3f} {med(r.first.parse for r in rounds):>8.3f} "
-              f"{med(r.first.batch for r in rounds):>8.3f} {med(r.again.seconds for r in rounds):>10.3f} "
+              f"{med(r.first.batch for r in rounds):>8.3f} {med(r.again for r in rounds):>10.3f} "
               f"{ratios[0]:>6.0f}x {ratios[1]:>9.0f}x {ratios[2]:>8.0f}x")
         if name == "iptables" and n == 1000:
             met = "met" if min(ratios[1:]) >= 50 else "MISSED"
@@ -190,7 +197,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--loop-n", type=int, default=1000, help="rules for the one-process-per-rule loop")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; each measures the loop and every scenario")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds; each measures the loop and every scenario")
+    parser.add_argument("--repeats", type=int, default=3, help="re-applies per scenario and round (their median counts)")
     args = parser.parse_args()
     configure_logging("console", logging.WARNING)
 
@@ -208,8 +216,8 @@ def main() -> int:
             loops.append(per_rule)
             for n in args.sizes:
                 for name in ("iptables", "nftables"):
-                    first, again = scenario(ns, work, policy_dir, name, n)
-                    samples.setdefault((name, n), []).append(Sample(first, again, per_rule * n))
+                    first, agains = scenario(ns, work, policy_dir, name, n, args.repeats)
+                    samples.setdefault((name, n), []).append(Sample(first, agains, per_rule * n))
         print(f"iptables loop, one process per rule: {statistics.median(loops) * 1000:.2f} ms per rule "
               f"(median of {args.rounds} rounds of {args.loop_n}; {min(loops) * 1000:.2f}-{max(loops) * 1000:.2f})")
         for line in report(samples):
