@@ -15,10 +15,10 @@ import functools
 import hashlib
 import json
 import operator
-from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
 from typing import Any, ClassVar, Literal
 
 ScopeKind = Literal["zone", "policy"]

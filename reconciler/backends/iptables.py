@@ -774,27 +774,28 @@ class IptablesBackend(BatchBackend):
                 except OperationFailed:
                     pass  # judged on a read that may be stale: judge again on a fresh one
                 else:
-                    if not script.positional and (not script.changes or await self._write(family, script) == 0):
-                        return script.outcomes
+                    if not script.positional:
+                        rc, err = await self._write(family, script)
+                        if rc == 0:
+                            return script.outcomes
+                        log.info("restore_retried", family=family, table=table, error=error_text(err))
             # No usable read from observe, or the tool refused a script built on
             # it (the table may have changed since): read now and build again.
             read = await self._read(family, table)
             script = build_script(read.model, ops)
-            if script.changes:
-                rc, err = await self._restore(family, script.text())
-                if rc != 0:
-                    await self._fail(family, table, read.save, script, err)
-                self.writes += 1
+            rc, err = await self._write(family, script)
+            if rc != 0:
+                await self._fail(family, table, read.save, script, err)
             return script.outcomes
 
-    async def _write(self, family: str, script: BatchScript) -> int:
-        """Try ``script``; a refusal is only logged (the caller retries on a fresh read)."""
+    async def _write(self, family: str, script: BatchScript) -> tuple[int, str]:
+        """Run ``script`` if it changes anything: (returncode, stderr)."""
+        if not script.changes:
+            return 0, ""
         rc, err = await self._restore(family, script.text())
         if rc == 0:
             self.writes += 1
-        else:
-            log.info("restore_retried", family=family, table=script.lines[0][1:], error=error_text(err))
-        return rc
+        return rc, err
 
     async def _fail(self, family: str, table: str, before: TableSave, script: BatchScript, err: str) -> None:
         """Raise the failure; first make sure the failed restore left the table as it was."""

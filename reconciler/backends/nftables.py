@@ -23,18 +23,18 @@ Batches
     Every op has the same `batch_key`: a transaction's nft ops become one
     ``nft -f -`` script, which the kernel commits all or nothing.  It is built
     on observe's listing of each family involved when that was made moments
-    before (`OBSERVED_MAX_AGE`, used once), else on a fresh listing; a script
-    nft refuses after being built on observe's listing is built again on a
-    fresh one (the handles may have changed meanwhile) before the refusal
-    counts.  Adding what is there and removing what is gone are
-    `Outcome.UNCHANGED` and emit nothing, so no duplicates arise.  A chain is deleted only if no
-    rule would remain in it (nft would silently delete foreign rules along
-    with it); the exception is a chain being *redefined* in the same batch
-    (removed and added again under the same name, which is how a changed
-    hook or priority is planned): a policy-only change becomes an in-place
-    ``add chain`` and a type/hook/priority change deletes and recreates the
-    chain and re-adds fwrecon's own rules in it, in order (refused if foreign
-    rules are in it).  A family's table is deleted in the same transaction
+    before (`base.OBSERVED_MAX_AGE`, used once), else on a fresh listing; a
+    script nft refuses after being built on observe's listing is built again
+    on a fresh one (the handles may have changed meanwhile) before the
+    refusal counts.  Adding what is there and removing what is gone are
+    `Outcome.UNCHANGED` and emit nothing, so no duplicates arise.  A chain is
+    deleted only if no rule would remain in it (nft would silently delete
+    foreign rules along with it); the exception is a chain being *redefined*
+    in the same batch (removed and added again under the same name, which is
+    how a changed hook or priority is planned): a policy-only change becomes
+    an in-place ``add chain`` and a type/hook/priority change deletes and
+    recreates the chain and re-adds fwrecon's own rules in it, in order
+    (refused if foreign rules are in it).  A family's table is deleted in the same transaction
     when the batch leaves it with no chains and nothing else in it.  If nft
     refuses the script, its ``/dev/stdin:LINE:...: Error: ...`` is mapped back
     to the op that produced that line.
