@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
