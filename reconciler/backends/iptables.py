@@ -87,6 +87,7 @@ _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # No whitespace, quotes, backslashes or control characters; not an option.
 _CHAIN_NAME = re.compile(r"[^\s\"'\\!#\-\x00-\x1f\x7f][^\s\"'\\\x00-\x1f\x7f]*")
 _LINE_BREAK_OR_NUL = re.compile(r"[\n\r\x00]")
+_NEEDS_QUOTES = re.compile(r"[\s\"'\\]")
 _TAG = re.compile(r"fwrecon:[0-9a-f]{16}")
 _COMMENT = re.compile(r'--comment\s+("(?:[^"\\]|\\.)*"|\S+)')
 _JUMPS = frozenset({"-j", "--jump", "-g", "--goto"})
@@ -187,7 +188,7 @@ def jump_targets(tokens: Sequence[str]) -> set[str]:
 @functools.lru_cache(maxsize=1 << 16)
 def quote_arg(arg: str) -> str:
     """One argument as the *-restore line parser reads it back."""
-    if arg and not re.search(r"[\s\"'\\]", arg) and not arg.startswith("#"):
+    if arg and not _NEEDS_QUOTES.search(arg) and not arg.startswith("#"):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
