@@ -257,14 +257,16 @@ class Reconciler:
             state.owned = settle_ownership(before, plan, [])
             self.store.save(state)
             return PolicyOutcome(plan.policy, "unchanged")
-        state.owned = intent_of(before, plan)
-        state.pending = {
-            "policy": plan.policy,
-            "op_count": len(plan.ops),
-            "ops": [op.describe() for op in plan.ops[:PENDING_OPS_SHOWN]],  # enough to say what it was doing
-            "started": time.time(),
-        }
-        self.store.save(state)
+        intent = intent_of(before, plan)
+        if intent != before:  # something new to claim (putting back what we own needs no intent)
+            state.owned = intent
+            state.pending = {
+                "policy": plan.policy,
+                "op_count": len(plan.ops),
+                "ops": [op.describe() for op in plan.ops[:PENDING_OPS_SHOWN]],  # enough to say what it was doing
+                "started": time.time(),
+            }
+            self.store.save(state)
         try:
             results = await build_transaction(plan).apply(self.backend)
         except (asyncio.CancelledError, KeyboardInterrupt) as stop:

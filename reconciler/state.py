@@ -1,15 +1,18 @@
 """Ownership state: what fwrecon added, kept safe across crashes.
 
 fwrecon only ever removes what this file says it added.  Before a transaction
-runs, the items it is about to add are recorded as owned together with a
-``pending`` note (the intent); after it, the real outcome replaces that.  A
-crash in between leaves a file that claims a little too much, never too
-little: an owned item that is absent is simply re-added or let go on the next
-run, so nothing is orphaned and nothing is forgotten.
+that adds something the file does not claim yet, those items are recorded as
+owned together with a ``pending`` note (the intent); after it, the real
+outcome replaces that.  A crash in between leaves a file that claims a little
+too much, never too little: an owned item that is absent is simply re-added
+or let go on the next run, so nothing is orphaned and nothing is forgotten.
+(Putting back rules the file already claims, as after a flush or a reload,
+needs no intent.)
 
-Writes are atomic (temp file, fsync, rename, fsync of the directory).  A file
-that cannot be read or parsed raises `StateError`: silently starting empty
-would forget every rule fwrecon owns.
+Writes are atomic (temp file, fsync, rename, fsync of the directory), and a
+save of what the file already holds writes nothing.  A file that cannot be
+read or parsed raises `StateError`: silently starting empty would forget
+every rule fwrecon owns.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class StateStore:
             ) from exc
 
     def save(self, state: State) -> None:
+        if self._holds(state):
+            return
         payload = render(state)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -115,6 +120,18 @@ class StateStore:
         except OSError as exc:
             self._known = None
             raise StateError(f"{self.path}: cannot write state file: {exc}") from exc
+
+    def _holds(self, state: State) -> bool:
+        """The file is still the one this store last read or wrote, and says exactly ``state``."""
+        if self._known is None:
+            return False
+        signature, known = self._known
+        try:
+            if _signature(os.stat(self.path)) != signature:
+                return False
+        except OSError:
+            return False
+        return known.owned == state.owned and known.placed == state.placed and known.pending == state.pending
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -150,18 +167,14 @@ def render(state: State) -> str:
             encoded = texts[value] = json.dumps(sorted(value) if isinstance(value, frozenset) else value, separators=(",", ":"))
             return encoded
 
-    placed = state.placed
+    owned, placed = state.owned, state.placed
     entries = [
-        f'{{"item":{item.json_text()},"policies":{text_of(owners)},"backend":{text_of(placed.get(item))}}}'
-        for item, owners in sorted(state.owned.items(), key=_by_item)
-        if owners
+        f'{{"item":{item.json_text()},"policies":{text_of(owned[item])},"backend":{text_of(placed.get(item))}}}'
+        for item in sorted(owned, key=Item.sort_key)
+        if owned[item]
     ]
     pending = json.dumps(state.pending, separators=(",", ":"))
     return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"pending":{pending}}}'
-
-
-def _by_item(pair: tuple[Item, frozenset[str]]) -> tuple[Any, ...]:
-    return pair[0].sort_key()
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int]:

@@ -132,6 +132,22 @@ def test_intent_note_names_a_few_ops_and_counts_them_all(tmp_path):
     assert note["ops"] == [f"+ zone public port {8000 + 2 * i}/tcp" for i in range(20)]
 
 
+def test_putting_back_what_we_own_writes_no_state(tmp_path):
+    """After a flush or reload our rules are gone but the file still claims
+    them: re-adding them needs no intent, and the file stays as it was."""
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconcile(backend, store, policies(web={HTTP, P8080, CHAIN, RULE}))
+    written = store.path.stat()
+    backend.state = type(backend.state)()  # everything flushed
+    backend.calls.clear()
+    report = reconcile(backend, store, policies(web={HTTP, P8080, CHAIN, RULE}))
+    assert report.write_ops == 4 and len(backend.calls) == 4
+    assert backend.state.items() == {HTTP, P8080, CHAIN, RULE}
+    after = store.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert StateStore(store.path).load().owned_by("web") == {HTTP, P8080, CHAIN, RULE}
+
+
 def test_interrupted_transaction_converges(tmp_path):
     """State as left by a kill between two adds: the next run finishes the job
     and a later deletion removes everything, orphaning nothing."""

@@ -69,6 +69,21 @@ def test_changing_a_loaded_state_does_not_change_the_next_load(tmp_path):
     assert second.placed == {} and second.pending == {"ops": ["+ x"]}
 
 
+def test_saving_what_the_file_holds_writes_nothing(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    owned = {Service(Z, "http"): frozenset({"web"})}
+    store.save(State(owned=dict(owned)))
+    first = store.path.stat()
+    store.save(State(owned=dict(owned)))  # equal: nothing to write
+    assert store.path.stat().st_ino == first.st_ino
+    store.save(State(owned=dict(owned), pending={"policy": "web"}))  # a change: written
+    assert store.path.stat().st_ino != first.st_ino
+    StateStore(store.path).save(State(owned=dict(owned)))  # another writer
+    replaced = store.path.stat()
+    store.save(State(owned=dict(owned)))  # the store cannot know what that wrote: writes
+    assert store.path.stat().st_ino != replaced.st_ino
+
+
 def test_save_leaves_no_temp_files(tmp_path):
     store = StateStore(tmp_path / "state.json")
     for _ in range(3):
