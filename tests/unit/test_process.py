@@ -21,6 +21,14 @@ def test_output_and_exit_status():
     assert (result.returncode, result.stdout, result.stderr) == (3, "in", "err\n")
 
 
+def test_megabytes_in_and_out_and_no_input_at_all():
+    script = "".join(f"-A CHAIN rule {i} é\n" for i in range(60_000))  # ~1.3 MB, more than any pipe holds
+    result = asyncio.run(ToolRunner().run(["sh", "-c", "cat; echo err >&2"], stdin=script))
+    assert result.returncode == 0 and result.stdout == script and result.stderr == "err\n"
+    closed = asyncio.run(ToolRunner().run(["sh", "-c", "cat; echo done"]))  # stdin is /dev/null: no hang
+    assert closed.stdout == "done\n"
+
+
 def test_timeout_kills_and_reports_unavailable():
     exited = []
     with pytest.raises(BackendUnavailable, match="did not finish within 0.2s"):
