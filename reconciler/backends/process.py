@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -118,11 +119,16 @@ class ToolRunner:
 
 @contextlib.contextmanager
 def _memory_file(content: str | None = "") -> Iterator[BinaryIO | None]:
-    """An anonymous in-memory file holding ``content`` (None: no file at all)."""
+    """An anonymous file holding ``content`` (None: no file at all), in memory
+    (memfd) where the kernel allows it, else a deleted temporary file."""
     if content is None:
         yield None
         return
-    with open(os.memfd_create("fwrecon", os.MFD_CLOEXEC), "w+b") as handle:
+    try:
+        handle = open(os.memfd_create("fwrecon", os.MFD_CLOEXEC), "w+b")
+    except OSError:  # memfd_create refused (an old kernel, a strict seccomp profile)
+        handle = tempfile.TemporaryFile()
+    with handle:
         if content:
             handle.write(content.encode())
             handle.flush()

@@ -1,6 +1,7 @@
 """The tool runner every tool-based backend uses."""
 
 import asyncio
+import os
 
 import pytest
 
@@ -27,6 +28,15 @@ def test_megabytes_in_and_out_and_no_input_at_all():
     assert result.returncode == 0 and result.stdout == script and result.stderr == "err\n"
     closed = asyncio.run(ToolRunner().run(["sh", "-c", "cat; echo done"]))  # stdin is /dev/null: no hang
     assert closed.stdout == "done\n"
+
+
+def test_without_memfd_a_temporary_file_does(monkeypatch):
+    def refused(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    result = asyncio.run(ToolRunner().run(["sh", "-c", "cat; echo err >&2; exit 4"], stdin="in\n"))
+    assert (result.returncode, result.stdout, result.stderr) == (4, "in\n", "err\n")
 
 
 def test_timeout_kills_and_reports_unavailable():
