@@ -9,7 +9,9 @@ Rules, in the order they are applied for each policy:
   and a chain that still holds rules fwrecon does not own stays;
 * add what the policy wants and the firewall lacks (chains before rules);
 * a wanted item that is already there is *claimed* only if another policy of
-  ours added it; otherwise it is foreign and never becomes ours.
+  ours added it; otherwise it is foreign and never becomes ours;
+* items in a container no backend in charge can reach (a zone while firewalld
+  is away) are neither added, removed nor let go: they wait for it.
 
 Nothing here does I/O; an unchanged world yields no operations.
 """
@@ -95,6 +97,9 @@ def _plan_policy(policy: str, desired: frozenset[Item], view: FirewallView, owne
     """Plan one policy against ``view``; ``view`` is updated with the planned ops."""
     ops: list[Op] = []
     releases: set[Item] = set()
+    if view.unreachable:  # no backend in charge holds these: leave them, and their ownership, as they are
+        desired = frozenset(item for item in desired if item.container() not in view.unreachable)
+        owned = {item: owners for item, owners in owned.items() if item.container() not in view.unreachable}
     mine = sorted(
         (item for item, owners in owned.items() if policy in owners and item not in desired),
         key=lambda item: (-item.layer, item.sort_key()),

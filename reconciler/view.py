@@ -27,10 +27,14 @@ class FirewallView:
         containers: Iterable[tuple[str, ...]] = (),
         missing: Iterable[tuple[str, ...]] = (),
         users: Mapping[Item, Iterable[Item | str]] | None = None,
+        unreachable: Iterable[tuple[str, ...]] = (),
     ) -> None:
         self.containers: frozenset[tuple[str, ...]] = frozenset(containers)
         # Containers that were asked for but do not exist (an unknown zone).
         self.missing: frozenset[tuple[str, ...]] = frozenset(missing)
+        # Containers no backend in charge can read or write (zones while
+        # firewalld is away): the planner leaves their items alone.
+        self.unreachable: frozenset[tuple[str, ...]] = frozenset(unreachable)
         # What else uses a chain: foreign rules in it (text) or our rules
         # elsewhere jumping to it (items, in use while present).
         self.users: dict[Item, tuple[Item | str, ...]] = {k: tuple(v) for k, v in (users or {}).items()}
@@ -44,7 +48,7 @@ class FirewallView:
                 self._items.add(item)
 
     def copy(self) -> "FirewallView":
-        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users)
+        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable)
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
         return clone

@@ -72,18 +72,18 @@ class Router(Backend):
         for container in containers:
             backend = self.routes.get(container[0])
             if backend is None:
-                skipped.append(container)  # nothing to read: its items are refused
+                skipped.append(container)  # nothing to read or write: its items wait
                 continue
             groups.setdefault(id(backend), (backend, []))[1].append(container)
         views = await asyncio.gather(*(backend.observe(wanted) for backend, wanted in groups.values()))
         items: list[Item] = []
-        missing: list[tuple[str, ...]] = list(skipped)
+        missing: list[tuple[str, ...]] = []
         users: dict[Item, tuple[Item | str, ...]] = {}
         for view in views:
             items.extend(view.items())
             missing.extend(view.missing)
             users.update(view.users)
-        return FirewallView(items, containers, missing, users)
+        return FirewallView(items, containers, missing, users, unreachable=skipped)
 
     async def execute(self, op: Op) -> Outcome:
         return await self._route(op.item).execute(op)

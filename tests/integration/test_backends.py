@@ -244,6 +244,7 @@ def test_auto_moves_rules_when_firewalld_goes_and_comes_back(fwrecon: Fwrecon, d
     sb = fwrecon.sandbox
     fwrecon.in_netns = True
     fwrecon.write_policy("d", DIRECT_POLICY)
+    fwrecon.write_policy("z", "[zone.public]\nports = [\"8765/tcp\"]\n")  # waits while firewalld is away
     daemon = daemon_factory()
     wait_until(lambda: "--dport 9000" in sb.firewall_cmd("--direct", "--get-all-rules").stdout, 5, "the rule via firewalld")
     daemon.settled()
@@ -260,7 +261,10 @@ def test_auto_moves_rules_when_firewalld_goes_and_comes_back(fwrecon: Fwrecon, d
     daemon.settled()
     lines = rule_lines(save(fwrecon), "--dport 9000")
     assert len(lines) == 1 and "fwrecon:" not in lines[0]
+    wait_until(lambda: "8765/tcp" in sb.firewall_cmd("--zone=public", "--list-ports").stdout, 5, "the zone port back")
     assert [e["backend"] for e in daemon.events("backend_selected")] == ["firewalld", "iptables", "firewalld"]
+    assert daemon.events("reconcile_crashed") == []
+    assert {e["policy"] for e in daemon.events("policy_invalid")} == {"z"}  # "needs firewalld" while it was away
     assert daemon.proc.poll() is None
     time.sleep(0.2)
     assert daemon.stop() == 0

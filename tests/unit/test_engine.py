@@ -233,3 +233,27 @@ def test_switching_backends_moves_owned_items_without_duplicates(tmp_path):
     assert ipt.state.items() == frozenset() and fw.state.items() == {CHAIN, RULE}
     assert set(store.load().placed.values()) == {"firewalld"}
     assert store.load().owned_by("d") == {CHAIN, RULE}
+
+
+def test_zone_items_wait_while_firewalld_is_away(tmp_path):
+    """A policy with zones and direct rules: when firewalld goes away its
+    direct rules move to iptables; its zone items can go nowhere, so they are
+    neither added nor removed nor forgotten, and are back once firewalld is."""
+    from reconciler.backends.router import routes_for
+
+    fw, ipt = named("firewalld"), named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    wanted = policies(web={HTTP, CHAIN, RULE})
+    reconcile(routes_for(fw, ipt, None), store, wanted)
+
+    fw.state = type(fw.state)()  # firewalld stopped, its runtime rules gone
+    report = reconcile(routes_for(None, ipt, None), store, wanted)
+    assert report.converged and list(report.invalid) == ["web"]  # "needs firewalld", held at its last good state
+    assert ipt.state.items() == {CHAIN, RULE}
+    assert store.load().owned_by("web") == {HTTP, CHAIN, RULE}
+    assert reconcile(routes_for(None, ipt, None), store, policies()).converged  # even its file deleted: HTTP waits
+    assert store.load().owned_by("web") == {HTTP}
+
+    reconcile(routes_for(fw, ipt, None), store, wanted)  # firewalld is back, the file too
+    assert fw.state.items() == {HTTP, CHAIN, RULE} and ipt.state.items() == frozenset()
+    assert store.load().owned_by("web") == {HTTP, CHAIN, RULE}

@@ -150,3 +150,10 @@ def test_nft_chain_holding_rules_is_kept():
     assert ops_of(plans) == []
     plans = plan_all({}, FirewallView([chain]), {chain: frozenset({"p"})})
     assert ops_of(plans) == [("p", "- nft inet fwrecon chain input { type filter hook input priority 0; policy accept; }")]
+
+
+def test_items_no_backend_can_reach_are_left_alone():
+    away = FirewallView([RULE], unreachable={("zone", "public")})
+    plans = plan_all({"web": frozenset({HTTP, CHAIN, RULE})}, away, {SSH: frozenset({"web"}), RULE: frozenset({"web"})})
+    assert ops_of(plans) == [("web", "+ direct ipv4 filter chain FWRECON_IN")]  # HTTP not added, SSH not removed
+    assert plans[0].releases == frozenset()  # nor let go
