@@ -15,6 +15,7 @@ import contextlib
 import gc
 import itertools
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -78,14 +79,24 @@ def section_key(item: Item) -> str:
 
 
 def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
-    """One error per section the backend in charge cannot express."""
+    """One error per section the backend in charge cannot express.
+
+    The answer is kept on the (immutable) policy for the backend it was
+    judged against: the daemon keeps parsed policies between reconciles, and
+    only a switch of backend changes it.
+    """
+    seen = policy.__dict__.get("_refusals")
+    if seen is not None and seen[0]() is backend:
+        return list(seen[1])
     found: dict[str, str] = {}
     for item in policy.items:
         reason = backend.cannot_hold(item)
         if reason:
             key = section_key(item)
             found[key] = min(found.get(key, reason), reason)  # deterministic whatever the set order
-    return [PolicyError(policy.file, key, f"{found[key]} (backend in charge: {backend.name})") for key in sorted(found)]
+    errors = [PolicyError(policy.file, key, f"{found[key]} (backend in charge: {backend.name})") for key in sorted(found)]
+    policy.__dict__["_refusals"] = (weakref.ref(backend), errors)
+    return list(errors)
 
 
 def desired_state(

@@ -207,6 +207,27 @@ def test_zone_items_on_a_backend_without_zones_make_the_policy_invalid(tmp_path)
     assert store.load().placed == {RULE: "iptables"}
 
 
+def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
+    from reconciler.backends.router import routes_for
+
+    asked = []
+
+    class Counting(MemoryBackend):
+        def cannot_hold(self, item):
+            asked.append(item)
+            return None
+
+    fw, ipt = Counting(), named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    loaded = policies(web={HTTP, RULE})
+    with_firewalld = routes_for(fw, ipt, None)
+    reconcile(with_firewalld, store, loaded)
+    reconcile(with_firewalld, store, loaded)  # same parsed policy, same backends: not asked again
+    assert sorted(asked, key=repr) == sorted([HTTP, RULE], key=repr)
+    report = reconcile(routes_for(None, ipt, None), store, loaded)  # firewalld went away
+    assert [str(e) for e in report.invalid["web"]] == ["web.toml: zone.public: needs firewalld (backend in charge: iptables)"]
+
+
 def test_switching_backends_moves_owned_items_without_duplicates(tmp_path):
     from reconciler.backends.router import routes_for
 
