@@ -325,14 +325,19 @@ class Reconciler:
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
 
     def _moved(self, state: State) -> list[Item]:
-        """Owned items held by a backend that is no longer in charge of them."""
-        in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
+        """Owned items held by a backend that is no longer in charge of them.
+
+        Items no backend is in charge of now (zones while firewalld is away)
+        have nowhere to go: they keep their place and wait.
+        """
+        in_charge: dict[str, str | None] = {}  # the backend in charge depends only on the container kind
         moved = []
         for item, name in state.placed.items():
             kind = item.container()[0]
             if kind not in in_charge:
-                in_charge[kind] = self.backend.name_for(item)
-            if name != in_charge[kind] and item in state.owned:
+                unrouted = isinstance(self.backend, Router) and self.backend.backend_for(item) is None
+                in_charge[kind] = None if unrouted else self.backend.name_for(item)
+            if in_charge[kind] is not None and name != in_charge[kind] and item in state.owned:
                 moved.append(item)
         return moved
 

@@ -272,6 +272,7 @@ def test_zone_items_wait_while_firewalld_is_away(tmp_path):
     assert report.converged and list(report.invalid) == ["web"]  # "needs firewalld", held at its last good state
     assert ipt.state.items() == {CHAIN, RULE}
     assert store.load().owned_by("web") == {HTTP, CHAIN, RULE}
+    assert store.load().placed[HTTP] == "firewalld"  # not moved: there is nowhere to move it to
     assert reconcile(routes_for(None, ipt, None), store, policies()).converged  # even its file deleted: HTTP waits
     assert store.load().owned_by("web") == {HTTP}
 
