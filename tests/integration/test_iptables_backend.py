@@ -1,10 +1,16 @@
 """The iptables backend against real iptables/ip6tables/ebtables, in our own netns.
 
 This backend is for hosts without firewalld, so these tests need no firewalld
-sandbox: one network namespace for the module (tables reset before each test)
-and, for the traffic test, a second one joined by a veth pair.  Nothing runs
-in the host's own namespace.  Without root or the tools they skip, except with
-CI=true, where that is a failure.
+sandbox: one network namespace per iptables variant (tables reset before each
+test) and, for the traffic test, a second one joined by a veth pair.  Nothing
+runs in the host's own namespace.  Without root or the tools they skip, except
+with CI=true, where that is a failure.
+
+Every test runs with both variants of iptables/ip6tables a host's alternatives
+may pick, ``nft`` (nf_tables) and ``legacy`` (x_tables): links first on PATH
+make the plain names the variant's.  ebtables stays as the system has it
+(kernels built for nf_tables often lack the legacy ebtables tables), so the
+``eb`` family runs with the nft variant only.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from collections.abc import Iterator
 
 import pytest
 from fwsandbox import CONNECT_SCRIPT, LISTENER_SCRIPT
-from prereq import require_tools
+from prereq import require_tools, skip_or_fail
 
 from reconciler.backends.base import Outcome
 from reconciler.backends.iptables import IptablesBackend
+from reconciler.backends.process import which
 from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import DirectChain, DirectRule
 from reconciler.planner import Op, plan_all
@@ -30,6 +37,9 @@ TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables
 SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save", "eb": "ebtables-save"}
 CMD = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
 FAMILIES = ("ipv4", "ipv6", "eb")
+VARIANTS = ("nft", "legacy")
+VARIANT_NAMES = {"nft": "nf_tables", "legacy": "legacy"}  # as `iptables -V` prints them
+VARIANT_TOOLS = tuple(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables") for suffix in ("", "-save", "-restore"))
 
 # Per family: two ordinary rule args, one the tool refuses while parsing.
 ARGS = {
@@ -42,6 +52,35 @@ BAD_ARGS = {
     "ipv6": ("-p", "tcp", "--dport", "99999", "-j", "ACCEPT"),
     "eb": ("-p", "NOPROTO", "-j", "ACCEPT"),
 }
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test once per variant (module scope: one netns each); tests marked
+    ``families(...)`` once per family too, ``eb`` with the nft variant only."""
+    if "variant" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("families")
+    if marker is None:
+        metafunc.parametrize("variant", VARIANTS, indirect=True, scope="module")
+        return
+    combos = [(variant, family) for variant in VARIANTS for family in marker.args if variant == "nft" or family != "eb"]
+    metafunc.parametrize(("variant", "family"), combos, indirect=["variant"], scope="module")
+
+
+@pytest.fixture(scope="module")
+def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The plain iptables/ip6tables names on PATH point at this variant's tools."""
+    name: str = request.param
+    multi = which(f"xtables-{name}-multi")
+    if multi is None:
+        skip_or_fail(f"iptables backend tests ({name} variant) need xtables-{name}-multi")
+    links = tmp_path_factory.mktemp(f"iptables-{name}")
+    for tool in VARIANT_TOOLS:
+        (links / tool).symlink_to(multi)  # the multi binary picks its tool by the name it was run as
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{links}{os.pathsep}{os.environ.get('PATH', '')}")
+        assert which("iptables-restore") == str(links / "iptables-restore")  # as the backend resolves it
+        yield name
 
 
 @pytest.fixture(autouse=True)
@@ -75,11 +114,15 @@ def _create_netns(name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def netns() -> Iterator[str]:
+def netns(variant: str) -> Iterator[str]:
     require_tools("iptables backend tests", TOOLS)
-    name = f"fwrecon-ipt{os.getpid()}"
+    name = f"fwrecon-ipt{variant[0]}{os.getpid()}"
     _create_netns(name)
     try:
+        probe = sh(name, "iptables", "-t", "filter", "-S", check=False)
+        if probe.returncode != 0:
+            skip_or_fail(f"iptables backend tests ({variant} variant): this kernel has no such tables: {probe.stderr.strip()}")
+        assert f"({VARIANT_NAMES[variant]})" in sh(name, "iptables", "-V").stdout
         yield name
     finally:
         _delete_netns(name)
@@ -130,7 +173,7 @@ def items_for(family: str) -> tuple[DirectChain, DirectRule, DirectRule, DirectR
 # -- apply, observe, idempotence, removal ---------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.families(*FAMILIES)
 def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend, ns: str, family: str):
     items = items_for(family)
     backend.remember(items)
@@ -150,7 +193,7 @@ def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend,
     assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.families(*FAMILIES)
 def test_remove_takes_out_exactly_what_was_added(backend: IptablesBackend, ns: str, family: str):
     baseline = table_lines(ns, family)
     chain, rule_a, rule_b, jump = items = items_for(family)
@@ -185,7 +228,7 @@ def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
 # -- order ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ("ipv4", "eb"))
+@pytest.mark.families("ipv4", "eb")
 def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: IptablesBackend, ns: str, family: str):
     def rule(priority: int, n: int) -> DirectRule:
         if family == "eb":
@@ -211,7 +254,7 @@ def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: 
 # -- foreign rules ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ("ipv4", "eb"))
+@pytest.mark.families("ipv4", "eb")
 def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, _ = items_for(family)
     backend.remember([chain, rule_a, rule_b])
@@ -261,7 +304,7 @@ def test_chain_jumped_to_by_a_foreign_rule_is_not_removed(backend: IptablesBacke
 # -- atomicity ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.families(*FAMILIES)
 def test_batch_with_one_bad_rule_changes_nothing(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, jump = items_for(family)
     run(backend.execute(Op("add", DirectChain(family, "filter", "KEEP"))))
@@ -278,7 +321,7 @@ def test_batch_with_one_bad_rule_changes_nothing(backend: IptablesBackend, ns: s
     assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.families(*FAMILIES)
 def test_jump_to_missing_chain_fails_at_commit_and_names_the_rule(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, _, _ = items_for(family)
     baseline = table_lines(ns, family)
@@ -355,7 +398,7 @@ def test_an_old_observe_is_not_trusted(backend: IptablesBackend, ns: str, monkey
 # -- migration: untagged copies (firewalld's direct interface adds no comments) -----------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.families(*FAMILIES)
 def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, _ = items_for(family)
     sh(ns, CMD[family], "-N", "FWR_IN")
