@@ -72,6 +72,9 @@ from .process import ToolRunner, which
 
 log = structlog.get_logger(__name__)
 
+# What the nf_tables variant's *-save prints on stderr when the legacy variant has tables too.
+LEGACY_TABLES_PRESENT = "-legacy tables present"
+
 COMMANDS = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
 PROBE_PREFIX = "FWRECON-PROBE-"
 _PROBE_CHAIN = re.compile(re.escape(PROBE_PREFIX) + r"(\d+)")
@@ -546,6 +549,7 @@ class IptablesBackend(BatchBackend):
         self._canon_failed: dict[DirectRule, frozenset[str]] = {}  # -> the chains when it failed
         self.knowledge = 0  # grows when `remember` learns a new item (older reads may miss it)
         self._observed: dict[tuple[str, str], TableRead] = {}  # observe's last read, for the next batch
+        self._legacy_reported: set[str] = set()  # families whose legacy tables were reported
 
     # -- what the engine tells us --------------------------------------------------
 
@@ -603,6 +607,8 @@ class IptablesBackend(BatchBackend):
 
     async def _save(self, family: str, table: str) -> TableSave:
         rc, out, err = await self._run([self._tool(family, "-save"), "-t", table])
+        if LEGACY_TABLES_PRESENT in err:
+            self._report_legacy_tables(family)
         if rc != 0:
             if "does not exist" in err:
                 return TableSave(table, exists=False)
@@ -614,6 +620,18 @@ class IptablesBackend(BatchBackend):
                 "INCOMPATIBLE_TABLE",
             )
         return save
+
+    def _report_legacy_tables(self, family: str) -> None:
+        """Once per family: the host also has legacy (x_tables) rules, which fwrecon
+        neither sees nor manages, yet every packet passes them too (a Docker
+        installed with iptables-legacy, say): the usual cause of "my ACCEPT does
+        nothing"."""
+        if family in self._legacy_reported:
+            return
+        self._legacy_reported.add(family)
+        tool = f"{COMMANDS[family]}-legacy-save"
+        log.warning("iptables_legacy_tables_present", family=family,
+                    detail=f"this host also has legacy tables; packets pass them as well as fwrecon's rules; see {tool}")
 
     async def _restore(self, family: str, script: str) -> tuple[int, str]:
         argv = [self._tool(family, "-restore")]

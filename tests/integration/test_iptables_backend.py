@@ -55,15 +55,18 @@ BAD_ARGS = {
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Each test once per variant (module scope: one netns each); tests marked
-    ``families(...)`` once per family too, ``eb`` with the nft variant only."""
+    """Each test once per variant (module scope: one netns each), or per variant
+    marked ``variants(...)``; tests marked ``families(...)`` once per family
+    too, ``eb`` with the nft variant only."""
     if "variant" not in metafunc.fixturenames:
         return
+    only = metafunc.definition.get_closest_marker("variants")
+    variants = [v for v in VARIANTS if only is None or v in only.args]
     marker = metafunc.definition.get_closest_marker("families")
     if marker is None:
-        metafunc.parametrize("variant", VARIANTS, indirect=True, scope="module")
+        metafunc.parametrize("variant", variants, indirect=True, scope="module")
         return
-    combos = [(variant, family) for variant in VARIANTS for family in marker.args if variant == "nft" or family != "eb"]
+    combos = [(variant, family) for variant in variants for family in marker.args if variant == "nft" or family != "eb"]
     metafunc.parametrize(("variant", "family"), combos, indirect=["variant"], scope="module")
 
 
@@ -418,6 +421,41 @@ def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: s
     assert len(remaining) == 1 and rule_a.tag() not in remaining[0]  # only rule_b, foreign, is left
     assert run(backend.observe({("direct", family, "filter")})).items() == {chain}
     assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger: keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
+        return lambda event, **fields: self.events.append((level, event, fields))
+
+
+@pytest.mark.variants("nft")
+def test_legacy_tables_beside_ours_are_reported_once_per_family(variant: str, netns: str, monkeypatch):
+    """The nf_tables tools see only their own tables; legacy rules (a Docker on
+    iptables-legacy, say) still filter every packet, so the operator is told."""
+    from reconciler.backends import iptables as module
+
+    recorder = LogRecorder()
+    monkeypatch.setattr(module, "log", recorder)
+    mixed = f"{netns}-m"
+    _create_netns(mixed)
+    try:
+        backend = IptablesBackend(mixed)
+        run(backend.observe({("direct", "ipv4", "filter")}))
+        assert [e for _, e, _ in recorder.events if e == "iptables_legacy_tables_present"] == []
+        sh(mixed, "iptables-legacy", "-A", "INPUT", "-s", "192.0.2.1", "-j", "DROP")
+        sh(mixed, "ip6tables-legacy", "-A", "INPUT", "-s", "2001:db8::1", "-j", "DROP")
+        for _ in range(2):
+            run(backend.observe({("direct", "ipv4", "filter"), ("direct", "ipv6", "filter")}))
+        reported = sorted((fields["family"], level, fields["detail"].rsplit(" ", 1)[-1])
+                          for level, e, fields in recorder.events if e == "iptables_legacy_tables_present")
+        assert reported == [("ipv4", "warning", "iptables-legacy-save"), ("ipv6", "warning", "ip6tables-legacy-save")]
+    finally:
+        _delete_netns(mixed)
 
 
 def test_unknown_netns_is_unavailable():
