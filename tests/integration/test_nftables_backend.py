@@ -21,7 +21,8 @@ from prereq import require_tools
 from reconciler.backends.process import search_path
 
 from reconciler.backends.base import BackendEvent, Outcome
-from reconciler.backends.nftables import IN_USE_CODE, NftablesBackend, rule_statement
+from reconciler.backends.nft_text import IN_USE_CODE, rule_statement
+from reconciler.backends.nftables import NftablesBackend
 from reconciler.errors import OperationFailed
 from reconciler.model import NftChain, NftRule
 from reconciler.planner import Op

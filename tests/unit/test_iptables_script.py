@@ -10,9 +10,9 @@ import asyncio
 import pytest
 
 from reconciler.backends.base import Outcome
-from reconciler.backends.iptables import (
+from reconciler.backends.iptables import IptablesBackend
+from reconciler.backends.iptables_text import (
     Entry,
-    IptablesBackend,
     TableModel,
     TableSave,
     build_model,
@@ -501,7 +501,8 @@ def test_only_scratch_chains_of_dead_processes_count_as_stale():
     import os
     import subprocess
 
-    from reconciler.backends.iptables import _probe_of_dead_process, is_probe_chain
+    from reconciler.backends.iptables import _probe_of_dead_process
+    from reconciler.backends.iptables_text import is_probe_chain
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -14,15 +14,14 @@ import time
 import pytest
 
 from reconciler.backends.base import BackendEvent, Outcome
-from reconciler.backends.nftables import (
+from reconciler.backends.nftables import NftablesBackend, _Result
+from reconciler.backends.nft_text import (
     CONFLICT_CODE,
     ERROR_CODE,
     IN_USE_CODE,
     INVALID_CODE,
-    NftablesBackend,
     RuleEntry,
     TableListing,
-    _Result,
     build_script,
     canonical_chain,
     chain_statement,

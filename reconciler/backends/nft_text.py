@@ -1,0 +1,513 @@
+"""The text side of nftables: pure functions, no processes.
+
+Canonical forms, reading ``nft -j list table``, building the one ``nft -f``
+script of a batch, and reading nft's errors and ``nft monitor`` lines.
+`nftables.NftablesBackend` runs nft.
+
+Identity and ownership
+    A chain is identified by (family, name) and its spec (type, hook, priority,
+    policy), compared in canonical form (`canonical_chain`: a base chain's
+    missing policy is ``accept``; a regular chain has no type/priority/policy).
+    A rule carries the comment ``fwrecon:<16 hex>`` (`Item.tag`).  A tag is a
+    hash, so the backend learns tag → item through `remember`; rules whose tag
+    is unknown, and untagged (foreign) rules, are not reported and never
+    touched.  Because the comment holds the tag, a rule text may not carry a
+    comment of its own (nft allows one per rule): such a rule is refused with
+    `OperationFailed` (code ``NFT_INVALID``) before anything runs, and by
+    `check`; so are rule texts with an unquoted ``;`` or ``#`` or a newline
+    (they would smuggle a second command into the script, or swallow the tag).
+
+Batches
+    Every op has the same `batch_key`: a transaction's nft ops become one
+    ``nft -f -`` script, which the kernel commits all or nothing.  It is built
+    on observe's listing of each family involved when that was made moments
+    before (`base.OBSERVED_MAX_AGE`, used once), else on a fresh listing; a
+    script nft refuses after being built on observe's listing is built again
+    on a fresh one (the handles may have changed meanwhile) before the
+    refusal counts.  Adding what is there and removing what is gone are
+    `Outcome.UNCHANGED` and emit nothing, so no duplicates arise.  A chain is
+    deleted only if no rule would remain in it (nft would silently delete
+    foreign rules along with it); the exception is a chain being *redefined*
+    in the same batch (removed and added again under the same name, which is
+    how a changed hook or priority is planned): a policy-only change becomes
+    an in-place ``add chain`` and a type/hook/priority change deletes and
+    recreates the chain and re-adds fwrecon's own rules in it, in order
+    (refused if foreign rules are in it).  A family's table is deleted in the same transaction
+    when the batch leaves it with no chains and nothing else in it.  If nft
+    refuses the script, its ``/dev/stdin:LINE:...: Error: ...`` is mapped back
+    to the op that produced that line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from ..errors import BackendUnavailable, OperationFailed
+from ..model import NFT_TABLE, Item, NftChain, NftRule
+from ..planner import Op
+from .base import Outcome
+
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+ERROR_CODE = "NFT_ERROR"  # nft refused the script
+INVALID_CODE = "NFT_INVALID"  # refused before running nft (bad name or rule text)
+CONFLICT_CODE = "NFT_CHAIN_CONFLICT"  # a chain of that name exists with another hook/priority
+IN_USE_CODE = "NFT_CHAIN_IN_USE"  # deleting the chain would delete rules that stay
+
+TAG_RE = re.compile(r"fwrecon:[0-9a-f]{16}")
+# nft 1.0.6 scanner: string = ({letter}|[_.])({letter}|{digit}|[/\-_\.])*; names are < 256 bytes.
+NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.\-]{0,254}")
+WORD_RE = re.compile(r"[a-z]+")
+ERROR_LINE_RE = re.compile(r"^(?P<file>\S+?):(?P<line>\d+):(?P<cols>\d+(?:-\d+)?): Error: (?P<text>.*)$")
+GENERATION_RE = re.compile(r"^# new generation (?P<gen>\d+) by process (?P<pid>\d+)")
+
+# Named chain priorities (nft(8), "CHAIN PRIORITIES"): family -> name -> value.
+_STANDARD_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+NAMED_PRIORITIES: dict[str, dict[str, int]] = {
+    "ip": _STANDARD_PRIORITIES,
+    "ip6": _STANDARD_PRIORITIES,
+    "inet": _STANDARD_PRIORITIES,
+    "arp": {"filter": 0},
+    "netdev": {"filter": 0},
+    "bridge": {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300},
+}
+_PRIORITY_RE = re.compile(r"\s*(?P<name>[a-z]+)\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+))?\s*")
+
+
+# -- canonical forms ---------------------------------------------------------------
+
+
+def parse_priority(family: str, value: int | str) -> int:
+    """A chain priority as a number: ``-100``, ``"dstnat"``, ``"filter + 10"`` → int.
+
+    Raises ValueError for a name the family does not know.
+    """
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    with contextlib.suppress(ValueError):
+        return int(text)
+    match = _PRIORITY_RE.fullmatch(text)
+    names = NAMED_PRIORITIES.get(family, {})
+    if not match or match["name"] not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise ValueError(f"unknown {family} chain priority {value!r} (named priorities: {known})")
+    offset = int(match["offset"] or 0)
+    return names[match["name"]] + (-offset if match["sign"] == "-" else offset)
+
+
+def canonical_chain(chain: NftChain) -> NftChain:
+    """The form the kernel reports: regular chains carry no spec; base chains a policy."""
+    if not chain.hook:
+        return NftChain(chain.family, chain.chain)
+    return replace(chain, policy=chain.policy or "accept")
+
+
+def rule_problem(rule: str) -> str | None:
+    """Why ``rule`` cannot be one fwrecon-tagged nft rule, or None.
+
+    Outside double quotes (nft strings have no escapes) a rule may not contain
+    ``;`` (a second command), ``#`` (a comment swallowing the tag) or the
+    ``comment`` keyword (nft allows one comment, and fwrecon's tag needs it).
+    """
+    if not rule.strip():
+        return "empty rule"
+    if "\n" in rule or "\r" in rule:
+        return "rule text contains a line break"
+    pieces = rule.split('"')  # nft strings have no escapes: odd pieces are quoted
+    if len(pieces) % 2 == 0:
+        return "rule text has an unterminated string"
+    bare = " ".join(pieces[::2])
+    if ";" in bare:
+        return "rule text contains ';' (one rule per item)"
+    if "#" in bare:
+        return "rule text contains '#' (it would turn fwrecon's ownership tag into a comment)"
+    if "comment" in bare.split():
+        return 'rule has its own comment; fwrecon needs the comment for its ownership tag "fwrecon:<hash>"'
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def item_problem(item: Item) -> str | None:
+    """Why ``item`` cannot go into an nft script as is (bad family, name, words, rule text)."""
+    if not isinstance(item, (NftChain, NftRule)):
+        return f"the nftables backend cannot hold {item.describe()}"
+    if item.family not in FAMILIES:
+        return f"unknown nftables family {item.family!r} (one of {', '.join(FAMILIES)})"
+    if not NAME_RE.fullmatch(item.chain):
+        return f"invalid nft chain name {item.chain!r}"
+    if isinstance(item, NftChain):
+        if item.hook:
+            for what, word in (("type", item.type), ("hook", item.hook)):
+                if not WORD_RE.fullmatch(word):
+                    return f"invalid chain {what} {word!r}"
+            if item.policy not in ("", "accept", "drop"):
+                return f"invalid chain policy {item.policy!r} (accept or drop)"
+        return None
+    return rule_problem(item.rule)
+
+
+# -- reading `nft -j list table` ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One rule as listed: its chain, handle and comment (None if it has none)."""
+
+    chain: str
+    handle: int
+    comment: str | None
+
+    @property
+    def tag(self) -> str | None:
+        return self.comment if self.comment is not None and TAG_RE.fullmatch(self.comment) else None
+
+
+@dataclass
+class TableListing:
+    """fwrecon's table in one family as ``nft -j list table`` shows it."""
+
+    family: str
+    exists: bool = False
+    chains: dict[str, NftChain] = field(default_factory=dict)  # canonical, in listing order
+    rules: list[RuleEntry] = field(default_factory=list)  # in listing (= chain) order
+    others: list[str] = field(default_factory=list)  # sets, maps, ... ("set foo")
+
+    def handles(self, family: str, chain: str, tag: str) -> list[int]:
+        return [r.handle for r in self.rules if r.chain == chain and r.tag == tag] if family == self.family else []
+
+
+def parse_listing(family: str, text: str) -> TableListing:
+    """Parse ``nft -j list table <family> fwrecon`` (empty text: no table)."""
+    listing = TableListing(family)
+    if not text.strip():
+        return listing
+    try:
+        objects = json.loads(text)["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendUnavailable(f"cannot parse nft -j output for {family} {NFT_TABLE}: {exc}") from exc
+    for obj in objects:
+        if not isinstance(obj, dict) or len(obj) != 1:
+            continue
+        ((kind, body),) = obj.items()
+        if kind == "metainfo" or not isinstance(body, dict):
+            continue
+        if body.get("family", family) != family:
+            continue
+        if kind == "table":
+            if body.get("name") == NFT_TABLE:
+                listing.exists = True
+            continue
+        if body.get("table") != NFT_TABLE:
+            continue
+        if kind == "chain":
+            name = str(body["name"])
+            if "hook" in body:
+                chain = NftChain(
+                    family,
+                    name,
+                    str(body.get("type", "")),
+                    str(body["hook"]),
+                    parse_priority(family, body.get("prio", 0)),
+                    str(body.get("policy", "")),
+                )
+            else:
+                chain = NftChain(family, name)
+            listing.chains[name] = canonical_chain(chain)
+        elif kind == "rule":
+            comment = body.get("comment")
+            listing.rules.append(RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment)))
+        else:
+            listing.others.append(f"{kind} {body.get('name', '?')}")
+    return listing
+
+
+# -- building the script ------------------------------------------------------------
+
+
+def chain_statement(chain: NftChain, table: str = NFT_TABLE) -> str:
+    """``add chain`` for ``chain`` (with its spec when it is a base chain)."""
+    chain = canonical_chain(chain)
+    head = f"add chain {chain.family} {table} {chain.chain}"
+    if not chain.hook:
+        return head
+    return f"{head} {{ type {chain.type} hook {chain.hook} priority {chain.priority}; policy {chain.policy}; }}"
+
+
+def rule_statement(rule: NftRule, table: str = NFT_TABLE) -> str:
+    """``add rule`` for ``rule``, labelled with its ownership tag."""
+    return f'add rule {rule.family} {table} {rule.chain} {rule.rule} comment "{rule.tag()}"'
+
+
+@dataclass
+class Script:
+    """An nft script plus, per line, the op it came from (None: housekeeping)."""
+
+    lines: list[str] = field(default_factory=list)
+    ops: list[Op | None] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    def op_at(self, line_number: int) -> Op | None:
+        """The op behind 1-based ``line_number`` of the script."""
+        if 1 <= line_number <= len(self.ops):
+            return self.ops[line_number - 1]
+        return None
+
+
+@dataclass
+class _FamilyState:
+    """One family's table while a batch is being planned on top of its listing."""
+
+    listing: TableListing
+    chains: dict[str, NftChain]
+    # Indexed by (chain, tag) so that a batch of N rules costs O(N), not O(N^2).
+    live: dict[tuple[str, str | None], list[RuleEntry]]  # listed rules not yet deleted by the batch
+    added: dict[tuple[str, str], None] = field(default_factory=dict)  # (chain, tag) added by the batch, in order
+    statements: list[tuple[str, Op | None]] = field(default_factory=list)
+    readd: dict[str, list[NftRule]] = field(default_factory=dict)  # chain -> our rules to re-add
+
+
+def _index(rules: Sequence[RuleEntry]) -> dict[tuple[str, str | None], list[RuleEntry]]:
+    index: dict[tuple[str, str | None], list[RuleEntry]] = {}
+    for rule in rules:
+        index.setdefault((rule.chain, rule.tag), []).append(rule)
+    return index
+
+
+def validate(ops: Sequence[Op]) -> None:
+    """Raise OperationFailed (code NFT_INVALID) for the first op nft must not see."""
+    for op in ops:
+        problem = item_problem(op.item)
+        if problem:
+            raise OperationFailed(f"nft: {op.item.describe()}: {problem}", INVALID_CODE, op)
+
+
+def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: dict[str, NftRule] | None = None) -> Script:
+    """The nft script applying ``ops`` on top of ``listings``; pure (no I/O).
+
+    Raises OperationFailed (with the culprit op) for what must not run:
+    invalid items, a chain that exists with another hook or priority, a chain
+    that still holds rules.  ``known`` maps tags to rules (to re-add fwrecon's
+    own rules when a chain is redefined).
+    """
+    known = known or {}
+    validate(ops)
+    states = {
+        family: _FamilyState(listing, dict(listing.chains), _index(listing.rules))
+        for family, listing in listings.items()
+    }
+    outcomes: list[Outcome] = []
+    for index, op in enumerate(ops):
+        item = op.item
+        state = states.get(item.family)  # type: ignore[attr-defined]
+        if state is None:
+            raise OperationFailed(f"nft: {item.family} {NFT_TABLE} was not listed", ERROR_CODE, op)  # type: ignore[attr-defined]
+        if isinstance(item, NftChain):
+            outcome = _plan_chain(op, item, state, ops[index + 1 :], known)
+        else:
+            assert isinstance(item, NftRule)
+            outcome = _plan_rule(op, item, state)
+        outcomes.append(outcome)
+    script = Script(outcomes=outcomes)
+    for family in sorted(states, key=FAMILIES.index):
+        state = states[family]
+        if not state.statements:
+            continue
+        if any(text.startswith("add ") for text, _ in state.statements):
+            script.lines.append(f"add table {family} {NFT_TABLE}")
+            script.ops.append(None)
+        for text, op in state.statements:
+            script.lines.append(text)
+            script.ops.append(op)
+        if not state.chains and not state.listing.others and not state.live and not state.added:
+            script.lines.append(f"delete table {family} {NFT_TABLE}")
+            script.ops.append(None)
+    return script
+
+
+def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op], known: dict[str, NftRule]) -> Outcome:
+    canon = canonical_chain(chain)
+    current = state.chains.get(chain.chain)
+    if op.action == "add":
+        if current == canon:
+            return Outcome.UNCHANGED
+        if current is not None and replace(current, policy=canon.policy) != canon:
+            raise OperationFailed(
+                f"nft: {chain.describe()}: a chain {chain.chain!r} exists as {current.describe()}; "
+                "nftables cannot change a chain's type, hook or priority in place (remove it first)",
+                CONFLICT_CODE,
+                op,
+            )
+        state.statements.append((chain_statement(canon), op))  # creates it, or sets the policy in place
+        state.chains[chain.chain] = canon
+        for rule in state.readd.pop(chain.chain, []):
+            state.statements.append((rule_statement(rule), op))
+            state.added[(rule.chain, rule.tag())] = None
+        return Outcome.APPLIED
+    if current != canon:
+        return Outcome.UNCHANGED  # gone, or it is some other chain now
+    successor = next(
+        (o.item for o in later if o.action == "add" and isinstance(o.item, NftChain)
+         and (o.item.family, o.item.chain) == (chain.family, chain.chain)),
+        None,
+    )
+    if successor is not None and replace(current, policy=canonical_chain(successor).policy) == canonical_chain(successor):
+        del state.chains[chain.chain]  # only the policy changes: the later add does it in place
+        return Outcome.APPLIED
+    left = [r for rules in state.live.values() for r in rules if r.chain == chain.chain]
+    pending = [tag for c, tag in state.added if c == chain.chain]
+    if pending or (left and successor is None):
+        raise OperationFailed(
+            f"nft: {chain.describe()}: the chain still holds {len(left) + len(pending)} rule(s); "
+            "deleting it would delete them too",
+            IN_USE_CODE,
+            op,
+        )
+    if left:  # redefined: keep fwrecon's own rules, refuse to drop anyone else's
+        ours = {
+            r.tag: known[r.tag] for r in left
+            if r.tag in known and (known[r.tag].family, known[r.tag].chain) == (chain.family, chain.chain)
+        }
+        foreign = [r for r in left if r.tag not in ours]
+        if foreign:
+            raise OperationFailed(
+                f"nft: {chain.describe()}: cannot redefine the chain: it holds {len(foreign)} rule(s) "
+                "fwrecon does not own, which deleting it would delete",
+                IN_USE_CODE,
+                op,
+            )
+        for entry in left:
+            state.statements.append((f"delete rule {chain.family} {NFT_TABLE} {chain.chain} handle {entry.handle}", op))
+        state.live = {key: rules for key, rules in state.live.items() if key[0] != chain.chain}
+        state.readd[chain.chain] = list(dict.fromkeys(ours[r.tag] for r in left))  # type: ignore[index]
+    state.statements.append((f"delete chain {chain.family} {NFT_TABLE} {chain.chain}", op))
+    del state.chains[chain.chain]
+    return Outcome.APPLIED
+
+
+def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
+    tag = rule.tag()
+    readd = state.readd.get(rule.chain, [])
+    if op.action == "add":
+        if (rule.chain, tag) in state.added or (rule.chain, tag) in state.live:
+            return Outcome.UNCHANGED
+        if rule in readd:
+            return Outcome.UNCHANGED  # its chain is being redefined and it goes back in with it
+        state.statements.append((rule_statement(rule), op))
+        state.added[(rule.chain, tag)] = None
+        return Outcome.APPLIED
+    if (rule.chain, tag) in state.added:  # added earlier in this very batch: drop that statement
+        del state.added[(rule.chain, tag)]
+        text = rule_statement(rule)
+        position = max(i for i, (line, _) in enumerate(state.statements) if line == text)
+        del state.statements[position]
+        return Outcome.APPLIED
+    if rule in readd:  # taken out with its redefined chain: just do not put it back
+        readd.remove(rule)
+        return Outcome.APPLIED
+    handles = [r.handle for r in state.live.get((rule.chain, tag), [])]
+    if not handles:
+        return Outcome.UNCHANGED
+    for handle in handles:  # a copied rule (same tag twice) goes too
+        state.statements.append((f"delete rule {rule.family} {NFT_TABLE} {rule.chain} handle {handle}", op))
+    del state.live[(rule.chain, tag)]
+    return Outcome.APPLIED
+
+
+# -- nft's error output ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NftError:
+    line: int | None  # 1-based line of the script, when nft said
+    text: str  # "Could not process rule: No such file or directory"
+    statement: str = ""  # the offending line, as nft echoed it
+
+
+def parse_errors(stderr: str) -> list[NftError]:
+    """The errors in nft's stderr: ``/dev/stdin:3:1-30: Error: ...`` + the echoed line."""
+    lines = stderr.splitlines()
+    errors: list[NftError] = []
+    for index, line in enumerate(lines):
+        match = ERROR_LINE_RE.match(line)
+        if match:
+            statement = lines[index + 1].strip() if index + 1 < len(lines) else ""
+            errors.append(NftError(int(match["line"]), match["text"].strip(), statement))
+        elif line.startswith("Error: ") or ": Error: " in line:
+            text = line.split("Error: ", 1)[1].strip()
+            statement = lines[index + 1].strip() if index + 1 < len(lines) and not lines[index + 1].lstrip().startswith("^") else ""
+            errors.append(NftError(None, text, statement))
+    return errors
+
+
+def failure_for(script: Script, stderr: str, returncode: int) -> OperationFailed:
+    """The OperationFailed for a refused script, naming the op of the first located error."""
+    errors = parse_errors(stderr)
+    if not errors:
+        detail = stderr.strip() or f"exit status {returncode}"
+        distinct = {id(op): op for op in script.ops if op is not None}
+        culprit = next(iter(distinct.values())) if len(distinct) == 1 else None
+        return OperationFailed(f"nft: {detail}", ERROR_CODE, culprit)
+    located = [e for e in errors if e.line is not None and script.op_at(e.line) is not None]
+    first = located[0] if located else errors[0]
+    culprit = script.op_at(first.line) if first.line is not None else None
+    statement = script.lines[first.line - 1] if first.line is not None and 1 <= first.line <= len(script.lines) else first.statement
+    message = f"nft: {first.text}"
+    if statement:
+        message += f" (in: {statement})"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error(s))"
+    return OperationFailed(message, ERROR_CODE, culprit)
+
+
+# -- monitor lines ----------------------------------------------------------------------
+
+
+_DRIFT_VERBS = frozenset({"delete", "destroy", "flush", "replace"})
+
+
+def monitor_line_table(line: str) -> tuple[str, str, str, str] | None:
+    """(verb, object, family, table) of a ``nft monitor`` event line, or None."""
+    tokens = line.split()
+    if len(tokens) < 2 or tokens[0].startswith("#"):
+        return None
+    verb = tokens[0]
+    if verb == "flush" and tokens[1] == "ruleset":
+        return (verb, "ruleset", "", "")
+    for position in range(1, min(len(tokens), 4)):
+        if tokens[position] in FAMILIES and position + 1 < len(tokens):
+            return (verb, " ".join(tokens[1:position]), tokens[position], tokens[position + 1])
+    return None
+
+
+def is_drift_line(line: str) -> bool:
+    """Whether a monitor event line may mean something of fwrecon's is gone or changed.
+
+    Deletions and flushes in a ``fwrecon`` table count (``nft flush ruleset``
+    shows up as one deletion per object), and so does an ``add chain`` with a
+    spec there: that is how a base chain's policy is changed in place.
+    """
+    parsed = monitor_line_table(line)
+    if parsed is None:
+        return False
+    verb, obj, _family, table = parsed
+    if obj == "ruleset":
+        return True
+    if table != NFT_TABLE:
+        return False
+    if verb in _DRIFT_VERBS:
+        return True
+    return verb == "add" and obj == "chain" and "{" in line
+
+
+def generation_pid(line: str) -> int | None:
+    """The PID in ``# new generation 13 by process 8980 (nft)``, else None."""
+    match = GENERATION_RE.match(line.strip())
+    return int(match["pid"]) if match else None
