@@ -421,6 +421,30 @@ def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
     return Outcome.APPLIED
 
 
+def check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Item | None]]:
+    """An ``nft -c`` script adding ``items`` into ``table``, and each line's item."""
+    lines: list[str] = []
+    owners: list[Item | None] = []
+    families = sorted({i.family for i in items}, key=FAMILIES.index)  # type: ignore[attr-defined]
+    declared = {(i.family, i.chain) for i in items if isinstance(i, NftChain)}
+    for family in families:
+        lines.append(f"add table {family} {table}")
+        owners.append(None)
+        for item in items:
+            if isinstance(item, NftChain) and item.family == family:
+                lines.append(chain_statement(item, table))
+                owners.append(item)
+        placeholders = sorted({i.chain for i in items if isinstance(i, NftRule) and i.family == family and (family, i.chain) not in declared})
+        for chain in placeholders:
+            lines.append(f"add chain {family} {table} {chain}")
+            owners.append(None)
+        for item in items:
+            if isinstance(item, NftRule) and item.family == family:
+                lines.append(rule_statement(item, table))
+                owners.append(item)
+    return lines, owners
+
+
 # -- nft's error output ---------------------------------------------------------------
 
 

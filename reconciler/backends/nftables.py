@@ -41,14 +41,13 @@ from .nft_text import (
     TableListing,
     build_script,
     canonical_chain,
-    chain_statement,
+    check_script,
     failure_for,
     generation_pid,
     is_drift_line,
     item_problem,
     parse_errors,
     parse_listing,
-    rule_statement,
     validate,
 )
 from .process import ToolRunner, kill, which
@@ -251,7 +250,7 @@ class NftablesBackend(BatchBackend):
         remaining = [i for i in items if i not in errors]
         table = f"{NFT_TABLE}_check_{os.getpid()}"
         while remaining:
-            lines, owners = _check_script(remaining, table)
+            lines, owners = check_script(remaining, table)
             result = await self._run("-c", "-f", "-", input="".join(line + "\n" for line in lines))
             if result.returncode == 0:
                 break
@@ -398,27 +397,3 @@ class NftablesBackend(BatchBackend):
         drift = next((line for line in lines if is_drift_line(line)), None)
         if drift is not None:
             self._notify(drift.strip())
-
-
-def _check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Item | None]]:
-    """An ``nft -c`` script adding ``items`` into ``table``, and each line's item."""
-    lines: list[str] = []
-    owners: list[Item | None] = []
-    families = sorted({i.family for i in items}, key=FAMILIES.index)  # type: ignore[attr-defined]
-    declared = {(i.family, i.chain) for i in items if isinstance(i, NftChain)}
-    for family in families:
-        lines.append(f"add table {family} {table}")
-        owners.append(None)
-        for item in items:
-            if isinstance(item, NftChain) and item.family == family:
-                lines.append(chain_statement(item, table))
-                owners.append(item)
-        placeholders = sorted({i.chain for i in items if isinstance(i, NftRule) and i.family == family and (family, i.chain) not in declared})
-        for chain in placeholders:
-            lines.append(f"add chain {family} {table} {chain}")
-            owners.append(None)
-        for item in items:
-            if isinstance(item, NftRule) and item.family == family:
-                lines.append(rule_statement(item, table))
-                owners.append(item)
-    return lines, owners

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prereq import skip_or_fail
 
 from reconciler.backends.base import KnownNames
 from reconciler.errors import PolicyError
@@ -724,7 +725,7 @@ def test_file_instead_of_directory_is_refused(tmp_path: Path) -> None:
 
 def _need_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("chown to another uid needs root")
+        skip_or_fail("chown to another uid needs root")
 
 
 def test_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
