@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="fwrecon",
-        description="Keep the host firewall (firewalld over D-Bus) equal to a directory of TOML policy files.",
+        description="Keep the host firewall (firewalld over D-Bus, else iptables/ebtables and nftables) equal to a directory of TOML policy files.",
         epilog="Exit codes: check 0 valid / 1 invalid; plan 0 no changes / 2 changes pending / 1 error; apply 0 converged / 1 failed.",
     )
     parser.add_argument("--version", action="version", version=f"fwrecon {__version__}")
