@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 from fwsandbox import CONNECT_SCRIPT, LISTENER_SCRIPT
+from iptables_variants import VARIANTS, link_variant
 from prereq import require_tools, skip_or_fail
 
 from reconciler.backends.base import Outcome
@@ -37,9 +38,7 @@ TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables
 SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save", "eb": "ebtables-save"}
 CMD = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
 FAMILIES = ("ipv4", "ipv6", "eb")
-VARIANTS = ("nft", "legacy")
 VARIANT_NAMES = {"nft": "nf_tables", "legacy": "legacy"}  # as `iptables -V` prints them
-VARIANT_TOOLS = tuple(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables") for suffix in ("", "-save", "-restore"))
 
 # Per family: two ordinary rule args, one the tool refuses while parsing.
 ARGS = {
@@ -74,14 +73,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The plain iptables/ip6tables names on PATH point at this variant's tools."""
     name: str = request.param
-    multi = which(f"xtables-{name}-multi")
-    if multi is None:
-        skip_or_fail(f"iptables backend tests ({name} variant) need xtables-{name}-multi")
     links = tmp_path_factory.mktemp(f"iptables-{name}")
-    for tool in VARIANT_TOOLS:
-        (links / tool).symlink_to(multi)  # the multi binary picks its tool by the name it was run as
+    path = link_variant(links, name)
+    if path is None:
+        skip_or_fail(f"iptables backend tests ({name} variant) need xtables-{name}-multi")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PATH", f"{links}{os.pathsep}{os.environ.get('PATH', '')}")
+        patch.setenv("PATH", path)
         assert which("iptables-restore") == str(links / "iptables-restore")  # as the backend resolves it
         yield name
 

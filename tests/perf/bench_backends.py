@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from iptables_variants import link_variant  # noqa: E402
 
 from reconciler.backends.iptables import IptablesBackend  # noqa: E402
 from reconciler.backends.nftables import NftablesBackend  # noqa: E402
@@ -146,20 +148,13 @@ class ToolClock:
 ToolRunner.run = ToolClock.run  # type: ignore[method-assign]
 
 
-VARIANT_TOOLS = ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore")
-
-
 def use_variant(links: Path, variant: str) -> bool:
     """Point the plain iptables names on PATH at ``variant``; False when it is not installed."""
-    multi = shutil.which(f"xtables-{variant}-multi", path="/usr/sbin:/sbin:/usr/local/sbin")
-    if multi is None:
+    path = link_variant(links, variant)
+    if path is None:
         return False
-    links.mkdir(exist_ok=True)
-    for name in VARIANT_TOOLS:
-        (links / name).unlink(missing_ok=True)
-        (links / name).symlink_to(multi)  # the multi binary picks its tool by argv[0]
     if not os.environ["PATH"].startswith(f"{links}{os.pathsep}"):
-        os.environ["PATH"] = f"{links}{os.pathsep}{os.environ['PATH']}"
+        os.environ["PATH"] = path
     return True
 
 
