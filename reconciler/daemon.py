@@ -353,7 +353,7 @@ class Controller:
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
                 report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
         except BackendUnavailable as exc:
-            return self._record_error(trigger, started, exc, "firewalld_unavailable")
+            return self._record_error(trigger, started, exc, "backend_unavailable")
         except FwreconError as exc:
             return self._record_error(trigger, started, exc, "reconcile_error")
         except Exception as exc:  # a bug must not kill the daemon: log, back off, retry
