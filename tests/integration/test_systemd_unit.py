@@ -13,7 +13,8 @@ must differ from a host:
   ProtectHome= would hide them.
 
 Then: started means converged (Type=notify), the rules are in the kernel,
-`systemctl reload` repairs at once, `systemctl stop` exits cleanly.
+nft monitor repairs a flush at once, `systemctl reload` re-applies at once,
+`systemctl stop` exits cleanly and leaves the rules.
 """
 
 from __future__ import annotations
@@ -233,6 +234,11 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
     rules = in_netns(netns, "iptables", "-S", CHAIN, path=path)
     assert "--dport 9641" in rules and "fwrecon:" in rules, rules
     assert "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon")
+
+    # nft monitor runs inside the sandbox too: a flush by hand is repaired at once.
+    in_netns(netns, "nft", "flush", "table", "inet", "fwrecon")
+    wait_for(lambda: "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon"),
+             "nft rule restored after a flush", service)
 
     # ExecReload (SIGHUP) re-applies at once: iptables has no change events, and the resync is a minute away.
     in_netns(netns, "iptables", "-F", CHAIN, path=path)
