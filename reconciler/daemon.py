@@ -415,9 +415,16 @@ class Controller:
             if Trigger.POLICY in batch:
                 latencies["event_to_converged_ms"] = round((now - batch[Trigger.POLICY]) * 1000, 2)
                 m.event_to_converged.observe(now - batch[Trigger.POLICY])
-            if not self._ready_sent:
-                self.notifier.ready(f"converged: {report.owned_items} owned items")
-                self._ready_sent = True
-        self.notifier.status(f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies")
+        status = (f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies, "
+                  f"{len(report.failed)} failed")
+        if not self._ready_sent:
+            # Ready once a reconcile ran to its end, each policy applied or rolled
+            # back and reported: a policy the firewall refuses (retried with
+            # backoff) must not keep the service from starting, nor hold up the
+            # network that waits for it, nor get it killed by TimeoutStartSec=.
+            self.notifier.ready(status)
+            self._ready_sent = True
+        else:
+            self.notifier.status(status)
         log.info("reconcile", trigger=trigger.value, ops=report.write_ops, duration_ms=round(duration * 1000, 2),
                  result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid), **latencies)

@@ -144,7 +144,7 @@ class Service:
         self.manager.install(UNIT, unit.replace("/opt/fwrecon/bin/fwrecon", str(fwrecon)), "\n".join(lines) + "\n")
 
     def start(self) -> None:
-        """Start and wait for READY=1, which fwrecon sends once it has converged."""
+        """Start and wait for READY=1, which fwrecon sends once its first reconcile ran to its end."""
         try:
             started = self.manager.systemctl("start", UNIT, check=False, timeout=45)
         except subprocess.TimeoutExpired:
@@ -248,6 +248,26 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
     stopped = service.stop()
     assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())
     assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path)  # stopping leaves the rules in force
+
+
+def test_unit_starts_while_a_policy_the_firewall_refuses_is_reported(service: Service, netns: str) -> None:
+    """A refused policy is rolled back, reported and retried; it must not keep the
+    service from becoming ready (systemd would kill it after TimeoutStartSec=, and
+    the network, ordered after it, would wait that long at every boot)."""
+    service.write_policy("web", DIRECT_AND_NFT_POLICY)
+    service.write_policy("broken", """
+        [[direct.rule]]
+        family = "ipv4"
+        table = "filter"
+        chain = "INPUT"
+        args = ["-p", "tcp", "--dport", "99999", "-j", "ACCEPT"]
+    """)
+    service.install(netns, bus_address=f"unix:path={service.manager.base}/no-bus")
+    service.start()
+    assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN)
+    assert "99999" not in in_netns(netns, "iptables", "-S", "INPUT")
+    assert "1 failed" in service.manager.show(UNIT, "StatusText")["StatusText"]
+    assert '"policy_failed"' in service.log.read_text()
 
 
 def test_unit_runs_against_firewalld(service: Service, fw: Sandbox) -> None:
