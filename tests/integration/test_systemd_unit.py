@@ -72,10 +72,22 @@ def _integration_prerequisites() -> None:
         skip_or_fail("the systemd unit tests need systemd itself (/usr/lib/systemd/systemd)")
 
 
+BASE_PREFIX = "/run/fwrecon-unit-"  # below /run: PrivateTmp= hides /tmp from the service, ProtectHome= /root
+
+
+def reap_stale_managers() -> None:
+    """Stop the managers of earlier sessions that died without cleanup (e.g. SIGKILL)."""
+    for base in Path(BASE_PREFIX).parent.glob(Path(BASE_PREFIX).name + "*"):
+        pid = base.name.removeprefix(Path(BASE_PREFIX).name)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            UnitManager(base).kill_leftovers()
+            shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UnitManager]:
-    # Below /run: PrivateTmp= hides /tmp from the service, ProtectHome= /root.
-    base = Path(f"/run/fwrecon-unit-{os.getpid()}")
+    reap_stale_managers()
+    base = Path(f"{BASE_PREFIX}{os.getpid()}")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(mode=0o755)
     manager = UnitManager(base)

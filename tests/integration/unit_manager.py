@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -88,6 +89,17 @@ class UnitManager:
         if self._made_run_systemd:
             RUN_SYSTEMD.rmdir()
             self._made_run_systemd = False
+
+    def kill_leftovers(self) -> None:
+        """Kill what the manager of a session that died left running: it and its
+        services (the session bus, fwrecon) all carry its XDG_RUNTIME_DIR."""
+        marker = f"XDG_RUNTIME_DIR={self.runtime_dir}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass  # gone meanwhile
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["systemctl", "--user", "--no-pager", *args], env=self.env,
