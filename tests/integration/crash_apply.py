@@ -1,6 +1,9 @@
-"""Run one reconcile and SIGKILL ourselves after N writes (used by the tests).
+"""Run one reconcile and SIGKILL ourselves right after N writes (used by the tests).
 
-usage: crash_apply.py BUS_ADDRESS POLICY_DIR STATE_FILE N
+usage: crash_apply.py BACKEND BUS_ADDRESS POLICY_DIR STATE_FILE N
+
+BACKEND is a --backend mode; a write is one D-Bus call or one *-restore /
+nft -f batch.
 """
 
 import asyncio
@@ -11,17 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from faults import FaultyBackend  # noqa: E402
 
-from reconciler.backends.firewalld import FirewalldBackend  # noqa: E402
+from reconciler.backends.select import connect  # noqa: E402
 from reconciler.engine import Reconciler  # noqa: E402
 from reconciler.policy import load_policy_dir  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
 
 
-async def main(bus: str, policy_dir: str, state_file: str, kill_after: int) -> None:
-    backend = FaultyBackend(await FirewalldBackend.connect(bus), kill_after_writes=kill_after)
+async def main(mode: str, bus: str, policy_dir: str, state_file: str, kill_after: int) -> None:
+    _, router = await connect(mode, bus)  # type: ignore[arg-type]
+    backend = FaultyBackend(router, kill_after_writes=kill_after)
     await Reconciler(backend, StateStore(state_file)).reconcile(load_policy_dir(policy_dir))
     raise SystemExit("reconcile finished without reaching the kill point")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))

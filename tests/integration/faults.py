@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Collection
+from collections.abc import Collection, Hashable, Iterable, Sequence
 
 from reconciler.backends.base import Backend, KnownNames, Outcome
 from reconciler.errors import OperationFailed
+from reconciler.model import Item
 from reconciler.planner import Op
 from reconciler.view import FirewallView
 
 
 class FaultyBackend(Backend):
-    """Passes everything to ``inner``; the Nth write fails, or kills the process."""
+    """Passes everything to ``inner``, batches as batches (one write each);
+    the Nth write fails, or the process is killed right after the Nth write."""
 
     def __init__(self, inner: Backend, *, fail_on_write: int | None = None, kill_after_writes: int | None = None) -> None:
         self.inner = inner
@@ -28,13 +30,33 @@ class FaultyBackend(Backend):
     async def known_names(self) -> KnownNames | None:
         return await self.inner.known_names()
 
+    def remember(self, items: Iterable[Item]) -> None:
+        self.inner.remember(items)
+
+    def cannot_hold(self, item: Item) -> str | None:
+        return self.inner.cannot_hold(item)
+
+    def name_for(self, item: Item) -> str:
+        return self.inner.name_for(item)
+
+    def batch_key(self, op: Op) -> Hashable | None:
+        return self.inner.batch_key(op)
+
     async def execute(self, op: Op) -> Outcome:
-        if self.kill_after_writes is not None and self.writes == self.kill_after_writes:
-            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 between two ops
+        (outcome,) = await self._write([op], batch=False)
+        return outcome
+
+    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+        return await self._write(ops, batch=True)
+
+    async def _write(self, ops: Sequence[Op], *, batch: bool) -> list[Outcome]:
         self.writes += 1
         if self.writes == self.fail_on_write:
-            raise OperationFailed(f"injected failure on write {self.writes}", "INJECTED")
-        return await self.inner.execute(op)
+            raise OperationFailed(f"injected failure on write {self.writes}", "INJECTED", ops[0])
+        outcomes = await self.inner.execute_batch(ops) if batch else [await self.inner.execute(ops[0])]
+        if self.writes == self.kill_after_writes:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this write: nothing recorded it yet
+        return outcomes
 
     async def close(self) -> None:
         await self.inner.close()

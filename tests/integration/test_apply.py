@@ -201,7 +201,7 @@ def test_kill_9_between_two_ops_then_apply_converges_without_orphans(fwrecon: Fw
     before = firewalld_snapshot(sb)
     fwrecon.write_policy("web", WEB)
     crash = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("crash_apply.py")), sb.bus_address,
+        [sys.executable, str(Path(__file__).with_name("crash_apply.py")), "firewalld", sb.bus_address,
          str(fwrecon.policy_dir), str(fwrecon.state_file), "4"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )

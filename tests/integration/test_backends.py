@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import Daemon, Fwrecon, wait_until
@@ -150,6 +153,41 @@ def test_iptables_policy_with_a_bad_rule_leaves_nothing(bare: Fwrecon) -> None:
     v4 = save(bare)
     assert not rule_lines(v4, "--dport 9100")
     assert rule_lines(v4, "--dport 9200")
+
+
+def crash_after_writes(fwrecon: Fwrecon, writes: int) -> None:
+    """One reconcile in the namespace, SIGKILLed right after ``writes`` batches."""
+    sb = fwrecon.sandbox
+    crash = subprocess.run(
+        ["ip", "netns", "exec", sb.netns, sys.executable, str(Path(__file__).with_name("crash_apply.py")),
+         fwrecon.backend or "auto", sb.bus_address, str(fwrecon.policy_dir), str(fwrecon.state_file), str(writes)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert crash.returncode == -9, crash.stderr
+    assert json.loads(fwrecon.state_file.read_text())["pending"]["policy"] == "d"  # it died mid-transaction
+
+
+def test_iptables_kill_9_between_two_batches_then_apply_converges(bare: Fwrecon) -> None:
+    bare.backend = "iptables"
+    bare.write_policy("d", DIRECT_POLICY)
+    crash_after_writes(bare, 1)  # the batches: ipv4 (the chain), eb, ipv4 (the rule), ipv6
+    v4 = save(bare)
+    assert ":FWRECON_IN - [0:0]" in v4 and not rule_lines(v4, "--dport 9000")  # half done
+
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert events(result, "interrupted_transaction_found")
+    assert len(rule_lines(save(bare), "--dport 9000")) == 1
+    assert len(rule_lines(save(bare, "ip6tables"), "--dport 9001")) == 1
+    assert len(rule_lines(save(bare, "ebtables"), "-p ARP -j ACCEPT")) == 1
+    assert json.loads(bare.state_file.read_text())["pending"] is None
+    assert bare.run("plan").returncode == 0
+
+    bare.remove_policy("d")  # the crash left nothing unowned behind
+    assert bare.apply().returncode == 0
+    assert "FWRECON_IN" not in save(bare) and not rule_lines(save(bare, "ip6tables"), "--dport 9001")
+    assert not rule_lines(save(bare, "ebtables"), "-p ARP")
+    assert bare.owned() == []
 
 
 def test_zone_policy_without_firewalld_says_so_and_others_apply(bare: Fwrecon) -> None:
