@@ -242,6 +242,12 @@ class Reconciler:
                 remaining = {p.policy for p in plans}
                 view = await self.observe(wanted, state)
                 plans = [p for p in plan_all(wanted, view, state.owned) if p.policy in remaining]
+        if state.pending is not None:
+            # The interrupted transaction had landed in full (nothing was left to
+            # do for it): its intent is the truth now, and the note must go, or
+            # every later run would warn about it again.
+            state.pending = None
+            self.store.save(state)
         report = ReconcileReport(
             outcomes,
             desired.invalid,

@@ -190,6 +190,24 @@ def test_iptables_kill_9_between_two_batches_then_apply_converges(bare: Fwrecon)
     assert bare.owned() == []
 
 
+def test_nftables_kill_9_after_the_batch_before_the_state_write(bare: Fwrecon) -> None:
+    sb = bare.sandbox
+    bare.backend = "nftables"
+    bare.write_policy("d", NFT_POLICY)
+    crash_after_writes(bare, 1)  # the whole transaction is one nft -f: in the kernel, not yet settled in the state
+    assert "tcp dport 8443 accept" in sb.ruleset()
+
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert events(result, "interrupted_transaction_found") and "0 operations" in result.stdout  # adopted, not doubled
+    assert sb.nft("list", "table", "inet", "fwrecon", check=True).stdout.count("tcp dport 8443 accept") == 1
+    assert json.loads(bare.state_file.read_text())["pending"] is None
+
+    bare.remove_policy("d")
+    assert bare.apply().returncode == 0
+    assert "8443" not in sb.ruleset() and bare.owned() == []
+
+
 def test_zone_policy_without_firewalld_says_so_and_others_apply(bare: Fwrecon) -> None:
     bare.backend = "iptables"
     bare.write_policy("web", '[zone.public]\nports = ["8080/tcp"]\n')

@@ -116,6 +116,21 @@ def test_intent_is_recorded_before_each_op(tmp_path):
     assert seen == [(True, "web"), (True, "web")]
 
 
+def test_interrupted_transaction_that_landed_in_full_is_settled(tmp_path):
+    """Killed after its last write, before the state write: the next run has
+    nothing to do, keeps what the intent claimed, and drops the note for good."""
+    backend, store = MemoryBackend(items=[HTTP, P8080]), StateStore(tmp_path / "s.json")
+    crashed = store.load()
+    crashed.owned = {HTTP: frozenset({"web"}), P8080: frozenset({"web"})}
+    crashed.pending = {"policy": "web", "op_count": 2, "ops": ["+ zone public service http"], "started": 0.0}
+    store.save(crashed)
+
+    report = reconcile(backend, store, policies(web={HTTP, P8080}))
+    assert backend.calls == [] and report.converged
+    assert store.load().pending is None
+    assert store.load().owned_by("web") == {HTTP, P8080}
+
+
 def test_intent_note_names_a_few_ops_and_counts_them_all(tmp_path):
     store = StateStore(tmp_path / "s.json")
     notes = []
