@@ -56,6 +56,7 @@ log = structlog.get_logger(__name__)
 
 BATCH_KEY = "nft"
 _MISSING_TABLE_MARK = "No such file or directory"  # nft list table: no such table
+_NOT_PERMITTED = "Operation not permitted"  # nft without CAP_NET_ADMIN
 DEFAULT_TIMEOUT = 10.0
 MONITOR_BACKOFF_INITIAL = 0.5
 MONITOR_BACKOFF_MAX = 30.0
@@ -251,7 +252,7 @@ class NftablesBackend(BatchBackend):
         table = f"{NFT_TABLE}_check_{os.getpid()}"
         while remaining:
             lines, owners = check_script(remaining, table)
-            result = await self._run("-c", "-f", "-", input="".join(line + "\n" for line in lines))
+            result = await self._check_run("".join(line + "\n" for line in lines))
             if result.returncode == 0:
                 break
             found: dict[Item, str] = {}
@@ -266,6 +267,23 @@ class NftablesBackend(BatchBackend):
             errors.update(found)
             remaining = [i for i in remaining if i not in found]
         return errors
+
+    async def _check_run(self, script: str) -> _Result:
+        """``nft -c -f -``; where nft may not (not root, no CAP_NET_ADMIN: the
+        usual case for `fwrecon check` in a CI job), in a throwaway user and
+        network namespace, where it may. The check only needs a ruleset to
+        add its scratch table to, and an empty one is as good as the host's."""
+        result = await self._run("-c", "-f", "-", input=script)
+        if _NOT_PERMITTED not in result.stderr:
+            return result
+        private = [which("unshare") or "unshare", "--user", "--map-root-user", "--net", self._nft_path() or self.nft, "-c", "-f", "-"]
+        try:
+            done = await ToolRunner(timeout=self.timeout).run(private, script)
+        except BackendUnavailable:
+            done = None  # unshare is not installed
+        if done is not None and _NOT_PERMITTED not in done.stderr and not done.stderr.startswith("unshare:"):
+            return _Result(done.returncode, done.stdout, done.stderr)
+        raise BackendUnavailable("nft -c was not permitted: run it as root, or allow unprivileged user namespaces")
 
     # -- events ---------------------------------------------------------------------------
 

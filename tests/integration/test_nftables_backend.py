@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from prereq import require_tools
+from prereq import require_tools, skip_or_fail
 
-from reconciler.backends.process import search_path
+from reconciler.backends.process import search_path, which
 
 from reconciler.backends.base import BackendEvent, Outcome
 from reconciler.backends.nft_text import IN_USE_CODE, rule_statement
@@ -289,6 +292,68 @@ def test_check_validates_without_committing(netns):
     assert "own comment" in errors[commented]
     assert run(backend.check(ITEMS)) == {}
     assert ruleset(netns) == before
+
+
+@pytest.fixture
+def unprivileged_policies() -> Iterator[Path]:
+    """A policy directory an unprivileged user can read (not below pytest's 0700 tmp)."""
+    require_tools("fwrecon check as an unprivileged user", ("setpriv", "unshare"))
+    as_nobody = [*AS_NOBODY, sys.executable, "-c", "pass"]
+    if subprocess.run(as_nobody, capture_output=True).returncode != 0:
+        skip_or_fail(f"fwrecon check as an unprivileged user: nobody cannot run {sys.executable}")
+    directory = Path(tempfile.mkdtemp(prefix="fwrecon-check-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+AS_NOBODY = (which("setpriv") or "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+NFT_SECTIONS = """
+[[nft.chain]]
+family = "inet"
+chain = "input"
+hook = "input"
+priority = 0
+policy = "accept"
+
+[[nft.rule]]
+family = "inet"
+chain = "input"
+rule = "tcp dport 22 ct state new limit rate over 10/minute drop"
+"""
+
+
+def check_as_nobody(policies: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=path) if path else None
+    argv = [*AS_NOBODY, sys.executable, "-m", "reconciler", "check", "--backend", "nftables",
+            "--policy-dir", str(policies), "--state-file", str(policies / "state.json"), "--log-format", "json"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_check_as_an_unprivileged_user_asks_nft_in_a_namespace_of_its_own(unprivileged_policies: Path) -> None:
+    """`fwrecon check` in a CI job runs as a plain user: nft -c then needs a
+    user and network namespace of its own, and a valid rule must not be
+    reported as rejected for want of CAP_NET_ADMIN."""
+    good = unprivileged_policies / "good.toml"
+    good.write_text(NFT_SECTIONS)
+    good.chmod(0o644)
+    result = check_as_nobody(unprivileged_policies)
+    assert result.returncode == 0 and "1 policies valid" in result.stdout, result.stdout + result.stderr
+
+    (unprivileged_policies / "bad.toml").write_text(NFT_SECTIONS.replace("minute drop", "minute drp"))
+    (unprivileged_policies / "bad.toml").chmod(0o644)
+    result = check_as_nobody(unprivileged_policies)
+    assert result.returncode == 1
+    [line] = result.stdout.splitlines()
+    assert line.startswith("bad.toml: nft.rule[0]: nft rejects 'tcp dport 22 ct state new limit rate over 10/minute drp': "), line
+    assert "not permitted" not in line
+
+    # Without a way into a namespace (no unshare on the search path) it says so, and blames no rule.
+    result = check_as_nobody(unprivileged_policies, path="/nonexistent")
+    assert "note: nft rules not checked by nft (nft -c was not permitted" in result.stderr, result.stderr
+    assert result.returncode == 0 and "2 policies valid" in result.stdout, result.stdout
 
 
 # -- monitor ----------------------------------------------------------------------------
