@@ -276,9 +276,9 @@ class NftablesBackend(BatchBackend):
         result = await self._run("-c", "-f", "-", input=script)
         if _NOT_PERMITTED not in result.stderr:
             return result
-        private = [which("unshare") or "unshare", "--user", "--map-root-user", "--net", self._nft_path() or self.nft, "-c", "-f", "-"]
+        private = ["unshare", "--user", "--map-root-user", "--net", self._nft_path() or self.nft, "-c", "-f", "-"]
         try:
-            done = await ToolRunner(timeout=self.timeout).run(private, script)
+            done = await ToolRunner(timeout=self.timeout).run(private, script)  # (a fresh netns: not self.netns)
         except BackendUnavailable:
             done = None  # unshare is not installed
         if done is not None and _NOT_PERMITTED not in done.stderr and not done.stderr.startswith("unshare:"):
