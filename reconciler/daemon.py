@@ -108,6 +108,8 @@ class Controller:
         self._retry_batch: dict[Trigger, float] = {}
         self._connected_before = False
         self._ready_sent = False
+        for name in BACKEND_NAMES:  # all 0 (none in charge) is news too: firewalld mode, firewalld away
+            self.metrics.active_backend.labels(backend=name).set(0)
 
     # -- requests ----------------------------------------------------------------
 

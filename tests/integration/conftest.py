@@ -104,7 +104,9 @@ def free_port() -> int:
 class Daemon:
     """One `fwrecon run` process with its log and metrics endpoint."""
 
-    def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None) -> None:
+    def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None,
+                 started_when: str = "reconcile") -> None:
+        """Start and wait for the log event ``started_when`` (by default the first reconcile)."""
         self.fwrecon = fwrecon
         self.log_path = log_path
         self.port = free_port()
@@ -113,7 +115,7 @@ class Daemon:
         argv = fwrecon.argv("run", "--metrics-address", metrics, "--resync-interval", str(resync))
         self._log = open(log_path, "a")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
-        wait_until(lambda: self.reconciles(), 10, "the first reconcile")
+        wait_until(lambda: self.events(started_when), 10, f"the first {started_when} event")
 
     def events(self, name: str | None = None) -> list[dict]:
         out = []

@@ -112,6 +112,30 @@ def test_firewalld_restart_reapplies_and_daemon_survives(fwrecon: Fwrecon, daemo
     assert daemon.value("fwrecon_reapply_after_reload_seconds") >= 1
 
 
+def test_backend_metric_shows_none_in_charge_while_firewalld_mode_waits(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+    """What the FwreconFirewalldDown alert keys on: with --backend firewalld and
+    firewalld away, no backend is in charge (all 0, exported from the start),
+    unlike auto, which falls back to iptables."""
+    sb = fwrecon.sandbox
+    fwrecon.backend = "firewalld"
+    fwrecon.write_policy("web", '[zone.public]\nports = ["7210/tcp"]\n')
+    sb.kill_firewalld()
+    daemon = daemon_factory(started_when="metrics_listening")  # no reconcile can run yet
+
+    def in_charge() -> dict[str, float]:
+        return {b: daemon.value("fwrecon_backend", backend=b) for b in ("firewalld", "iptables", "nftables")}
+
+    nobody = {"firewalld": 0, "iptables": 0, "nftables": 0}
+    wait_until(lambda: daemon.value("fwrecon_firewalld_up") == 0 and in_charge() == nobody, 5, "the metrics")
+    sb.start_firewalld()
+    wait_until(lambda: ports(fwrecon) == {"7210/tcp"}, 5, "the policy once firewalld is there")
+    assert in_charge() == {"firewalld": 1, "iptables": 0, "nftables": 0}
+    sb.kill_firewalld()
+    wait_until(lambda: daemon.value("fwrecon_firewalld_up") == 0, 5, "firewalld_up to drop to 0")
+    assert in_charge() == nobody
+    assert daemon.stop() == 0
+
+
 def test_port_removed_by_hand_comes_back_without_resync(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
     fwrecon.write_policy("web", '[zone.public]\nports = ["7300/tcp"]\n')
     daemon = daemon_factory(resync=3600)

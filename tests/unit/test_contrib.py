@@ -1,4 +1,5 @@
-"""The shipped systemd unit and Prometheus alert rules pass their tools' checks."""
+"""The shipped systemd unit and Prometheus alert rules pass their tools' checks,
+and the alerts fire (or stay quiet) on the series in alerts_test.yml."""
 
 from __future__ import annotations
 
@@ -34,5 +35,12 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_alert_rules_pass_promtool() -> None:
     promtool = need("promtool")
     result = subprocess.run([promtool, "check", "rules", str(ROOT / "contrib/prometheus/alerts.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_alert_rules_fire_as_their_unit_tests_expect() -> None:
+    promtool = need("promtool")
+    result = subprocess.run([promtool, "test", "rules", str(ROOT / "contrib/prometheus/alerts_test.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
