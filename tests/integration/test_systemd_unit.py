@@ -262,6 +262,16 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
     assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path)  # stopping leaves the rules in force
 
 
+def test_unit_starts_on_a_fresh_install_with_no_policy_directory(service: Service, netns: str) -> None:
+    """systemctl enable --now before any policy exists: the unit creates the
+    directory and fwrecon starts with nothing to do."""
+    assert not service.policy_dir.exists()
+    service.install(netns, bus_address=f"unix:path={service.manager.base}/no-bus")
+    service.start()
+    assert service.policy_dir.is_dir() and service.policy_dir.stat().st_mode & 0o777 == 0o755
+    assert "0 owned" in service.manager.show(UNIT, "StatusText")["StatusText"]
+
+
 def test_unit_starts_while_a_policy_the_firewall_refuses_is_reported(service: Service, netns: str) -> None:
     """A refused policy is rolled back, reported and retried; it must not keep the
     service from becoming ready (systemd would kill it after TimeoutStartSec=, and
