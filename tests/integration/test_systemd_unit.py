@@ -64,12 +64,16 @@ DIRECT_AND_NFT_POLICY = f"""
 """
 
 
-@pytest.fixture(autouse=True)
-def _integration_prerequisites() -> None:
-    """Replaces tests/conftest.py's firewalld check: only the firewalld test needs it (via `fw`)."""
+def require_unit_prerequisites() -> None:
     require_tools("the systemd unit tests", ("systemctl", "unshare", "mount", "ip", "nft", "iptables"))
     if systemd_binary() is None:
         skip_or_fail("the systemd unit tests need systemd itself (/usr/lib/systemd/systemd)")
+
+
+@pytest.fixture(autouse=True)
+def _integration_prerequisites() -> None:
+    """Replaces tests/conftest.py's firewalld check: only the firewalld test needs it (via `fw`)."""
+    require_unit_prerequisites()
 
 
 BASE_PREFIX = "/run/fwrecon-unit-"  # below /run: PrivateTmp= hides /tmp from the service, ProtectHome= /root
@@ -86,6 +90,7 @@ def reap_stale_managers() -> None:
 
 @pytest.fixture(scope="module")
 def manager() -> Iterator[UnitManager]:
+    require_unit_prerequisites()  # (module fixtures come before the autouse check)
     reap_stale_managers()
     base = Path(f"{BASE_PREFIX}{os.getpid()}")
     shutil.rmtree(base, ignore_errors=True)
