@@ -256,6 +256,7 @@ class Controller:
         if self.backends.mode not in ("auto", "firewalld"):
             return
         delay = self.settings.backoff_initial
+        reported = False  # this outage was logged at info/warning already
         while not self._stopping.is_set():
             try:
                 backend = await self._connect(self.settings.bus_address)
@@ -263,19 +264,28 @@ class Controller:
                 up = await backend.is_up()
             except BackendUnavailable as exc:
                 self._set_up(False)
-                log.warning("bus_unavailable", error=str(exc), retry_in=delay)
+                # In auto mode a host without a system bus (a minimal server) is
+                # normal: say it once, not every 30 s; firewalld mode cannot work.
+                if self.backends.mode == "firewalld":
+                    log.warning("bus_unavailable", error=str(exc), retry_in=delay)
+                else:
+                    (log.debug if reported else log.info)("bus_unavailable", error=str(exc), retry_in=delay,
+                                                          hint="iptables/nftables in charge until firewalld appears")
+                reported = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.backoff_max)
                 continue
             delay = self.settings.backoff_initial
+            reported = False
             self.backends.firewalld = backend  # type: ignore[assignment]
             self._set_up(up)
             log.info("bus_connected", firewalld_up=up)
             if up and self._connected_before:
                 self.request(Trigger.OWNER)
             self._connected_before = True
-            if not up:
-                log.warning("firewalld_not_running", hint="waiting for it to appear on the bus")
+            if not up:  # (in auto mode a host without firewalld is a normal one)
+                (log.warning if self.backends.mode == "firewalld" else log.info)(
+                    "firewalld_not_running", hint="waiting for it to appear on the bus")
             try:
                 await backend.wait_closed()
             except Exception as exc:  # dbus-fast re-raises the error that closed the bus
