@@ -16,7 +16,7 @@ import gc
 import itertools
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -78,24 +78,25 @@ def section_key(item: Item) -> str:
     return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
 
 
-def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
+def refusals(policy: Policy, backend: Backend, key: Hashable = None) -> list[PolicyError]:
     """One error per section the backend in charge cannot express.
 
     The answer is kept on the (immutable) policy for the backend it was
-    judged against: the daemon keeps parsed policies between reconciles, and
-    only a switch of backend changes it.
+    judged against and that backend's `refusal_key` (``key``): the daemon
+    keeps parsed policies between reconciles, and only a switch of backend or
+    a change on the host (a tool installed) changes it.
     """
     seen = policy.__dict__.get("_refusals")
-    if seen is not None and seen[0]() is backend:
-        return list(seen[1])
+    if seen is not None and seen[0]() is backend and seen[1] == key:
+        return list(seen[2])
     found: dict[str, str] = {}
     for item in policy.items:
         reason = backend.cannot_hold(item)
         if reason:
-            key = section_key(item)
-            found[key] = min(found.get(key, reason), reason)  # deterministic whatever the set order
-    errors = [PolicyError(policy.file, key, f"{found[key]} (backend in charge: {backend.name})") for key in sorted(found)]
-    policy.__dict__["_refusals"] = (weakref.ref(backend), errors)
+            section = section_key(item)
+            found[section] = min(found.get(section, reason), reason)  # deterministic whatever the set order
+    errors = [PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)]
+    policy.__dict__["_refusals"] = (weakref.ref(backend), key, errors)
     return list(errors)
 
 
@@ -114,10 +115,11 @@ def desired_state(
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     items: dict[str, frozenset[Item]] = {}
+    key = backend.refusal_key() if backend is not None else None
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
         if backend is not None:
-            problems += refusals(policy, backend)
+            problems += refusals(policy, backend, key)
         if problems:
             invalid[name] = problems
         else:

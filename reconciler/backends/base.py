@@ -90,6 +90,12 @@ class Backend(ABC):
         """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""
         return None
 
+    def refusal_key(self) -> Hashable:
+        """A value that changes whenever `cannot_hold` may answer differently
+        (a tool installed or removed); answers are kept while it stays equal.
+        Called once per reconcile, so it may look at the host."""
+        return None
+
     def name_for(self, item: Item) -> str:
         """The name of the backend that holds ``item`` (for metrics and state)."""
         return self.name

@@ -42,6 +42,7 @@ from .base import BatchBackend, Outcome
 from .iptables_text import (
     COMMANDS,
     MISSING_CHAIN,
+    PACKAGES,
     PROBE_PREFIX,
     TABLE_NAME,
     BatchScript,
@@ -105,6 +106,7 @@ class IptablesBackend(BatchBackend):
         self.knowledge = 0  # grows when `remember` learns a new item (older reads may miss it)
         self._observed: dict[tuple[str, str], TableRead] = {}  # observe's last read, for the next batch
         self._legacy_reported: set[str] = set()  # families whose legacy tables were reported
+        self._tools_missing: dict[str, str | None] = {}  # family -> its first tool not installed
 
     # -- what the engine tells us --------------------------------------------------
 
@@ -127,10 +129,25 @@ class IptablesBackend(BatchBackend):
 
     def cannot_hold(self, item: Item) -> str | None:
         if isinstance(item, (DirectChain, DirectRule)):
-            return check_names(item)
+            problem = check_names(item)
+            tool = None if problem else self._missing_tool(item.family)
+            return f"needs {tool}, which is not installed (the {PACKAGES[item.family]} package)" if tool else problem
         if isinstance(item, (NftChain, NftRule)):
             return "needs the nftables backend"
         return "needs firewalld"
+
+    def refusal_key(self) -> Hashable:
+        """Which families' tools are missing, looked up afresh (installing
+        iptables or ebtables makes their policies valid at the next reconcile)."""
+        self._tools_missing.clear()
+        return tuple(self._missing_tool(family) for family in sorted(COMMANDS))
+
+    def _missing_tool(self, family: str) -> str | None:
+        """The first of ``family``'s tools that is not installed, or None (looked up once per reconcile)."""
+        if family not in self._tools_missing:
+            names = (COMMANDS[family] + suffix for suffix in ("-save", "-restore"))
+            self._tools_missing[family] = next((name for name in names if self._which(name) is None), None)
+        return self._tools_missing[family]
 
     def batch_key(self, op: Op) -> Hashable | None:
         return op.item.container()
@@ -148,8 +165,7 @@ class IptablesBackend(BatchBackend):
         name = COMMANDS[family] + suffix
         path = self._which(name)
         if path is None:
-            package = "ebtables" if family == "eb" else "iptables"
-            raise BackendUnavailable(f"{name} not found (is the {package} package installed?)")
+            raise BackendUnavailable(f"{name} not found (is the {PACKAGES[family]} package installed?)")
         return path
 
     async def _run(self, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
@@ -309,6 +325,10 @@ class IptablesBackend(BatchBackend):
         )
         valid = [(f, t) for f, t in tables if f in COMMANDS and TABLE_NAME.fullmatch(t)]
         missing = [("direct", f, t) for f, t in tables if (f, t) not in valid]
+        # Without its tools a family can be neither read nor written: its items
+        # wait, owned as they are (their policies are told why, see cannot_hold).
+        unreachable = [("direct", f, t) for f, t in valid if self._missing_tool(f)]
+        valid = [(f, t) for f, t in valid if not self._missing_tool(f)]
 
         async def read(family: str, table: str) -> TableModel:
             async with self._lock(family, table):
@@ -321,7 +341,7 @@ class IptablesBackend(BatchBackend):
         for model in models:
             items.extend(model.items())
             users.update(chain_users(model))
-        return FirewallView(items, containers, missing, users)
+        return FirewallView(items, containers, missing, users, unreachable=unreachable)
 
     # -- execute -------------------------------------------------------------------------
 

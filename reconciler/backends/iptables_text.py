@@ -48,6 +48,7 @@ from ..planner import Op
 from .base import Outcome
 
 COMMANDS = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
+PACKAGES = {"ipv4": "iptables", "ipv6": "iptables", "eb": "ebtables"}  # Debian's and Fedora's names
 PROBE_PREFIX = "FWRECON-PROBE-"
 _PROBE_CHAIN = re.compile(re.escape(PROBE_PREFIX) + r"(\d+)")
 # ebtables-save prints a policy for user chains too, so built-ins are known by name.

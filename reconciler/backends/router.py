@@ -57,6 +57,9 @@ class Router(Backend):
             return self.refusals.get(kind, f"no backend handles {kind} items")
         return backend.cannot_hold(item)
 
+    def refusal_key(self) -> Hashable:
+        return tuple(backend.refusal_key() for backend in self.backends)
+
     def name_for(self, item: Item) -> str:
         backend = self.backend_for(item)
         return backend.name_for(item) if backend else "none"
@@ -83,6 +86,7 @@ class Router(Backend):
             items.extend(view.items())
             missing.extend(view.missing)
             users.update(view.users)
+            skipped.extend(view.unreachable)  # e.g. a family whose tools are not installed
         return FirewallView(items, containers, missing, users, unreachable=skipped)
 
     async def execute(self, op: Op) -> Outcome:

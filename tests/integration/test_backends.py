@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Daemon, Fwrecon, wait_until
 
-DIRECT_POLICY = """
+DIRECT_V4_POLICY = """
     [[direct.chain]]
     family = "ipv4"
     table = "filter"
@@ -30,7 +30,9 @@ DIRECT_POLICY = """
     table = "filter"
     chain = "FWRECON_IN"
     args = ["-p", "tcp", "--dport", "9000", "-j", "ACCEPT"]
+"""
 
+DIRECT_POLICY = DIRECT_V4_POLICY + """
     [[direct.rule]]
     family = "ipv6"
     table = "filter"
@@ -206,6 +208,26 @@ def test_nftables_kill_9_after_the_batch_before_the_state_write(bare: Fwrecon) -
     bare.remove_policy("d")
     assert bare.apply().returncode == 0
     assert "8443" not in sb.ruleset() and bare.owned() == []
+
+
+def test_missing_iptables_tools_fail_only_the_policies_that_need_them(bare: Fwrecon) -> None:
+    """A minimal host with nft but no iptables package: the direct policy is
+    invalid, saying which tool to install; the nft policy applies. Once the
+    tools are there, the direct policy applies too."""
+    sb = bare.sandbox
+    bare.backend = "iptables"
+    bare.write_policy("d", DIRECT_V4_POLICY)
+    bare.write_policy("fw", NFT_POLICY.replace('policy = "drop"', 'policy = "accept"'))
+    without = [sys.executable, str(Path(__file__).with_name("without_tools.py")), "iptables-save", "--"]
+    result = subprocess.run([*without, *bare.argv("apply")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "INVALID d.toml: direct: needs iptables-save, which is not installed (the iptables package)" in result.stdout
+    assert "tcp dport 8443 accept" in sb.nft("list", "table", "inet", "fwrecon", check=True).stdout
+    assert "FWRECON_IN" not in save(bare)
+
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert rule_lines(save(bare), "--dport 9000")
 
 
 def test_zone_policy_without_firewalld_says_so_and_others_apply(bare: Fwrecon) -> None:

@@ -131,6 +131,30 @@ def test_interrupted_transaction_that_landed_in_full_is_settled(tmp_path):
     assert store.load().owned_by("web") == {HTTP, P8080}
 
 
+def test_a_refusal_is_judged_again_when_the_host_changes(tmp_path):
+    """The daemon keeps parsed policies, and with them the backend's refusals;
+    installing the missing tool (a new refusal_key) must make the policy
+    valid at the next reconcile, without touching its file."""
+
+    class NeedsATool(MemoryBackend):
+        installed = False
+
+        def cannot_hold(self, item):
+            return None if self.installed or item.container()[0] != "direct" else "needs iptables-save, which is not installed"
+
+        def refusal_key(self):
+            return self.installed
+
+    backend, store = NeedsATool(), StateStore(tmp_path / "s.json")
+    loaded = policies(web={HTTP}, fw={CHAIN, RULE})  # parsed once, as the daemon keeps them
+    report = reconcile(backend, store, loaded)
+    assert list(report.invalid) == ["fw"] and "iptables-save" in report.invalid["fw"][0].message
+    assert backend.state.items() == {HTTP}
+    backend.installed = True
+    report = reconcile(backend, store, loaded)
+    assert report.invalid == {} and backend.state.items() == {HTTP, CHAIN, RULE}
+
+
 def test_intent_note_names_a_few_ops_and_counts_them_all(tmp_path):
     store = StateStore(tmp_path / "s.json")
     notes = []

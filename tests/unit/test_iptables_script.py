@@ -476,14 +476,25 @@ def test_cannot_hold_and_batch_key():
     assert backend.name == "iptables" and backend.name_for(R0) == "iptables"
 
 
-def test_missing_binary_is_unavailable(monkeypatch):
+def test_missing_tools_make_their_family_unreachable_and_say_why(monkeypatch):
+    """Not installed: nothing to read or write there. Its tables are left as
+    they are (no process runs), its items are refused naming the tool, and
+    the answer changes once the tools are there."""
     import reconciler.backends.process as process
 
     monkeypatch.setattr(process, "search_path", lambda: "/nonexistent")
     backend = IptablesBackend()
-    with pytest.raises(BackendUnavailable, match="iptables-save not found"):
-        run(backend.observe({("direct", "ipv4", "filter")}))
+    rule = DirectRule("ipv4", "filter", "INPUT", 0, ("-j", "ACCEPT"))
+    key = backend.refusal_key()
+    assert backend.cannot_hold(rule) == "needs iptables-save, which is not installed (the iptables package)"
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
+    assert view.unreachable == {("direct", "ipv4", "filter")} and backend.runs == 0
+    with pytest.raises(OperationFailed, match="needs iptables-save, which is not installed"):
+        run(backend.execute(Op("add", rule)))
     assert run(backend.is_up()) is False
+
+    monkeypatch.undo()
+    assert backend.refusal_key() != key and backend.cannot_hold(rule) is None
 
 
 def test_timeout_is_unavailable_and_kills_the_process():
