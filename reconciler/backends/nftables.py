@@ -98,6 +98,7 @@ class NftablesBackend(BatchBackend):
         self._monitor_proc: asyncio.subprocess.Process | None = None
         self._own_pids: dict[int, float] = {}  # pid -> ignore its generations until (monotonic)
         self._closing = False
+        self._missing: bool | None = None  # nft not installed (None: not looked up this reconcile)
 
     # -- knowledge ------------------------------------------------------------------
 
@@ -116,12 +117,24 @@ class NftablesBackend(BatchBackend):
 
     def cannot_hold(self, item: Item) -> str | None:
         if isinstance(item, (NftChain, NftRule)):
-            return None
+            return f"needs {self.nft}, which is not installed (the nftables package)" if self._nft_missing() else None
         if isinstance(item, (DirectChain, DirectRule)):
             return "needs firewalld or the iptables backend"
         if isinstance(item, ScopedItem):
             return "needs firewalld"
         return f"the nftables backend cannot hold {item.kind} items"
+
+    def refusal_key(self) -> Hashable:
+        """Whether nft is missing, looked up afresh (installing it makes nft
+        sections valid at the next reconcile)."""
+        self._missing = None
+        return self._nft_missing()
+
+    def _nft_missing(self) -> bool:
+        """nft is not installed (looked up once per reconcile)."""
+        if self._missing is None:
+            self._missing = self._nft_path() is None
+        return self._missing
 
     def batch_key(self, op: Op) -> Hashable | None:
         return BATCH_KEY
@@ -168,6 +181,8 @@ class NftablesBackend(BatchBackend):
     async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
         """One ``nft -j list table <family> fwrecon`` per ("nft", family) container."""
         families = sorted({c[1] for c in containers if len(c) == 2 and c[0] == "nft" and c[1] in FAMILIES}, key=FAMILIES.index)
+        if families and self._nft_missing():  # nothing to read or write: the items wait (see cannot_hold)
+            return FirewallView((), containers, unreachable=[("nft", family) for family in families])
         listings = await asyncio.gather(*(self._list(family) for family in families))
         items: list[Item] = []
         for listing in listings:
@@ -320,6 +335,7 @@ class NftablesBackend(BatchBackend):
     async def _monitor_loop(self) -> None:
         delay = MONITOR_BACKOFF_INITIAL
         missed = False  # a working monitor died: events may have been lost since
+        absent_reported = False  # "nft is not installed" was logged
         loop = asyncio.get_running_loop()
         while not self._closing:
             started = time.monotonic()
@@ -333,7 +349,11 @@ class NftablesBackend(BatchBackend):
                     start_new_session=True,  # a Ctrl-C for the daemon is not one for the monitor
                 )
             except BackendUnavailable as exc:
-                log.warning("nft_monitor_cannot_start", error=str(exc), retry_in=delay)
+                if self._nft_path() is not None:
+                    log.warning("nft_monitor_cannot_start", error=str(exc), retry_in=delay)
+                elif not absent_reported:  # nothing of ours to watch; said once, looked for again quietly
+                    log.info("nft_monitor_waiting", reason=f"{self.nft} is not installed")
+                    absent_reported = True
             else:
                 self._monitor_proc = proc
                 log.info("nft_monitor_started", pid=proc.pid, netns=self.netns)

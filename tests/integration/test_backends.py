@@ -210,24 +210,26 @@ def test_nftables_kill_9_after_the_batch_before_the_state_write(bare: Fwrecon) -
     assert "8443" not in sb.ruleset() and bare.owned() == []
 
 
-def test_missing_iptables_tools_fail_only_the_policies_that_need_them(bare: Fwrecon) -> None:
-    """A minimal host with nft but no iptables package: the direct policy is
-    invalid, saying which tool to install; the nft policy applies. Once the
-    tools are there, the direct policy applies too."""
+@pytest.mark.parametrize(("hidden", "refused", "package"), [("iptables-save", "d", "iptables"), ("nft", "fw", "nftables")])
+def test_a_missing_tool_fails_only_the_policies_that_need_it(bare: Fwrecon, hidden: str, refused: str, package: str) -> None:
+    """A minimal host with nft but no iptables package, or the other way round:
+    the policy that needs the missing tool is invalid, saying what to install;
+    the other applies. Once the tool is there, both apply."""
     sb = bare.sandbox
     bare.backend = "iptables"
     bare.write_policy("d", DIRECT_V4_POLICY)
     bare.write_policy("fw", NFT_POLICY.replace('policy = "drop"', 'policy = "accept"'))
-    without = [sys.executable, str(Path(__file__).with_name("without_tools.py")), "iptables-save", "--"]
+    without = [sys.executable, str(Path(__file__).with_name("without_tools.py")), hidden, "--"]
     result = subprocess.run([*without, *bare.argv("apply")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "INVALID d.toml: direct: needs iptables-save, which is not installed (the iptables package)" in result.stdout
-    assert "tcp dport 8443 accept" in sb.nft("list", "table", "inet", "fwrecon", check=True).stdout
-    assert "FWRECON_IN" not in save(bare)
+    section = "direct" if refused == "d" else "nft"
+    assert f"INVALID {refused}.toml: {section}: needs {hidden}, which is not installed (the {package} package)" in result.stdout
+    assert ("FWRECON_IN" in save(bare)) == (refused != "d")
+    assert ("tcp dport 8443 accept" in sb.ruleset()) == (refused != "fw")
 
     result = bare.apply()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert rule_lines(save(bare), "--dport 9000")
+    assert rule_lines(save(bare), "--dport 9000") and "tcp dport 8443 accept" in sb.ruleset()
 
 
 def test_zone_policy_without_firewalld_says_so_and_others_apply(bare: Fwrecon) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import pytest
 from fwsandbox import CONNECT_SCRIPT, LISTENER_SCRIPT
 from iptables_variants import VARIANTS, link_variant
+from log_recorder import LogRecorder
 from prereq import require_tools, skip_or_fail
 
 from reconciler.backends.base import Outcome
@@ -418,16 +419,6 @@ def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: s
     assert len(remaining) == 1 and rule_a.tag() not in remaining[0]  # only rule_b, foreign, is left
     assert run(backend.observe({("direct", family, "filter")})).items() == {chain}
     assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
-
-
-class LogRecorder:
-    """Stands in for a module's structlog logger: keeps (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, dict]] = []
-
-    def __getattr__(self, level: str):  # type: ignore[no-untyped-def]
-        return lambda event, **fields: self.events.append((level, event, fields))
 
 
 @pytest.mark.variants("nft")

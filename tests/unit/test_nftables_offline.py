@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from log_recorder import LogRecorder
 
 from reconciler.backends.base import BackendEvent, Outcome
 from reconciler.backends.nftables import NftablesBackend, _Result
@@ -541,11 +542,35 @@ def test_netns_prefix():
     assert NftablesBackend()._argv("monitor")[1:] == ["monitor"]
 
 
-def test_missing_nft_is_unavailable():
+def test_without_nft_its_sections_are_refused_and_left_alone():
+    """Not installed: no process runs, the items wait, the reason names the package."""
     backend = NftablesBackend(nft="/nonexistent/nft")
+    rule = NftRule("inet", "input", "tcp dport 22 accept")
+    assert backend.refusal_key() is True
+    assert backend.cannot_hold(rule) == "needs /nonexistent/nft, which is not installed (the nftables package)"
+    view = run(backend.observe([("nft", "inet")]))
+    assert view.unreachable == {("nft", "inet")} and backend.calls == 0
     with pytest.raises(BackendUnavailable):
-        run(backend.observe([("nft", "inet")]))
+        run(backend.execute(Op("add", rule)))
     assert run(backend.is_up()) is False
+
+
+def test_without_nft_the_monitor_says_so_once_and_keeps_looking(monkeypatch):
+    from reconciler.backends import nftables as module
+
+    recorder = LogRecorder()
+    monkeypatch.setattr(module, "log", recorder)
+    monkeypatch.setattr(module, "MONITOR_BACKOFF_INITIAL", 0.01)
+    monkeypatch.setattr(module, "MONITOR_BACKOFF_MAX", 0.02)
+    backend = NftablesBackend(nft="/nonexistent/nft")
+
+    async def go() -> None:
+        await backend.subscribe(lambda event: None)
+        await asyncio.sleep(0.3)  # a dozen attempts
+        await backend.close()
+
+    run(go())
+    assert [(level, event) for level, event, _ in recorder.events] == [("info", "nft_monitor_waiting")]
 
 
 # -- monitor lines ----------------------------------------------------------------------
