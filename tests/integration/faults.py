@@ -36,6 +36,9 @@ class FaultyBackend(Backend):
     def cannot_hold(self, item: Item) -> str | None:
         return self.inner.cannot_hold(item)
 
+    def refusal_key(self) -> Hashable:
+        return self.inner.refusal_key()
+
     def name_for(self, item: Item) -> str:
         return self.inner.name_for(item)
 
