@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from fwsandbox import Sandbox
 from iptables_variants import VARIANTS, link_variant
 from prereq import require_tools, skip_or_fail
@@ -180,6 +181,13 @@ class Service:
         self.manager.systemctl("stop", UNIT)
         return self.manager.show(UNIT, "Result", "ExecMainStatus", "ActiveState")
 
+    def wait_until(self, check: Callable[[], object], what: str) -> None:
+        """conftest's wait_until, with fwrecon's last log lines when it times out."""
+        try:
+            wait_until(check, 10, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
     def log_tail(self) -> str:
         return "\n".join(self.log.read_text().splitlines()[-15:])
 
@@ -226,13 +234,6 @@ def in_netns(netns: str, *argv: str, path: str | None = None) -> str:
     return subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True, text=True, env=env).stdout
 
 
-def wait_for(check: Callable[[], bool], what: str, service: Service, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what} within {timeout} s\n{service.log_tail()}"
-        time.sleep(0.1)
-
-
 def variant_path(variant: str, links: Path) -> str:
     path = link_variant(links, variant)
     if path is None:
@@ -255,13 +256,13 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
 
     # nft monitor runs inside the sandbox too: a flush by hand is repaired at once.
     in_netns(netns, "nft", "flush", "table", "inet", "fwrecon")
-    wait_for(lambda: "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon"),
-             "nft rule restored after a flush", service)
+    service.wait_until(lambda: "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon"),
+                       "the nft rule restored after a flush")
 
     # ExecReload (SIGHUP) re-applies at once: iptables has no change events, and the resync is a minute away.
     in_netns(netns, "iptables", "-F", CHAIN, path=path)
     service.manager.systemctl("reload", UNIT)
-    wait_for(lambda: "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path), "rule restored after reload", service)
+    service.wait_until(lambda: "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path), "the rule restored after reload")
 
     stopped = service.stop()
     assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())
@@ -315,8 +316,8 @@ def test_unit_runs_against_firewalld(service: Service, fw: Sandbox) -> None:
     assert fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes"
 
     fw.firewall_cmd("--reload", check=True)  # the Reloaded signal re-applies what the reload dropped
-    wait_for(lambda: fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes",
-             "port re-applied after firewalld reload", service)
+    service.wait_until(lambda: fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes",
+                       "the port re-applied after a firewalld reload")
 
     stopped = service.stop()
     assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())
