@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import operator
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -133,9 +134,15 @@ def _sort_key(item: Item) -> tuple[Any, ...]:
     return (item.layer, container[0] == "direct", container, item.json_text())
 
 
+# fwrecon's ownership tags: "fwrecon:" and 16 hex digits.  Anything in that
+# namespace is fwrecon's to write; policies may not (see policy.py).
+TAG_PREFIX = "fwrecon:"
+TAG_RE = re.compile(re.escape(TAG_PREFIX) + r"[0-9a-f]{16}")
+
+
 def _tag(item: Item) -> str:
     digest = hashlib.sha256(_encode(item, sort_keys=True).encode()).hexdigest()
-    return f"fwrecon:{digest[:16]}"
+    return f"{TAG_PREFIX}{digest[:16]}"
 
 
 def _json_text(item: Item) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from .backends.base import KnownNames
 from .errors import PolicyError
 from .model import (
+    TAG_PREFIX,
     DirectChain,
     DirectRule,
     ForwardPort,
@@ -279,6 +280,18 @@ def _toml_message(exc: tomllib.TOMLDecodeError, text: str) -> str:
         column = len(text) - text.rfind("\n")
         message = f"{message[: -len(suffix)]}(at end of document, line {line}, column {column})"
     return message
+
+
+def _in_tag_namespace(args: list[Any], index: int) -> bool:
+    """Whether ``args[index]`` is a comment (``--comment X``, ``--comment=X``) in fwrecon's tag namespace."""
+    arg = args[index]
+    if arg.startswith("--comment="):
+        value = arg[len("--comment="):]
+    elif index > 0 and args[index - 1] == "--comment":
+        value = arg
+    else:
+        return False
+    return TAG_PREFIX in value.lower()
 
 
 def _show(value: Any) -> str:
@@ -563,6 +576,8 @@ class _PolicyParser:
             for index, arg in enumerate(args):
                 if not isinstance(arg, str) or not arg or _LINE_BREAK_OR_NUL.search(arg):
                     self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
+                elif _in_tag_namespace(args, index):
+                    self.error(f"{path}.args[{index}]", f"{_show(arg)}: comments starting with {TAG_PREFIX!r} are fwrecon's ownership tags; a policy may not write them")
         if len(self.errors) > errors_before:
             return None
         return DirectRule(family, table, chain, priority, tuple(args))  # type: ignore[arg-type]

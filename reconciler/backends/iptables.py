@@ -65,7 +65,7 @@ from .iptables_text import (
     rule_tags,
     rule_text,
 )
-from .process import ToolRunner, which
+from .process import ToolRunner, process_gone, which
 
 log = structlog.get_logger(__name__)
 
@@ -229,16 +229,24 @@ class IptablesBackend(BatchBackend):
     def _to_learn(self, family: str, table: str, save: TableSave) -> list[DirectRule]:
         """Known items whose printed text may be needed to recognise a rule now.
 
-        Only chains holding rules without our tag can hold untagged copies;
-        a rule jumping to a chain of ours that does not exist yet cannot be
-        in the table (and would make the probe fail).
+        Untagged copies can only be in chains holding rules without our tag;
+        a tagged rule is an item only if its text matches the item's (a tag
+        can be copied onto any rule), so items whose tags appear need their
+        text too.  A rule jumping to a chain of ours that does not exist yet
+        cannot be in the table (and would make the probe fail).
         """
-        candidates = {
-            chain
-            for chain, rules in save.rules.items()
-            if not is_probe_chain(chain) and any(family == "eb" or not rule_tags(r) for r in rules)
-        }
-        if not candidates:
+        candidates: set[str] = set()
+        tagged: set[tuple[str, str]] = set()  # (chain, tag) seen in the table
+        for chain, rules in save.rules.items():
+            if is_probe_chain(chain):
+                continue
+            for rest in rules:
+                tags = [] if family == "eb" else rule_tags(rest)
+                if tags:
+                    tagged.update((chain, tag) for tag in tags)
+                else:
+                    candidates.add(chain)
+        if not candidates and not tagged:
             return []
         chains = frozenset(save.chains)
         absent = self._chains[(family, table)] - chains
@@ -247,7 +255,7 @@ class IptablesBackend(BatchBackend):
                 item
                 for item in self._rules[(family, table)]
                 if item not in self._canon
-                and item.chain in candidates
+                and (item.chain in candidates or (item.chain, item.tag()) in tagged)
                 and self._canon_failed.get(item) != chains
                 and check_names(item) is None
                 and not (jump_targets(item.args) & absent)
@@ -302,7 +310,7 @@ class IptablesBackend(BatchBackend):
         learnt = (item for item in self._rules[(family, table)] if item in self._canon)
         for item in sorted(learnt, key=Item.sort_key):
             by_text[(item.chain, self._canon[item])].append(item)
-        return build_model(save, family, self._by_tag, by_text)
+        return build_model(save, family, self._by_tag, by_text, self._canon)
 
     async def _read(self, family: str, table: str) -> TableRead:
         save = await self._save(family, table)
@@ -421,15 +429,7 @@ class IptablesBackend(BatchBackend):
 def _probe_of_dead_process(chain: str) -> bool:
     """A scratch chain left behind by an fwrecon process that is gone."""
     pid = probe_pid(chain)
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
+    return pid is not None and process_gone(pid)
 
 
 def _only(save: TableSave, chains: Collection[str]) -> list[tuple[str, tuple[str, ...]]]:

@@ -43,7 +43,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import OperationFailed
-from ..model import DirectChain, DirectRule, Item
+from ..model import TAG_RE, DirectChain, DirectRule, Item
 from ..planner import Op
 from .base import Outcome
 
@@ -63,7 +63,6 @@ TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _CHAIN_NAME = re.compile(r"[^\s\"'\\!#\-\x00-\x1f\x7f][^\s\"'\\\x00-\x1f\x7f]*")
 _LINE_BREAK_OR_NUL = re.compile(r"[\n\r\x00]")
 _NEEDS_QUOTES = re.compile(r"[\s\"'\\]")
-_TAG = re.compile(r"fwrecon:[0-9a-f]{16}")
 _COMMENT = re.compile(r'--comment\s+("(?:[^"\\]|\\.)*"|\S+)')
 _JUMPS = frozenset({"-j", "--jump", "-g", "--goto"})
 _LINE_PATTERNS = (
@@ -156,7 +155,7 @@ def rule_tags(rest: str) -> list[str]:
     tags = []
     for match in _COMMENT.finditer(rest):
         value = _unquote(match.group(1))
-        if _TAG.fullmatch(value):
+        if TAG_RE.fullmatch(value):
             tags.append(value)
     return tags
 
@@ -298,13 +297,31 @@ class TableModel:
         return found
 
 
+@functools.lru_cache(maxsize=1 << 17)  # observes meet the same rules again and again
+def strip_tag(rest: str, tag: str) -> str:
+    """A saved rule's text without fwrecon's comment ``tag`` (as -save prints it)."""
+    return " ".join(_tag_match(tag).sub(" ", f" {rest} ").split())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tag_match(tag: str) -> re.Pattern[str]:
+    return re.compile(rf'\s-m comment --comment ("?){re.escape(tag)}\1(?=\s)')
+
+
 def build_model(
     save: TableSave,
     family: str,
     by_tag: dict[str, DirectRule],
     by_text: dict[tuple[str, str], list[DirectRule]],
+    canon: dict[DirectRule, str],
 ) -> TableModel:
-    """Tie each saved rule to its items: by tag (ip/ip6), else by exact text."""
+    """Tie each saved rule to its items: by tag (ip/ip6), else by exact text.
+
+    A tag alone proves nothing (anyone can write ``--comment fwrecon:…``): a
+    tagged rule is an item only when its text, that tag aside, is exactly
+    what -save prints for the item (``canon``, learnt by the probe).  A rule
+    with a known tag and any other text is foreign, like any other.
+    """
     if family == "eb":
         builtin = EB_BUILTIN_CHAINS.get(save.table, frozenset())
     else:
@@ -320,7 +337,9 @@ def build_model(
                 owners = tuple(
                     item
                     for item in (by_tag.get(tag) for tag in tags)
-                    if item is not None and (item.family, item.table, item.chain) == (family, save.table, name)
+                    if item is not None
+                    and (item.family, item.table, item.chain) == (family, save.table, name)
+                    and canon.get(item) == strip_tag(rest, item.tag())
                 )
             else:
                 owners = tuple(by_text.get((name, rest), ()))

@@ -44,11 +44,12 @@ import contextlib
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import BackendUnavailable, OperationFailed
-from ..model import NFT_TABLE, Item, NftChain, NftRule
+from ..model import NFT_TABLE, TAG_RE, Item, NftChain, NftRule
 from ..planner import Op
 from .base import Outcome
 
@@ -58,7 +59,6 @@ INVALID_CODE = "NFT_INVALID"  # refused before running nft (bad name or rule tex
 CONFLICT_CODE = "NFT_CHAIN_CONFLICT"  # a chain of that name exists with another hook/priority
 IN_USE_CODE = "NFT_CHAIN_IN_USE"  # deleting the chain would delete rules that stay
 
-TAG_RE = re.compile(r"fwrecon:[0-9a-f]{16}")
 # nft 1.0.6 scanner: string = ({letter}|[_.])({letter}|{digit}|[/\-_\.])*; names are < 256 bytes.
 NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.\-]{0,254}")
 WORD_RE = re.compile(r"[a-z]+")
@@ -156,15 +156,28 @@ def item_problem(item: Item) -> str | None:
 
 @dataclass(frozen=True)
 class RuleEntry:
-    """One rule as listed: its chain, handle and comment (None if it has none)."""
+    """One rule as listed: its chain, handle, comment (None if it has none) and
+    its statements as ``nft -s -j`` lists them (``expr``: for proving ownership)."""
 
     chain: str
     handle: int
     comment: str | None
+    expr: Any = field(default=None, compare=False, hash=False)
 
     @property
     def tag(self) -> str | None:
         return self.comment if self.comment is not None and TAG_RE.fullmatch(self.comment) else None
+
+
+def trusted(listing: "TableListing", proven: Callable[[RuleEntry], bool]) -> "TableListing":
+    """``listing`` with the tag taken off every rule whose tag is not ``proven``.
+
+    A tag is a comment anyone can write: a rule counts as fwrecon's item only
+    when its statements are exactly the item's.  The others are foreign like
+    any untagged rule (never an item's presence, never deleted for it).
+    """
+    rules = [entry if entry.tag is None or proven(entry) else replace(entry, comment=None) for entry in listing.rules]
+    return TableListing(listing.family, listing.exists, listing.chains, rules, listing.others)
 
 
 @dataclass
@@ -220,7 +233,9 @@ def parse_listing(family: str, text: str) -> TableListing:
             listing.chains[name] = canonical_chain(chain)
         elif kind == "rule":
             comment = body.get("comment")
-            listing.rules.append(RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment)))
+            listing.rules.append(
+                RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr"))
+            )
         else:
             listing.others.append(f"{kind} {body.get('name', '?')}")
     return listing
@@ -419,6 +434,45 @@ def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
         state.statements.append((f"delete rule {rule.family} {NFT_TABLE} {rule.chain} handle {handle}", op))
     del state.live[(rule.chain, tag)]
     return Outcome.APPLIED
+
+
+def jump_targets(expr: Any) -> set[str]:
+    """Chains a listed rule's statements jump or go to (``nft -j`` form)."""
+    found: set[str] = set()
+    for statement in expr if isinstance(expr, list) else ():
+        for verb in ("jump", "goto"):
+            target = statement.get(verb) if isinstance(statement, dict) else None
+            if isinstance(target, dict) and isinstance(target.get("target"), str):
+                found.add(target["target"])
+    return found
+
+
+def foreign_users(listing: "TableListing") -> dict[str, list[str]]:
+    """Per chain name: the foreign rules that sit in it or jump to it.
+
+    nft deletes a chain's rules along with it (and refuses while a rule
+    jumps to it), so a chain of ours that such a rule uses must stay.
+    """
+    users: dict[str, list[str]] = {}
+    for entry in listing.rules:
+        if entry.tag is not None:
+            continue
+        users.setdefault(entry.chain, []).append(f"foreign rule in {entry.chain} (handle {entry.handle})")
+        for target in jump_targets(entry.expr):
+            if target != entry.chain:
+                users.setdefault(target, []).append(f"foreign rule in {entry.chain} (handle {entry.handle}) jumping to it")
+    return users
+
+
+PROBE_PREFIX = "fwrecon-probe-"
+
+
+def probe_script(family: str, chain: str, rules: Sequence[NftRule]) -> str:
+    """Adds ``rules`` (untagged) to the scratch chain ``chain`` of fwrecon's table,
+    to learn how nft lists them.  A regular chain: never hooked, never live."""
+    lines = [f"add chain {family} {NFT_TABLE} {chain}"]
+    lines += [f"add rule {family} {NFT_TABLE} {chain} {rule.rule}" for rule in rules]
+    return "".join(line + "\n" for line in lines)
 
 
 def check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Item | None]]:

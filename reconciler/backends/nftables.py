@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -42,15 +43,20 @@ from .nft_text import (
     build_script,
     canonical_chain,
     check_script,
+    PROBE_PREFIX,
+    RuleEntry,
     failure_for,
+    foreign_users,
     generation_pid,
     is_drift_line,
     item_problem,
     parse_errors,
     parse_listing,
+    probe_script,
+    trusted,
     validate,
 )
-from .process import ToolRunner, kill, which
+from .process import ToolRunner, kill, process_gone, which
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +97,8 @@ class NftablesBackend(BatchBackend):
         self._rules: dict[str, NftRule] = {}  # tag -> rule
         self._chains: dict[tuple[str, str], set[NftChain]] = {}  # (family, name) -> remembered chains
         self._listings: dict[str, TableListing] = {}  # last listing per family (handles of present rules)
+        self._exprs: dict[NftRule, Any] = {}  # rule -> its statements as nft lists them (learnt by a probe)
+        self._expr_failed: dict[NftRule, frozenset[str]] = {}  # -> the table's chains when nft refused it
         self._observed: dict[str, tuple[float, TableListing]] = {}  # observe's listings, for the next batch
         self._lock = asyncio.Lock()
         self._callbacks: list[EventCallback] = []
@@ -165,16 +173,87 @@ class NftablesBackend(BatchBackend):
         return _Result(result.returncode, result.stdout, result.stderr)
 
     async def _list(self, family: str) -> TableListing:
-        result = await self._run("-j", "list", "table", family, NFT_TABLE)
+        """fwrecon's table in ``family``, tags kept only where proven (see `_prove`)."""
+        result = await self._run("-s", "-j", "list", "table", family, NFT_TABLE)
         if result.returncode != 0:
             if _MISSING_TABLE_MARK in result.stderr:
                 listing = TableListing(family)
             else:
                 raise BackendUnavailable(f"nft list table {family} {NFT_TABLE} failed: {result.stderr.strip()}")
         else:
-            listing = parse_listing(family, result.stdout)
+            listing = await self._prove(parse_listing(family, result.stdout))
         self._listings[family] = listing
         return listing
+
+    # -- proving ownership ----------------------------------------------------------------
+
+    def _claimed(self, family: str, entry: RuleEntry) -> NftRule | None:
+        """The known rule whose tag ``entry`` carries, if it sits in that rule's chain."""
+        rule = self._rules.get(entry.tag) if entry.tag else None
+        return rule if rule is not None and (rule.family, rule.chain) == (family, entry.chain) else None
+
+    async def _prove(self, listing: TableListing) -> TableListing:
+        """Keep a rule's tag only when its statements are exactly its item's.
+
+        Anyone can write ``comment "fwrecon:…"`` onto a rule; what nft lists
+        for an item's rule text is learnt once per process with a probe
+        (`_learn`) and compared with the listed rule.
+        """
+        family = listing.family
+        chains = frozenset(listing.chains)
+        unknown = {
+            rule
+            for entry in listing.rules
+            if (rule := self._claimed(family, entry)) is not None
+            and rule not in self._exprs
+            and self._expr_failed.get(rule) != chains
+        }
+        if unknown:
+            await self._learn(family, sorted(unknown, key=Item.sort_key), chains)
+
+        def proven(entry: RuleEntry) -> bool:
+            rule = self._claimed(family, entry)
+            return rule is not None and rule in self._exprs and self._exprs[rule] == entry.expr
+
+        return trusted(listing, proven)
+
+    async def _learn(self, family: str, rules: list[NftRule], chains: frozenset[str]) -> None:
+        """Learn how nft lists ``rules``: add them, untagged, to a scratch chain of
+        fwrecon's table (a regular chain: never hooked, so never live), list it,
+        drop it.  Rules nft refuses stay unknown (tried again when the table's
+        chains change), so a rule carrying their tag is not taken for them."""
+        probe = f"{PROBE_PREFIX}{os.getpid()}"
+        pending = list(rules)
+        try:
+            while pending:
+                result = await self._run("-f", "-", input=probe_script(family, probe, pending), own=True)
+                if result.returncode == 0:
+                    break
+                lines = {error.line for error in parse_errors(result.stderr) if error.line is not None}
+                bad = {pending[n - 2] for n in lines if 2 <= n < 2 + len(pending)} or set(pending)
+                for rule in bad:
+                    self._expr_failed[rule] = chains
+                    log.info("nft_rule_form_unknown", rule=rule.describe(), error=result.stderr.strip()[:300])
+                pending = [rule for rule in pending if rule not in bad]
+            if pending:
+                listed = await self._run("-s", "-j", "list", "chain", family, NFT_TABLE, probe)
+                found = parse_listing(family, listed.stdout).rules if listed.returncode == 0 else []
+                if len(found) == len(pending):
+                    for rule, entry in zip(pending, found):
+                        self._exprs[rule] = entry.expr
+                else:
+                    log.warning("nft_probe_mismatch", family=family, expected=len(pending), found=len(found))
+        finally:
+            stale = [name for name in chains if name.startswith(PROBE_PREFIX) and name[len(PROBE_PREFIX):].isdigit()
+                     and process_gone(int(name[len(PROBE_PREFIX):]))]
+            cleanup = "".join(
+                f"add chain {family} {NFT_TABLE} {name}\nflush chain {family} {NFT_TABLE} {name}\n"
+                f"delete chain {family} {NFT_TABLE} {name}\n"
+                for name in [probe, *stale]
+            )
+            done = await self._run("-f", "-", input=cleanup, own=True)
+            if done.returncode != 0:
+                log.warning("nft_probe_cleanup_failed", family=family, chain=probe, error=done.stderr.strip()[:300])
 
     # -- observe ------------------------------------------------------------------------
 
@@ -185,17 +264,22 @@ class NftablesBackend(BatchBackend):
             return FirewallView((), containers, unreachable=[("nft", family) for family in families])
         listings = await asyncio.gather(*(self._list(family) for family in families))
         items: list[Item] = []
+        users: dict[Item, tuple[Item | str, ...]] = {}
         for listing in listings:
-            items.extend(self._items_of(listing))
+            items.extend(self._items_of(listing, users))
             self._observed[listing.family] = (time.monotonic(), listing)
-        return FirewallView(items, containers)
+        return FirewallView(items, containers, users=users)
 
-    def _items_of(self, listing: TableListing) -> list[Item]:
+    def _items_of(self, listing: TableListing, users: dict[Item, tuple[Item | str, ...]]) -> list[Item]:
+        """The items ``listing`` holds; fills ``users`` with what keeps each chain in use."""
         items: list[Item] = []
+        foreign = foreign_users(listing)
         for name, chain in listing.chains.items():
-            items.append(chain)
             # The declared form of the same chain (e.g. policy left out) is present too.
-            items.extend(c for c in self._chains.get((listing.family, name), ()) if canonical_chain(c) == chain)
+            forms = [chain, *(c for c in self._chains.get((listing.family, name), ()) if canonical_chain(c) == chain)]
+            items.extend(forms)
+            if name in foreign:
+                users.update((form, tuple(foreign[name])) for form in forms)
         for entry in listing.rules:
             rule = self._rules.get(entry.tag) if entry.tag else None
             if rule is not None and rule.family == listing.family and rule.chain == entry.chain:

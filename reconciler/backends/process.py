@@ -140,3 +140,14 @@ def _text_of(handle: BinaryIO | None) -> str:
     assert handle is not None
     handle.seek(0)
     return handle.read().decode(errors="replace")
+
+
+def process_gone(pid: int) -> bool:
+    """No process ``pid`` exists (a scratch object named after it is stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False

@@ -8,6 +8,8 @@ The JSON, stderr and monitor samples were captured from nftables 1.0.6
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 import time
 
@@ -244,28 +246,58 @@ def test_parse_listing_garbage_is_unavailable():
 # -- a backend on a scripted fake nft ------------------------------------------------
 
 
+# How nft lists the statements of a rule text (`nft -s -j`), for the fake's probe.
+FORMS = {
+    "tcp dport 22 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": None}],
+    "tcp dport 80 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}}, {"accept": None}],
+    "udp dport 7002 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 7002}}, {"accept": None}],
+}
+
+
 class FakeNft(NftablesBackend):
-    """Answers `_run` from canned listings; records every argv and script."""
+    """Answers `_run` from canned listings; records every argv and script.
+
+    Its probe (a script adding rules to ``fwrecon-probe-<pid>``, then ``list
+    chain``) lists the rule texts it knows from `FORMS` and refuses others.
+    """
 
     def __init__(self, listings: dict[str, str] | None = None, fail: str | None = None) -> None:
         super().__init__()
         self.listings = listings or {}
         self.fail = fail  # stderr of a refused `nft -f` / `nft -c`
         self.runs: list[tuple[tuple[str, ...], str | None]] = []
+        self.probed: list[str] = []
 
     async def _run(self, *args: str, input: str | None = None, own: bool = False) -> _Result:
         self.runs.append((args, input))
-        if args[:3] == ("-j", "list", "table"):
-            text = self.listings.get(args[3])
+        if args[:4] == ("-s", "-j", "list", "table"):
+            text = self.listings.get(args[4])
             if text is None:
-                return _Result(1, "", MISSING_TABLE_STDERR.replace(" ip ", f" {args[3]} "))
+                return _Result(1, "", MISSING_TABLE_STDERR.replace(" ip ", f" {args[4]} "))
             return _Result(0, text, "")
+        if args[:4] == ("-s", "-j", "list", "chain"):
+            family, chain = args[4], args[6]
+            rules = [{"rule": {"family": family, "table": "fwrecon", "chain": chain, "handle": 100 + n, "expr": FORMS[text]}}
+                     for n, text in enumerate(self.probed)]
+            return _Result(0, json.dumps({"nftables": [{"chain": {"family": family, "table": "fwrecon", "name": chain, "handle": 99}}, *rules]}), "")
+        if input is not None and " fwrecon-probe-" in input and "flush chain" in input:
+            return _Result(0, "", "")  # the probe's cleanup
+        if input is not None and " fwrecon-probe-" in input and input.startswith("add chain"):
+            texts = [line.split(" ", 5)[5] for line in input.splitlines()[1:]]
+            unknown = [n for n, text in enumerate(texts) if text not in FORMS]
+            if unknown:
+                return _Result(1, "", "".join(f"/dev/stdin:{n + 2}:1-5: Error: syntax error\n" for n in unknown))
+            self.probed = texts
+            return _Result(0, "", "")
         if self.fail is not None:
             return _Result(1, "", self.fail)
         return _Result(0, "", "")
 
     def scripts(self) -> list[str]:
-        return [text for args, text in self.runs if args[0] in ("-f", "-c")]
+        return [text for args, text in self.runs if args[0] in ("-f", "-c") and "fwrecon-probe-" not in (text or "")]
+
+    def lists(self) -> list[tuple[str, ...]]:
+        return [args for args, _ in self.runs if args[:4] == ("-s", "-j", "list", "table")]
 
 
 def run(coro):
@@ -276,7 +308,7 @@ def test_observe_reports_remembered_rules_and_all_chains():
     backend = FakeNft({"inet": sample()})
     backend.remember([SSH, WEB, PRE])
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
-    assert sorted(backend.runs) == [(("-j", "list", "table", "inet", "fwrecon"), None), (("-j", "list", "table", "ip", "fwrecon"), None)]
+    assert sorted(backend.lists()) == [("-s", "-j", "list", "table", "inet", "fwrecon"), ("-s", "-j", "list", "table", "ip", "fwrecon")]
     assert view.has(SSH) and view.has(WEB)
     assert view.has(INPUT) and view.has(MINE)
     assert view.has(PRE)  # declared without a policy, listed with "accept": the same chain
@@ -295,6 +327,41 @@ def test_observe_ignores_unknown_tags_and_a_tag_in_the_wrong_chain():
     assert not run(backend.observe([("nft", "inet")])).has(moved)
 
 
+def test_a_copied_tag_proves_nothing():
+    """A rule carrying SSH's tag with other statements is foreign: SSH counts as
+    absent (drift is not hidden) and removing SSH never deletes it."""
+    forged = sample().replace('"right": 22}}, {"accept": null}', '"right": 7002}}, {"accept": null}').replace('"protocol": "tcp", "field": "dport"}}, "right": 7002', '"protocol": "udp", "field": "dport"}}, "right": 7002')
+    backend = FakeNft({"inet": forged})
+    backend.remember([SSH, WEB])
+    view = run(backend.observe([("nft", "inet")]))
+    assert not view.has(SSH) and view.has(WEB)
+    assert backend.handles(SSH) == []
+    outcomes = run(backend.execute_batch(removes(SSH)))
+    assert outcomes == [Outcome.UNCHANGED] and backend.scripts() == []
+    run(backend.execute_batch(adds(SSH)))  # the real rule goes back in; the forged one stays
+    assert backend.scripts() == [f'add table inet fwrecon\nadd rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"\n']
+
+
+def test_rule_forms_are_learnt_once_with_a_probe_that_leaves_nothing_behind():
+    backend = FakeNft({"inet": sample()})
+    backend.remember([SSH, WEB])
+    run(backend.observe([("nft", "inet")]))
+    probes = [text for _, text in backend.runs if text and "fwrecon-probe-" in text]
+    assert len(probes) == 2  # add the rules to the scratch chain; drop it
+    assert probes[0].splitlines()[1:] == [f"add rule inet fwrecon fwrecon-probe-{os.getpid()} {r.rule}" for r in (SSH, WEB)]
+    assert probes[1].splitlines()[-1] == f"delete chain inet fwrecon fwrecon-probe-{os.getpid()}"
+    count = len(backend.runs)
+    assert run(backend.observe([("nft", "inet")])).has(SSH)
+    assert len(backend.runs) == count + 1  # learnt: one listing, no probe
+
+
+def test_a_rule_nft_refuses_in_the_probe_is_not_taken_for_its_tag():
+    odd = NftRule("inet", "input", "tcp dport 22 accept counter")  # not in FORMS: the fake's nft refuses it
+    backend = FakeNft({"inet": INET_SAMPLE.replace("fwrecon:0123456789abcdef", odd.tag())})
+    backend.remember([odd])
+    assert not run(backend.observe([("nft", "inet")])).has(odd)
+
+
 def test_observe_missing_table_is_empty():
     view = run(FakeNft().observe([("nft", "ip")]))
     assert view.items() == frozenset()
@@ -304,7 +371,7 @@ def test_batch_into_an_empty_table_is_one_script():
     backend = FakeNft()
     outcomes = run(backend.execute_batch(adds(INPUT, MINE, SSH, WEB)))
     assert outcomes == [Outcome.APPLIED] * 4
-    assert [args for args, _ in backend.runs] == [("-j", "list", "table", "inet", "fwrecon"), ("-f", "-")]
+    assert [args for args, _ in backend.runs] == [("-s", "-j", "list", "table", "inet", "fwrecon"), ("-f", "-")]
     assert backend.scripts() == [
         "add table inet fwrecon\n"
         "add chain inet fwrecon input { type filter hook input priority 0; policy drop; }\n"
@@ -326,8 +393,8 @@ def test_batch_with_two_families_lists_each_once_and_runs_once():
     ip_chain = NftChain("ip", "input", "filter", "input", 0, "accept")
     ip_rule = NftRule("ip", "input", "tcp dport 22 accept")
     run(backend.execute_batch(adds(INPUT, ip_chain, SSH, ip_rule)))
-    assert [args[:4] for args, _ in backend.runs].count(("-j", "list", "table", "inet")) == 1
-    assert [args[:4] for args, _ in backend.runs].count(("-j", "list", "table", "ip")) == 1
+    assert [args[:5] for args in backend.lists()].count(("-s", "-j", "list", "table", "inet")) == 1
+    assert [args[:5] for args in backend.lists()].count(("-s", "-j", "list", "table", "ip")) == 1
     (script,) = backend.scripts()
     lines = script.splitlines()
     assert lines[0] == "add table ip fwrecon"  # families in a fixed order, each with its table first
