@@ -32,7 +32,7 @@ from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS
 from .model import NftChain, NftRule
-from .policy import LoadResult, load_policy_dir
+from .policy import LoadResult, load_policy_dir, unresolved_chains
 from .state import State, StateStore
 
 DEFAULT_POLICY_DIR = "/etc/fwrecon/policies.d"
@@ -111,16 +111,22 @@ async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncItera
 
 
 async def cmd_check(args: argparse.Namespace) -> int:
+    """The checks `plan` and `apply` make (Reconciler.validate), without changing anything."""
     loaded = load_policy_dir(args.policy_dir)
     extra: dict[str, list[FwreconError]] = {}
     try:
         async with _reconciler(args, StateStore(args.state_file)) as reconciler:
-            desired = await reconciler.desired(loaded, State())
+            desired, _ = await reconciler.validate(loaded, State(), thorough=True)
             extra = dict(desired.invalid)  # type: ignore[arg-type]
+            for note in desired.notes:
+                print(f"note: {note}", file=sys.stderr)
     except BackendUnavailable as exc:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
-    for name, errors in (await _nft_syntax_errors(loaded)).items():
-        extra.setdefault(name, []).extend(errors)
+        for name, errors in (await _nft_syntax_errors(loaded)).items():
+            extra.setdefault(name, []).extend(errors)
+        declared = [item for policy in loaded.policies.values() for item in policy.items]
+        for name, policy in loaded.policies.items():
+            extra.setdefault(name, []).extend(unresolved_chains(policy, declared, None))
     count = _print_errors(loaded, extra)
     if count == 0:
         print(f"{len(loaded.policies)} policies valid")
@@ -133,15 +139,14 @@ async def _nft_syntax_errors(loaded: LoadResult) -> dict[str, list[FwreconError]
     if not wanted:
         return {}
     try:
-        verdicts = await NftablesBackend().check(wanted)
+        verdicts = await NftablesBackend().verdicts(wanted)
     except BackendUnavailable as exc:
         print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
         return {}
     found: dict[str, list[FwreconError]] = {}
     for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
         policy = wanted[item]
-        what = repr(item.rule) if isinstance(item, NftRule) else "the chain"
-        found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), f"nft rejects {what}: {message}"))
+        found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
     return found
 
 

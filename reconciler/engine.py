@@ -26,7 +26,7 @@ from .backends.router import Router
 from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item
 from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_ownership
-from .policy import LoadResult, Policy, check_references
+from .policy import LoadResult, Policy, check_references, unresolved_chains
 from .view import FirewallView
 from .state import State, StateStore
 from .transaction import Transaction, TransactionFailed
@@ -39,7 +39,7 @@ PENDING_OPS_SHOWN = 20  # ops named in the state file's intent note (and the war
 @dataclass
 class PolicyOutcome:
     policy: str
-    status: str  # "unchanged" | "applied" | "failed"
+    status: str  # "unchanged" | "applied" | "failed" | "invalid" (refused for a reason check finds too)
     ops: list[tuple[Op, Outcome]] = field(default_factory=list)
     error: str | None = None
     code: str | None = None
@@ -53,6 +53,7 @@ class Desired:
 
     items: dict[str, frozenset[Item]]
     invalid: dict[str, list[PolicyError]]
+    notes: list[str] = field(default_factory=list)  # checks that could not be made here
 
 
 @dataclass
@@ -213,11 +214,86 @@ class Reconciler:
         self.backend.remember(itertools.chain(state.owned, *desired.values()))
         return await self.backend.observe(containers_for(desired, state.owned))
 
-    async def plan(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> tuple[list[PolicyPlan], Desired]:
-        """Observe and plan without changing anything (``fwrecon plan``)."""
-        state = self.store.load()
+    async def validate(
+        self,
+        loaded: LoadResult,
+        state: State,
+        last_good: Mapping[str, frozenset[Item]] | None = None,
+        *,
+        thorough: bool = False,
+    ) -> tuple[Desired, FirewallView]:
+        """Every check a policy must pass before it applies, and the view it was judged on.
+
+        The same for ``check``, ``plan`` and ``apply``, so they cannot disagree:
+        the policy's own validation, names firewalld must know, what the
+        backend in charge cannot express, and chains a rule needs that no
+        applying policy declares and the backend does not hold.
+        ``thorough`` (``check`` and ``plan``) also asks the backends' own
+        verdicts (``nft -c``); ``apply`` leaves that to the write itself,
+        which is all or nothing.  A policy that fails is held at its last good
+        items, like any invalid one.
+        """
         desired = await self.desired(loaded, state, last_good)
+        if thorough:
+            try:
+                verdicts = await self.verdict_errors(loaded, desired)
+            except BackendUnavailable as exc:
+                desired.notes.append(f"nft rules not checked by nft ({exc})")
+                verdicts = {}
+            for name, errors in verdicts.items():
+                self._hold(desired, name, errors, state, last_good)
         view = await self.observe(desired.items, state)
+        while True:
+            declared = [item for items in desired.items.values() for item in items]
+            found = {
+                name: errors
+                for name, policy in loaded.policies.items()
+                if name not in desired.invalid and (errors := unresolved_chains(policy, declared, view.items()))
+            }
+            if not found:
+                break
+            for name, errors in found.items():
+                self._hold(desired, name, errors, state, last_good)
+        if containers_for(desired.items, state.owned) - view.containers:
+            view = await self.observe(desired.items, state)  # a held version needs containers not read yet
+        return desired, view
+
+    async def verdict_errors(self, loaded: LoadResult, desired: Desired) -> dict[str, list[PolicyError]]:
+        """The backends' own verdicts (``nft -c``) on the items of policies still valid."""
+        wanted = {item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items}
+        found: dict[str, list[PolicyError]] = {}
+        for item, message in sorted((await self.backend.verdicts(wanted)).items(), key=lambda pair: pair[0].sort_key()):
+            policy = wanted[item]
+            found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
+        return found
+
+    async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome) -> None:
+        """A policy the firewall refused may be one `check` would have refused:
+        then it is invalid (held at its last good version, not retried until
+        its file changes), as `check` and `plan` say, rather than failed.
+        The tools' verdicts (nft -c) are asked only now, when a write failed."""
+        name = outcome.policy
+        single = LoadResult(policies={name: loaded.policies[name]})
+        try:
+            errors = (await self.verdict_errors(single, Desired({}, {}))).get(name)
+        except BackendUnavailable:
+            return
+        if errors:
+            desired.invalid[name] = errors
+            outcome.status = "invalid"
+
+    @staticmethod
+    def _hold(desired: Desired, name: str, errors: list[PolicyError], state: State,
+              last_good: Mapping[str, frozenset[Item]] | None) -> None:
+        """Make ``name`` invalid: it keeps its last good items (or what it owns)."""
+        desired.invalid[name] = desired.invalid.get(name, []) + errors
+        held = (last_good or {}).get(name)
+        desired.items[name] = held if held is not None else state.owned_by(name)
+
+    async def plan(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> tuple[list[PolicyPlan], Desired]:
+        """Validate thoroughly, observe and plan without changing anything (``fwrecon plan``)."""
+        state = self.store.load()
+        desired, view = await self.validate(loaded, state, last_good, thorough=True)
         return plan_all(desired.items, view, state.owned), desired
 
     async def reconcile(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> ReconcileReport:
@@ -225,20 +301,21 @@ class Reconciler:
         state = self.store.load()
         if state.pending:
             log.warning("interrupted_transaction_found", pending=state.pending)
-        desired = await self.desired(loaded, state, last_good)
+        await self._migrate(state)
+        desired, view = await self.validate(loaded, state, last_good)
         for name, errors in desired.invalid.items():
             for err in errors:
                 log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
         outcomes: list[PolicyOutcome] = []
-        await self._migrate(state)
-        view = await self.observe(desired.items, state)
         plans = plan_all(desired.items, view, state.owned)
         wanted = dict(desired.items)
         while plans:
             plan = plans.pop(0)
             outcome = await self._run_plan(plan, state)
             outcomes.append(outcome)
-            if outcome.status == "failed" and plans:
+            if outcome.status == "failed" and plan.policy in loaded.policies:
+                await self._judge_failure(loaded, desired, outcome)
+            if outcome.status in ("failed", "invalid") and plans:
                 # The failed policy stays as it was; plan the rest without its adds.
                 wanted[plan.policy] = state.owned_by(plan.policy)
                 remaining = {p.policy for p in plans}

@@ -47,20 +47,24 @@ from .model import (
     Source,
     SourcePort,
 )
+from .limits import (
+    DIRECT_BUILTIN_CHAINS,
+    DIRECT_PRIORITY_RANGE,
+    DIRECT_TABLES,
+    NFT_CHAIN_POLICIES,
+    NFT_CHAIN_TYPES,
+    NFT_FAMILIES,
+    NFT_HOOKS,
+    NFT_NAME_RE,
+    NFT_NAME_TEXT,
+    NFT_PRIORITY_RANGE,
+    nft_jump_targets,
+    nft_rule_problem,
+)
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
 
 TOP_KEYS = ("description", "zone", "policy", "direct", "nft")
-NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
-NFT_HOOKS = {
-    "ip": ("prerouting", "input", "forward", "output", "postrouting"),
-    "ip6": ("prerouting", "input", "forward", "output", "postrouting"),
-    "inet": ("prerouting", "input", "forward", "output", "postrouting"),
-    "arp": ("input", "output"),
-    "bridge": ("prerouting", "input", "forward", "output", "postrouting"),
-    "netdev": (),  # ingress/egress chains need a device: not supported here
-}
-NFT_CHAIN_TYPES = ("filter", "nat", "route")
 NFT_CHAIN_KEYS = ("family", "chain", "type", "hook", "priority", "policy")
 NFT_RULE_KEYS = ("family", "chain", "rule")
 SCOPE_LIST_KEYS = ("services", "ports", "protocols", "source_ports", "icmp_blocks", "rich_rules")
@@ -69,11 +73,6 @@ POLICY_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports")
 FORWARD_PORT_KEYS = ("port", "protocol", "to_port", "to_addr")
 DIRECT_CHAIN_KEYS = ("family", "table", "chain")
 DIRECT_RULE_KEYS = ("family", "table", "chain", "priority", "args")
-DIRECT_TABLES = {
-    "ipv4": ("filter", "nat", "mangle", "raw", "security"),
-    "ipv6": ("filter", "nat", "mangle", "raw", "security"),
-    "eb": ("filter", "nat", "broute"),
-}
 
 # \Z, not $: "$" also matches before a trailing newline ("http\n" would pass).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
@@ -81,14 +80,8 @@ _SCOPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
 _CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
-# The kernel refuses '/', ':' and white space; firewalld also '!' and '*'.
-_NFT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
-_NFT_NOT_ONE_RULE = re.compile(r"[;#\n\r\0]")
 _LINE_BREAK_OR_NUL = re.compile(r"[\n\0]")
-_NFT_COMMENT = re.compile(r"\bcomment\b")
 _INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
-# firewalld's direct interface takes the priority as a D-Bus int32.
-_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -269,6 +262,37 @@ def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:
         for ref in policy.references
         if ref.name not in pools[ref.kind]
     ]
+
+
+def unresolved_chains(policy: Policy, declared: Iterable[Item], held: Iterable[Item] | None) -> list[PolicyError]:
+    """Errors for rules in (or nft rules jumping to) a chain that is not built in,
+    that no applying policy declares (``declared``: every item that will be
+    applied) and that the backend does not hold (``held``: what it lists; None
+    when it could not be asked, and then only declarations count).
+
+    Such a rule would pass every offline check and fail at apply.
+    """
+    chains: set[tuple[str, ...]] = set()
+    for item in (*declared, *(held or ())):
+        if isinstance(item, NftChain):
+            chains.add(("nft", item.family, item.chain))
+        elif isinstance(item, DirectChain):
+            chains.add(("direct", item.family, item.table, item.chain))
+    where = "" if held is None else " and the backend in charge does not hold it"
+    errors: list[PolicyError] = []
+    for item in sorted(policy.items, key=Item.sort_key):
+        if isinstance(item, NftRule):
+            for chain in sorted({item.chain, *nft_jump_targets(item.rule)}):
+                if ("nft", item.family, chain) not in chains:
+                    what = "rule's chain" if chain == item.chain else "chain it jumps to"
+                    errors.append(PolicyError(policy.file, policy.key_of(item),
+                                              f"the {what} {chain!r} ({item.family}) is declared by no [[nft.chain]]{where}"))
+        elif isinstance(item, DirectRule):
+            builtin = DIRECT_BUILTIN_CHAINS.get(item.family, {}).get(item.table, frozenset())
+            if item.chain not in builtin and ("direct", item.family, item.table, item.chain) not in chains:
+                errors.append(PolicyError(policy.file, policy.key_of(item),
+                                          f"chain {item.chain!r} ({item.family} {item.table}) is not built in and declared by no [[direct.chain]]{where}"))
+    return errors
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError, text: str) -> str:
@@ -565,8 +589,8 @@ class _PolicyParser:
         priority = entry.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
-        elif not _PRIORITY_RANGE[0] <= priority <= _PRIORITY_RANGE[1]:
-            self.error(f"{path}.priority", f"{priority} is out of range ({_PRIORITY_RANGE[0]} to {_PRIORITY_RANGE[1]})")
+        elif not DIRECT_PRIORITY_RANGE[0] <= priority <= DIRECT_PRIORITY_RANGE[1]:
+            self.error(f"{path}.priority", f"{priority} is out of range ({DIRECT_PRIORITY_RANGE[0]} to {DIRECT_PRIORITY_RANGE[1]})")
         args = entry.get("args")
         if args is None:
             self.error(f"{path}.args", "missing (the rule's arguments, e.g. [\"-p\", \"tcp\", \"-j\", \"ACCEPT\"])")
@@ -597,8 +621,8 @@ class _PolicyParser:
         if family is not None and family not in NFT_FAMILIES:
             self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
             ok = False
-        if chain is not None and not _NFT_NAME.match(chain):
-            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name (letters, digits, '_', '.', '-'; up to 64)")
+        if chain is not None and not NFT_NAME_RE.fullmatch(chain):
+            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name ({NFT_NAME_TEXT})")
             ok = False
         return (family, chain) if ok else None  # type: ignore[return-value]
 
@@ -622,9 +646,11 @@ class _PolicyParser:
         priority = base_only.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
+        elif not NFT_PRIORITY_RANGE[0] <= priority <= NFT_PRIORITY_RANGE[1]:
+            self.error(f"{path}.priority", f"{priority} is out of range ({NFT_PRIORITY_RANGE[0]} to {NFT_PRIORITY_RANGE[1]}; the kernel keeps 32 bits)")
         chain_policy = base_only.get("policy", "")
-        if hook and chain_policy not in ("", "accept", "drop"):
-            self.error(f"{path}.policy", f"{_show(chain_policy)} is not accept|drop")
+        if hook and chain_policy not in ("", *NFT_CHAIN_POLICIES):
+            self.error(f"{path}.policy", f"{_show(chain_policy)} is not {'|'.join(NFT_CHAIN_POLICIES)}")
         if len(self.errors) > errors_before or names is None:
             return None
         family, chain = names
@@ -637,12 +663,9 @@ class _PolicyParser:
         rule = self.required_string(path, entry, "rule")
         folded = " ".join(rule.split()) if rule is not None else ""
         if rule is not None:
-            if not folded:
-                self.error(f"{path}.rule", "is empty")
-            elif _NFT_NOT_ONE_RULE.search(rule):
-                self.error(f"{path}.rule", "must be one rule: no ';', '#' or line breaks")
-            elif _NFT_COMMENT.search(folded):
-                self.error(f"{path}.rule", "must not carry a comment: fwrecon tags each rule with its own")
+            problem = "is empty" if not folded else nft_rule_problem(rule)
+            if problem:
+                self.error(f"{path}.rule", problem)
         if len(self.errors) > errors_before or names is None or rule is None:
             return None
         return NftRule(names[0], names[1], folded)

@@ -90,6 +90,11 @@ class Backend(ABC):
         """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""
         return None
 
+    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
+        """The firewall tools' own verdict on ``items`` without applying them
+        (``nft -c``): item -> why it would be refused.  For ``check`` and ``plan``."""
+        return {}
+
     def refusal_key(self) -> Hashable:
         """A value that changes whenever `cannot_hold` may answer differently
         (a tool installed or removed); answers are kept while it stays equal.

@@ -43,6 +43,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import OperationFailed
+from ..limits import DIRECT_BUILTIN_CHAINS
 from ..model import TAG_RE, DirectChain, DirectRule, Item
 from ..planner import Op
 from .base import Outcome
@@ -52,11 +53,7 @@ PACKAGES = {"ipv4": "iptables", "ipv6": "iptables", "eb": "ebtables"}  # Debian'
 PROBE_PREFIX = "FWRECON-PROBE-"
 _PROBE_CHAIN = re.compile(re.escape(PROBE_PREFIX) + r"(\d+)")
 # ebtables-save prints a policy for user chains too, so built-ins are known by name.
-EB_BUILTIN_CHAINS = {
-    "filter": frozenset({"INPUT", "FORWARD", "OUTPUT"}),
-    "nat": frozenset({"PREROUTING", "OUTPUT", "POSTROUTING"}),
-    "broute": frozenset({"BROUTING"}),
-}
+EB_BUILTIN_CHAINS = DIRECT_BUILTIN_CHAINS["eb"]
 
 TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # No whitespace, quotes, backslashes or control characters; not an option.

@@ -49,18 +49,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import BackendUnavailable, OperationFailed
+from ..limits import NFT_FAMILIES, NFT_NAME_RE, NFT_NAME_TEXT, NFT_PRIORITY_RANGE, nft_rule_problem
 from ..model import NFT_TABLE, TAG_RE, Item, NftChain, NftRule
 from ..planner import Op
 from .base import Outcome
 
-FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+FAMILIES = NFT_FAMILIES
 ERROR_CODE = "NFT_ERROR"  # nft refused the script
 INVALID_CODE = "NFT_INVALID"  # refused before running nft (bad name or rule text)
 CONFLICT_CODE = "NFT_CHAIN_CONFLICT"  # a chain of that name exists with another hook/priority
 IN_USE_CODE = "NFT_CHAIN_IN_USE"  # deleting the chain would delete rules that stay
 
-# nft 1.0.6 scanner: string = ({letter}|[_.])({letter}|{digit}|[/\-_\.])*; names are < 256 bytes.
-NAME_RE = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.\-]{0,254}")
 WORD_RE = re.compile(r"[a-z]+")
 ERROR_LINE_RE = re.compile(r"^(?P<file>\S+?):(?P<line>\d+):(?P<cols>\d+(?:-\d+)?): Error: (?P<text>.*)$")
 GENERATION_RE = re.compile(r"^# new generation (?P<gen>\d+) by process (?P<pid>\d+)")
@@ -107,28 +106,7 @@ def canonical_chain(chain: NftChain) -> NftChain:
     return replace(chain, policy=chain.policy or "accept")
 
 
-def rule_problem(rule: str) -> str | None:
-    """Why ``rule`` cannot be one fwrecon-tagged nft rule, or None.
-
-    Outside double quotes (nft strings have no escapes) a rule may not contain
-    ``;`` (a second command), ``#`` (a comment swallowing the tag) or the
-    ``comment`` keyword (nft allows one comment, and fwrecon's tag needs it).
-    """
-    if not rule.strip():
-        return "empty rule"
-    if "\n" in rule or "\r" in rule:
-        return "rule text contains a line break"
-    pieces = rule.split('"')  # nft strings have no escapes: odd pieces are quoted
-    if len(pieces) % 2 == 0:
-        return "rule text has an unterminated string"
-    bare = " ".join(pieces[::2])
-    if ";" in bare:
-        return "rule text contains ';' (one rule per item)"
-    if "#" in bare:
-        return "rule text contains '#' (it would turn fwrecon's ownership tag into a comment)"
-    if "comment" in bare.split():
-        return 'rule has its own comment; fwrecon needs the comment for its ownership tag "fwrecon:<hash>"'
-    return None
+rule_problem = nft_rule_problem
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -138,10 +116,12 @@ def item_problem(item: Item) -> str | None:
         return f"the nftables backend cannot hold {item.describe()}"
     if item.family not in FAMILIES:
         return f"unknown nftables family {item.family!r} (one of {', '.join(FAMILIES)})"
-    if not NAME_RE.fullmatch(item.chain):
-        return f"invalid nft chain name {item.chain!r}"
+    if not NFT_NAME_RE.fullmatch(item.chain):
+        return f"invalid nft chain name {item.chain!r} ({NFT_NAME_TEXT})"
     if isinstance(item, NftChain):
         if item.hook:
+            if not NFT_PRIORITY_RANGE[0] <= item.priority <= NFT_PRIORITY_RANGE[1]:
+                return f"chain priority {item.priority} is out of range (32 bits)"
             for what, word in (("type", item.type), ("hook", item.hook)):
                 if not WORD_RE.fullmatch(word):
                     return f"invalid chain {what} {word!r}"

@@ -155,10 +155,11 @@ class NftablesBackend(BatchBackend):
     def _nft_path(self) -> str | None:
         return which(self.nft)
 
-    async def _run(self, *args: str, input: str | None = None, own: bool = False) -> _Result:
-        """Run nft once (in the netns), with the timeout; ``own`` marks a write."""
+    async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> _Result:
+        """Run nft once (in the netns), with the timeout; ``own`` marks a write
+        (``scratch``: one that only touches the probe's scratch chain)."""
         self.calls += 1
-        if own:
+        if own and not scratch:
             self.writes += 1
 
         def started(pid: int) -> None:
@@ -226,7 +227,7 @@ class NftablesBackend(BatchBackend):
         pending = list(rules)
         try:
             while pending:
-                result = await self._run("-f", "-", input=probe_script(family, probe, pending), own=True)
+                result = await self._run("-f", "-", input=probe_script(family, probe, pending), own=True, scratch=True)
                 if result.returncode == 0:
                     break
                 lines = {error.line for error in parse_errors(result.stderr) if error.line is not None}
@@ -251,7 +252,7 @@ class NftablesBackend(BatchBackend):
                 f"delete chain {family} {NFT_TABLE} {name}\n"
                 for name in [probe, *stale]
             )
-            done = await self._run("-f", "-", input=cleanup, own=True)
+            done = await self._run("-f", "-", input=cleanup, own=True, scratch=True)
             if done.returncode != 0:
                 log.warning("nft_probe_cleanup_failed", family=family, chain=probe, error=done.stderr.strip()[:300])
 
@@ -332,6 +333,12 @@ class NftablesBackend(BatchBackend):
         return True
 
     # -- check ----------------------------------------------------------------------------
+
+    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
+        """`check`'s findings as refusal texts; BackendUnavailable when nft -c cannot run here."""
+        found = await self.check(items)
+        return {item: f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
+                for item, message in found.items()}
 
     async def check(self, items: Iterable[Item]) -> dict[Item, str]:
         """Validate chains and rules with ``nft -c`` (commits nothing): item → error.

@@ -100,6 +100,17 @@ class Router(Backend):
     async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
         return await self._route(ops[0].item).execute_batch(ops)
 
+    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
+        groups: dict[int, tuple[Backend, list[Item]]] = {}
+        for item in items:
+            backend = self.backend_for(item)
+            if backend is not None:
+                groups.setdefault(id(backend), (backend, []))[1].append(item)
+        found: dict[Item, str] = {}
+        for backend, wanted in groups.values():
+            found.update(await backend.verdicts(wanted))
+        return found
+
     async def known_names(self) -> KnownNames | None:
         zone_backend = self.routes.get("zone")
         return await zone_backend.known_names() if zone_backend else None

@@ -212,9 +212,10 @@ def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
     tables = {("direct", f, "filter") for f in FAMILIES}
     backend.runs = 0
     run(backend.observe(tables))
-    # ip/ip6 rules are known by their tags; eb rules only by text, which one
-    # probe (restore, save, cleanup) learns the first time they are seen.
-    assert backend.runs == 3 + 3
+    # Per table one save; the first time rules are seen, one probe (restore,
+    # save, cleanup) learns their printed text: eb rules are known by text
+    # alone, and a tag proves a rule is the item's only with that text.
+    assert backend.runs == 3 + 3 * 3
     backend.runs = 0
     view = run(backend.observe(tables))
     assert backend.runs == 3  # one save per table, nothing left to learn
@@ -538,6 +539,9 @@ def test_reconciler_applies_keeps_a_chain_with_foreign_rules_and_removes_the_res
     report = reconcile(web=frozenset(items))
     assert report.converged and report.write_ops == 4
     assert len(chain_rules(ns, "ipv4", "FWR_IN")) == 2
+    backend.runs = 0
+    report = reconcile(web=frozenset(items))
+    assert report.write_ops == 0 and backend.runs == 1 + 3  # one save; the new rules' text proven once (probe)
     backend.runs = 0
     report = reconcile(web=frozenset(items))
     assert report.write_ops == 0 and backend.runs == 1  # one save of ipv4 filter, nothing else

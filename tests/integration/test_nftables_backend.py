@@ -176,9 +176,12 @@ def test_batch_after_observe_is_one_nft_process(netns):
     assert run(backend.execute_batch(adds(*ITEMS))) == [Outcome.APPLIED] * len(ITEMS)
     assert backend.calls == calls + 1  # nft -f, on observe's listings
     run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    # Two listings; each family's tagged rules, new to this process, are proven
+    # once with a probe (add to a scratch chain, list it, drop it).
+    assert backend.calls == calls + 1 + 2 + 2 * 3
     assert run(backend.execute(Op("remove", SSH))) is Outcome.APPLIED
     assert run(backend.execute(Op("remove", JUMP))) is Outcome.APPLIED  # listing used up: lists again
-    assert backend.calls == calls + 1 + 2 + 1 + 2
+    assert backend.calls == calls + 1 + 2 + 2 * 3 + 1 + 2
     assert "tcp dport 22" not in ruleset(netns) and "jump mine" not in ruleset(netns)
 
 

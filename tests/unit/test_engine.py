@@ -240,10 +240,10 @@ def test_zone_items_on_a_backend_without_zones_make_the_policy_invalid(tmp_path)
 
     ipt = named("iptables")
     store = StateStore(tmp_path / "s.json")
-    report = reconcile(routes_for(None, ipt, None), store, policies(web={HTTP, RULE}, rules={RULE}))
+    report = reconcile(routes_for(None, ipt, None), store, policies(web={HTTP, RULE}, rules={CHAIN, RULE}))
     assert [str(e) for e in report.invalid["web"]] == ["web.toml: zone.public: needs firewalld (backend in charge: iptables)"]
-    assert ipt.state.items() == {RULE}  # the other policy applied
-    assert store.load().placed == {RULE: "iptables"}
+    assert ipt.state.items() == {CHAIN, RULE}  # the other policy applied
+    assert store.load().placed == {CHAIN: "iptables", RULE: "iptables"}
 
 
 def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
@@ -318,3 +318,20 @@ def test_zone_items_wait_while_firewalld_is_away(tmp_path):
     reconcile(routes_for(fw, ipt, None), store, wanted)  # firewalld is back, the file too
     assert fw.state.items() == {HTTP, CHAIN, RULE} and ipt.state.items() == frozenset()
     assert store.load().owned_by("web") == {HTTP, CHAIN, RULE}
+
+
+def test_a_rule_in_a_chain_nobody_declares_is_invalid_and_the_rest_applies(tmp_path):
+    """`check`, `plan` and `apply` judge it alike: the rule would fail at apply."""
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    stray = DirectRule("ipv4", "filter", "NOWHERE", 0, ("-j", "ACCEPT"))
+    builtin = DirectRule("ipv4", "filter", "INPUT", 0, ("-j", "ACCEPT"))
+    report = reconcile(backend, store, policies(a={stray}, b={builtin, HTTP}, c={RULE}, d={CHAIN}))
+    assert [str(e) for e in report.invalid["a"]] == [
+        "a.toml: chain 'NOWHERE' (ipv4 filter) is not built in and declared by no [[direct.chain]] "
+        "and the backend in charge does not hold it"
+    ]
+    assert set(report.invalid) == {"a"}  # c's rule is in d's chain: fine
+    assert backend.state.items() == {builtin, HTTP, CHAIN, RULE}
+    backend.calls.clear()
+    plans, desired = asyncio.run(Reconciler(backend, store, check_names=False).plan(policies(a={stray})))
+    assert set(desired.invalid) == {"a"} and not any(p.ops and p.policy == "a" for p in plans)

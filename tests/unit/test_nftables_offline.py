@@ -268,7 +268,7 @@ class FakeNft(NftablesBackend):
         self.runs: list[tuple[tuple[str, ...], str | None]] = []
         self.probed: list[str] = []
 
-    async def _run(self, *args: str, input: str | None = None, own: bool = False) -> _Result:
+    async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> _Result:
         self.runs.append((args, input))
         if args[:4] == ("-s", "-j", "list", "table"):
             text = self.listings.get(args[4])
