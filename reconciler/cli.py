@@ -26,7 +26,7 @@ from . import __version__
 from .backends.select import BACKEND_MODES
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
-from .engine import Reconciler, gc_paused
+from .engine import Reconciler, gc_paused, held_by_others
 from .backends.nftables import NftablesBackend
 from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
@@ -152,22 +152,28 @@ async def _nft_syntax_errors(loaded: LoadResult) -> dict[str, list[FwreconError]
 
 async def cmd_plan(args: argparse.Namespace) -> int:
     loaded = load_policy_dir(args.policy_dir)
+    store = StateStore(args.state_file)
     try:
-        async with _reconciler(args, StateStore(args.state_file)) as reconciler:
+        async with _reconciler(args, store) as reconciler:
             plans, desired = await reconciler.plan(loaded)
+        others = store.load().others
     except (BackendUnavailable, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     changes = [(plan.policy, op) for plan in plans for op in plan.ops]
+    held = held_by_others(plans, others)
     errors = [str(e) for name in sorted(desired.invalid) for e in desired.invalid[name]]
     if args.json:
         print(json.dumps({
             "changes": [{"policy": p, "action": op.action, "item": op.item.to_json(), "text": op.item.describe()} for p, op in changes],
+            "held_by_others": [{"policy": p, "item": item.to_json(), "text": item.describe()} for p, item in held],
             "errors": errors,
         }, indent=2))
     else:
         for policy, op in changes:
             print(f"{op.describe()}  [{policy}]")
+        for policy, item in held:
+            print(f"= {item.describe()}  [{policy}] held by others")
         for line in errors:
             print(line, file=sys.stderr)
     if errors:

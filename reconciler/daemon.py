@@ -55,10 +55,12 @@ class Trigger(enum.Enum):
     DRIFT = "drift"
     RESYNC = "resync"
     SIGNAL = "signal"
+    SETTLE = "settle"  # adds that waited for a reload to settle
 
 
 # A coalesced batch is labelled by its most significant trigger.
-_LABEL_ORDER = (Trigger.RELOAD, Trigger.STARTUP, Trigger.OWNER, Trigger.POLICY, Trigger.SIGNAL, Trigger.DRIFT, Trigger.RESYNC)
+_LABEL_ORDER = (Trigger.RELOAD, Trigger.STARTUP, Trigger.OWNER, Trigger.SETTLE, Trigger.POLICY, Trigger.SIGNAL,
+                Trigger.DRIFT, Trigger.RESYNC)
 
 Connect = Callable[[str | None], Awaitable[Backend]]
 
@@ -76,6 +78,11 @@ class DaemonSettings:
     backoff_max: float = 30.0
     shutdown_grace: float = 2.0
     backend_mode: BackendMode = "auto"
+    # After a reload or firewalld's return: change signals in this window are
+    # the reload's, not drift, and items no record mentions wait this long
+    # before fwrecon adds (and so owns) them, so tools that hold the same item
+    # (libvirt, docker, netavark) put theirs back first.
+    reload_settle: float = 3.0
 
 
 class Controller:
@@ -108,6 +115,10 @@ class Controller:
         self._retry_batch: dict[Trigger, float] = {}
         self._connected_before = False
         self._ready_sent = False
+        self._last_reload = -float("inf")  # monotonic time of the last reload or firewalld return
+        self._reloads = 0  # reloads and returns seen so far
+        self._reloads_at_last_start = 0  # ... when the previous reconcile started
+        self._settle_handle: asyncio.TimerHandle | None = None
         for name in BACKEND_NAMES:  # all 0 (none in charge) is news too: firewalld mode, firewalld away
             self.metrics.active_backend.labels(backend=name).set(0)
 
@@ -137,9 +148,11 @@ class Controller:
         if event is BackendEvent.RELOADED:
             self.metrics.firewalld_reloads.inc()
             log.info("firewalld_reloaded")
+            self._reloaded()
             self.request(Trigger.RELOAD)
         elif event is BackendEvent.APPEARED:
             log.info("firewalld_appeared")
+            self._reloaded()
             self._set_up(True)
             self.request(Trigger.OWNER)
         elif event is BackendEvent.VANISHED:
@@ -148,7 +161,23 @@ class Controller:
             if self.backend is not None:  # auto mode: iptables takes over now
                 self.request(Trigger.OWNER)
         elif event is BackendEvent.CHANGED:
-            self.request(Trigger.DRIFT)
+            # The change signals a reload sends after Reloaded are the reload's.
+            self.request(Trigger.RELOAD if self._settling() else Trigger.DRIFT)
+
+    def _reloaded(self) -> None:
+        self._last_reload = time.monotonic()
+        self._reloads += 1
+
+    def _settling(self) -> bool:
+        """firewalld reloaded or came back moments ago (see `reload_settle`)."""
+        return time.monotonic() - self._last_reload < self.settings.reload_settle
+
+    def _come_back_after_settling(self) -> None:
+        """Items waited for the reload to settle: reconcile again once it has."""
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
+        delay = max(0.0, self._last_reload + self.settings.reload_settle - time.monotonic()) + 0.05
+        self._settle_handle = asyncio.get_running_loop().call_later(delay, self.request, Trigger.SETTLE)
 
     def _set_up(self, up: bool) -> None:
         self.firewalld_up = up
@@ -224,6 +253,8 @@ class Controller:
         """Let the reconcile in flight finish; after the grace period cancel it (rollback)."""
         if self._retry is not None:
             self._retry.cancel()
+        if self._settle_handle is not None:
+            self._settle_handle.cancel()
         if not self._busy:
             worker.cancel()
         else:
@@ -358,12 +389,20 @@ class Controller:
 
     async def _reconcile(self, batch: dict[Trigger, float]) -> bool:
         trigger = next(t for t in _LABEL_ORDER if t in batch)
+        # A reload since the previous reconcile started explains missing items
+        # as well as drift does: never count that as drift.
+        reloads, previous = self._reloads, self._reloads_at_last_start
+        self._reloads_at_last_start = reloads
+        if trigger in (Trigger.DRIFT, Trigger.RESYNC) and reloads != previous:
+            trigger = Trigger.RELOAD
         started = time.monotonic()
         assert self.backend is not None
         try:
             with gc_paused():
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
-                report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good)
+                report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good, settling=self._settling())
+            if report.deferred:
+                self._come_back_after_settling()
         except BackendUnavailable as exc:
             return self._record_error(trigger, started, exc, "backend_unavailable")
         except FwreconError as exc:
@@ -413,7 +452,7 @@ class Controller:
         m.policies.labels(state="invalid").set(invalid)
         m.policies.labels(state="valid").set(len(loaded.policies.keys() - report.invalid.keys()))
         m.owned_items.set(report.owned_items)
-        if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops:
+        if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops and self._reloads == self._reloads_at_last_start:
             m.drift_repairs.inc(report.write_ops)
         now = time.monotonic()
         latencies: dict[str, float] = {}

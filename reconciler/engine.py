@@ -25,7 +25,7 @@ from .backends.base import Backend, KnownNames, Outcome
 from .backends.router import Router
 from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item
-from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_ownership
+from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, unresolved_chains
 from .view import FirewallView
 from .state import State, StateStore
@@ -45,6 +45,7 @@ class PolicyOutcome:
     code: str | None = None
     failed_op: Op | None = None
     undone: list[Op] = field(default_factory=list)
+    deferred: frozenset[Item] = frozenset()  # adds waiting for a reload to settle
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ReconcileReport:
     owned_items: int
     duration: float
     write_ops: int = 0
+    deferred: int = 0  # adds that wait for a reload to settle (the daemon comes back for them)
 
     @property
     def failed(self) -> list[PolicyOutcome]:
@@ -127,11 +129,22 @@ def desired_state(
             items[name] = policy.items
     held_names = set(invalid)
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
-        held_names |= owners_of(state.owned) | set(last_good or {})
+        held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.owned_by(name)
     return Desired(items, invalid)
+
+
+def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
+    """(policy, item) for every wanted item someone else holds, after ``plans``
+    (what ``fwrecon plan`` shows with ``=``: fwrecon keeps it, never removes it)."""
+    found = []
+    for plan in plans:
+        recorded = {item for item, wanters in others.items() if plan.policy in wanters}
+        for item in sorted((recorded | plan.held | plan.foreign_adds) - plan.unheld, key=Item.sort_key):
+            found.append((plan.policy, item))
+    return found
 
 
 def containers_for(desired: Mapping[str, frozenset[Item]], owned: Mapping[Item, frozenset[str]]) -> set[tuple[str, ...]]:
@@ -190,7 +203,8 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
     """
     intent = dict(before)
     mine = frozenset({plan.policy})
-    for item in itertools.chain(plan.claims, (op.item for op in plan.ops if op.action == "add")):
+    adds = (op.item for op in plan.ops if op.action == "add" and op.item not in plan.foreign_adds)
+    for item in itertools.chain(plan.claims, adds):
         owners = intent.get(item)
         if owners is None or plan.policy not in owners:
             intent[item] = mine if owners is None else owners | mine
@@ -294,9 +308,17 @@ class Reconciler:
         """Validate thoroughly, observe and plan without changing anything (``fwrecon plan``)."""
         state = self.store.load()
         desired, view = await self.validate(loaded, state, last_good, thorough=True)
-        return plan_all(desired.items, view, state.owned), desired
+        return plan_all(desired.items, view, state.owned, state.others), desired
 
-    async def reconcile(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> ReconcileReport:
+    async def reconcile(
+        self,
+        loaded: LoadResult,
+        last_good: Mapping[str, frozenset[Item]] | None = None,
+        *,
+        settling: bool = False,
+    ) -> ReconcileReport:
+        """One reconcile; ``settling``: firewalld reloaded or restarted moments
+        ago, so items no record mentions are not added yet (see planner)."""
         started = time.monotonic()
         state = self.store.load()
         if state.pending:
@@ -307,7 +329,7 @@ class Reconciler:
             for err in errors:
                 log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
         outcomes: list[PolicyOutcome] = []
-        plans = plan_all(desired.items, view, state.owned)
+        plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         wanted = dict(desired.items)
         while plans:
             plan = plans.pop(0)
@@ -320,7 +342,8 @@ class Reconciler:
                 wanted[plan.policy] = state.owned_by(plan.policy)
                 remaining = {p.policy for p in plans}
                 view = await self.observe(wanted, state)
-                plans = [p for p in plan_all(wanted, view, state.owned) if p.policy in remaining]
+                replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
+                plans = [p for p in replanned if p.policy in remaining]
         if state.pending is not None:
             # The interrupted transaction had landed in full (nothing was left to
             # do for it): its intent is the truth now, and the note must go, or
@@ -333,6 +356,7 @@ class Reconciler:
             owned_items=len(state.owned),
             duration=time.monotonic() - started,
             write_ops=sum(len(o.ops) for o in outcomes),
+            deferred=sum(len(o.deferred) for o in outcomes),
         )
         log.info(
             "reconcile_done",
@@ -347,12 +371,15 @@ class Reconciler:
     async def _run_plan(self, plan: PolicyPlan, state: State) -> PolicyOutcome:
         """Apply one policy's plan as a transaction, keeping the state file truthful."""
         if plan.empty:
-            return PolicyOutcome(plan.policy, "unchanged")
+            return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
         before: Ownership = dict(state.owned)
+        # Records of items held by others only ever say "not ours": safe to keep
+        # before anything is written, and whatever the transaction's outcome.
+        state.others = settle_others(state.others, plan)
         if not plan.ops:
             state.owned = settle_ownership(before, plan, [])
             self.store.save(state)
-            return PolicyOutcome(plan.policy, "unchanged")
+            return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
         intent = intent_of(before, plan)
         if intent != before:  # something new to claim (putting back what we own needs no intent)
             state.owned = intent
@@ -397,7 +424,7 @@ class Reconciler:
         added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
         state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
         in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
-        for item in added_new:
+        for item in added_new & state.owned.keys():
             kind = item.container()[0]
             if kind not in in_charge:
                 in_charge[kind] = self.backend.name_for(item)
@@ -407,7 +434,7 @@ class Reconciler:
                 state.placed.pop(item, None)
         state.pending = None
         self.store.save(state)
-        return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results])
+        return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results], deferred=plan.deferred)
 
     def _moved(self, state: State) -> list[Item]:
         """Owned items held by a backend that is no longer in charge of them.

@@ -15,7 +15,7 @@ from . import __version__
 
 # 9100-9999 is Prometheus' range for exporters; 9847 is fwrecon's default.
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9847"
-TRIGGERS = ("startup", "policy", "reload", "owner", "drift", "resync", "signal")
+TRIGGERS = ("startup", "policy", "reload", "owner", "drift", "resync", "signal", "settle")
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 

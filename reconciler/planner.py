@@ -9,7 +9,14 @@ Rules, in the order they are applied for each policy:
   and a chain that still holds rules fwrecon does not own stays;
 * add what the policy wants and the firewall lacks (chains before rules);
 * a wanted item that is already there is *claimed* only if another policy of
-  ours added it; otherwise it is foreign and never becomes ours;
+  ours added it; otherwise it is *held by others* (recorded, per policy that
+  wants it) and never becomes ours: when a reload wipes it and fwrecon is the
+  first to put it back, it is still theirs, and when no policy wants it any
+  more it stays in place (only the record goes).  The one cost: an item whose
+  other holder went away for good stays until removed by hand;
+* ownership is decided once, when fwrecon adds an item nobody held; right
+  after a reload or a firewalld restart (``defer_new``) nobody can tell, so
+  adding items no record mentions waits until the other tools had their turn;
 * items in a container no backend in charge can reach (a zone while firewalld
   is away) are neither added, removed nor let go: they wait for it.
 
@@ -19,7 +26,7 @@ Nothing here does I/O; an unchanged world yields no operations.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 from .model import DirectChain, Item, NftChain
@@ -48,16 +55,25 @@ class Op(NamedTuple):
 
 @dataclass(frozen=True)
 class PolicyPlan:
-    """What one policy's transaction does, plus ownership-only changes."""
+    """What one policy's transaction does, plus ownership-only changes.
+
+    ``held``/``unheld``: records of items held by others this policy starts or
+    stops wanting; ``foreign_adds``: adds that put back someone else's item
+    (no ownership follows); ``deferred``: adds that wait for a reload to settle.
+    """
 
     policy: str
     ops: tuple[Op, ...]
     claims: frozenset[Item] = field(default_factory=frozenset)
     releases: frozenset[Item] = field(default_factory=frozenset)
+    held: frozenset[Item] = field(default_factory=frozenset)
+    unheld: frozenset[Item] = field(default_factory=frozenset)
+    foreign_adds: frozenset[Item] = field(default_factory=frozenset)
+    deferred: frozenset[Item] = field(default_factory=frozenset)
 
     @property
     def empty(self) -> bool:
-        return not (self.ops or self.claims or self.releases)
+        return not (self.ops or self.claims or self.releases or self.held or self.unheld)
 
 
 def chain_in_use(view: FirewallView, chain: DirectChain | NftChain) -> bool:
@@ -65,16 +81,25 @@ def chain_in_use(view: FirewallView, chain: DirectChain | NftChain) -> bool:
     return bool(view.chain_users(chain))
 
 
-def plan_all(desired: Mapping[str, frozenset[Item]], actual: FirewallView, owned: Mapping[Item, frozenset[str]]) -> list[PolicyPlan]:
+def plan_all(
+    desired: Mapping[str, frozenset[Item]],
+    actual: FirewallView,
+    owned: Mapping[Item, frozenset[str]],
+    others: Mapping[Item, frozenset[str]] | None = None,
+    *,
+    defer_new: bool = False,
+) -> list[PolicyPlan]:
     """Plan every policy in name order, each seeing the effect of the ones before.
 
     ``desired`` maps each current policy to its items; policies that only
-    appear in ``owned`` (their file is gone) want nothing.  Claims are settled
-    first, so a shared item is never removed by one policy and re-added by
-    another in the same run.  Inputs are not modified.
+    appear in ``owned`` or ``others`` (their file is gone) want nothing.
+    ``others`` records, per item held by someone else, the policies that want
+    it.  Claims are settled first, so a shared item is never removed by one
+    policy and re-added by another in the same run.  Inputs are not modified.
     """
     view = actual.copy()
     ownership: Ownership = dict(owned)
+    held: Ownership = dict(others or {})
     claims: dict[str, frozenset[Item]] = {}
     for policy, items in desired.items():
         claims[policy] = frozenset(
@@ -83,23 +108,32 @@ def plan_all(desired: Mapping[str, frozenset[Item]], actual: FirewallView, owned
         for item in claims[policy]:
             ownership[item] = ownership[item] | {policy}
     plans = []
-    names = sorted(desired.keys() | owners_of(owned))
+    names = sorted(desired.keys() | owners_of(owned) | owners_of(held))
     for policy in names:
-        plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership)
-        plan = PolicyPlan(policy, plan.ops, claims.get(policy, frozenset()), plan.releases)
+        plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, defer_new)
+        plan = replace(plan, claims=claims.get(policy, frozenset()))
         if policy != names[-1]:  # the policies after it plan against its effect
             ownership = settle_ownership(ownership, plan, plan.ops)
+            held = settle_others(held, plan)
         plans.append(plan)
     return plans
 
 
-def _plan_policy(policy: str, desired: frozenset[Item], view: FirewallView, owned: Mapping[Item, frozenset[str]]) -> PolicyPlan:
+def _plan_policy(
+    policy: str,
+    desired: frozenset[Item],
+    view: FirewallView,
+    owned: Mapping[Item, frozenset[str]],
+    others: Mapping[Item, frozenset[str]],
+    defer_new: bool,
+) -> PolicyPlan:
     """Plan one policy against ``view``; ``view`` is updated with the planned ops."""
     ops: list[Op] = []
     releases: set[Item] = set()
     if view.unreachable:  # no backend in charge holds these: leave them, and their ownership, as they are
         desired = frozenset(item for item in desired if item.container() not in view.unreachable)
         owned = {item: owners for item, owners in owned.items() if item.container() not in view.unreachable}
+        others = {item: wanters for item, wanters in others.items() if item.container() not in view.unreachable}
     mine = sorted(
         (item for item, owners in owned.items() if policy in owners and item not in desired),
         key=lambda item: (-item.layer, item.sort_key()),
@@ -112,11 +146,26 @@ def _plan_policy(policy: str, desired: frozenset[Item], view: FirewallView, owne
         else:
             ops.append(Op("remove", item))
             view.remove(item)
+    unheld = frozenset(item for item, wanters in others.items() if policy in wanters and item not in desired)
+    held: set[Item] = set()
+    foreign_adds: set[Item] = set()
+    deferred: set[Item] = set()
     for item in sorted(desired, key=Item.sort_key):
-        if not view.has(item):
+        foreign = item in others and item not in owned
+        if view.has(item):
+            if item not in owned and policy not in others.get(item, ()):
+                held.add(item)  # there before we wanted it, and not ours: someone else's
+        elif foreign:
+            ops.append(Op("add", item))  # put back what someone else holds; it stays theirs
+            view.add(item)
+            foreign_adds.add(item)
+        elif defer_new and item not in owned:
+            deferred.add(item)  # right after a reload nobody can tell whose it would be
+        else:
             ops.append(Op("add", item))
             view.add(item)
-    return PolicyPlan(policy, tuple(ops), frozenset(), frozenset(releases))
+    return PolicyPlan(policy, tuple(ops), frozenset(), frozenset(releases), frozenset(held), unheld,
+                      frozenset(foreign_adds), frozenset(deferred))
 
 
 def owners_of(owned: Mapping[Item, frozenset[str]]) -> set[str]:
@@ -127,7 +176,8 @@ def settle_ownership(owned: Mapping[Item, frozenset[str]], plan: PolicyPlan, app
     """Ownership after ``plan`` ran and ``applied`` of its ops took effect.
 
     ``added_new`` (default: every applied add) are the adds that really created
-    the item; an add that found the item already there is not ours to own.
+    the item; an add that found the item already there is not ours to own, nor
+    is an add that put back an item held by others.
     """
     result: Ownership = dict(owned)
     policy = plan.policy
@@ -138,8 +188,21 @@ def settle_ownership(owned: Mapping[Item, frozenset[str]], plan: PolicyPlan, app
     for op in applied:
         if op.action == "remove":
             result.pop(op.item, None)
+        elif op.item in plan.foreign_adds:
+            continue
         elif added_new is None or op.item in added_new or op.item in result:
             result[op.item] = result.get(op.item, frozenset()) | {policy}
+    return result
+
+
+def settle_others(others: Mapping[Item, frozenset[str]], plan: PolicyPlan) -> Ownership:
+    """The record of items held by others after ``plan``: its new records in,
+    the records of items it no longer wants out."""
+    result: Ownership = dict(others)
+    for item in plan.held | plan.foreign_adds:
+        result[item] = result.get(item, frozenset()) | {plan.policy}
+    for item in plan.unheld:
+        _drop_owner(result, item, plan.policy)
     return result
 
 

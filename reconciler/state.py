@@ -42,6 +42,9 @@ class State:
     # Which backend holds each owned item, so a switch (firewalld appears or
     # goes away) can take it out of the old one: no duplicates left behind.
     placed: dict[Item, str] = field(default_factory=dict)
+    # Items held by someone else that policies want: item -> those policies.
+    # Never fwrecon's, even when a reload wipes them and fwrecon puts them back.
+    others: Ownership = field(default_factory=dict)
 
     def owned_by(self, policy: str) -> frozenset[Item]:
         return frozenset(item for item, owners in self.owned.items() if policy in owners)
@@ -86,7 +89,10 @@ class StateStore:
                 owned[item] = frozenset(str(p) for p in entry["policies"])
                 if entry.get("backend"):
                     placed[item] = str(entry["backend"])
-            return State(owned=owned, pending=data.get("pending"), placed=placed)
+            others: Ownership = {}
+            for entry in data.get("held_by_others", []):
+                others[Item.from_json(entry["item"])] = frozenset(str(p) for p in entry["policies"])
+            return State(owned=owned, pending=data.get("pending"), placed=placed, others=others)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateError(
                 f"{self.path}: state file is corrupt ({exc}); refusing to start with an empty state, "
@@ -131,7 +137,8 @@ class StateStore:
                 return False
         except OSError:
             return False
-        return known.owned == state.owned and known.placed == state.placed and known.pending == state.pending
+        return (known.owned == state.owned and known.placed == state.placed and known.pending == state.pending
+                and known.others == state.others)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -176,7 +183,12 @@ def render(state: State) -> str:
             backend_text = backend_texts[backend] = json.dumps(backend)
         entries.append(f'{{"item":{item.json_text()},"policies":{owners_text},"backend":{backend_text}}}')
     pending = json.dumps(state.pending, separators=(",", ":"))
-    return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"pending":{pending}}}'
+    held = ",".join(
+        f'{{"item":{item.json_text()},"policies":{json.dumps(sorted(wanters), separators=(",", ":"))}}}'
+        for item, wanters in sorted(state.others.items(), key=lambda pair: pair[0].sort_key())
+        if wanters
+    )
+    return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"held_by_others":[{held}],"pending":{pending}}}'
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int]:
@@ -185,4 +197,4 @@ def _signature(status: os.stat_result) -> tuple[int, int, int]:
 
 def _copy(state: State) -> State:
     """A copy the caller may change freely (items and owner sets are immutable)."""
-    return State(owned=dict(state.owned), pending=copy.deepcopy(state.pending), placed=dict(state.placed))
+    return State(owned=dict(state.owned), pending=copy.deepcopy(state.pending), placed=dict(state.placed), others=dict(state.others))

@@ -9,6 +9,7 @@ from reconciler.errors import PolicyError
 from reconciler.model import DirectChain, DirectRule, Item, Port, Scope, Service
 from reconciler.policy import LoadResult, Policy
 from reconciler.state import StateStore
+from reconciler.view import FirewallView
 
 Z = Scope("zone", "public")
 HTTP, SSH, P8080 = Service(Z, "http"), Service(Z, "ssh"), Port(Z, "8080", "tcp")
@@ -335,3 +336,32 @@ def test_a_rule_in_a_chain_nobody_declares_is_invalid_and_the_rest_applies(tmp_p
     backend.calls.clear()
     plans, desired = asyncio.run(Reconciler(backend, store, check_names=False).plan(policies(a={stray})))
     assert set(desired.invalid) == {"a"} and not any(p.ops and p.policy == "a" for p in plans)
+
+
+def test_an_item_held_by_others_stays_theirs_across_reloads(tmp_path):
+    """libvirt's bridge binding, wanted "for completeness": a reload wipes it,
+    fwrecon puts it back first, and dropping the line still leaves it alone."""
+    from reconciler.model import Interface
+
+    bridge = Interface(Scope("zone", "libvirt"), "virbr-lv")
+    backend, store = MemoryBackend(items=[bridge]), StateStore(tmp_path / "s.json")
+    report = reconcile(backend, store, policies(lab={bridge, HTTP}))
+    assert report.write_ops == 1 and store.load().owned == {HTTP: frozenset({"lab"})}
+    assert store.load().others == {bridge: frozenset({"lab"})}
+    for _ in range(3):
+        backend.state = FirewallView()  # firewall-cmd --reload
+        report = reconcile(backend, store, policies(lab={bridge, HTTP}))
+        assert report.write_ops == 2 and backend.state.has(bridge)
+        assert bridge not in StateStore(store.path).load().owned
+    backend.calls.clear()
+    reconcile(backend, store, policies(lab={HTTP}))
+    assert backend.calls == [] and backend.state.has(bridge)
+    assert store.load().others == {}
+
+
+def test_new_items_wait_while_a_reload_settles(tmp_path):
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    report = asyncio.run(Reconciler(backend, store, check_names=False).reconcile(policies(web={HTTP}), settling=True))
+    assert report.write_ops == 0 and report.deferred == 1 and not backend.state.has(HTTP)
+    report = reconcile(backend, store, policies(web={HTTP}))
+    assert report.write_ops == 1 and store.load().owned == {HTTP: frozenset({"web"})}

@@ -1,7 +1,7 @@
 """Plan cases: add, remove owned, keep foreign, refcount, no-op, port ranges, chains."""
 
 from reconciler.model import DirectChain, DirectRule, Port, RichRule, Scope, Service
-from reconciler.planner import Op, plan_all
+from reconciler.planner import Op, plan_all, settle_others, settle_ownership
 from reconciler.view import FirewallView
 
 PUBLIC = Scope("zone", "public")
@@ -157,3 +157,36 @@ def test_items_no_backend_can_reach_are_left_alone():
     plans = plan_all({"web": frozenset({HTTP, CHAIN, RULE})}, away, {SSH: frozenset({"web"}), RULE: frozenset({"web"})})
     assert ops_of(plans) == [("web", "+ direct ipv4 filter chain FWRECON_IN")]  # HTTP not added, SSH not removed
     assert plans[0].releases == frozenset()  # nor let go
+
+
+# -- items held by others (another tool, an admin) ------------------------------------
+
+def test_an_item_there_before_we_wanted_it_is_recorded_as_held_by_others():
+    (plan,) = plan_all({"lab": frozenset({HTTP})}, FirewallView([HTTP]), {})
+    assert plan.ops == () and plan.held == {HTTP} and not plan.empty
+
+
+def test_held_by_others_is_put_back_after_a_reload_but_never_becomes_ours():
+    """A reload wiped it and we are first to put it back: still theirs."""
+    (plan,) = plan_all({"lab": frozenset({HTTP})}, FirewallView(), {}, {HTTP: frozenset({"lab"})})
+    assert plan.ops == (Op("add", HTTP),) and plan.foreign_adds == {HTTP}
+    assert settle_ownership({}, plan, list(plan.ops)) == {}
+    assert settle_others({HTTP: frozenset({"lab"})}, plan) == {HTTP: frozenset({"lab"})}
+
+
+def test_dropping_an_item_held_by_others_removes_only_the_record():
+    (plan,) = plan_all({"lab": frozenset()}, FirewallView([HTTP]), {}, {HTTP: frozenset({"lab"})})
+    assert plan.ops == () and plan.unheld == {HTTP}
+    assert settle_others({HTTP: frozenset({"lab"})}, plan) == {}
+
+
+def test_a_deleted_policy_drops_its_records_and_removes_nothing():
+    plans = plan_all({}, FirewallView([HTTP]), {}, {HTTP: frozenset({"gone"})})
+    assert [(p.policy, p.ops, p.unheld) for p in plans] == [("gone", (), frozenset({HTTP}))]
+
+
+def test_right_after_a_reload_only_recorded_items_are_put_back():
+    wanted = {"web": frozenset({HTTP, SSH, P8080})}
+    plans = plan_all(wanted, FirewallView(), {HTTP: frozenset({"web"})}, {SSH: frozenset({"web"})}, defer_new=True)
+    (plan,) = plans
+    assert plan.ops == (Op("add", HTTP), Op("add", SSH)) and plan.deferred == {P8080}

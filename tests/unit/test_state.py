@@ -45,8 +45,19 @@ def test_file_is_plain_json_in_plan_order(tmp_path):
             {"item": {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0,
                       "args": ["-j", "ACCEPT"]}, "policies": ["a", "b"], "backend": "iptables"},
         ],
+        "held_by_others": [],
         "pending": None,
     }
+
+
+def test_items_held_by_others_round_trip(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    bridge = Service(Z, "dhcp")
+    store.save(State(others={bridge: frozenset({"lab", "a"})}))
+    assert json.loads(store.path.read_text())["held_by_others"] == [
+        {"item": {"kind": "service", "scope": ["zone", "public"], "name": "dhcp"}, "policies": ["a", "lab"]}
+    ]
+    assert StateStore(store.path).load().others == {bridge: frozenset({"a", "lab"})}
 
 
 def test_load_sees_a_file_replaced_behind_its_back(tmp_path):
