@@ -18,9 +18,11 @@ libvirtd runs
   without libvirt running lacks as a mount point): libvirtd also writes
   /run/libvirtd.pid. The socket is BASE/run/libvirt/libvirt-sock.
 
-`virsh -c network:///system?socket=...` reaches it. Everything libvirtd
-starts (dnsmasq) shares its mount namespace; `stop` kills what is left there,
-so the namespace and its mounts go with the last process.
+`virsh -c network:///system?socket=...` reaches it. libvirtd's parent is
+this file run with --inside: it makes the mounts and stays a child subreaper,
+so dnsmasq (which daemonizes) stays below it and nothing is left for PID 1 to
+reap. Everything libvirtd starts shares its mount namespace; `stop` kills
+what is left there, so the namespace and its mounts go with the last process.
 
 usage (internal): libvirt_net.py --inside BASE -- COMMAND [ARG ...]
 """
@@ -28,6 +30,7 @@ usage (internal): libvirt_net.py --inside BASE -- COMMAND [ARG ...]
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import shutil
 import signal
@@ -42,7 +45,7 @@ if TYPE_CHECKING:  # run as a script (--inside), this file imports the standard 
 
 INSIDE = "--inside"
 LIBVIRTD = "/usr/sbin/libvirtd"
-NETWORK_DRIVER = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_network.so"
+NETWORK_DRIVER = "/usr/lib/*/libvirt/connection-driver/libvirt_driver_network.so"  # multiarch dir
 LIBVIRT_ZONE = "/usr/lib/firewalld/zones/libvirt.xml"  # from libvirt-daemon-system
 # below BASE -> where libvirtd sees it
 PRIVATE_DIRS = {"run": "/run", "etc": "/etc/libvirt", "lib": "/var/lib/libvirt",
@@ -77,7 +80,7 @@ def missing_prerequisites() -> list[str]:
                 ("unshare", "util-linux"), ("iptables-save", "iptables")) if shutil.which(tool, path=SEARCH_PATH) is None]
     missing += [f"{path} ({package})" for path, package in
                 ((LIBVIRTD, "libvirt-daemon"), (NETWORK_DRIVER, "libvirt-daemon"),
-                 (LIBVIRT_ZONE, "libvirt-daemon-system")) if not os.path.exists(path)]
+                 (LIBVIRT_ZONE, "libvirt-daemon-system")) if not glob.glob(path)]
     return missing
 
 
@@ -90,7 +93,7 @@ class LibvirtNetwork:
 
     def __init__(self, sandbox: Sandbox, base: Path, log_path: Path, name: str = "fwrecon-lv",
                  bridge: str = "virbr-lv", prefix: str = "198.18.100") -> None:
-        # 198.18.0.0/15 (benchmarking) as the sandbox's own veth: it only exists in our namespaces
+        # 198.18.0.0/15 (benchmarking), like the sandbox's veth: only ever inside our namespaces
         self.sandbox = sandbox
         self.base = base
         self.log_path = log_path
@@ -113,7 +116,8 @@ class LibvirtNetwork:
         for sub in (*PRIVATE_DIRS, "drivers"):
             (self.base / sub).mkdir(parents=True)
         (self.base / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF)
-        os.symlink(NETWORK_DRIVER, self.base / "drivers" / os.path.basename(NETWORK_DRIVER))
+        driver = sorted(glob.glob(NETWORK_DRIVER))[0]
+        os.symlink(driver, self.base / "drivers" / os.path.basename(driver))
         self._start_monitor()
         env = {**self.sandbox.env, "LIBVIRT_DRIVER_DIR": str(self.base / "drivers")}
         with open(self.log_path, "ab") as log:
@@ -125,7 +129,7 @@ class LibvirtNetwork:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True, cwd="/")
         self._wait(lambda: self.virsh("net-list", check=False).returncode == 0, START_TIMEOUT, "libvirtd's socket")
-        self._mount_ns = os.readlink(f"/proc/{self._proc.pid}/ns/mnt")
+        self._remember_mount_ns()
         xml = self.base / "network.xml"
         xml.write_text(NETWORK_XML.format(name=self.name, bridge=self.bridge, prefix=self.prefix))
         self.virsh("net-create", str(xml))
@@ -136,6 +140,7 @@ class LibvirtNetwork:
         """Destroy the network, stop libvirtd, kill what is left in its mount namespace,
         remove a leftover bridge. Fine to call after a failed or partial start."""
         errors: list[str] = []
+        self._remember_mount_ns()
         if self._proc is not None and self._proc.poll() is None:
             proc = self.virsh("net-destroy", self.name, check=False)
             if proc.returncode != 0 and "not found" not in proc.stderr:
@@ -186,6 +191,16 @@ class LibvirtNetwork:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         # dbus-monitor has become a monitor once the bus took its name away again
         self._wait(lambda: "NameLost" in path.read_text(errors="replace"), 10, "dbus-monitor")
+
+    def _remember_mount_ns(self) -> None:
+        """libvirtd's mount namespace: the helper's, once unshare made it."""
+        if self._mount_ns is None and self._proc is not None and self._proc.poll() is None:
+            try:
+                ns = os.readlink(f"/proc/{self._proc.pid}/ns/mnt")
+            except OSError:
+                return
+            if ns != os.readlink("/proc/self/ns/mnt"):
+                self._mount_ns = ns
 
     def _pids_in_mount_ns(self) -> list[int]:
         if self._mount_ns is None:
