@@ -37,8 +37,7 @@ from .backends.select import BACKEND_NAMES, BackendMode, BackendSet
 from .engine import Reconciler, ReconcileReport, gc_paused
 from .errors import BackendUnavailable, FwreconError
 from .metrics import Metrics
-from .model import Item
-from .planner import Op
+from .model import Item, Op
 from .policy import LoadResult, PolicyCache, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore

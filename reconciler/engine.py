@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .backends.base import Backend, KnownNames, Outcome
+from .backends.base import Backend
 from .backends.router import Router
 from .errors import BackendError, BackendUnavailable, PolicyError
-from .model import DirectChain, Item
-from .planner import Op, Ownership, PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
+from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
+from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, unresolved_chains
 from .view import FirewallView
 from .state import State, StateStore

@@ -11,6 +11,7 @@ direct table): observing reads one container at a time.
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import operator
@@ -19,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 ScopeKind = Literal["zone", "policy"]
 DirectFamily = Literal["ipv4", "ipv6", "eb"]
@@ -436,3 +437,43 @@ for _cls in ITEM_KINDS.values():
 
 # Item kinds a zone or a firewalld policy object can hold.
 ZONE_ONLY_KINDS = frozenset({"source", "interface"})
+
+
+# -- what the planner, the transaction and the backends pass each other ------------------
+
+Action = Literal["add", "remove"]
+Ownership = dict[Item, frozenset[str]]  # item -> the policies that own (or want) it
+
+
+class Op(NamedTuple):
+    """One write to the firewall; its undo is the opposite action.
+
+    A named tuple rather than a frozen dataclass: a plan of 10,000 rules
+    creates 10,000 of them, three times faster.
+    """
+
+    action: Action
+    item: Item
+
+    def inverse(self) -> "Op":
+        return Op("remove" if self.action == "add" else "add", self.item)
+
+    def describe(self) -> str:
+        return f"{'+' if self.action == 'add' else '-'} {self.item.describe()}"
+
+
+class Outcome(enum.Enum):
+    """What one write did."""
+
+    APPLIED = "applied"  # the firewall changed
+    UNCHANGED = "unchanged"  # it was already so (ALREADY_ENABLED / NOT_ENABLED)
+
+
+@dataclass(frozen=True)
+class KnownNames:
+    """Names the firewall knows, for validating policies against it."""
+
+    zones: frozenset[str]
+    policies: frozenset[str]
+    services: frozenset[str]
+    icmp_types: frozenset[str]

@@ -27,31 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, NamedTuple
 
-from .model import DirectChain, Item, NftChain
+from .model import DirectChain, Item, NftChain, Op, Ownership
 from .view import FirewallView
-
-Ownership = dict[Item, frozenset[str]]
-Action = Literal["add", "remove"]
-
-
-class Op(NamedTuple):
-    """One write to the firewall; its undo is the opposite action.
-
-    A named tuple rather than a frozen dataclass: a plan of 10,000 rules
-    creates 10,000 of them, three times faster.
-    """
-
-    action: Action
-    item: Item
-
-    def inverse(self) -> "Op":
-        return Op("remove" if self.action == "add" else "add", self.item)
-
-    def describe(self) -> str:
-        return f"{'+' if self.action == 'add' else '-'} {self.item.describe()}"
-
 
 @dataclass(frozen=True)
 class PolicyPlan:

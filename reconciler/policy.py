@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import KnownNames
 from .errors import PolicyError
 from .model import (
     TAG_PREFIX,
     DirectChain,
+    KnownNames,
     DirectRule,
     ForwardPort,
     IcmpBlock,

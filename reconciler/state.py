@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
-from .model import Item
-from .planner import Ownership
+from .model import Item, Ownership
 
 FORMAT_VERSION = 1
 

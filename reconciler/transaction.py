@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import structlog
 
-from .backends.base import Backend, Outcome
+from .backends.base import Backend
 from .errors import BackendError, FwreconError
-from .planner import Op
+from .model import Op, Outcome
 
 log = structlog.get_logger(__name__)
 

@@ -13,10 +13,8 @@ import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
-from dataclasses import dataclass
 
-from ..model import Item
-from ..planner import Op
+from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
 
 
@@ -24,11 +22,6 @@ from ..view import FirewallView
 # the engine writes right after planning, within milliseconds.  A batch built
 # on it that the firewall refuses is built again on a fresh read.
 OBSERVED_MAX_AGE = 1.0
-
-
-class Outcome(enum.Enum):
-    APPLIED = "applied"  # the firewall changed
-    UNCHANGED = "unchanged"  # it was already so (ALREADY_ENABLED / NOT_ENABLED)
 
 
 class BackendEvent(enum.Enum):
@@ -41,16 +34,6 @@ class BackendEvent(enum.Enum):
 
 
 EventCallback = Callable[[BackendEvent], None]
-
-
-@dataclass(frozen=True)
-class KnownNames:
-    """Names the firewall knows, for validating policies against it."""
-
-    zones: frozenset[str]
-    policies: frozenset[str]
-    services: frozenset[str]
-    icmp_types: frozenset[str]
 
 
 class Backend(ABC):

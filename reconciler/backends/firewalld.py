@@ -30,7 +30,10 @@ from ..model import (
     IcmpBlock,
     Interface,
     Item,
+    KnownNames,
     Masquerade,
+    Op,
+    Outcome,
     Port,
     Protocol,
     RichRule,
@@ -40,10 +43,9 @@ from ..model import (
     Source,
     SourcePort,
 )
-from ..planner import Op
 from ..ports import canonical_port
 from ..view import FirewallView
-from .base import Backend, BackendEvent, EventCallback, KnownNames, Outcome
+from .base import Backend, BackendEvent, EventCallback
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"

@@ -34,11 +34,10 @@ from dataclasses import dataclass
 import structlog
 
 from ..errors import BackendError, BackendUnavailable, OperationFailed
-from ..model import DirectChain, DirectRule, Item, NftChain, NftRule
-from ..planner import Op
+from ..model import DirectChain, DirectRule, Item, NftChain, NftRule, Op, Outcome
 from ..view import FirewallView
 from . import base
-from .base import BatchBackend, Outcome
+from .base import BatchBackend
 from .iptables_text import (
     COMMANDS,
     MISSING_CHAIN,

@@ -44,9 +44,7 @@ from dataclasses import dataclass, field
 
 from ..errors import OperationFailed
 from ..limits import DIRECT_BUILTIN_CHAINS
-from ..model import TAG_RE, DirectChain, DirectRule, Item
-from ..planner import Op
-from .base import Outcome
+from ..model import TAG_RE, DirectChain, DirectRule, Item, Op, Outcome
 
 COMMANDS = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
 PACKAGES = {"ipv4": "iptables", "ipv6": "iptables", "eb": "ebtables"}  # Debian's and Fedora's names

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Collection, Hashable, Iterable, Sequence
 
 from ..errors import OperationFailed
-from ..model import Item
-from ..planner import Op
+from ..model import Item, Op, Outcome
 from ..view import FirewallView
-from .base import Backend, Outcome
+from .base import Backend
 
 
 class MemoryBackend(Backend):

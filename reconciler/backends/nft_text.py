@@ -50,9 +50,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, OperationFailed
 from ..limits import NFT_FAMILIES, NFT_NAME_RE, NFT_NAME_TEXT, NFT_PRIORITY_RANGE, nft_rule_problem
-from ..model import NFT_TABLE, TAG_RE, Item, NftChain, NftRule
-from ..planner import Op
-from .base import Outcome
+from ..model import NFT_TABLE, TAG_RE, Item, NftChain, NftRule, Op, Outcome
 
 FAMILIES = NFT_FAMILIES
 ERROR_CODE = "NFT_ERROR"  # nft refused the script

@@ -31,11 +31,10 @@ from typing import Any
 import structlog
 
 from ..errors import BackendUnavailable, OperationFailed
-from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule, ScopedItem
-from ..planner import Op
+from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule, Op, Outcome, ScopedItem
 from ..view import FirewallView
 from . import base
-from .base import BackendEvent, BatchBackend, EventCallback, Outcome
+from .base import BackendEvent, BatchBackend, EventCallback
 from .nft_text import (
     FAMILIES,
     Script,

@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
-from ..model import Item
-from ..planner import Op
+from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
-from .base import Backend, EventCallback, KnownNames, Outcome
+from .base import Backend, EventCallback
 
 class Router(Backend):
     """Routes by ``item.container()[0]``; see module docstring."""

@@ -6,10 +6,10 @@ import os
 import signal
 from collections.abc import Collection, Hashable, Iterable, Sequence
 
-from reconciler.backends.base import Backend, KnownNames, Outcome
+from reconciler.backends.base import Backend
 from reconciler.errors import OperationFailed
 from reconciler.model import Item
-from reconciler.planner import Op
+from reconciler.model import KnownNames, Op, Outcome
 from reconciler.view import FirewallView
 
 

@@ -28,12 +28,12 @@ from iptables_variants import VARIANTS, link_variant
 from log_recorder import LogRecorder
 from prereq import require_tools, skip_or_fail
 
-from reconciler.backends.base import Outcome
 from reconciler.backends.iptables import IptablesBackend
 from reconciler.backends.process import which
 from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import DirectChain, DirectRule
-from reconciler.planner import Op, plan_all
+from reconciler.model import Op, Outcome
+from reconciler.planner import plan_all
 
 TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables") for suffix in ("", "-save", "-restore")))
 SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save", "eb": "ebtables-save"}

@@ -23,12 +23,12 @@ from prereq import require_tools, skip_or_fail
 
 from reconciler.backends.process import search_path, which
 
-from reconciler.backends.base import BackendEvent, Outcome
+from reconciler.backends.base import BackendEvent
 from reconciler.backends.nft_text import IN_USE_CODE, rule_statement
 from reconciler.backends.nftables import NftablesBackend
 from reconciler.errors import OperationFailed
 from reconciler.model import NftChain, NftRule
-from reconciler.planner import Op
+from reconciler.model import Op, Outcome
 from reconciler.transaction import Transaction, TransactionFailed
 
 SBIN_PATH = search_path()

@@ -9,7 +9,6 @@ import asyncio
 
 import pytest
 
-from reconciler.backends.base import Outcome
 from reconciler.backends.iptables import IptablesBackend
 from reconciler.backends.iptables_text import (
     Entry,
@@ -29,7 +28,8 @@ from reconciler.backends.iptables_text import (
 from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import DirectChain, DirectRule, NftRule, Port, Scope
 from reconciler.view import FirewallView
-from reconciler.planner import Op, plan_all
+from reconciler.model import Op, Outcome
+from reconciler.planner import plan_all
 
 CHAIN = DirectChain("ipv4", "filter", "FWR_IN")
 

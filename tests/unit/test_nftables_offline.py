@@ -16,7 +16,7 @@ import time
 import pytest
 from log_recorder import LogRecorder
 
-from reconciler.backends.base import BackendEvent, Outcome
+from reconciler.backends.base import BackendEvent
 from reconciler.backends.nftables import NftablesBackend, _Result
 from reconciler.backends.nft_text import (
     CONFLICT_CODE,
@@ -39,7 +39,7 @@ from reconciler.backends.nft_text import (
 )
 from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, Port, Scope
-from reconciler.planner import Op
+from reconciler.model import Op, Outcome
 
 # `nft -j list table inet fwrecon` (one line in reality), after:
 #   add chain inet fwrecon input { type filter hook input priority 0; policy drop; }

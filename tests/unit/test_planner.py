@@ -1,7 +1,8 @@
 """Plan cases: add, remove owned, keep foreign, refcount, no-op, port ranges, chains."""
 
 from reconciler.model import DirectChain, DirectRule, Port, RichRule, Scope, Service
-from reconciler.planner import Op, plan_all, settle_others, settle_ownership
+from reconciler.model import Op
+from reconciler.planner import plan_all, settle_others, settle_ownership
 from reconciler.view import FirewallView
 
 PUBLIC = Scope("zone", "public")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prereq import skip_or_fail
 
-from reconciler.backends.base import KnownNames
+from reconciler.model import KnownNames
 from reconciler.errors import PolicyError
 from reconciler.model import (
     DirectChain,

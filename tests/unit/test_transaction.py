@@ -11,7 +11,7 @@ import pytest
 
 from reconciler.backends.memory import MemoryBackend
 from reconciler.model import DirectChain, DirectRule, Port, Scope, Service
-from reconciler.planner import Op
+from reconciler.model import Op
 from reconciler.transaction import Transaction, TransactionFailed
 
 Z = Scope("zone", "public")
