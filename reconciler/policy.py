@@ -206,7 +206,7 @@ def load_policy_dir(directory: Path | str, cache: PolicyCache | None = None) -> 
         except PolicyFileInvalid as invalid:
             result.errors[name] = invalid.errors
         except Exception as exc:  # a bug must cost one policy, never the whole reconcile
-            result.errors[name] = [_internal_error(path.name, exc)]
+            result.errors[name] = [_internal_error(_one_line(path.name), exc)]
     if cache is not None:
         cache.keep_only(files)
     return result
@@ -246,7 +246,7 @@ def load_policy_file(path: Path, cache: PolicyCache | None = None) -> Policy:
     UTF-8, nested too deeply, out of memory, even a bug in validation) makes
     that one policy invalid with a line naming the file, and the others apply.
     """
-    label = path.name
+    label = _one_line(path.name)  # a file name may hold a line break too
     try:
         check_file_safety(path)
         raw = _read_bounded(path)
@@ -312,7 +312,7 @@ def _internal_error(label: str, exc: Exception) -> PolicyError:
 
 
 def _parse_policy(path: Path, raw: bytes) -> Policy:
-    label = path.name
+    label = _one_line(path.name)
     name = path.name[: -len(".toml")]
     try:
         text = raw.decode("utf-8")
@@ -334,8 +334,19 @@ def _parse_policy(path: Path, raw: bytes) -> Policy:
         parser.error("", f"policy name {name!r} (the file stem) may only hold letters, digits, '_', '.', '-'")
     policy = parser.parse(name, data)
     if parser.errors:
-        raise PolicyFileInvalid(parser.errors)
+        # A key may be any string ("a\nb" quoted is valid TOML): keep each report on one line.
+        raise PolicyFileInvalid([PolicyError(e.file, _one_line(e.key), _one_line(e.message)) for e in parser.errors])
     return policy
+
+
+# Everything str.splitlines() breaks at, plus the other C0 controls and DEL.
+_LINE_BREAKING = {*range(0x20), 0x7F, 0x85, 0x2028, 0x2029}
+_ONE_LINE = {code: f"\\u{code:04x}" for code in _LINE_BREAKING} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and control characters escaped, as in a TOML string."""
+    return text.translate(_ONE_LINE)
 
 
 def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:

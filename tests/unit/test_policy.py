@@ -998,3 +998,19 @@ def test_any_failure_in_validation_is_policy_file_invalid(
 
     monkeypatch.setattr(policy_module._PolicyParser, "parse", parse)
     assert errors(tmp_path, zone('ports = ["80/tcp"]')) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("t.toml", '"a\\nb" = 1\n', "t.toml: a\\nb: unknown key (expected one of: description, zone, policy, direct, nft)"),
+        ("t.toml", '[zone."x\\u2028y"]\n', "t.toml: zone.x\\u2028y: zone name 'x\\u2028y' may only hold letters, digits, '_' and '-'"),
+        ("x\ny.toml", "", "x\\ny.toml: policy name 'x\\ny' (the file stem) may only hold letters, digits, '_', '.', '-'"),
+    ],
+    ids=["key", "scope-name", "file-name"],
+)
+def test_every_error_stays_on_one_line(tmp_path: Path, name: str, text: str, expected: str) -> None:
+    """A quoted key or a file name may hold a line break; the report must not (one line per error)."""
+    write(tmp_path, name, text)
+    result = load_policy_dir(tmp_path)
+    assert [str(e) for e in result.all_errors()] == [expected]
