@@ -127,15 +127,17 @@ def test_lock_excludes_a_second_holder(tmp_path):
 ITEM = {"kind": "port", "scope": ["zone", "public"], "port": "80", "protocol": "tcp"}
 
 
-def entry(item: object = ITEM, policies: object = ("web",), **extra: object) -> dict:
-    return {"item": item, "policies": list(policies) if isinstance(policies, tuple) else policies, **extra}
+def entry(item: object = ITEM, policies: object = None, **extra: object) -> dict:
+    """One ``owned`` entry; any field may be given a wrong value."""
+    return {"item": item, "policies": ["web"] if policies is None else policies, **extra}
 
 
 def state_json(*entries: object, **top: object) -> bytes:
+    """A state file's bytes, version 1, with these entries (and top-level keys overridden)."""
     return json.dumps({"version": 1, "owned": list(entries), "pending": None, **top}).encode()
 
 
-def corrupt_message(path, reason: str) -> str:
+def corrupt_message(path: Path, reason: str) -> str:
     return (
         f"{path}: state file is corrupt ({reason}); refusing to start with an empty state, "
         "which would forget the rules fwrecon owns. Repair or move the file away."
@@ -143,8 +145,8 @@ def corrupt_message(path, reason: str) -> str:
 
 
 def written_state() -> bytes:
-    store_text = json.dumps({"version": 1, "owned": [entry()], "pending": None})
-    return store_text.encode()
+    """A well-formed state file with one entry (cut short, it is a truncated one)."""
+    return state_json(entry())
 
 
 @pytest.mark.parametrize(
