@@ -74,13 +74,36 @@ class Item(ABC):
         return _memo(self, "_json_text", _json_text)
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> "Item":
-        """Inverse of `to_json`; raises ValueError on anything malformed."""
+    def from_json(data: Any) -> "Item":
+        """Inverse of `to_json`; raises ValueError on anything malformed.
+
+        Strict, never coercing: the state file decides what fwrecon may
+        remove, so ``123`` is not the string ``"123"``, ``"abc"`` is not
+        ``["a", "b", "c"]`` and ``"5"`` is not the priority 5; a missing or
+        unknown field is an error too.
+        """
         try:
-            cls = ITEM_KINDS[data["kind"]]
-            return cls(**{name: convert(data[name]) for name, convert in _converters(cls)})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed item {data!r}: {exc}") from exc
+            if type(data) is not dict:
+                raise ValueError(f"expected an object, got {_json_type(data)}")
+            kind = data.get("kind")
+            if type(kind) is not str or kind not in ITEM_KINDS:
+                raise ValueError(f"unknown kind {_short(kind)}")
+            cls = ITEM_KINDS[kind]
+            converters = _converters(cls)
+            unknown = data.keys() - {"kind"} - {name for name, _ in converters}
+            if unknown:
+                raise ValueError(f"unknown field {_short(sorted(unknown)[0])}")
+            values = {}
+            for name, convert in converters:
+                if name not in data:
+                    raise ValueError(f"missing field {name!r}")
+                try:
+                    values[name] = convert(data[name])
+                except ValueError as exc:
+                    raise ValueError(f"field {name!r}: {exc}") from None
+            return cls(**values)
+        except ValueError as exc:
+            raise ValueError(f"malformed item {_short(data)}: {exc}") from exc
 
     def tag(self) -> str:
         """A short, stable ownership tag for backends that can label rules.
@@ -179,20 +202,49 @@ def _layout(cls: type, sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
     return sep, tuple(pieces)
 
 
+# From JSON, type by exact type: bool is an int subclass, and True is no priority.
 def _scope(value: Any) -> Scope:
+    if type(value) is not list or len(value) != 2 or any(type(part) is not str for part in value):
+        raise ValueError(f"expected [\"zone\" or \"policy\", NAME], got {_short(value)}")
     kind, name = value
     if kind not in ("zone", "policy"):
         raise ValueError(f"bad scope kind {kind!r}")
-    return Scope(kind, str(name))
+    return Scope(kind, name)
 
 
 def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise ValueError("expected a list of strings")
-    return tuple(str(a) for a in value)
+    if type(value) is not list or any(type(a) is not str for a in value):
+        raise ValueError(f"expected an array of strings, got {_short(value)}")
+    return tuple(value)
 
 
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {"Scope": _scope, "tuple[str, ...]": _strings, "int": int, "str": str}
+def _string(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError(f"expected a string, got {_json_type(value)}")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if type(value) is not int:
+        raise ValueError(f"expected an integer, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """repr for error messages, cut short: a corrupt file's values can be huge."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a deeply nested value
+        return f"<deeply nested {_json_type(value)}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {"Scope": _scope, "tuple[str, ...]": _strings, "int": _integer, "str": _string}
 _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
     "Scope": lambda scope: [scope.kind, scope.name],
     "tuple[str, ...]": list,

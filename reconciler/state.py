@@ -12,7 +12,10 @@ needs no intent.)
 Writes are atomic (temp file, fsync, rename, fsync of the directory), and a
 save of what the file already holds writes nothing.  A file that cannot be
 read or parsed raises `StateError`: silently starting empty would forget
-every rule fwrecon owns.
+every rule fwrecon owns.  Reading is defensive: whatever bytes the file holds
+(not UTF-8, truncated, nested too deeply, too large, of the wrong shape or
+types), the outcome is a `State` or ``<path>: state file is corrupt (...)``,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import copy
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +36,19 @@ from .errors import StateError
 from .model import Item, Ownership
 
 FORMAT_VERSION = 1
+# A state file larger than this is corrupt, refused before it is read.  An
+# owned item takes ~150 bytes (measured: 10,000 ports and direct rules, 1.4
+# MiB), so 512 MiB is over three million items, a thousand times the largest
+# run measured (README, Performance); the cap bounds what a runaway or garbage file
+# can make fwrecon allocate.
+MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
+# ``pending`` is a note for humans (policy, op count, a few op texts, a time);
+# deeper structures are not ours, and would strain deepcopy and the logger.
+MAX_PENDING_DEPTH = 8
+
+
+class _Corrupt(ValueError):
+    """The file's content is not a state file fwrecon wrote."""
 
 
 @dataclass
@@ -49,6 +66,28 @@ class State:
         return frozenset(item for item, owners in self.owned.items() if policy in owners)
 
 
+def _held_by_others(entries: Any) -> Ownership:
+    """The ``held_by_others`` records (absent in files of older versions)."""
+    if type(entries) is not list:
+        raise _Corrupt(f"'held_by_others' must be an array, got {_json_type(entries)}")
+    others: Ownership = {}
+    for index, entry in enumerate(entries):
+        where = f"held_by_others[{index}]"
+        if type(entry) is not dict or "item" not in entry:
+            raise _Corrupt(f"{where} must be an object with an 'item'")
+        try:
+            item = Item.from_json(entry["item"])
+        except ValueError as exc:
+            raise _Corrupt(f"{where}.item: {exc}") from exc
+        policies = entry.get("policies")
+        if type(policies) is not list or not policies or any(type(p) is not str for p in policies):
+            raise _Corrupt(f"{where}.policies must be a non-empty array of strings, got {_short(policies)}")
+        if item in others:
+            raise _Corrupt(f"{where}: {item.describe()} is listed twice")
+        others[item] = frozenset(policies)
+    return others
+
+
 class StateStore:
     """Loads and atomically saves `State` at ``path``.
 
@@ -63,40 +102,101 @@ class StateStore:
         self._known: tuple[tuple[int, int, int], State] | None = None
 
     def load(self) -> State:
+        """The state in the file (empty if there is none); StateError for anything unusable."""
         try:
-            signature = _signature(os.stat(self.path))
-            if self._known is not None and self._known[0] == signature:
-                return _copy(self._known[1])
-            text = self.path.read_text(encoding="utf-8")
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return State()
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read state file: {exc.strerror}") from exc
-        state = self._parse(text)
-        self._known = (signature, _copy(state))
+        try:
+            with open(fd, "rb", closefd=True) as handle:
+                status = os.fstat(handle.fileno())
+                signature = _signature(status)
+                if self._known is not None and self._known[0] == signature:
+                    return _copy(self._known[1])
+                if not stat.S_ISREG(status.st_mode):
+                    raise StateError(f"{self.path}: cannot read state file: not a regular file")
+                if status.st_size > MAX_STATE_FILE_BYTES:
+                    raise self._corrupt(f"{status.st_size} bytes, more than the {_size_text(MAX_STATE_FILE_BYTES)} a state file may hold")
+                raw = handle.read(MAX_STATE_FILE_BYTES + 1)  # bounded, should it grow meanwhile
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot read state file: {exc.strerror or exc}") from exc
+        if len(raw) > MAX_STATE_FILE_BYTES:
+            raise self._corrupt(f"more than the {_size_text(MAX_STATE_FILE_BYTES)} a state file may hold")
+        try:
+            state = self._parse(raw)
+            known = _copy(state)
+        except _Corrupt as exc:
+            raise self._corrupt(str(exc)) from exc
+        except RecursionError as exc:
+            raise self._corrupt("nested too deeply") from exc
+        except MemoryError as exc:
+            raise StateError(f"{self.path}: cannot load state file: out of memory") from exc
+        self._known = (signature, known)
         return state
 
-    def _parse(self, text: str) -> State:
+    def _corrupt(self, reason: str) -> StateError:
+        return StateError(
+            f"{self.path}: state file is corrupt ({reason}); refusing to start with an empty state, "
+            "which would forget the rules fwrecon owns. Repair or move the file away."
+        )
+
+    @staticmethod
+    def _parse(raw: bytes) -> State:
+        """Exactly the shape `render` writes, by exact JSON types; raises _Corrupt otherwise.
+
+        Keys this version does not know are ignored at the top level and in
+        entries (a later minor addition), never inside items: an item field
+        fwrecon does not know could make two different items one.
+        """
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Corrupt(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
         try:
             data = json.loads(text)
-            if data.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unsupported version {data.get('version')!r}")
-            owned: Ownership = {}
-            placed: dict[Item, str] = {}
-            for entry in data["owned"]:
+        except ValueError as exc:  # JSONDecodeError, or an integer beyond int()'s digit limit
+            raise _Corrupt(f"not JSON: {exc}") from exc
+        if type(data) is not dict:
+            raise _Corrupt(f"expected a JSON object, got {_json_type(data)}")
+        version = data.get("version")
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise _Corrupt(f"unsupported version {_short(version)}")
+        if "owned" not in data:
+            raise _Corrupt("missing 'owned'")
+        entries = data["owned"]
+        if type(entries) is not list:
+            raise _Corrupt(f"'owned' must be an array, got {_json_type(entries)}")
+        pending = data.get("pending")
+        if pending is not None and type(pending) is not dict:
+            raise _Corrupt(f"'pending' must be an object or null, got {_json_type(pending)}")
+        if pending is not None and _too_deep(pending, MAX_PENDING_DEPTH):
+            raise _Corrupt(f"'pending' is nested more than {MAX_PENDING_DEPTH} levels deep")
+        owned: Ownership = {}
+        placed: dict[Item, str] = {}
+        for index, entry in enumerate(entries):
+            where = f"owned[{index}]"
+            if type(entry) is not dict:
+                raise _Corrupt(f"{where} must be an object, got {_json_type(entry)}")
+            if "item" not in entry:
+                raise _Corrupt(f"{where}: missing 'item'")
+            try:
                 item = Item.from_json(entry["item"])
-                owned[item] = frozenset(str(p) for p in entry["policies"])
-                if entry.get("backend"):
-                    placed[item] = str(entry["backend"])
-            others: Ownership = {}
-            for entry in data.get("held_by_others", []):
-                others[Item.from_json(entry["item"])] = frozenset(str(p) for p in entry["policies"])
-            return State(owned=owned, pending=data.get("pending"), placed=placed, others=others)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StateError(
-                f"{self.path}: state file is corrupt ({exc}); refusing to start with an empty state, "
-                "which would forget the rules fwrecon owns. Repair or move the file away."
-            ) from exc
+            except ValueError as exc:
+                raise _Corrupt(f"{where}.item: {exc}") from exc
+            if item in owned:
+                raise _Corrupt(f"{where}: {item.describe()} is listed twice")
+            policies = entry.get("policies")
+            if type(policies) is not list or not policies or any(type(p) is not str for p in policies):
+                raise _Corrupt(f"{where}.policies must be a non-empty array of strings, got {_short(policies)}")
+            backend = entry.get("backend")
+            if backend is not None and type(backend) is not str:
+                raise _Corrupt(f"{where}.backend must be a string or null, got {_json_type(backend)}")
+            owned[item] = frozenset(policies)
+            if backend:
+                placed[item] = backend
+        return State(owned=owned, pending=pending, placed=placed, others=_held_by_others(data.get("held_by_others", [])))
 
     def save(self, state: State) -> None:
         if self._holds(state):
@@ -188,6 +288,38 @@ def render(state: State) -> str:
         if wanters
     )
     return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"held_by_others":[{held}],"pending":{pending}}}'
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > limit:
+            return True
+        if type(current) is dict:
+            stack.extend((child, depth + 1) for child in current.values())
+        elif type(current) is list:
+            stack.extend((child, depth + 1) for child in current)
+    return False
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """JSON text for an error message, cut short: a corrupt file's values can be huge."""
+    try:
+        text = json.dumps(value)
+    except (RecursionError, ValueError):
+        return f"<{_json_type(value)}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _size_text(size: int) -> str:
+    return f"{size // 2**20} MiB" if size % 2**20 == 0 else f"{size} bytes"
 
 
 def _signature(status: os.stat_result) -> tuple[int, int, int]:

@@ -102,3 +102,46 @@ def test_sort_key_puts_chains_first_and_zone_items_before_direct_rules():
     ordered = sorted(items, key=Item.sort_key)
     assert {type(i) for i in ordered[:2]} == {DirectChain, NftChain}
     assert ordered[-1] == DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+
+
+DR = {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0, "args": ["-j"]}
+SVC = {"kind": "service", "scope": ["zone", "public"], "name": "http"}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ({**SVC, "name": 123}, "field 'name': expected a string, got integer"),  # once str(123)
+        ({**DR, "args": "abc"}, "field 'args': expected an array of strings, got 'abc'"),  # tuple("abc") once refused only by luck
+        ({**DR, "priority": "5"}, "field 'priority': expected an integer, got string"),  # once int("5")
+        ({**DR, "priority": 1.0}, "field 'priority': expected an integer, got number"),
+        ({**DR, "priority": False}, "field 'priority': expected an integer, got boolean"),
+        ({**DR, "args": ["-j", 1]}, "field 'args': expected an array of strings, got ['-j', 1]"),
+        ({**DR, "args": ("-j",)}, "field 'args': expected an array of strings, got ('-j',)"),
+        ({**SVC, "scope": ("zone", "public")}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got ('zone', 'public')"),
+        ({**SVC, "scope": ["zone", None]}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got ['zone', None]"),
+        ({**SVC, "scope": {"zone": "public"}}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got {'zone': 'public'}"),
+        ({**SVC, "scope": ["host", "public"]}, "field 'scope': bad scope kind 'host'"),
+        ({**SVC, "port": "80"}, "unknown field 'port'"),
+        ({"kind": "service", "scope": ["zone", "public"]}, "missing field 'name'"),
+        ({**SVC, "kind": ["service"]}, "unknown kind ['service']"),
+        ({"scope": ["zone", "public"], "name": "http"}, "unknown kind None"),
+        (["service", ["zone", "public"], "http"], "expected an object, got array"),
+        (None, "expected an object, got null"),
+    ],
+    ids=["int-for-str", "str-for-array", "str-for-int", "float-for-int", "bool-for-int", "int-in-array",
+         "tuple-for-array", "tuple-scope", "null-scope-name", "object-scope", "bad-scope-kind", "unknown-field",
+         "missing-field", "list-kind", "no-kind", "array", "null"],
+)
+def test_from_json_rejects_wrong_json_types_instead_of_coercing(data: object, reason: str):
+    """The state file decides what fwrecon removes: what it holds must be exactly what was written."""
+    with pytest.raises(ValueError) as info:
+        Item.from_json(data)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert message.startswith("malformed item ") and message.endswith(f": {reason}"), message
+
+
+def test_from_json_error_is_short_for_a_huge_value():
+    with pytest.raises(ValueError) as info:
+        Item.from_json({"kind": "service", "scope": ["zone", "public"], "name": ["x" * 100_000]})
+    assert len(str(info.value)) < 1000

@@ -869,3 +869,149 @@ def test_policy_cache_skips_parsing_unchanged_files_but_sees_every_change(tmp_pa
     # safety checks run on every read, cached or not
     path.chmod(0o666)
     assert "web" in load_policy_dir(tmp_path, cache).errors
+
+
+# -- hostile files: one line naming the file, never a traceback ------------------------
+
+HOSTILE_DEPTH = 100_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * HOSTILE_DEPTH + "]" * HOSTILE_DEPTH,
+        "a = " + "{b = " * HOSTILE_DEPTH + "1" + "}" * HOSTILE_DEPTH,
+        "a = " + "[{b = " * HOSTILE_DEPTH + "1" + "}]" * HOSTILE_DEPTH,
+    ],
+    ids=["arrays", "inline-tables", "mixed"],
+)
+def test_deeply_nested_file_is_one_error_and_its_neighbour_loads(tmp_path: Path, text: str) -> None:
+    write(tmp_path, "nested.toml", text)
+    write(tmp_path, "good.toml", zone('ports = ["8080/tcp"]'))
+    result = load_policy_dir(tmp_path)
+    assert result.policies["good"].items == frozenset({Port(PUBLIC, "8080", "tcp")})
+    assert [str(e) for e in result.all_errors()] == [
+        "nested.toml: nested too deeply: arrays and inline tables may nest about 200 levels deep (a policy needs three)"
+    ]
+
+
+def test_moderate_nesting_is_parsed_and_reported_as_a_type_error(tmp_path: Path) -> None:
+    """Depth within tomllib's reach is ordinary input: a type error, not "nested too deeply"."""
+    assert errors(tmp_path, "[zone.public]\nports = " + "[" * 50 + "]" * 50 + "\n") == [
+        "t.toml: zone.public.ports[0]: expected a string, got array"
+    ]
+
+
+def test_integer_beyond_pythons_digit_limit_is_one_error(tmp_path: Path) -> None:
+    assert errors(tmp_path, "description = " + "9" * 5000 + "\n") == [
+        "t.toml: TOML syntax error: an integer has more than 4300 digits"
+    ]
+
+
+def test_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reconciler.policy as policy_module
+
+    monkeypatch.setattr(policy_module, "MAX_POLICY_FILE_BYTES", 64)
+    write(tmp_path, "fits.toml", 'description = "' + "x" * 47 + '"\n')  # exactly 64 bytes
+    write(tmp_path, "big.toml", 'description = "' + "x" * 48 + '"\n')  # 65
+    monkeypatch.setattr(policy_module.tomllib, "loads", _refuse_if_called(policy_module.tomllib.loads, "big"))
+    result = load_policy_dir(tmp_path)
+    assert list(result.policies) == ["fits"]
+    assert [str(e) for e in result.all_errors()] == [
+        "big.toml: file is larger than 64 bytes, the limit for one policy file (65 bytes)"
+    ]
+
+
+def _refuse_if_called(real, marker: str):
+    """tomllib.loads that fails the test when handed the text of the file that must not be read."""
+    def loads(text: str, **kwargs):
+        assert "x" * 48 not in text, f"the {marker} file was read and parsed"
+        return real(text, **kwargs)
+    return loads
+
+
+def test_default_size_limit_leaves_room_for_large_address_lists() -> None:
+    from reconciler.policy import MAX_POLICY_FILE_BYTES
+
+    assert MAX_POLICY_FILE_BYTES == 64 * 2**20
+
+
+def test_size_limit_holds_while_reading_a_file_that_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stat says 0 bytes but reading yields more (like a file still being written): the read stops at the limit."""
+    import reconciler.policy as policy_module
+
+    source = Path("/proc/self/maps")
+    if source.stat().st_size != 0 or len(source.read_bytes()) <= 128:
+        pytest.skip("needs /proc/self/maps: a regular file that stat calls empty")
+    monkeypatch.setattr(policy_module, "MAX_POLICY_FILE_BYTES", 128)
+    (tmp_path / "growing.toml").symlink_to(source)
+    with pytest.raises(PolicyFileInvalid) as info:
+        load_policy_file(tmp_path / "growing.toml")
+    assert [str(e) for e in info.value.errors] == ["growing.toml: file is larger than 128 bytes, the limit for one policy file"]
+
+
+def test_bug_in_validation_is_one_internal_error_line_with_a_logged_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    import reconciler.policy as policy_module
+
+    real_parse = policy_module._PolicyParser.parse
+
+    def parse(self, name, data):  # a stand-in for any bug, on one file only
+        if name == "buggy":
+            raise KeyError("boom\nsecond line")
+        return real_parse(self, name, data)
+
+    monkeypatch.setattr(policy_module._PolicyParser, "parse", parse)
+    write(tmp_path, "buggy.toml", zone('ports = ["80/tcp"]'))
+    write(tmp_path, "good.toml", zone('ports = ["8080/tcp"]'))
+    with capture_logs() as logs:
+        result = load_policy_dir(tmp_path)
+    assert list(result.policies) == ["good"]
+    assert [str(e) for e in result.all_errors()] == [
+        "buggy.toml: internal error while validating this file (KeyError: 'boom\\nsecond line'); please report it with the log"
+    ]
+    [entry] = [e for e in logs if e["event"] == "policy_internal_error"]
+    assert entry["log_level"] == "error" and entry["file"] == "buggy.toml" and entry["error_type"] == "KeyError"
+    assert isinstance(entry["exc_info"], KeyError) and entry["exc_info"].__traceback__ is not None
+
+
+@pytest.mark.parametrize(
+    ("exception", "expected"),
+    [
+        (MemoryError(), "t.toml: out of memory while reading this file"),
+        (RecursionError("maximum recursion depth exceeded"),
+         "t.toml: nested too deeply: arrays and inline tables may nest about 200 levels deep (a policy needs three)"),
+        (TypeError("unhashable type: 'list'"),
+         "t.toml: internal error while validating this file (TypeError: unhashable type: 'list'); please report it with the log"),
+    ],
+    ids=["memory", "recursion", "type"],
+)
+def test_any_failure_in_validation_is_policy_file_invalid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exception: BaseException, expected: str
+) -> None:
+    import reconciler.policy as policy_module
+
+    def parse(self, name, data):
+        raise exception
+
+    monkeypatch.setattr(policy_module._PolicyParser, "parse", parse)
+    assert errors(tmp_path, zone('ports = ["80/tcp"]')) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("t.toml", '"a\\nb" = 1\n', "t.toml: a\\nb: unknown key (expected one of: description, zone, policy, direct, nft)"),
+        ("t.toml", '[zone."x\\u2028y"]\n', "t.toml: zone.x\\u2028y: zone name 'x\\u2028y' may only hold letters, digits, '_' and '-'"),
+        ("x\ny.toml", "", "x\\ny.toml: policy name 'x\\ny' (the file stem) may only hold letters, digits, '_', '.', '-'"),
+    ],
+    ids=["key", "scope-name", "file-name"],
+)
+def test_every_error_stays_on_one_line(tmp_path: Path, name: str, text: str, expected: str) -> None:
+    """A quoted key or a file name may hold a line break; the report must not (one line per error)."""
+    write(tmp_path, name, text)
+    result = load_policy_dir(tmp_path)
+    assert [str(e) for e in result.all_errors()] == [expected]

@@ -2,11 +2,12 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.model import DirectRule, ForwardPort, Masquerade, Scope, Service
+from reconciler.model import DirectRule, ForwardPort, Masquerade, Port, Scope, Service
 from reconciler.state import State, StateStore
 
 Z = Scope("zone", "public")
@@ -130,3 +131,157 @@ def test_lock_excludes_a_second_holder(tmp_path):
                 pass
     with second.locked():
         pass
+
+
+# -- any bytes: a State or "state file is corrupt (...)", never a traceback ---------------
+
+ITEM = {"kind": "port", "scope": ["zone", "public"], "port": "80", "protocol": "tcp"}
+
+
+def entry(item: object = ITEM, policies: object = None, **extra: object) -> dict:
+    """One ``owned`` entry; any field may be given a wrong value."""
+    return {"item": item, "policies": ["web"] if policies is None else policies, **extra}
+
+
+def state_json(*entries: object, **top: object) -> bytes:
+    """A state file's bytes, version 1, with these entries (and top-level keys overridden)."""
+    return json.dumps({"version": 1, "owned": list(entries), "pending": None, **top}).encode()
+
+
+def corrupt_message(path: Path, reason: str) -> str:
+    return (
+        f"{path}: state file is corrupt ({reason}); refusing to start with an empty state, "
+        "which would forget the rules fwrecon owns. Repair or move the file away."
+    )
+
+
+def written_state() -> bytes:
+    """A well-formed state file with one entry (cut short, it is a truncated one)."""
+    return state_json(entry())
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"version": 1, "owned": [], "pending": "\xff"}', "not UTF-8 text: invalid start byte at byte 40"),
+        (written_state()[:40], "not JSON: Unterminated string starting at: line 1 column 36 (char 35)"),
+        (b"", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"version": 1, "owned": [], "pending": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001, "nested too deeply"),
+        (b'{"version": 1, "owned": [], "pending": {"a": [[[[[[[[[1]]]]]]]]]}}', "'pending' is nested more than 8 levels deep"),
+        (b"9" * 5000, "not JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+                      "use sys.set_int_max_str_digits() to increase the limit"),
+        (b"[]", "expected a JSON object, got array"),
+        (b"null", "expected a JSON object, got null"),
+        (json.dumps({"version": True, "owned": []}).encode(), "unsupported version true"),
+        (json.dumps({"version": 1.0, "owned": []}).encode(), "unsupported version 1.0"),
+        (json.dumps({"version": 1}).encode(), "missing 'owned'"),
+        (json.dumps({"version": 1, "owned": {}}).encode(), "'owned' must be an array, got object"),
+        (state_json(pending=[]), "'pending' must be an object or null, got array"),
+        (state_json("x"), "owned[0] must be an object, got string"),
+        (state_json({"policies": ["web"]}), "owned[0]: missing 'item'"),
+        (state_json(entry(policies=[])), "owned[0].policies must be a non-empty array of strings, got []"),
+        (state_json(entry(policies="web")), 'owned[0].policies must be a non-empty array of strings, got "web"'),
+        (state_json(entry(policies=[7])), "owned[0].policies must be a non-empty array of strings, got [7]"),
+        (state_json(entry(backend=1)), "owned[0].backend must be a string or null, got integer"),
+        (state_json(entry(), entry(policies=["api"])), "owned[1]: zone public port 80/tcp is listed twice"),
+        (state_json(entry(item="port")), "owned[0].item: malformed item 'port': expected an object, got string"),
+    ],
+    ids=["not-utf8", "truncated", "empty", "nested-arrays", "nested-pending", "deep-pending", "huge-int",
+         "array", "null", "version-bool", "version-float", "no-owned", "owned-object", "pending-array",
+         "entry-string", "no-item", "no-policies", "policies-string", "policies-int", "backend-int",
+         "duplicate", "item-string"],
+)
+def test_corrupt_content_names_the_file_and_the_reason(tmp_path, content: bytes, reason: str):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateError) as info:
+        StateStore(path).load()
+    assert str(info.value) == corrupt_message(path, reason)
+    assert path.read_bytes() == content  # left alone for the operator
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        ({**ITEM, "port": 80}, "field 'port': expected a string, got integer"),
+        ({**ITEM, "scope": "zone"}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got 'zone'"),
+        ({**ITEM, "scope": ["zone", 1]}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got ['zone', 1]"),
+        ({**ITEM, "scope": ["zone", "a", "b"]}, "field 'scope': expected [\"zone\" or \"policy\", NAME], got ['zone', 'a', 'b']"),
+        ({**ITEM, "extra": "x"}, "unknown field 'extra'"),
+        ({k: v for k, v in ITEM.items() if k != "protocol"}, "missing field 'protocol'"),
+        ({**ITEM, "kind": ["port"]}, "unknown kind ['port']"),
+        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": "5", "args": ["-j", "ACCEPT"]},
+         "field 'priority': expected an integer, got string"),
+        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": True, "args": ["-j", "ACCEPT"]},
+         "field 'priority': expected an integer, got boolean"),
+        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0, "args": "abc"},
+         "field 'args': expected an array of strings, got 'abc'"),
+    ],
+    ids=["int-port", "scope-string", "scope-int-name", "scope-three", "extra-field", "missing-field", "kind-list",
+         "priority-string", "priority-bool", "args-string"],
+)
+def test_item_fields_of_the_wrong_json_type_are_corrupt_not_coerced(tmp_path, item: dict, reason: str):
+    path = tmp_path / "state.json"
+    path.write_bytes(state_json(entry(item)))
+    with pytest.raises(StateError) as info:
+        StateStore(path).load()
+    message = str(info.value)
+    assert message.startswith(f"{path}: state file is corrupt (owned[0].item: malformed item {{")
+    assert f"}}: {reason}); refusing to start" in message
+
+
+def test_file_over_the_size_cap_is_corrupt_and_not_read(tmp_path, monkeypatch):
+    import reconciler.state as state_module
+
+    path = tmp_path / "state.json"
+    StateStore(path).save(State(owned={Service(Z, "http"): frozenset({"web"})}))
+    size = path.stat().st_size
+    monkeypatch.setattr(state_module, "MAX_STATE_FILE_BYTES", size - 1)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a file over the cap was parsed")
+
+    monkeypatch.setattr(state_module.json, "loads", never)
+    with pytest.raises(StateError) as info:
+        StateStore(path).load()
+    assert str(info.value) == corrupt_message(path, f"{size} bytes, more than the {size - 1} bytes a state file may hold")
+
+
+def test_default_state_size_cap_is_512_mib():
+    from reconciler.state import MAX_STATE_FILE_BYTES
+
+    assert MAX_STATE_FILE_BYTES == 512 * 2**20
+
+
+def test_state_cap_holds_while_reading_a_file_that_grows(tmp_path, monkeypatch):
+    """stat says 0 bytes but reading yields more: the read stops at the cap."""
+    import reconciler.state as state_module
+
+    source = Path("/proc/self/maps")
+    if source.stat().st_size != 0 or len(source.read_bytes()) <= 128:
+        pytest.skip("needs /proc/self/maps: a regular file that stat calls empty")
+    monkeypatch.setattr(state_module, "MAX_STATE_FILE_BYTES", 128)
+    path = tmp_path / "state.json"
+    path.symlink_to(source)
+    with pytest.raises(StateError) as info:
+        StateStore(path).load()
+    assert str(info.value) == corrupt_message(path, "more than the 128 bytes a state file may hold")
+
+
+def test_entries_without_backend_or_pending_still_load(tmp_path):
+    """Files written before ``backend`` and ``pending`` existed stay readable."""
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 1, "owned": [{"item": ITEM, "policies": ["web"]}]}))
+    state = StateStore(path).load()
+    assert state.owned == {Port(Z, "80", "tcp"): frozenset({"web"})}
+    assert state.placed == {} and state.pending is None
+
+
+def test_unknown_top_level_and_entry_keys_are_ignored(tmp_path):
+    """Room for a later minor addition; unknown fields inside an item are refused (see above)."""
+    path = tmp_path / "state.json"
+    path.write_bytes(state_json(entry(backend="firewalld", note="x"), comment="hand-edited"))
+    state = StateStore(path).load()
+    assert state.owned == {Port(Z, "80", "tcp"): frozenset({"web"})}
+    assert state.placed == {Port(Z, "80", "tcp"): "firewalld"}
