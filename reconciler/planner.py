@@ -90,11 +90,32 @@ def plan_all(
     for policy in names:
         plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, defer_new)
         plan = replace(plan, claims=claims.get(policy, frozenset()))
-        if policy != names[-1]:  # the policies after it plan against its effect
-            ownership = settle_ownership(ownership, plan, plan.ops)
-            held = settle_others(held, plan)
+        ownership = settle_ownership(ownership, plan, plan.ops)  # the policies after it plan against its effect
+        held = settle_others(held, plan)
         plans.append(plan)
+    # A later policy's removal can undo an earlier one's judgement: a range it
+    # removes covered a port an earlier policy wanted (so that one added
+    # nothing), or the rule it removes was what kept an earlier policy's chain.
+    # Those policies get a second transaction, after the others.
+    for policy in names:
+        if _needs_second_look(desired.get(policy, frozenset()), view, ownership, policy):
+            plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, defer_new)
+            if plan.ops:
+                ownership = settle_ownership(ownership, plan, plan.ops)
+                held = settle_others(held, plan)
+                plans.append(plan)
     return plans
+
+
+def _needs_second_look(wanted: frozenset[Item], view: FirewallView, owned: Mapping[Item, frozenset[str]], policy: str) -> bool:
+    """Whether, after every first plan, ``policy`` lacks a wanted item or keeps a chain it no longer wants."""
+    reachable = not view.unreachable
+    if any(not view.has(item) and (reachable or item.container() not in view.unreachable) for item in wanted):
+        return True
+    return any(
+        isinstance(item, (DirectChain, NftChain)) and policy in owners and item not in wanted
+        for item, owners in owned.items()
+    )
 
 
 def _plan_policy(

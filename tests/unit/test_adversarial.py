@@ -560,7 +560,7 @@ def test_planner_never_removes_what_it_does_not_own(inputs: tuple[dict[str, froz
     check_never_removes_unowned(*inputs)
 
 
-@pytest.mark.xfail(strict=True, reason=RANGE_REMOVED_UNDER_A_WANTED_PORT)
+
 @bounded(500)
 @given(inputs=planner_inputs(UNIVERSE))
 @example(inputs=RANGE_COUNTEREXAMPLE)
@@ -570,7 +570,7 @@ def test_planned_ops_reach_every_desired_item_and_keep_every_foreign_one(
     check_reaches_desired_and_keeps_foreign(*inputs)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{RANGE_REMOVED_UNDER_A_WANTED_PORT}; {CHAIN_KEPT_FOR_A_RULE_REMOVED_LATER}")
+
 @bounded(500)
 @given(inputs=planner_inputs(UNIVERSE))
 @example(inputs=RANGE_COUNTEREXAMPLE)
@@ -588,7 +588,7 @@ def test_without_overlapping_ranges_planned_ops_reach_every_desired_item_and_kee
     check_reaches_desired_and_keeps_foreign(*inputs)
 
 
-@pytest.mark.xfail(strict=True, reason=CHAIN_KEPT_FOR_A_RULE_REMOVED_LATER)
+
 @bounded(100)
 @given(inputs=planner_inputs(DISJOINT))
 @example(inputs=CHAIN_COUNTEREXAMPLE)
