@@ -4,12 +4,27 @@ argv lists only, never a shell; a timeout on every run; optionally inside a
 network namespace (``ip netns exec``, which the tests use); the sbin
 directories on the search path even when the daemon's PATH lacks them; a
 missing tool, a missing namespace or a hung tool becomes `BackendUnavailable`.
+
+No child outlives fwrecon: a long-lived child (``nft monitor``, started with
+``spawn(..., die_with_parent=True)``) asks the kernel for SIGKILL when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``, which survives ``ip netns exec``:
+that execs, it does not fork), so even a ``kill -9`` of fwrecon takes it
+along.  Short runs (`ToolRunner.run`) do not: they are bounded by the timeout
+already (the tool is killed and reaped when it expires, and the run raises
+`BackendUnavailable`), and the ``preexec_fn`` that sets the signal forces
+fork (copying the page tables of the whole process) where Python would
+otherwise use vfork: measured +3.5 to +4.5 ms per run, 2.7 ms → 6.3-7.4 ms
+for ``nft --version``, more in a bigger daemon; every observe and batch runs
+tools.  A short run orphaned by a ``kill -9`` finishes its batch on its own
+(its input is a file, not a pipe, so it never waits for fwrecon); only a
+tool that hangs by itself would stay, and the next run's timeout tells.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +38,42 @@ from ..errors import BackendUnavailable
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 # What `ip netns exec` prints when it, not the tool, failed.
 NETNS_FAILURES = ("Cannot open network namespace", "exec of ")
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, resolved once at import (nothing to look up in a forked child)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc/musl on Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+_SIGKILL = int(signal.SIGKILL)
+
+
+def parent_death_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child get SIGKILL when this process dies.
+
+    The parent may die between fork and prctl; the child then has a new
+    parent already, so it checks and exits at once.  (The signal follows the
+    *thread* that forked: spawn from the event-loop thread, which lives as
+    long as the process.)  None where prctl is not available.
+    """
+    if _PRCTL is None:
+        return None
+    parent = os.getpid()
+    prctl, sigkill, getppid, exit_now = _PRCTL, _SIGKILL, os.getppid, os._exit
+
+    def preexec() -> None:  # runs in the child between fork and exec: no imports, no allocations to speak of
+        prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if getppid() != parent:
+            exit_now(1)
+
+    return preexec
 
 
 def search_path() -> str:
@@ -72,10 +123,13 @@ class ToolRunner:
             argv = [which("ip") or "ip", "netns", "exec", self.netns, *argv]
         return argv
 
-    async def spawn(self, argv: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
-        """Start a tool (for long-running ones such as ``nft monitor``)."""
+    async def spawn(self, argv: list[str], *, die_with_parent: bool = False, **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start a tool; ``die_with_parent`` for long-running ones such as
+        ``nft monitor`` (see module docstring)."""
         full = self.argv(argv)
         env = {**os.environ, "LC_ALL": "C", "PATH": search_path()}
+        if die_with_parent:
+            kwargs["preexec_fn"] = parent_death_preexec()
         try:
             return await asyncio.create_subprocess_exec(*full, env=env, **kwargs)
         except OSError as exc:  # not installed, not executable
