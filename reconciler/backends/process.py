@@ -91,20 +91,30 @@ class ToolResult:
     stderr: str
 
 
-async def kill(proc: asyncio.subprocess.Process) -> None:
-    """Terminate, then kill, and reap ``proc`` (no zombies), even while being cancelled."""
+async def kill(proc: asyncio.subprocess.Process, *, group: bool = False) -> None:
+    """Terminate, then kill, and reap ``proc`` (no zombies), even while being cancelled.
+
+    ``group``: ``proc`` leads a process group of its own (``start_new_session``);
+    signal the whole group, and after ``proc`` is gone SIGKILL what is left of
+    it (a wrapper script's own children).  The group id cannot be reused while
+    any member lives.
+    """
     # os.kill, not proc.send_signal: Popen.send_signal polls first and so may reap
     # the child behind asyncio's child watcher (which then reports status 255).
     # Until asyncio has reaped it, the pid cannot have been reused.
+    send = os.killpg if group else os.kill
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
+            send(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 2)
         except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+                send(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class ToolRunner:
@@ -150,25 +160,38 @@ class ToolRunner:
         64 KiB (a 1,000-rule restore script: ~3 ms faster).
         """
         with _memory_file(stdin) as source, _memory_file() as out, _memory_file() as err:
-            proc = await self.spawn(argv, stdin=source if source is not None else asyncio.subprocess.DEVNULL, stdout=out, stderr=err)
+            # A session of its own: a hung tool is killed with whatever it started.
+            proc = await self.spawn(argv, stdin=source if source is not None else asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                                    start_new_session=True)
             self.runs += 1
             if on_start is not None:
                 on_start(proc.pid)
             try:
                 await asyncio.wait_for(proc.wait(), self.timeout)
             except asyncio.TimeoutError as exc:
-                await kill(proc)
-                raise BackendUnavailable(f"{' '.join(argv[:4])} did not finish within {self.timeout:g}s") from exc
+                await kill(proc, group=True)
+                raise BackendUnavailable(f"{' '.join(argv[:4])} did not finish within {self.timeout:g}s (killed)") from exc
             except BaseException:
-                await kill(proc)
+                await kill(proc, group=True)
                 raise
             finally:
                 if on_exit is not None:
                     on_exit(proc.pid)
             result = ToolResult(proc.returncode if proc.returncode is not None else -1, _text_of(out), _text_of(err))
+        if result.returncode < 0:
+            # Crashed or killed from outside, maybe mid-commit: what it did is unknown.
+            raise BackendUnavailable(f"{' '.join(argv[:4])} died of {_signal_name(-result.returncode)}"
+                                     + (f": {result.stderr.strip()[:200]}" if result.stderr.strip() else ""))
         if result.returncode != 0 and self.netns is not None and any(s in result.stderr for s in NETNS_FAILURES):
             raise BackendUnavailable(f"cannot run in network namespace {self.netns}: {result.stderr.strip()}")
         return result
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @contextlib.contextmanager
