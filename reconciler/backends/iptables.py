@@ -184,7 +184,7 @@ class IptablesBackend(BatchBackend):
             if "does not exist" in err:
                 return TableSave(table, exists=False)
             raise BackendUnavailable(f"{COMMANDS[family]}-save -t {table} failed ({rc}): {error_text(err)}")
-        save = parse_save(out, table)
+        save = parse_save(out, table, f"{COMMANDS[family]}-save")
         if save.incompatible:
             raise OperationFailed(
                 f"{family} table {table} holds rules {COMMANDS[family]} cannot show ({save.incompatible})",
