@@ -144,13 +144,14 @@ class Daemon:
     """
 
     def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None,
-                 started_when: str = "reconcile") -> None:
-        """Start and wait for the log event ``started_when`` (by default the first reconcile)."""
+                 started_when: str = "reconcile", extra: tuple[str, ...] = ()) -> None:
+        """Start and wait for the log event ``started_when`` (by default the first reconcile);
+        ``extra``: more arguments for ``fwrecon run``."""
         self.fwrecon = fwrecon
         self.log_path = log_path
         self.netns = fwrecon.sandbox.netns
         self.port = in_netns(self.netns, free_port)
-        argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), netns=True)
+        argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), *extra, netns=True)
         self._log = open(log_path, "a")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         wait_until(lambda: self.events(started_when), 10, f"the first {started_when} event")
