@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -44,6 +44,8 @@ from ..planner import Op
 from ..ports import canonical_port
 from ..view import FirewallView
 from .base import Backend, BackendEvent, EventCallback, KnownNames, Outcome
+
+T = TypeVar("T")
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
@@ -107,6 +109,19 @@ def _settings_signature(key: str) -> str:
         return "b"
     item_sig = next(sig for k, _, sig in _KINDS.values() if k == key)
     return f"a({item_sig})" if len(item_sig) > 1 else "as"
+
+
+async def _all(*calls: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, but the first failure cancels (and waits for) the rest:
+    no call is left running, or failing unheard, once the caller has given up."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _short(value: object) -> str:
@@ -261,7 +276,7 @@ class FirewalldBackend(Backend):
         """One read per zone and policy; one getAllChains + getAllRules for every direct table."""
         wanted = set(containers)
         reads = sorted({("direct",) if c[0] == "direct" else c for c in wanted})
-        results = await asyncio.gather(*(self._read(container) for container in reads))
+        results = await _all(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
         for container, found in zip(reads, results):
@@ -282,7 +297,7 @@ class FirewalldBackend(Backend):
                     return _items_from_settings(Scope("policy", name), settings, "getPolicySettings")
                 case ("direct",):
                     # The reply signatures fix the tuples' shapes and types.
-                    (chains,), (rules,) = await asyncio.gather(
+                    (chains,), (rules,) = await _all(
                         self.call(IFACE_DIRECT, "getAllChains", returns="a(sss)"),
                         self.call(IFACE_DIRECT, "getAllRules", returns="a(sssias)"),
                     )
@@ -402,7 +417,7 @@ class FirewalldBackend(Backend):
     # -- names -----------------------------------------------------------------
 
     async def known_names(self) -> KnownNames:
-        (zones,), (policies,), (services,), (icmp_types,) = await asyncio.gather(
+        (zones,), (policies,), (services,), (icmp_types,) = await _all(
             self.call(IFACE_ZONE, "getZones", returns="as"),
             self.call(IFACE_POLICY, "getPolicies", returns="as"),
             self.call(IFACE_MAIN, "listServices", returns="as"),
