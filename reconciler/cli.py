@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -44,8 +45,11 @@ log = structlog.get_logger("fwrecon")
 
 
 def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
     return value
 
@@ -132,7 +136,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
             extra = dict(desired.invalid)  # type: ignore[arg-type]
     except BackendUnavailable as exc:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
-    for name, errors in (await _nft_syntax_errors(loaded)).items():
+    for name, errors in (await _nft_syntax_errors(loaded, args.timeout)).items():
         extra.setdefault(name, []).extend(errors)
     count = _print_errors(loaded, extra)
     if count == 0:
@@ -140,13 +144,13 @@ async def cmd_check(args: argparse.Namespace) -> int:
     return 1 if count else 0
 
 
-async def _nft_syntax_errors(loaded: LoadResult) -> dict[str, list[FwreconError]]:
+async def _nft_syntax_errors(loaded: LoadResult, timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[FwreconError]]:
     """nft's own verdict on nft sections (``nft -c``: checks, commits nothing)."""
     wanted = {item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))}
     if not wanted:
         return {}
     try:
-        verdicts = await NftablesBackend().check(wanted)
+        verdicts = await NftablesBackend(timeout=timeout).check(wanted)
     except BackendUnavailable as exc:
         print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
         return {}
