@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,7 +25,8 @@ from pathlib import Path
 import structlog
 
 from . import __version__
-from .backends.select import BACKEND_MODES
+from .backends.firewalld import FirewalldBackend
+from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
 from .engine import Reconciler, gc_paused, held_by_others
@@ -41,6 +44,16 @@ DEFAULT_STATE_FILE = "/var/lib/fwrecon/state.json"
 log = structlog.get_logger("fwrecon")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
@@ -50,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (default): firewalld when it is on the bus, else iptables; firewalld: zones, policies "
                         "and direct rules via firewalld; iptables: direct rules via iptables/ip6tables/ebtables; nftables: "
                         "nft sections only. nft sections always go to fwrecon's own nftables table")
+    common.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"longest wait for one D-Bus call to firewalld or one iptables/nft run (default {DEFAULT_TIMEOUT:g}); "
+                        "a firewall that does not answer within it is treated as unreachable: nothing more is sent to it "
+                        "until the next reconcile")
     common.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
 
     parser = argparse.ArgumentParser(
@@ -103,7 +120,7 @@ def _print_errors(loaded: LoadResult, extra: dict[str, list[FwreconError]] | Non
 @contextlib.asynccontextmanager
 async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncIterator[Reconciler]:
     """A Reconciler on the backends ``--backend`` selects; closed afterwards."""
-    backends, router = await select_backends(args.backend, args.bus_address)
+    backends, router = await select_backends(args.backend, args.bus_address, args.timeout)
     try:
         yield Reconciler(router, store)
     finally:
@@ -122,7 +139,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
                 print(f"note: {note}", file=sys.stderr)
     except BackendUnavailable as exc:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
-        for name, errors in (await _nft_syntax_errors(loaded)).items():
+        for name, errors in (await _nft_syntax_errors(loaded, args.timeout)).items():
             extra.setdefault(name, []).extend(errors)
         declared = [item for policy in loaded.policies.values() for item in policy.items]
         for name, policy in loaded.policies.items():
@@ -133,13 +150,13 @@ async def cmd_check(args: argparse.Namespace) -> int:
     return 1 if count else 0
 
 
-async def _nft_syntax_errors(loaded: LoadResult) -> dict[str, list[FwreconError]]:
+async def _nft_syntax_errors(loaded: LoadResult, timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[FwreconError]]:
     """nft's own verdict on nft sections (``nft -c``: checks, commits nothing)."""
     wanted = {item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))}
     if not wanted:
         return {}
     try:
-        verdicts = await NftablesBackend().verdicts(wanted)
+        verdicts = await NftablesBackend(timeout=timeout).verdicts(wanted)
     except BackendUnavailable as exc:
         print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
         return {}
@@ -216,7 +233,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {args.policy_dir}: policy directory does not exist", file=sys.stderr)
         return 1
     try:
-        return await Controller(settings).run()
+        return await Controller(
+            settings,
+            connect=functools.partial(FirewalldBackend.connect, timeout=args.timeout),
+            backends=BackendSet(args.backend, timeout=args.timeout),
+        ).run()
     except (StateError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -118,6 +118,7 @@ class Controller:
         self._reloads = 0  # reloads and returns seen so far
         self._reloads_at_last_start = 0  # ... when the previous reconcile started
         self._settle_handle: asyncio.TimerHandle | None = None
+        self._unresponsive = False  # firewalld owns its name but did not answer a call
         for name in BACKEND_NAMES:  # all 0 (none in charge) is news too: firewalld mode, firewalld away
             self.metrics.active_backend.labels(backend=name).set(0)
 
@@ -180,12 +181,35 @@ class Controller:
 
     def _set_up(self, up: bool) -> None:
         self.firewalld_up = up
-        self.metrics.firewalld_up.set(1 if up else 0)
+        self.metrics.firewalld_up.set(1 if up and not self._unresponsive else 0)
         self._route()
         if up and self._retry is not None:
             # firewalld is back: retry now rather than at the end of a long backoff
             self._backoff = self.settings.backoff_initial
             self._retry_now()
+
+    def _check_responsive(self) -> None:
+        """Mirror whether firewalld answers its calls (see `FirewalldBackend.call`).
+
+        A firewalld that stops answering (SIGSTOP, a deadlock) still owns its
+        bus name: it is marked down (``fwrecon_firewalld_up`` 0, one
+        ``firewalld_unresponsive`` event) but stays in charge, as moving its
+        items to iptables would double them the moment it thaws.  The failed
+        reconcile is retried with the usual backoff; the first one that gets
+        answers marks it up again.
+        """
+        firewalld = self.backends.firewalld
+        unresponsive = firewalld is not None and not getattr(firewalld, "responsive", True)  # (test doubles lack it)
+        if unresponsive == self._unresponsive:
+            return
+        self._unresponsive = unresponsive
+        if unresponsive:
+            log.error("firewalld_unresponsive", timeout_seconds=getattr(firewalld, "timeout", None),
+                      hint="still in charge; retrying with backoff")
+            self.metrics.firewalld_up.set(0)
+        else:
+            log.info("firewalld_responsive")
+            self.metrics.firewalld_up.set(1 if self.firewalld_up else 0)
 
     def _route(self) -> None:
         """Pick the backends in charge for the mode and firewalld's presence."""
@@ -409,6 +433,7 @@ class Controller:
         except Exception as exc:  # a bug must not kill the daemon: log, back off, retry
             log.exception("reconcile_crashed", trigger=trigger.value)
             return self._record_error(trigger, started, exc, "reconcile_crashed")
+        self._check_responsive()
         self._remember_last_good(loaded, report)
         self._record(trigger, batch, loaded, report, time.monotonic() - started)
         return report.converged
@@ -423,6 +448,7 @@ class Controller:
                 del self.last_good[name]  # the file is gone: nothing of it is wanted
 
     def _record_error(self, trigger: Trigger, started: float, exc: BaseException, event: str) -> bool:
+        self._check_responsive()
         duration = time.monotonic() - started
         self.metrics.reconcile_duration.labels(trigger=trigger.value).observe(duration)
         self.metrics.reconciles.labels(trigger=trigger.value, result="error").inc()

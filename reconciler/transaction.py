@@ -11,7 +11,13 @@ Modelled on libvirt's virFirewall: build first, apply once.  Usage::
 `apply` runs the steps in order.  If an operation fails, the undo of every
 operation already applied runs in reverse order and `TransactionFailed` is
 raised (after the rollback) carrying the failing op, the firewall's error and
-any undo that failed too.  An operation that found the firewall already in the
+any undo that failed too.  A firewall that stopped answering (a timeout, the
+bus gone: `BackendUnavailable`) gets no further call: the rollback stops at
+once, so a hung firewall costs one call timeout, not one per undo.  The undos
+not run are in ``skipped`` (and in ``rollback_errors``, so whoever restores
+ownership keeps what they would have taken out), and the failure's ``cause``
+is that `BackendUnavailable` (what landed cannot be known: the caller keeps
+its intent and retries once the firewall answers again).  An operation that found the firewall already in the
 wanted state (`Outcome.UNCHANGED`) changed nothing and so has nothing to undo.
 Operations marked ``ignore_failure`` never abort the transaction (libvirt's
 IGNORE_ERRORS).  A query hook is ``async def hook(txn, backend)``: it may read
@@ -21,6 +27,7 @@ it found (libvirt's query callbacks); those run next, before later steps.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -28,7 +35,7 @@ from typing import NamedTuple
 import structlog
 
 from .backends.base import Backend
-from .errors import BackendError, FwreconError
+from .errors import BackendError, BackendUnavailable, FwreconError
 from .model import Op, Outcome
 
 log = structlog.get_logger(__name__)
@@ -57,12 +64,16 @@ class TransactionFailed(FwreconError):
     cause: BaseException
     undone: list[Op] = field(default_factory=list)
     rollback_errors: list[tuple[Op, BaseException]] = field(default_factory=list)
+    skipped: list[Op] = field(default_factory=list)  # undos not tried: the firewall stopped answering
 
     def __str__(self) -> str:
         what = self.failed_op.describe() if self.failed_op else "query hook"
         text = f"transaction {self.name!r} failed at {what}: {self.cause}"
-        if self.rollback_errors:
-            text += f" (rollback incomplete: {len(self.rollback_errors)} undo step(s) failed)"
+        failed = len(self.rollback_errors) - len(self.skipped)
+        if failed:
+            text += f" (rollback incomplete: {failed} undo step(s) failed)"
+        if self.skipped:
+            text += f" (rollback stopped, the firewall is not answering: {len(self.skipped)} undo step(s) not tried)"
         return text
 
 
@@ -146,6 +157,9 @@ class Transaction:
     async def _rollback(self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException) -> TransactionFailed:
         failure = TransactionFailed(self.name, failed_op, cause)
         undos = [result.op.inverse() for result in reversed(applied) if result.outcome is Outcome.APPLIED]
+        if isinstance(cause, BackendUnavailable):
+            undos, failure.skipped = [], undos  # unreachable: another call would only wait out its timeout again
+            failure.rollback_errors.extend((undo, cause) for undo in failure.skipped)
         while undos:
             key = backend.batch_key(undos[0])
             size = 1
@@ -158,6 +172,14 @@ class Transaction:
                 else:
                     await backend.execute(group[0])
                 failure.undone.extend(group)
+            except BackendUnavailable as exc:
+                # Stop here; the firewall's answer on what landed is unknown now.
+                failure.skipped = group + undos
+                failure.rollback_errors.extend((undo, exc) for undo in failure.skipped)
+                undos = []
+                if not isinstance(cause, (BackendUnavailable, asyncio.CancelledError, KeyboardInterrupt)):
+                    failure.cause = BackendUnavailable(f"{exc} (while rolling back after: {cause})")
+                    failure.cause.__cause__ = exc
             except BackendError as exc:
                 failure.rollback_errors.extend((undo, exc) for undo in group)
         log.warning(
@@ -168,5 +190,6 @@ class Transaction:
             code=getattr(cause, "code", None),
             undone=len(failure.undone),
             rollback_errors=len(failure.rollback_errors),
+            skipped=len(failure.skipped),
         )
         return failure

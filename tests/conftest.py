@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,6 +30,70 @@ from fwsandbox import Sandbox  # noqa: E402
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 _STALE_DIR = re.compile(r"fwrecon-t(\d+)-.+")
+# Every process the session starts inherits this; whatever still carries it
+# when the session ends outlived its test (see pytest_sessionfinish).
+SESSION_MARKER = "FWRECON_TEST_SESSION"
+LEFTOVER_GRACE = 2.0  # seconds for processes already dying (a SIGKILLed daemon's child) to go
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[SESSION_MARKER] = str(os.getpid())
+
+
+def session_processes(marker: str) -> dict[int, str]:
+    """Live processes (pid -> command line) whose environment has ``SESSION_MARKER=marker``,
+    except this one; zombies and processes already exiting do not count."""
+    wanted = f"{SESSION_MARKER}={marker}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError):  # gone meanwhile, or not ours to read
+            continue
+        if state not in ("Z", "X", "x"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a process it started is still running; kill those.
+
+    Session fixtures (the sandbox's dbus-daemon and firewalld) are torn down
+    before this hook runs, so they must be gone too.
+    """
+    marker = os.environ.get(SESSION_MARKER)
+    if marker != str(os.getpid()):
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    leftovers = session_processes(marker)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = session_processes(marker)
+    if not leftovers:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line, file=sys.stderr)
+
+    if reporter is not None:
+        reporter.write("\n")  # the progress line may still be open
+    write(f"ERROR: {len(leftovers)} process(es) started by the test session still running at its end (killed now):")
+    for pid, cmdline in sorted(leftovers.items()):
+        write(f"  pid {pid}: {cmdline}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

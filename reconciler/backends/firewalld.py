@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -46,6 +46,8 @@ from ..model import (
 from ..ports import canonical_port
 from ..view import FirewallView
 from .base import Backend, BackendEvent, EventCallback
+
+T = TypeVar("T")
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
@@ -94,6 +96,39 @@ _KINDS: dict[type[Item], tuple[str, str, str]] = {
 _TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
 # Zones report rich rules under "rules_str"; policies under "rich_rules".
 _ZONE_KEY_ALIASES = {"rich_rules": "rules_str"}
+_ZONE_KEY_ALIASES_BACK = {v: k for k, v in _ZONE_KEY_ALIASES.items()}
+
+
+class MalformedReply(BackendUnavailable):
+    """firewalld answered, but not in the shape of its API (a broken or fake
+    service on its bus name).  Nothing it says can be trusted, so it counts as
+    unavailable: no further calls in the transaction, intent kept, retried."""
+
+
+def _settings_signature(key: str) -> str:
+    """The D-Bus signature of a settings key fwrecon reads (``masquerade``: b)."""
+    if key == "masquerade":
+        return "b"
+    item_sig = next(sig for k, _, sig in _KINDS.values() if k == key)
+    return f"a({item_sig})" if len(item_sig) > 1 else "as"
+
+
+async def _all(*calls: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, but the first failure cancels (and waits for) the rest:
+    no call is left running, or failing unheard, once the caller has given up."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _item_args(item: ScopedItem) -> list[str]:
@@ -110,14 +145,24 @@ def _item_args(item: ScopedItem) -> list[str]:
     raise TypeError(f"not a zone item: {item!r}")
 
 
-def _items_from_settings(scope: Scope, settings: dict[str, Variant]) -> list[Item]:
-    """Turn a getZoneSettings2/getPolicySettings reply into items."""
+def _settings_value(scope: Scope, settings: dict[str, Variant], key: str, member: str) -> Any:
+    """The value of one settings key (None when absent), checked against the API's type."""
+    if scope.kind == "zone":
+        key = _ZONE_KEY_ALIASES.get(key, key)
+    variant = settings.get(key)
+    if variant is None:
+        return None
+    expected = _settings_signature(_ZONE_KEY_ALIASES_BACK.get(key, key))
+    if not isinstance(variant, Variant) or variant.signature != expected:
+        found = variant.signature if isinstance(variant, Variant) else type(variant).__name__
+        raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name}: {key!r} is {found}, not {expected}")
+    return variant.value
 
-    def value(key: str) -> Any:
-        if scope.kind == "zone":
-            key = _ZONE_KEY_ALIASES.get(key, key)
-        variant = settings.get(key)
-        return variant.value if variant is not None else None
+
+def _items_from_settings(scope: Scope, settings: dict[str, Variant], member: str = "settings") -> list[Item]:
+    """Turn a getZoneSettings2/getPolicySettings reply into items (MalformedReply if it is not one)."""
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name} is not a{{sv}}: {_short(settings)}")
 
     builders: dict[type[Item], Callable[[Any], Item]] = {
         Service: lambda v: Service(scope, v),
@@ -132,8 +177,14 @@ def _items_from_settings(scope: Scope, settings: dict[str, Variant]) -> list[Ite
     }
     items: list[Item] = []
     for cls, build in builders.items():
-        items.extend(build(v) for v in value(_KINDS[cls][0]) or ())
-    if value("masquerade"):
+        key = _KINDS[cls][0]
+        for v in _settings_value(scope, settings, key, member) or ():
+            try:
+                items.append(build(v))
+            except (ValueError, TypeError, IndexError) as exc:  # e.g. a port that is not one
+                raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name}: "
+                                     f"{key} entry {_short(v)} is not valid: {exc}") from exc
+    if _settings_value(scope, settings, "masquerade", member):
         items.append(Masquerade(scope))
     return items
 
@@ -149,6 +200,8 @@ class FirewalldBackend(Backend):
         self._slots = asyncio.Semaphore(max_in_flight)
         self.calls = 0  # every D-Bus method call made, for tests and metrics
         self.writes = 0  # calls that change firewalld
+        self.responsive = True  # False from a call timing out until the next reply
+        self._stalls = 0  # calls timed out so far (see `call`)
 
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> "FirewalldBackend":
@@ -170,8 +223,18 @@ class FirewalldBackend(Backend):
 
     # -- raw calls -------------------------------------------------------------
 
-    async def call(self, interface: str, member: str, signature: str = "", body: list[Any] | None = None) -> list[Any]:
-        """One method call on firewalld; errors translated to fwrecon's types."""
+    async def call(self, interface: str, member: str, signature: str = "", body: list[Any] | None = None,
+                   returns: str | None = None) -> list[Any]:
+        """One method call on firewalld; errors translated to fwrecon's types.
+
+        ``returns``: the reply's D-Bus signature per firewalld's API; any other
+        reply is `MalformedReply`.
+
+        A call that times out marks firewalld unresponsive (``responsive``
+        False, until a reply arrives) and fails the calls queued behind it at
+        once: each would only wait out a timeout of its own, so a stopped
+        firewalld costs about one timeout, not one per call.
+        """
         message = Message(
             destination=BUS_NAME,
             path=OBJECT_PATH,
@@ -180,16 +243,22 @@ class FirewalldBackend(Backend):
             signature=signature,
             body=body or [],
         )
+        stalls = self._stalls
         async with self._slots:
+            if self._stalls != stalls:
+                raise BackendUnavailable(f"firewalld is not answering (an earlier call timed out after {self.timeout:g}s); {member} not sent")
             self.calls += 1
             try:
                 reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
             except asyncio.TimeoutError as exc:
+                self._stalls += 1
+                self.responsive = False
                 raise BackendUnavailable(f"firewalld did not answer {member} within {self.timeout:g}s") from exc
             except (OSError, EOFError) as exc:
                 raise BackendUnavailable(f"D-Bus connection lost during {member}: {exc}") from exc
         if reply is None:
             raise BackendUnavailable(f"D-Bus connection closed during {member}")
+        self.responsive = True
         if reply.message_type == MessageType.ERROR:
             text = str(reply.body[0]) if reply.body else reply.error_name or "unknown error"
             if reply.error_name == FIREWALLD_EXCEPTION:
@@ -198,6 +267,9 @@ class FirewalldBackend(Backend):
             if reply.error_name in UNAVAILABLE_ERRORS:
                 raise BackendUnavailable(f"firewalld is not available ({reply.error_name}): {text}")
             raise OperationFailed(f"{member}: {reply.error_name}: {text}", reply.error_name)
+        if returns is not None and reply.signature != returns:
+            raise MalformedReply(f"firewalld answered {member} with signature {reply.signature!r} "
+                                 f"instead of {returns!r}: {_short(reply.body)}")
         return list(reply.body)
 
     # -- observe ---------------------------------------------------------------
@@ -206,7 +278,7 @@ class FirewalldBackend(Backend):
         """One read per zone and policy; one getAllChains + getAllRules for every direct table."""
         wanted = set(containers)
         reads = sorted({("direct",) if c[0] == "direct" else c for c in wanted})
-        results = await asyncio.gather(*(self._read(container) for container in reads))
+        results = await _all(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
         for container, found in zip(reads, results):
@@ -220,14 +292,16 @@ class FirewalldBackend(Backend):
         try:
             match container:
                 case ("zone", name):
-                    (settings,) = await self.call(IFACE_ZONE, "getZoneSettings2", "s", [name])
-                    return _items_from_settings(Scope("zone", name), settings)
+                    (settings,) = await self.call(IFACE_ZONE, "getZoneSettings2", "s", [name], returns="a{sv}")
+                    return _items_from_settings(Scope("zone", name), settings, "getZoneSettings2")
                 case ("policy", name):
-                    (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [name])
-                    return _items_from_settings(Scope("policy", name), settings)
+                    (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [name], returns="a{sv}")
+                    return _items_from_settings(Scope("policy", name), settings, "getPolicySettings")
                 case ("direct",):
-                    (chains,), (rules,) = await asyncio.gather(
-                        self.call(IFACE_DIRECT, "getAllChains"), self.call(IFACE_DIRECT, "getAllRules")
+                    # The reply signatures fix the tuples' shapes and types.
+                    (chains,), (rules,) = await _all(
+                        self.call(IFACE_DIRECT, "getAllChains", returns="a(sss)"),
+                        self.call(IFACE_DIRECT, "getAllRules", returns="a(sssias)"),
                     )
                     return [DirectChain(*c) for c in chains] + [
                         DirectRule(r[0], r[1], r[2], int(r[3]), tuple(r[4])) for r in rules
@@ -278,15 +352,15 @@ class FirewalldBackend(Backend):
         key, _, item_sig = _KINDS[type(item)]
         if key in ("sources", "interfaces"):
             raise OperationFailed(f"a firewalld policy cannot hold {key}", "INVALID_SETTING")
-        (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [item.scope.name])
+        (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [item.scope.name], returns="a{sv}")
         if isinstance(item, Masquerade):
-            current = bool(settings["masquerade"].value) if "masquerade" in settings else False
+            current = bool(_settings_value(item.scope, settings, "masquerade", "getPolicySettings"))
             wanted = op.action == "add"
             if current == wanted:
                 return Outcome.UNCHANGED
             new = Variant("b", wanted)
         else:
-            present = [tuple(v) if isinstance(v, list) else v for v in (settings[key].value if key in settings else [])]
+            present = [tuple(v) if isinstance(v, list) else v for v in _settings_value(item.scope, settings, key, "getPolicySettings") or []]
             args = _item_args(item)
             value: Any = tuple(args) if len(args) > 1 else args[0]
             if (value in present) == (op.action == "add"):
@@ -345,10 +419,10 @@ class FirewalldBackend(Backend):
     # -- names -----------------------------------------------------------------
 
     async def known_names(self) -> KnownNames:
-        (zones,), (policies,), (services,), (icmp_types,) = await asyncio.gather(
-            self.call(IFACE_ZONE, "getZones"),
-            self.call(IFACE_POLICY, "getPolicies"),
-            self.call(IFACE_MAIN, "listServices"),
-            self.call(IFACE_MAIN, "listIcmpTypes"),
+        (zones,), (policies,), (services,), (icmp_types,) = await _all(
+            self.call(IFACE_ZONE, "getZones", returns="as"),
+            self.call(IFACE_POLICY, "getPolicies", returns="as"),
+            self.call(IFACE_MAIN, "listServices", returns="as"),
+            self.call(IFACE_MAIN, "listIcmpTypes", returns="as"),
         )
         return KnownNames(frozenset(zones), frozenset(policies), frozenset(services), frozenset(icmp_types))

@@ -183,7 +183,7 @@ class IptablesBackend(BatchBackend):
             if "does not exist" in err:
                 return TableSave(table, exists=False)
             raise BackendUnavailable(f"{COMMANDS[family]}-save -t {table} failed ({rc}): {error_text(err)}")
-        save = parse_save(out, table)
+        save = parse_save(out, table, f"{COMMANDS[family]}-save")
         if save.incompatible:
             raise OperationFailed(
                 f"{family} table {table} holds rules {COMMANDS[family]} cannot show ({save.incompatible})",
@@ -286,14 +286,15 @@ class IptablesBackend(BatchBackend):
             pending = [i for i in pending if i not in bad]
         if not pending:
             return save
+        hung = False
         try:
             after = await self._save(family, table)
+        except BackendUnavailable:
+            hung = True  # the tools do not answer: no cleanup run to wait out too (the next probe flushes it)
+            raise
         finally:
-            stale = sorted({probe} | {c for c in save.chains if _probe_of_dead_process(c)})
-            cleanup = [f"*{table}", *(f"-F {c}" for c in stale), *(f"-X {c}" for c in stale), "COMMIT"]
-            rc, err = await self._restore(family, "\n".join(cleanup) + "\n")
-            if rc != 0:
-                log.warning("probe_cleanup_failed", family=family, table=table, chain=probe, error=error_text(err))
+            if not hung:
+                await self._clean_probes(family, table, save, probe)
         texts = after.rules.get(probe, [])
         if len(texts) == len(pending):
             for item, text in zip(pending, texts):
@@ -303,6 +304,13 @@ class IptablesBackend(BatchBackend):
             for item in pending:
                 self._canon_failed[item] = chains
         return after
+
+    async def _clean_probes(self, family: str, table: str, save: TableSave, probe: str) -> None:
+        stale = sorted({probe} | {c for c in save.chains if _probe_of_dead_process(c)})
+        cleanup = [f"*{table}", *(f"-F {c}" for c in stale), *(f"-X {c}" for c in stale), "COMMIT"]
+        rc, err = await self._restore(family, "\n".join(cleanup) + "\n")
+        if rc != 0:
+            log.warning("probe_cleanup_failed", family=family, table=table, chain=probe, error=error_text(err))
 
     def _model(self, family: str, table: str, save: TableSave) -> TableModel:
         by_text: dict[tuple[str, str], list[DirectRule]] = defaultdict(list)
@@ -406,6 +414,8 @@ class IptablesBackend(BatchBackend):
         message = f"{tool} refused the batch{unknown}: {error_text(err)}"
         try:
             after = await self._save(family, table)
+        except BackendUnavailable:
+            raise  # the tools stopped answering: no further run, no rollback (see transaction)
         except BackendError as exc:
             log.warning("restore_check_failed", family=family, table=table, error=str(exc))
             raise OperationFailed(message, "RESTORE_FAILED", op) from exc

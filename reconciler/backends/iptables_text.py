@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import OperationFailed
+from ..errors import BackendUnavailable, OperationFailed
 from ..limits import DIRECT_BUILTIN_CHAINS
 from ..model import TAG_RE, DirectChain, DirectRule, Item, Op, Outcome
 
@@ -101,14 +101,25 @@ def probe_pid(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def parse_save(text: str, table: str) -> TableSave:
-    """The section of ``table`` in ``-save`` output (legacy ebtables-save prints all tables)."""
+_SAVE_LINE_STARTS = ("#", "*", ":", "-A ", "COMMIT")
+
+
+def parse_save(text: str, table: str, tool: str = "*-save") -> TableSave:
+    """The section of ``table`` in ``-save`` output (legacy ebtables-save prints all tables).
+
+    Output that is not ``-save`` output (a broken or foreign tool printing
+    garbage) is `BackendUnavailable` naming ``tool``: read as an empty table,
+    it would have us add again what is there.
+    """
     found = TableSave(table, exists=False)
     current: str | None = None
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip()
         if not line:
             continue
+        if not line.startswith(_SAVE_LINE_STARTS):
+            raise BackendUnavailable(f"{tool} -t {table} printed something that is not -save output "
+                                     f"(line {number}: {line[:60]!r})")
         if line.startswith("#"):
             if current == table and "incompatible" in line:
                 found.incompatible = line.lstrip("# ")

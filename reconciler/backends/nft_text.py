@@ -181,41 +181,44 @@ def parse_listing(family: str, text: str) -> TableListing:
         objects = json.loads(text)["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BackendUnavailable(f"cannot parse nft -j output for {family} {NFT_TABLE}: {exc}") from exc
-    for obj in objects:
-        if not isinstance(obj, dict) or len(obj) != 1:
-            continue
-        ((kind, body),) = obj.items()
-        if kind == "metainfo" or not isinstance(body, dict):
-            continue
-        if body.get("family", family) != family:
-            continue
-        if kind == "table":
-            if body.get("name") == NFT_TABLE:
-                listing.exists = True
-            continue
-        if body.get("table") != NFT_TABLE:
-            continue
-        if kind == "chain":
-            name = str(body["name"])
-            if "hook" in body:
-                chain = NftChain(
-                    family,
-                    name,
-                    str(body.get("type", "")),
-                    str(body["hook"]),
-                    parse_priority(family, body.get("prio", 0)),
-                    str(body.get("policy", "")),
+    try:
+        for obj in objects:
+            if not isinstance(obj, dict) or len(obj) != 1:
+                continue
+            ((kind, body),) = obj.items()
+            if kind == "metainfo" or not isinstance(body, dict):
+                continue
+            if body.get("family", family) != family:
+                continue
+            if kind == "table":
+                if body.get("name") == NFT_TABLE:
+                    listing.exists = True
+                continue
+            if body.get("table") != NFT_TABLE:
+                continue
+            if kind == "chain":
+                name = str(body["name"])
+                if "hook" in body:
+                    chain = NftChain(
+                        family,
+                        name,
+                        str(body.get("type", "")),
+                        str(body["hook"]),
+                        parse_priority(family, body.get("prio", 0)),
+                        str(body.get("policy", "")),
+                    )
+                else:
+                    chain = NftChain(family, name)
+                listing.chains[name] = canonical_chain(chain)
+            elif kind == "rule":
+                comment = body.get("comment")
+                listing.rules.append(
+                    RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr"))
                 )
             else:
-                chain = NftChain(family, name)
-            listing.chains[name] = canonical_chain(chain)
-        elif kind == "rule":
-            comment = body.get("comment")
-            listing.rules.append(
-                RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr"))
-            )
-        else:
-            listing.others.append(f"{kind} {body.get('name', '?')}")
+                listing.others.append(f"{kind} {body.get('name', '?')}")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON, but not nft's
+        raise BackendUnavailable(f"nft -j list table {family} {NFT_TABLE} printed JSON that is not an nft listing: {exc!r}") from exc
     return listing
 
 

@@ -15,7 +15,9 @@ Events
     processes are ignored (no echo), and any deletion or flush in a
     ``fwrecon`` table, or a base chain (re)definition there (a policy change),
     by anyone else calls back `BackendEvent.CHANGED`.  So does a restart of the
-    monitor, since events may have been missed while it was down.
+    monitor, since events may have been missed while it was down.  The monitor
+    never outlives fwrecon: it gets SIGKILL when fwrecon dies, however it dies
+    (``PR_SET_PDEATHSIG``, see `process`).
 """
 
 from __future__ import annotations
@@ -437,6 +439,7 @@ class NftablesBackend(BatchBackend):
                     stderr=asyncio.subprocess.PIPE,
                     limit=1 << 20,
                     start_new_session=True,  # a Ctrl-C for the daemon is not one for the monitor
+                    die_with_parent=True,  # ... but its death is, even by SIGKILL
                 )
             except BackendUnavailable as exc:
                 if self._nft_path() is not None:

@@ -29,16 +29,19 @@ log = structlog.get_logger(__name__)
 BackendMode = Literal["auto", "firewalld", "iptables", "nftables"]
 BACKEND_MODES: tuple[str, ...] = ("auto", "firewalld", "iptables", "nftables")
 BACKEND_NAMES: tuple[str, ...] = ("firewalld", "iptables", "nftables")
+DEFAULT_TIMEOUT = 10.0  # seconds for one D-Bus call or one tool run (``--timeout``)
 
 
 class BackendSet:
     """The backends one fwrecon process can reach, and the routing in force."""
 
-    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None) -> None:
+    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """``timeout``: for each tool run (the firewalld connection brings its own)."""
         self.mode = mode
         self.firewalld = firewalld
-        self.iptables = IptablesBackend() if mode in ("auto", "firewalld", "iptables") else None
-        self.nftables = NftablesBackend()
+        self.timeout = timeout
+        self.iptables = IptablesBackend(timeout=timeout) if mode in ("auto", "firewalld", "iptables") else None
+        self.nftables = NftablesBackend(timeout=timeout)
 
     def router(self, firewalld_up: bool) -> Router | None:
         """The routing for this mode, or None when the mode cannot work now.
@@ -62,20 +65,22 @@ class BackendSet:
                 await backend.close()
 
 
-async def connect(mode: BackendMode, bus_address: str | None) -> tuple[BackendSet, Router]:
-    """Backends and routing for a one-shot command; raises BackendUnavailable."""
+async def connect(mode: BackendMode, bus_address: str | None, timeout: float = DEFAULT_TIMEOUT) -> tuple[BackendSet, Router]:
+    """Backends and routing for a one-shot command; raises BackendUnavailable.
+
+    ``timeout`` bounds each D-Bus call and each tool run."""
     firewalld = None
     up = False
     if mode in ("auto", "firewalld"):
         try:
-            firewalld = await FirewalldBackend.connect(bus_address)
+            firewalld = await FirewalldBackend.connect(bus_address, timeout=timeout)
             up = await firewalld.is_up()
         except BackendUnavailable:
             if mode == "firewalld":
                 raise
     if mode == "firewalld" and not up:
         raise BackendUnavailable("firewalld is not running (org.fedoraproject.FirewallD1 has no owner on the bus)")
-    backends = BackendSet(mode, firewalld)
+    backends = BackendSet(mode, firewalld, timeout=timeout)
     router = backends.router(up)
     assert router is not None
     log.info("backend_selected", mode=mode, backend=router.name, firewalld_up=up)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -9,11 +10,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +24,36 @@ from fwsandbox import Sandbox
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+def in_netns(netns: str, work: Callable[[], T]) -> T:
+    """Run ``work`` in a short-lived thread that entered network namespace ``netns``.
+
+    setns(CLONE_NEWNET) changes only the calling thread, which ends right
+    after: the test process itself stays in its own namespace.  Sockets made
+    there keep their namespace (e.g. to reach a daemon's metrics endpoint).
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def enter_and_run() -> None:
+        try:
+            with open(f"/run/netns/{netns}") as handle:
+                if _libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}: {os.strerror(ctypes.get_errno())}")
+            result.append(work())
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=enter_and_run, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 @dataclass
@@ -42,8 +75,9 @@ class Fwrecon:
     def remove_policy(self, name: str) -> None:
         (self.policy_dir / f"{name}.toml").unlink()
 
-    def argv(self, command: str, *extra: str) -> list[str]:
-        prefix = ["ip", "netns", "exec", self.sandbox.netns] if self.in_netns else []
+    def argv(self, command: str, *extra: str, netns: bool | None = None) -> list[str]:
+        """``netns``: run inside the sandbox netns (default: `in_netns`)."""
+        prefix = ["ip", "netns", "exec", self.sandbox.netns] if (self.in_netns if netns is None else netns) else []
         backend = ["--backend", self.backend] if self.backend else []
         return [
             *prefix, sys.executable, "-m", "reconciler", command, *backend,
@@ -102,17 +136,22 @@ def free_port() -> int:
 
 
 class Daemon:
-    """One `fwrecon run` process with its log and metrics endpoint."""
+    """One `fwrecon run` process with its log and metrics endpoint.
+
+    Always inside the sandbox network namespace, whatever `Fwrecon.in_netns`
+    says: its ``nft monitor`` and any iptables or nft work must never reach
+    the host's own firewall.  Its metrics endpoint is reached from inside.
+    """
 
     def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None,
-                 started_when: str = "reconcile") -> None:
-        """Start and wait for the log event ``started_when`` (by default the first reconcile)."""
+                 started_when: str = "reconcile", extra: tuple[str, ...] = ()) -> None:
+        """Start and wait for the log event ``started_when`` (by default the first reconcile);
+        ``extra``: more arguments for ``fwrecon run``."""
         self.fwrecon = fwrecon
         self.log_path = log_path
-        self.port = free_port()
-        # inside the sandbox netns the endpoint would be unreachable from here
-        metrics = "off" if fwrecon.in_netns else f"127.0.0.1:{self.port}"
-        argv = fwrecon.argv("run", "--metrics-address", metrics, "--resync-interval", str(resync))
+        self.netns = fwrecon.sandbox.netns
+        self.port = in_netns(self.netns, free_port)
+        argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), *extra, netns=True)
         self._log = open(log_path, "a")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         wait_until(lambda: self.events(started_when), 10, f"the first {started_when} event")
@@ -132,8 +171,11 @@ class Daemon:
         return self.events("reconcile")
 
     def metrics(self) -> dict[str, object]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
+        def fetch() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as reply:
+                return reply.read().decode()
+
+        text = in_netns(self.netns, fetch)
         return {family.name: family for family in text_string_to_metric_families(text)}
 
     def value(self, name: str, **labels: str) -> float:

@@ -15,13 +15,17 @@ from reconciler.view import FirewallView
 
 class FaultyBackend(Backend):
     """Passes everything to ``inner``, batches as batches (one write each);
-    the Nth write fails, or the process is killed right after the Nth write."""
+    the Nth write fails, or the process is killed right after the Nth write,
+    or process ``stop_pid`` (firewalld) is frozen with SIGSTOP right after it."""
 
-    def __init__(self, inner: Backend, *, fail_on_write: int | None = None, kill_after_writes: int | None = None) -> None:
+    def __init__(self, inner: Backend, *, fail_on_write: int | None = None, kill_after_writes: int | None = None,
+                 stop_after_writes: int | None = None, stop_pid: int | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.fail_on_write = fail_on_write
         self.kill_after_writes = kill_after_writes
+        self.stop_after_writes = stop_after_writes
+        self.stop_pid = stop_pid
         self.writes = 0
 
     async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
@@ -59,6 +63,8 @@ class FaultyBackend(Backend):
         outcomes = await self.inner.execute_batch(ops) if batch else [await self.inner.execute(ops[0])]
         if self.writes == self.kill_after_writes:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this write: nothing recorded it yet
+        if self.writes == self.stop_after_writes and self.stop_pid is not None:
+            os.kill(self.stop_pid, signal.SIGSTOP)  # the firewall stops answering; later calls time out
         return outcomes
 
     async def close(self) -> None:
