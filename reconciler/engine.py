@@ -464,13 +464,17 @@ class Reconciler:
         moved = sorted(self._moved(state), key=lambda item: (-item.layer, item.sort_key()))
         if not moved:
             return
+        unanswered: set[str] = set()  # sources that timed out: no call to them per further item
         for item in moved:
             old = state.placed.pop(item)
-            source = self.backend.by_name(old) if isinstance(self.backend, Router) else None
+            source = self.backend.by_name(old) if isinstance(self.backend, Router) and old not in unanswered else None
             try:
                 if source is not None and await source.is_up():
                     await source.execute(Op("remove", item))
                 log.info("item_moved", item=item.describe(), source=old, target=self.backend.name_for(item))
+            except BackendUnavailable as exc:
+                unanswered.add(old)
+                log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
             except BackendError as exc:
                 log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
         self.store.save(state)
