@@ -158,6 +158,13 @@ def test_a_burst_of_reloads_is_never_counted_as_drift(fwrecon: Fwrecon, daemon_f
     assert "9503/tcp" in sb.firewall_cmd("--zone=public", "--list-ports").stdout
     assert not drift_repairs(daemon), drift_repairs(daemon)
     assert any(event.get("trigger") == "reload" for event in daemon.reconciles())
+    assert daemon.value("fwrecon_firewalld_reloads") == 5
+    assert daemon.value("fwrecon_drift_repairs") == 0
+    assert daemon.value("fwrecon_reconciles", trigger="drift", result="success") == 0
+    # Drift by hand, outside a reload, still counts.
+    time.sleep(3.2)  # past the reload's settle window
+    sb.firewall_cmd("--zone=public", "--remove-port=9501/tcp", check=True)
+    wait_until(lambda: daemon.value("fwrecon_drift_repairs") == 1, 10, "the drift repair")
 
 
 @pytest.fixture

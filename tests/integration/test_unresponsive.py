@@ -189,10 +189,14 @@ def real(tool: str) -> str:
 
 
 def hanging(backend: str) -> tuple[str, str]:
-    """The tool to fake and its script: it hangs (with a child of its own) where fwrecon writes."""
+    """The tool to fake and its script: it hangs (with a child of its own) where
+    fwrecon writes policy b's batch, and does the real work for anything else
+    (observe's reads, and the probe that learns how policy a's rules print)."""
+    hang = f'case "$input" in *"dport 9101"*) {SLEEPS[0]} & exec {SLEEPS[1]};; esac'
     if backend == "iptables":
-        return "iptables-restore", f"{SLEEPS[0]} &\nexec {SLEEPS[1]}\n"
-    return "nft", f'case " $* " in *" -f "*) {SLEEPS[0]} & exec {SLEEPS[1]};; esac\nexec {real("nft")} "$@"\n'
+        return "iptables-restore", f'input=$(cat)\n{hang}\nprintf \'%s\\n\' "$input" | exec {real("iptables-restore")} "$@"\n'
+    return "nft", (f'case " $* " in *" -f "*) input=$(cat)\n{hang}\n'
+                   f'printf \'%s\\n\' "$input" | exec {real("nft")} "$@";; esac\nexec {real("nft")} "$@"\n')
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
