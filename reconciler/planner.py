@@ -87,8 +87,12 @@ def plan_all(
             ownership[item] = ownership[item] | {policy}
     plans = []
     names = sorted(desired.keys() | owners_of(owned) | owners_of(held))
+    # Known to be someone else's, for the whole run: a record one policy drops
+    # (it no longer wants the item) still tells the next policy whose it is.
+    foreign = set(held)
     for policy in names:
-        plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, defer_new)
+        plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new)
+        foreign |= plan.held
         plan = replace(plan, claims=claims.get(policy, frozenset()))
         ownership = settle_ownership(ownership, plan, plan.ops)  # the policies after it plan against its effect
         held = settle_others(held, plan)
@@ -99,7 +103,7 @@ def plan_all(
     # Those policies get a second transaction, after the others.
     for policy in names:
         if _needs_second_look(desired.get(policy, frozenset()), view, ownership, policy):
-            plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, defer_new)
+            plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new)
             if plan.ops:
                 ownership = settle_ownership(ownership, plan, plan.ops)
                 held = settle_others(held, plan)
@@ -124,6 +128,7 @@ def _plan_policy(
     view: FirewallView,
     owned: Mapping[Item, frozenset[str]],
     others: Mapping[Item, frozenset[str]],
+    foreign_items: set[Item],
     defer_new: bool,
 ) -> PolicyPlan:
     """Plan one policy against ``view``; ``view`` is updated with the planned ops."""
@@ -150,7 +155,7 @@ def _plan_policy(
     foreign_adds: set[Item] = set()
     deferred: set[Item] = set()
     for item in sorted(desired, key=Item.sort_key):
-        foreign = item in others and item not in owned
+        foreign = item in foreign_items and item not in owned
         if view.has(item):
             if item not in owned and policy not in others.get(item, ()):
                 held.add(item)  # there before we wanted it, and not ours: someone else's
