@@ -87,5 +87,10 @@ DIRECT_BUILTIN_CHAINS: dict[str, dict[str, frozenset[str]]] = {
         "broute": frozenset({"BROUTING"}),
     },
 }
+# iptables keeps 28 characters of a chain name; a leading '-' would read as an option.
+DIRECT_CHAIN_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,27}")
+DIRECT_CHAIN_TEXT = "1-28 of letters, digits, '_', '.', '-', not starting with '-'"
+# A rule argument must stay one argument of one line in a *-restore script.
+LINE_BREAK_OR_NUL = re.compile(r"[\n\r\0]")
 # firewalld's direct interface takes the priority as a D-Bus int32.
 DIRECT_PRIORITY_RANGE = (-(2**31), 2**31 - 1)

@@ -52,6 +52,9 @@ from .model import (
 )
 from .limits import (
     DIRECT_BUILTIN_CHAINS,
+    DIRECT_CHAIN_RE,
+    DIRECT_CHAIN_TEXT,
+    LINE_BREAK_OR_NUL,
     DIRECT_PRIORITY_RANGE,
     DIRECT_TABLES,
     NFT_CHAIN_POLICIES,
@@ -99,8 +102,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*\Z")
 _SCOPE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _MAC = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}\Z")
-_CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
-_LINE_BREAK_OR_NUL = re.compile(r"[\n\0]")
 _INTERFACE = re.compile(r"^[^/\s:!*\0]{1,15}\Z")
 
 
@@ -674,8 +675,8 @@ class _PolicyParser:
             self.error(f"{path}.family", f"{_show(family)} is not one of ipv4|ipv6|eb")
         elif family is not None and table is not None and table not in DIRECT_TABLES[family]:
             self.error(f"{path}.table", f"{_show(table)} is not a table of family {family} ({'|'.join(DIRECT_TABLES[family])})")
-        if chain is not None and not _CHAIN.match(chain):
-            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name (1-28 of letters, digits, '_', '.', '-')")
+        if chain is not None and not DIRECT_CHAIN_RE.fullmatch(chain):
+            self.error(f"{path}.chain", f"{_show(chain)} is not a chain name ({DIRECT_CHAIN_TEXT})")
         if section == "chain":
             if len(self.errors) > errors_before:
                 return None
@@ -692,7 +693,7 @@ class _PolicyParser:
             self.error(f"{path}.args", "expected a non-empty array of strings")
         else:
             for index, arg in enumerate(args):
-                if not isinstance(arg, str) or not arg or _LINE_BREAK_OR_NUL.search(arg):
+                if not isinstance(arg, str) or not arg or LINE_BREAK_OR_NUL.search(arg):
                     self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
                 elif _in_tag_namespace(args, index):
                     self.error(f"{path}.args[{index}]", f"{_show(arg)}: comments starting with {TAG_PREFIX!r} are fwrecon's ownership tags; a policy may not write them")

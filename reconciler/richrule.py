@@ -34,6 +34,8 @@ import socket
 import string
 from dataclasses import dataclass, field
 
+from .ports import PORT_PROTOCOLS
+
 __all__ = ["RichRuleError", "ParsedRichRule", "parse_rich_rule", "canonical_rich_rule"]
 
 
@@ -62,7 +64,6 @@ class ParsedRichRule:
 PRIORITY_MIN = -32768
 PRIORITY_MAX = 32767
 FAMILIES = ("ipv4", "ipv6")
-PORT_PROTOCOLS = ("tcp", "udp", "sctp", "dccp")
 LOG_LEVELS = ("emerg", "alert", "crit", "error", "warning", "notice", "info", "debug")
 LOG_PREFIX_MAX = 127
 IPSET_NAME_MAX = 32

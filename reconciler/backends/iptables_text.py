@@ -43,7 +43,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import BackendUnavailable, OperationFailed
-from ..limits import DIRECT_BUILTIN_CHAINS
+from ..limits import DIRECT_BUILTIN_CHAINS, DIRECT_CHAIN_RE, LINE_BREAK_OR_NUL
 from ..model import TAG_RE, DirectChain, DirectRule, Item, Op, Outcome
 
 COMMANDS = {"ipv4": "iptables", "ipv6": "ip6tables", "eb": "ebtables"}
@@ -54,9 +54,6 @@ _PROBE_CHAIN = re.compile(re.escape(PROBE_PREFIX) + r"(\d+)")
 EB_BUILTIN_CHAINS = DIRECT_BUILTIN_CHAINS["eb"]
 
 TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
-# No whitespace, quotes, backslashes or control characters; not an option.
-_CHAIN_NAME = re.compile(r"[^\s\"'\\!#\-\x00-\x1f\x7f][^\s\"'\\\x00-\x1f\x7f]*")
-_LINE_BREAK_OR_NUL = re.compile(r"[\n\r\x00]")
 _NEEDS_QUOTES = re.compile(r"[\s\"'\\]")
 _COMMENT = re.compile(r'--comment\s+("(?:[^"\\]|\\.)*"|\S+)')
 _JUMPS = frozenset({"-j", "--jump", "-g", "--goto"})
@@ -242,11 +239,11 @@ def check_names(item: DirectChain | DirectRule) -> str | None:
         return f"unknown direct family {item.family!r} (ipv4, ipv6 or eb)"
     if not TABLE_NAME.fullmatch(item.table):
         return f"invalid table name {item.table!r}"
-    if not _CHAIN_NAME.fullmatch(item.chain):
+    if not DIRECT_CHAIN_RE.fullmatch(item.chain):
         return f"invalid chain name {item.chain!r}"
     if isinstance(item, DirectRule):
         for arg in item.args:
-            if _LINE_BREAK_OR_NUL.search(arg):
+            if LINE_BREAK_OR_NUL.search(arg):
                 return f"rule argument {arg!r} contains a line break or NUL"
     return None
 

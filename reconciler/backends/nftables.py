@@ -27,7 +27,6 @@ import contextlib
 import os
 import time
 from collections.abc import Collection, Hashable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -57,7 +56,7 @@ from .nft_text import (
     trusted,
     validate,
 )
-from .process import ToolRunner, kill, process_gone, which
+from .process import ToolResult, ToolRunner, kill, process_gone, which
 
 log = structlog.get_logger(__name__)
 
@@ -74,13 +73,6 @@ OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ig
 
 
 # -- the backend ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Result:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 class NftablesBackend(BatchBackend):
@@ -156,7 +148,7 @@ class NftablesBackend(BatchBackend):
     def _nft_path(self) -> str | None:
         return which(self.nft)
 
-    async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> _Result:
+    async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> ToolResult:
         """Run nft once (in the netns), with the timeout; ``own`` marks a write
         (``scratch``: one that only touches the probe's scratch chain)."""
         self.calls += 1
@@ -172,7 +164,7 @@ class NftablesBackend(BatchBackend):
                 self._own_pids[pid] = time.monotonic() + OWN_PID_GRACE
 
         result = await self._tools.run([self.nft, *args], input, on_start=started, on_exit=ended)
-        return _Result(result.returncode, result.stdout, result.stderr)
+        return result
 
     async def _list(self, family: str) -> TableListing:
         """fwrecon's table in ``family``, tags kept only where proven (see `_prove`)."""
@@ -375,7 +367,7 @@ class NftablesBackend(BatchBackend):
             remaining = [i for i in remaining if i not in found]
         return errors
 
-    async def _check_run(self, script: str) -> _Result:
+    async def _check_run(self, script: str) -> ToolResult:
         """``nft -c -f -``; where nft may not (not root, no CAP_NET_ADMIN: the
         usual case for `fwrecon check` in a CI job), in a throwaway user and
         network namespace, where it may. The check only needs a ruleset to
@@ -389,7 +381,7 @@ class NftablesBackend(BatchBackend):
         except BackendUnavailable:
             done = None  # unshare is not installed
         if done is not None and _NOT_PERMITTED not in done.stderr and not done.stderr.startswith("unshare:"):
-            return _Result(done.returncode, done.stdout, done.stderr)
+            return done
         raise BackendUnavailable("nft -c was not permitted: run it as root, or allow unprivileged user namespaces")
 
     # -- events ---------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 from log_recorder import LogRecorder
 
 from reconciler.backends.base import BackendEvent
-from reconciler.backends.nftables import NftablesBackend, _Result
+from reconciler.backends.nftables import NftablesBackend
+from reconciler.backends.process import ToolResult as _Result
 from reconciler.backends.nft_text import (
     CONFLICT_CODE,
     ERROR_CODE,
