@@ -101,7 +101,8 @@ def plan_all(
     # removes covered a port an earlier policy wanted (so that one added
     # nothing), or the rule it removes was what kept an earlier policy's chain.
     # Those policies get a second transaction, after the others.
-    for policy in names:
+    removing = [index for index, plan in enumerate(plans) if any(op.action == "remove" for op in plan.ops)]
+    for policy in names[: removing[-1]] if removing else ():  # only removals by a later policy can do that
         if _needs_second_look(desired.get(policy, frozenset()), view, ownership, policy):
             plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new)
             if plan.ops:
@@ -155,11 +156,10 @@ def _plan_policy(
     foreign_adds: set[Item] = set()
     deferred: set[Item] = set()
     for item in sorted(desired, key=Item.sort_key):
-        foreign = item in foreign_items and item not in owned
-        if view.has(item):
+        if view.has(item):  # the common case first: one lookup when it is ours
             if item not in owned and policy not in others.get(item, ()):
                 held.add(item)  # there before we wanted it, and not ours: someone else's
-        elif foreign:
+        elif item in foreign_items and item not in owned:
             ops.append(Op("add", item))  # put back what someone else holds; it stays theirs
             view.add(item)
             foreign_adds.add(item)
