@@ -35,7 +35,8 @@ from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS
 from .model import NftChain, NftRule
-from .policy import LoadResult, load_policy_dir, unresolved_chains
+from .policy import LoadResult, unresolved_chains
+from .policydir import load_policy_dir
 from .state import State, StateStore
 
 DEFAULT_POLICY_DIR = "/etc/fwrecon/policies.d"

@@ -38,7 +38,8 @@ from .engine import Reconciler, ReconcileReport, gc_paused
 from .errors import BackendUnavailable, FwreconError
 from .metrics import Metrics
 from .model import Item, Op
-from .policy import LoadResult, PolicyCache, load_policy_dir
+from .policy import LoadResult
+from .policydir import PolicyCache, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore
 from .watch import PolicyWatcher

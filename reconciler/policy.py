@@ -1,11 +1,11 @@
-"""Policy files: a directory of TOML files, validated before anything applies.
+"""Policy documents: one TOML file's bytes to items, validated before anything applies.
 
-One file is one policy, named after the file stem.  Only ``*.toml`` files are
-read; hidden files, editor backups and temp files are ignored.  Every problem
-is reported as a `PolicyError` naming the file and the key path
-(``web.toml: zone.public.ports[1]: "80/tcpx" is not PORT[-PORT]/PROTO``); a
-file with any error yields no policy at all, so a half-valid file never
-applies half its rules.  Files that others could have written are refused.
+One file is one policy, named after the file stem.  Every problem is reported
+as a `PolicyError` naming the file and the key path (``web.toml:
+zone.public.ports[1]: "80/tcpx" is not PORT[-PORT]/PROTO``); a file with any
+error yields no policy at all, so a half-valid file never applies half its
+rules.  Pure: reading files and directories (size limits, who may write them)
+is `policydir`'s job.
 
 A policy only ever adds: an absent key, an empty list and ``masquerade =
 false`` all mean "not managed here", never "turn off".
@@ -13,21 +13,16 @@ false`` all mean "not managed here", never "turn off".
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
-import os
 import re
 import socket
-import stat
 import sys
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import structlog
 
 from .errors import PolicyError
 from .model import (
@@ -70,15 +65,6 @@ from .limits import (
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
 
-log = structlog.get_logger(__name__)
-
-# A policy file larger than this is refused before a byte of it is read, and
-# the read itself stops there, so a huge (or still growing) file cannot eat
-# the daemon's memory.  64 MiB holds about three million entries of an
-# address list (``"10.1.2.3/32",`` on its own line is ~20 bytes), while what
-# parsing costs stays bounded: tomllib peaks at about four times the text
-# (measured: 200,000 sources, 3.8 MiB, 13 MiB peak).
-MAX_POLICY_FILE_BYTES = 64 * 1024 * 1024
 # tomllib is recursive: arrays and inline tables nested a few hundred levels
 # deep (with Python's default recursion limit about 200 levels of arrays of
 # inline tables, 330 of inline tables, 500 of arrays) exhaust the stack.  That
@@ -139,153 +125,43 @@ class LoadResult:
         return [err for name in sorted(self.errors) for err in self.errors[name]]
 
 
-def is_policy_file(path: Path) -> bool:
-    """``*.toml``, not hidden, not an editor's backup or lock file."""
-    name = path.name
-    return name.endswith(".toml") and not name.startswith((".", "#", "~")) and len(name) > len(".toml")
-
-
-def policy_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if is_policy_file(p))
-
-
-class PolicyCache:
-    """Parsed policies by file content, for a process that reloads often.
-
-    The daemon re-reads every file on every reconcile (level-triggered), but
-    parsing 10,000 TOML tables costs ~0.25 s; an unchanged file (same bytes,
-    same path) is not parsed again.  Keyed by content, not by mtime: two
-    writes within one clock tick would share an mtime.  Safety checks still
-    run on every read.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[Path, tuple[bytes, Policy]] = {}
-
-    def get(self, path: Path, digest: bytes) -> Policy | None:
-        entry = self._entries.get(path)
-        return entry[1] if entry is not None and entry[0] == digest else None
-
-    def put(self, path: Path, digest: bytes, policy: Policy) -> None:
-        self._entries[path] = (digest, policy)
-
-    def keep_only(self, paths: Iterable[Path]) -> None:
-        keep = set(paths)
-        for path in [p for p in self._entries if p not in keep]:
-            del self._entries[path]
-
-
-def load_policy_dir(directory: Path | str, cache: PolicyCache | None = None) -> LoadResult:
-    """Load and validate every policy file in ``directory``.
-
-    A missing or unsafe directory is reported as an error of a pseudo-policy
-    named after the directory, so callers see it like any other error.
-    """
-    directory = Path(directory)
-    result = LoadResult()
-    try:
-        check_file_safety(directory, is_dir=True)
-        files = policy_files(directory)
-    except PolicyError as err:
-        result.errors[str(directory)] = [err]
-        result.unreadable = True
-        return result
-    except OSError as exc:
-        result.errors[str(directory)] = [PolicyError(str(directory), "", f"cannot read policy directory: {exc.strerror}")]
-        result.unreadable = True
-        return result
-    for path in files:
-        name = path.name[: -len(".toml")]
-        try:
-            result.policies[name] = load_policy_file(path, cache)
-        except PolicyFileInvalid as invalid:
-            result.errors[name] = invalid.errors
-        except Exception as exc:  # a bug must cost one policy, never the whole reconcile
-            result.errors[name] = [_internal_error(_one_line(path.name), exc)]
-    if cache is not None:
-        cache.keep_only(files)
-    return result
-
-
 class PolicyFileInvalid(Exception):
-    """All errors found in one file."""
+    """All errors found in one file; ``internal``: the bug behind an internal error, to log."""
 
-    def __init__(self, errors: list[PolicyError]) -> None:
+    def __init__(self, errors: list[PolicyError], internal: Exception | None = None) -> None:
         self.errors = errors
+        self.internal = internal
         super().__init__("; ".join(map(str, errors)))
 
 
-def check_file_safety(path: Path, *, is_dir: bool = False) -> None:
-    """Refuse files (and the directory) that someone else could have written."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError as exc:
-        raise PolicyError(str(path), "", "does not exist") from exc
-    except OSError as exc:
-        raise PolicyError(str(path), "", f"cannot stat: {exc.strerror}") from exc
-    kind = "directory" if is_dir else "file"
-    if is_dir != stat.S_ISDIR(info.st_mode) or (not is_dir and not stat.S_ISREG(info.st_mode)):
-        raise PolicyError(str(path), "", f"not a regular {kind}")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise PolicyError(
-            str(path), "", f"refusing {kind} writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it"
-        )
-    if info.st_uid not in (0, os.geteuid()):
-        raise PolicyError(str(path), "", f"refusing {kind} owned by uid {info.st_uid} (must be root or uid {os.geteuid()})")
+def parse_policy(file_name: str, raw: bytes) -> Policy:
+    """Parse and validate one policy file's bytes; raises PolicyFileInvalid with every error.
 
-
-def load_policy_file(path: Path, cache: PolicyCache | None = None) -> Policy:
-    """Parse and validate one file; raises PolicyFileInvalid with every error.
-
-    Nothing else escapes: whatever goes wrong with one file (too large, not
-    UTF-8, nested too deeply, out of memory, even a bug in validation) makes
-    that one policy invalid with a line naming the file, and the others apply.
+    Nothing else escapes: whatever goes wrong with one file (not UTF-8,
+    nested too deeply, out of memory, even a bug in validation) makes that
+    one policy invalid with a line naming the file, and the others apply.
     """
-    label = _one_line(path.name)  # a file name may hold a line break too
+    label = one_line(file_name)  # a file name may hold a line break too
     try:
-        check_file_safety(path)
-        raw = _read_bounded(path)
-    except PolicyError as err:
-        raise PolicyFileInvalid([PolicyError(label, "", err.message)]) from err
-    except OSError as exc:
-        raise PolicyFileInvalid([PolicyError(label, "", f"cannot read: {exc.strerror or exc}")]) from exc
-    except MemoryError as exc:
-        raise PolicyFileInvalid([PolicyError(label, "", "cannot read: out of memory")]) from exc
-    digest = hashlib.sha256(raw).digest()
-    if cache is not None and (cached := cache.get(path, digest)) is not None:
-        return cached
-    try:
-        policy = _parse_policy(path, raw)
+        return _parse_policy(file_name, raw)
     except PolicyFileInvalid:
         raise
     except RecursionError as exc:
         raise PolicyFileInvalid([PolicyError(label, "", _nested_too_deeply())]) from exc
     except MemoryError as exc:
         raise PolicyFileInvalid([PolicyError(label, "", "out of memory while reading this file")]) from exc
-    except Exception as exc:
-        raise PolicyFileInvalid([_internal_error(label, exc)]) from exc
-    if cache is not None:
-        cache.put(path, digest, policy)
-    return policy
+    except Exception as exc:  # a bug must cost this one policy, never the reconcile
+        raise PolicyFileInvalid([internal_error(label, exc)], internal=exc) from exc
 
 
-def _read_bounded(path: Path) -> bytes:
-    """The file's bytes, refusing more than MAX_POLICY_FILE_BYTES (checked before and while reading)."""
-    limit = MAX_POLICY_FILE_BYTES
-    limit_text = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
-    too_large = f"file is larger than {limit_text}, the limit for one policy file"
-    # O_NONBLOCK: should the file have been swapped for a FIFO since the safety check, open() must not hang.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb", closefd=True) as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise PolicyError(str(path), "", "not a regular file")
-        if info.st_size > limit:
-            raise PolicyError(str(path), "", f"{too_large} ({info.st_size} bytes)")
-        raw = handle.read(limit + 1)  # a file still growing stops here too
-    if len(raw) > limit:
-        raise PolicyError(str(path), "", too_large)
-    return raw
+def internal_error(label: str, exc: Exception) -> PolicyError:
+    """A bug met while reading one file, said in its line (the caller logs the traceback)."""
+    text = " ".join(str(exc).split())  # one line, whatever the exception says
+    if len(text) > 300:
+        text = text[:300] + "…"
+    return PolicyError(
+        label, "", f"internal error while validating this file ({type(exc).__name__}: {text}); please report it with the log"
+    )
 
 
 def _nested_too_deeply() -> str:
@@ -295,20 +171,9 @@ def _nested_too_deeply() -> str:
     )
 
 
-def _internal_error(label: str, exc: Exception) -> PolicyError:
-    """A bug met while reading one file: say so in its line, and log the traceback to report."""
-    log.error("policy_internal_error", file=label, error_type=type(exc).__name__, error=str(exc), exc_info=exc)
-    text = " ".join(str(exc).split())  # one line, whatever the exception says
-    if len(text) > 300:
-        text = text[:300] + "…"
-    return PolicyError(
-        label, "", f"internal error while validating this file ({type(exc).__name__}: {text}); please report it with the log"
-    )
-
-
-def _parse_policy(path: Path, raw: bytes) -> Policy:
-    label = _one_line(path.name)
-    name = path.name[: -len(".toml")]
+def _parse_policy(file_name: str, raw: bytes) -> Policy:
+    label = one_line(file_name)
+    name = file_name[: -len(".toml")]
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)
@@ -330,7 +195,7 @@ def _parse_policy(path: Path, raw: bytes) -> Policy:
     policy = parser.parse(name, data)
     if parser.errors:
         # A key may be any string ("a\nb" quoted is valid TOML): keep each report on one line.
-        raise PolicyFileInvalid([PolicyError(e.file, _one_line(e.key), _one_line(e.message)) for e in parser.errors])
+        raise PolicyFileInvalid([PolicyError(e.file, one_line(e.key), one_line(e.message)) for e in parser.errors])
     return policy
 
 
@@ -339,7 +204,7 @@ _LINE_BREAKING = {*range(0x20), 0x7F, 0x85, 0x2028, 0x2029}
 _ONE_LINE = {code: f"\\u{code:04x}" for code in _LINE_BREAKING} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """``text`` with line breaks and control characters escaped, as in a TOML string."""
     return text.translate(_ONE_LINE)
 

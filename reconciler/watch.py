@@ -15,7 +15,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .policy import is_policy_file
+from .policydir import is_policy_file
 
 
 class _Handler(FileSystemEventHandler):

@@ -16,7 +16,7 @@ from faults import FaultyBackend  # noqa: E402
 
 from reconciler.backends.select import connect  # noqa: E402
 from reconciler.engine import Reconciler  # noqa: E402
-from reconciler.policy import load_policy_dir  # noqa: E402
+from reconciler.policydir import load_policy_dir  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from faults import FaultyBackend
 
 from reconciler.backends.firewalld import FirewalldBackend
 from reconciler.engine import Reconciler
-from reconciler.policy import load_policy_dir
+from reconciler.policydir import load_policy_dir
 from reconciler.state import StateStore
 
 WEB = (ROOT / "policies" / "web.toml").read_text()

@@ -35,7 +35,7 @@ from fwsandbox import Sandbox  # noqa: E402
 from reconciler.backends.firewalld import IFACE_DIRECT, IFACE_ZONE, FirewalldBackend  # noqa: E402
 from reconciler.engine import Reconciler  # noqa: E402
 from reconciler.logsetup import configure_logging  # noqa: E402
-from reconciler.policy import load_policy_dir  # noqa: E402
+from reconciler.policydir import load_policy_dir  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
 
 BASE_PORT = 20000

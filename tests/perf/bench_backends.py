@@ -63,7 +63,7 @@ from reconciler.backends.process import ToolRunner  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
 from reconciler.engine import Reconciler, gc_paused  # noqa: E402
 from reconciler.logsetup import configure_logging  # noqa: E402
-from reconciler.policy import PolicyCache, load_policy_dir  # noqa: E402
+from reconciler.policydir import PolicyCache, load_policy_dir  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
 
 BASE = 10000

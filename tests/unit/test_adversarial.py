@@ -51,7 +51,8 @@ from reconciler.model import (
 )
 from reconciler.model import Ownership
 from reconciler.planner import PolicyPlan, plan_all, settle_others, settle_ownership
-from reconciler.policy import POLICY_KEYS, TOP_KEYS, ZONE_KEYS, Policy, PolicyFileInvalid, load_policy_file
+from reconciler.policy import POLICY_KEYS, TOP_KEYS, ZONE_KEYS, Policy, PolicyFileInvalid
+from reconciler.policydir import load_policy_file
 from reconciler.state import State, StateStore, render
 from reconciler.view import FirewallView
 

@@ -31,15 +31,8 @@ from reconciler.model import (
     Source,
     SourcePort,
 )
-from reconciler.policy import (
-    LoadResult,
-    PolicyFileInvalid,
-    check_references,
-    is_policy_file,
-    load_policy_dir,
-    load_policy_file,
-    policy_files,
-)
+from reconciler.policy import LoadResult, PolicyFileInvalid, check_references
+from reconciler.policydir import is_policy_file, load_policy_dir, load_policy_file, policy_files
 
 WEB_TOML = Path(__file__).resolve().parents[2] / "policies" / "web.toml"
 PUBLIC = Scope("zone", "public")
@@ -856,7 +849,7 @@ def test_nft_section_errors(tmp_path: Path, body: str, expected: str) -> None:
 
 
 def test_policy_cache_skips_parsing_unchanged_files_but_sees_every_change(tmp_path: Path) -> None:
-    from reconciler.policy import PolicyCache, load_policy_dir
+    from reconciler.policydir import PolicyCache, load_policy_dir
 
     cache = PolicyCache()
     path = write(tmp_path, "web.toml", zone('ports = ["80/tcp"]'))
@@ -910,8 +903,9 @@ def test_integer_beyond_pythons_digit_limit_is_one_error(tmp_path: Path) -> None
 
 def test_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import reconciler.policy as policy_module
+    import reconciler.policydir as policydir_module
 
-    monkeypatch.setattr(policy_module, "MAX_POLICY_FILE_BYTES", 64)
+    monkeypatch.setattr(policydir_module, "MAX_POLICY_FILE_BYTES", 64)
     write(tmp_path, "fits.toml", 'description = "' + "x" * 47 + '"\n')  # exactly 64 bytes
     write(tmp_path, "big.toml", 'description = "' + "x" * 48 + '"\n')  # 65
     monkeypatch.setattr(policy_module.tomllib, "loads", _refuse_if_called(policy_module.tomllib.loads, "big"))
@@ -931,19 +925,19 @@ def _refuse_if_called(real, marker: str):
 
 
 def test_default_size_limit_leaves_room_for_large_address_lists() -> None:
-    from reconciler.policy import MAX_POLICY_FILE_BYTES
+    from reconciler.policydir import MAX_POLICY_FILE_BYTES
 
     assert MAX_POLICY_FILE_BYTES == 64 * 2**20
 
 
 def test_size_limit_holds_while_reading_a_file_that_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """stat says 0 bytes but reading yields more (like a file still being written): the read stops at the limit."""
-    import reconciler.policy as policy_module
+    import reconciler.policydir as policydir_module
 
     source = Path("/proc/self/maps")
     if source.stat().st_size != 0 or len(source.read_bytes()) <= 128:
         pytest.skip("needs /proc/self/maps: a regular file that stat calls empty")
-    monkeypatch.setattr(policy_module, "MAX_POLICY_FILE_BYTES", 128)
+    monkeypatch.setattr(policydir_module, "MAX_POLICY_FILE_BYTES", 128)
     (tmp_path / "growing.toml").symlink_to(source)
     with pytest.raises(PolicyFileInvalid) as info:
         load_policy_file(tmp_path / "growing.toml")
