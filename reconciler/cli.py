@@ -29,11 +29,11 @@ from .backends.firewalld import FirewalldBackend
 from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
-from .engine import Reconciler, gc_paused, held_by_others
+from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors
 from .backends.nftables import NftablesBackend
 from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
 from .logsetup import configure_logging
-from .metrics import DEFAULT_METRICS_ADDRESS
+from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
 from .model import NftChain, NftRule
 from .policy import LoadResult, unresolved_chains
 from .policydir import load_policy_dir
@@ -209,6 +209,7 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     except (BackendUnavailable, StateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    log_policy_errors(report.invalid)
     for outcome in report.outcomes:
         for op, result in outcome.ops:
             print(f"{op.describe()}  [{outcome.policy}]" + ("" if result.value == "applied" else f"  ({result.value})"))
@@ -230,6 +231,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
         resync_interval=args.resync_interval,
         backend_mode=args.backend,
     )
+    try:
+        if settings.metrics_address is not None:
+            parse_metrics_address(settings.metrics_address)  # a typo ends here, before anything starts
+    except MetricsAddressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if not args.policy_dir.is_dir():
         print(f"error: {args.policy_dir}: policy directory does not exist", file=sys.stderr)
         return 1
@@ -239,7 +246,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             connect=functools.partial(FirewalldBackend.connect, timeout=args.timeout),
             backends=BackendSet(args.backend, timeout=args.timeout),
         ).run()
-    except (StateError, OSError) as exc:
+    except (StateError, MetricsAddressError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

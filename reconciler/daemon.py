@@ -34,8 +34,8 @@ import structlog
 from .backends.base import Backend, BackendEvent
 from .backends.firewalld import FirewalldBackend
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet
-from .engine import Reconciler, ReconcileReport, gc_paused
-from .errors import BackendUnavailable, FwreconError
+from .engine import Reconciler, ReconcileReport, gc_paused, log_policy_errors
+from .errors import BackendUnavailable, FwreconError, PolicyError
 from .metrics import Metrics
 from .model import Item, Op
 from .policy import LoadResult
@@ -120,6 +120,7 @@ class Controller:
         self._reloads_at_last_start = 0  # ... when the previous reconcile started
         self._settle_handle: asyncio.TimerHandle | None = None
         self._unresponsive = False  # firewalld owns its name but did not answer a call
+        self._logged_errors: dict[str, list[PolicyError]] = {}  # policy errors already logged (said once)
         for name in BACKEND_NAMES:  # all 0 (none in charge) is news too: firewalld mode, firewalld away
             self.metrics.active_backend.labels(backend=name).set(0)
 
@@ -462,7 +463,10 @@ class Controller:
 
     def _record(self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float) -> None:
         m = self.metrics
-        result = "success" if report.converged else "error"
+        self._logged_errors = log_policy_errors(report.invalid, self._logged_errors)
+        # error: the reconcile could not run (see _record_error); degraded: it
+        # ran to its end, but some policy is invalid or was rolled back.
+        result = "success" if report.converged and not report.invalid else "degraded"
         m.reconcile_duration.labels(trigger=trigger.value).observe(duration)
         m.reconciles.labels(trigger=trigger.value, result=result).inc()
         for outcome in report.outcomes:

@@ -147,6 +147,29 @@ def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]
     return found
 
 
+PolicyErrors = Mapping[str, list[PolicyError]]
+
+
+def log_policy_errors(invalid: PolicyErrors, previously: PolicyErrors | None = None) -> dict[str, list[PolicyError]]:
+    """Log each invalid policy's errors (``policy_invalid``) unless they are
+    the ones logged for it last time, and ``policy_valid_again`` for a policy
+    whose errors are gone; returns what to pass as ``previously`` next time.
+
+    A daemon re-reads every file at every resync: an unchanged broken file
+    must not repeat its errors every minute, while a new or changed error is
+    always said.
+    """
+    previously = previously or {}
+    for name in sorted(invalid):
+        errors = invalid[name]
+        if [str(e) for e in errors] != [str(e) for e in previously.get(name, [])]:
+            for err in errors:
+                log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
+    for name in sorted(previously.keys() - invalid.keys()):
+        log.info("policy_valid_again", policy=name)
+    return {name: list(errors) for name, errors in invalid.items()}
+
+
 def containers_for(desired: Mapping[str, frozenset[Item]], owned: Mapping[Item, frozenset[str]]) -> set[tuple[str, ...]]:
     """Only the zones, policies and tables that desired or owned state mention."""
     found = {item.container() for items in desired.values() for item in items}
@@ -325,9 +348,6 @@ class Reconciler:
             log.warning("interrupted_transaction_found", pending=state.pending)
         await self._migrate(state)
         desired, view = await self.validate(loaded, state, last_good)
-        for name, errors in desired.invalid.items():
-            for err in errors:
-                log.error("policy_invalid", policy=name, file=err.file, key=err.key, error=err.message)
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         wanted = dict(desired.items)

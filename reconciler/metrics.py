@@ -9,12 +9,18 @@ unless told otherwise.
 
 from __future__ import annotations
 
+import ipaddress
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from . import __version__
+from .errors import FwreconError
 
 # 9100-9999 is Prometheus' range for exporters; 9847 is fwrecon's default.
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9847"
+# success: every policy applied; degraded: the reconcile ran to its end but a
+# policy is invalid or was rolled back; error: it could not run (firewall away).
+RESULTS = ("success", "degraded", "error")
 TRIGGERS = ("startup", "policy", "reload", "owner", "drift", "resync", "signal", "settle")
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -61,12 +67,51 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         for trigger in TRIGGERS:
             self.reconcile_duration.labels(trigger=trigger)
-            for result in ("success", "error"):
+            for result in RESULTS:
                 self.reconciles.labels(trigger=trigger, result=result)
         for state in ("valid", "invalid"):
             self.policies.labels(state=state)
 
     def serve(self, address: str) -> None:
-        """Expose /metrics on HOST:PORT (a background thread)."""
-        host, _, port = address.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        """Expose /metrics on HOST:PORT (a background thread); MetricsAddressError if that cannot be."""
+        host, port = parse_metrics_address(address)
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise MetricsAddressError(f"cannot serve metrics on {address}: {reason}") from exc
+
+
+class MetricsAddressError(FwreconError):
+    """``--metrics-address`` is not HOST:PORT, or nothing can listen there."""
+
+
+def parse_metrics_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6; HOST an address or a name) -> (host, port)."""
+    host, colon, port_text = address.rpartition(":")
+    problem = None
+    if not colon or not host:
+        problem = "not HOST:PORT"
+    elif not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        problem = f"port {port_text!r} is not a number from 1 to 65535"
+    elif host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        problem = "an IPv6 address goes in brackets, like [::1]:9847"
+    else:
+        host = host[1:-1] if host.startswith("[") else host
+        if not _valid_host(host):
+            problem = f"host {host!r} is not an IP address or a host name"
+    if problem:
+        raise MetricsAddressError(f"--metrics-address {address!r}: {problem} (e.g. {DEFAULT_METRICS_ADDRESS}, or 'off')")
+    return host, int(port_text)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return len(host) <= 253 and all(
+            0 < len(label) <= 63 and label.isascii() and label.replace("-", "").isalnum() and not label.startswith("-")
+            for label in labels
+        )

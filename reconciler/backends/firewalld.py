@@ -50,6 +50,8 @@ from .base import Backend, BackendEvent, EventCallback
 T = TypeVar("T")
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
+# The system bus when neither --bus-address nor $DBUS_SYSTEM_BUS_ADDRESS names one (the D-Bus spec's default).
+DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
 IFACE_MAIN = BUS_NAME
 IFACE_ZONE = BUS_NAME + ".zone"
@@ -206,14 +208,15 @@ class FirewalldBackend(Backend):
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> "FirewalldBackend":
         """Connect to ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the system bus."""
-        address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+        address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
         try:
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
             await asyncio.wait_for(bus.connect(), timeout)
-        except (OSError, asyncio.TimeoutError, ValueError) as exc:
-            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address or 'default'}: {exc}") from exc
-        except Exception as exc:  # dbus-fast raises its own types for auth/handshake failures
-            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address or 'default'}: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address}: no answer within {timeout:g} s") from exc
+        except Exception as exc:  # OSError, ValueError and dbus-fast's own types for auth/handshake failures
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address}: {reason}") from exc
         return cls(bus, timeout=timeout)
 
     async def close(self) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, OperationFailed
 from ..limits import NFT_FAMILIES, NFT_NAME_RE, NFT_NAME_TEXT, NFT_PRIORITY_RANGE, nft_rule_problem
-from ..model import NFT_TABLE, TAG_RE, Item, NftChain, NftRule, Op, Outcome
+from ..model import NFT_TABLE, TAG_PREFIX, TAG_RE, Item, NftChain, NftRule, Op, Outcome
 
 FAMILIES = NFT_FAMILIES
 ERROR_CODE = "NFT_ERROR"  # nft refused the script
@@ -232,6 +232,12 @@ def chain_statement(chain: NftChain, table: str = NFT_TABLE) -> str:
     if not chain.hook:
         return head
     return f"{head} {{ type {chain.type} hook {chain.hook} priority {chain.priority}; policy {chain.policy}; }}"
+
+
+def untagged(statement: str) -> str:
+    """A script line as the policy wrote it: without the ownership tag fwrecon appends."""
+    tag_at = statement.find(_TAG_SUFFIX_START)
+    return statement[:tag_at] if tag_at >= 0 and statement.endswith('"') else statement
 
 
 def rule_statement(rule: NftRule, table: str = NFT_TABLE) -> str:
@@ -488,6 +494,20 @@ class NftError:
     line: int | None  # 1-based line of the script, when nft said
     text: str  # "Could not process rule: No such file or directory"
     statement: str = ""  # the offending line, as nft echoed it
+    column: int | None = None  # 1-based column where nft's complaint starts, when it said
+
+    def explained(self) -> str:
+        """The error in the policy's terms: nft's complaint about the ownership
+        tag fwrecon appends means the rule text before it is incomplete."""
+        tag_at = self.statement.find(_TAG_SUFFIX_START)
+        if tag_at < 0 or self.column is None or self.column <= tag_at:
+            return self.text
+        if self.text.endswith(", unexpected comment"):
+            return self.text.removesuffix(", unexpected comment") + ": the rule text is incomplete (nft wanted more at its end)"
+        return f"{self.text} (at the end of the rule text)"
+
+
+_TAG_SUFFIX_START = f' comment "{TAG_PREFIX}'
 
 
 def parse_errors(stderr: str) -> list[NftError]:
@@ -497,8 +517,9 @@ def parse_errors(stderr: str) -> list[NftError]:
     for index, line in enumerate(lines):
         match = ERROR_LINE_RE.match(line)
         if match:
-            statement = lines[index + 1].strip() if index + 1 < len(lines) else ""
-            errors.append(NftError(int(match["line"]), match["text"].strip(), statement))
+            statement = lines[index + 1] if index + 1 < len(lines) else ""
+            column = int(match["cols"].split("-")[0])
+            errors.append(NftError(int(match["line"]), match["text"].strip(), statement, column))
         elif line.startswith("Error: ") or ": Error: " in line:
             text = line.split("Error: ", 1)[1].strip()
             statement = lines[index + 1].strip() if index + 1 < len(lines) and not lines[index + 1].lstrip().startswith("^") else ""
@@ -518,9 +539,9 @@ def failure_for(script: Script, stderr: str, returncode: int) -> OperationFailed
     first = located[0] if located else errors[0]
     culprit = script.op_at(first.line) if first.line is not None else None
     statement = script.lines[first.line - 1] if first.line is not None and 1 <= first.line <= len(script.lines) else first.statement
-    message = f"nft: {first.text}"
+    message = f"nft: {first.explained()}"
     if statement:
-        message += f" (in: {statement})"
+        message += f" (in: {untagged(statement)})"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error(s))"
     return OperationFailed(message, ERROR_CODE, culprit)

@@ -359,9 +359,9 @@ class NftablesBackend(BatchBackend):
             for error in parsed:
                 owner = owners[error.line - 1] if error.line is not None and 1 <= error.line <= len(owners) else None
                 if owner is not None and owner not in found:
-                    found[owner] = error.text
+                    found[owner] = error.explained()
             if not found:  # nothing located: blame everything left, once
-                text = parsed[0].text if parsed else (result.stderr.strip() or f"nft -c failed ({result.returncode})")
+                text = parsed[0].explained() if parsed else (result.stderr.strip() or f"nft -c failed ({result.returncode})")
                 found = {item: text for item in remaining}
             errors.update(found)
             remaining = [i for i in remaining if i not in found]

@@ -288,8 +288,10 @@ def test_check_validates_without_committing(netns):
     nowhere = NftRule("inet", "input", "jump nowhere")
     garbage = NftRule("inet", "elsewhere", "foo bar")
     commented = NftRule("inet", "input", 'accept comment "x"')
-    errors = run(backend.check(ITEMS + [bad_port, nowhere, garbage, commented]))
-    assert set(errors) == {bad_port, nowhere, garbage, commented}
+    incomplete = NftRule("inet", "input", "tcp dport 22 acept")  # nft then trips over fwrecon's tag
+    errors = run(backend.check(ITEMS + [bad_port, nowhere, garbage, commented, incomplete]))
+    assert set(errors) == {bad_port, nowhere, garbage, commented, incomplete}
+    assert errors[incomplete] == "syntax error: the rule text is incomplete (nft wanted more at its end)"
     assert errors[bad_port] == "Service out of range"
     assert "No such file or directory" in errors[nowhere]
     assert "own comment" in errors[commented]

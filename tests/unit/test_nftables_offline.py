@@ -551,6 +551,27 @@ def test_failure_names_the_op_of_the_first_error_line():
     assert "(and 1 more error(s))" in str(failure)
 
 
+def test_an_error_at_fwrecons_tag_is_said_in_the_policys_terms():
+    """nft reads the tag fwrecon appends as the next token of an incomplete rule:
+    the operator never wrote that comment, so the message must not blame it."""
+    typo = NftRule("inet", "input", "tcp dport 22 acept")
+    script = build_script(adds(INPUT, typo), {"inet": TableListing("inet")})
+    number = next(n for n, line in enumerate(script.lines, 1) if "acept" in line)
+    line = script.lines[number - 1]
+    column = line.index(' comment "fwrecon:') + 2
+    stderr = f"/dev/stdin:{number}:{column}-{column + 6}: Error: syntax error, unexpected comment\n{line}\n{' ' * (column - 1)}^^^^^^^\n"
+    failure = failure_for(script, stderr, 1)
+    assert failure.op == Op("add", typo)
+    assert str(failure) == (
+        "nft: syntax error: the rule text is incomplete (nft wanted more at its end) "
+        "(in: add rule inet fwrecon input tcp dport 22 acept)"
+    )
+    assert "fwrecon:" not in str(failure)
+    # An error inside the policy's own text is left as nft said it.
+    inside = f"/dev/stdin:{number}:30-34: Error: syntax error, unexpected comment\n{line}\n"
+    assert parse_errors(inside)[0].explained() == "syntax error, unexpected comment"
+
+
 def test_failure_on_a_housekeeping_line_names_no_op():
     script = build_script(adds(INPUT, MINE), {"inet": TableListing("inet")})
     failure = failure_for(script, "/dev/stdin:1:1-10: Error: Could not process rule: Operation not permitted\nadd table inet fwrecon\n", 1)

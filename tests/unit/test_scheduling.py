@@ -195,3 +195,34 @@ def test_reload_event_counts_and_reapplies(tmp_path: Path) -> None:
         assert metrics.reapply_after_reload._sum.get() > 0
 
     asyncio.run(run_with(controller, scenario))
+
+
+def test_an_invalid_policy_is_degraded_and_its_unchanged_errors_are_logged_once(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    firewall = FakeFirewall()
+    controller, metrics = make(tmp_path, firewall)
+    broken = controller.settings.policy_dir / "broken.toml"
+    broken.write_text('[zone.public]\nports = ["80/tcpx"]\n')
+    broken.chmod(0o644)
+
+    async def scenario() -> None:
+        await eventually(lambda: count(metrics, "startup", "degraded") == 1)
+        for _ in range(3):  # resyncs with the same broken file
+            before = count(metrics, "resync", "degraded")
+            controller.request(Trigger.RESYNC)
+            await eventually(lambda: count(metrics, "resync", "degraded") == before + 1)
+        broken.write_text('[zone.public]\nports = ["81/tcpx"]\n')  # a new error is said again
+        controller.request(Trigger.POLICY)
+        await eventually(lambda: count(metrics, "policy", "degraded") == 1)
+        broken.write_text('[zone.public]\nports = ["81/tcp"]\n')
+        controller.request(Trigger.POLICY)
+        await eventually(lambda: count(metrics, "policy", "success") == 1)
+
+    with capture_logs() as logs:
+        asyncio.run(run_with(controller, scenario))
+    said = [e["error"] for e in logs if e["event"] == "policy_invalid"]
+    assert len(said) == 2 and "80/tcpx" in said[0] and "81/tcpx" in said[1]
+    assert [e["policy"] for e in logs if e["event"] == "policy_valid_again"] == ["broken"]
+    assert [e["result"] for e in logs if e["event"] == "reconcile"] == ["degraded"] * 5 + ["success"]
+    assert count(metrics, "startup", "success") == 0 and count(metrics, "resync", "error") == 0
