@@ -25,17 +25,15 @@ from pathlib import Path
 import structlog
 
 from . import __version__
-from .backends.firewalld import FirewalldBackend
-from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet
+from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet, connect_firewalld
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
 from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors
-from .backends.nftables import NftablesBackend
-from .errors import BackendUnavailable, FwreconError, PolicyError, StateError
+from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
-from .model import NftChain, NftRule
-from .policy import LoadResult, unresolved_chains
+from .model import Item, NftChain, NftRule
+from .policy import LoadResult, Policy, unresolved_chains
 from .policydir import load_policy_dir
 from .state import State, StateStore
 
@@ -109,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _print_errors(loaded: LoadResult, extra: dict[str, list[FwreconError]] | None = None) -> int:
+def _print_errors(loaded: LoadResult, extra: dict[str, list[PolicyError]] | None = None) -> int:
     errors = [str(e) for e in loaded.all_errors()]
     for name in sorted(extra or {}):
         errors.extend(str(e) for e in (extra or {})[name] if str(e) not in errors)
@@ -131,16 +129,16 @@ async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncItera
 async def cmd_check(args: argparse.Namespace) -> int:
     """The checks `plan` and `apply` make (Reconciler.validate), without changing anything."""
     loaded = load_policy_dir(args.policy_dir)
-    extra: dict[str, list[FwreconError]] = {}
+    extra: dict[str, list[PolicyError]] = {}
     try:
         async with _reconciler(args, StateStore(args.state_file)) as reconciler:
             desired, _ = await reconciler.validate(loaded, State(), thorough=True)
-            extra = dict(desired.invalid)  # type: ignore[arg-type]
+            extra = dict(desired.invalid)
             for note in desired.notes:
                 print(f"note: {note}", file=sys.stderr)
     except BackendUnavailable as exc:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
-        for name, errors in (await _nft_syntax_errors(loaded, args.timeout)).items():
+        for name, errors in (await _nft_syntax_errors(args, loaded)).items():
             extra.setdefault(name, []).extend(errors)
         declared = [item for policy in loaded.policies.values() for item in policy.items]
         for name, policy in loaded.policies.items():
@@ -151,17 +149,23 @@ async def cmd_check(args: argparse.Namespace) -> int:
     return 1 if count else 0
 
 
-async def _nft_syntax_errors(loaded: LoadResult, timeout: float = DEFAULT_TIMEOUT) -> dict[str, list[FwreconError]]:
-    """nft's own verdict on nft sections (``nft -c``: checks, commits nothing)."""
-    wanted = {item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))}
+async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> dict[str, list[PolicyError]]:
+    """nft's own verdict on nft sections (``nft -c``: checks, commits nothing),
+    through the same backend selection as every other command."""
+    wanted: dict[Item, Policy] = {
+        item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))
+    }
     if not wanted:
         return {}
+    backends = BackendSet(args.backend, timeout=args.timeout)
     try:
-        verdicts = await NftablesBackend(timeout=timeout).verdicts(wanted)
+        verdicts = await backends.offline().verdicts(wanted)
     except BackendUnavailable as exc:
         print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
         return {}
-    found: dict[str, list[FwreconError]] = {}
+    finally:
+        await backends.close()
+    found: dict[str, list[PolicyError]] = {}
     for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
         policy = wanted[item]
         found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
@@ -243,7 +247,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     try:
         return await Controller(
             settings,
-            connect=functools.partial(FirewalldBackend.connect, timeout=args.timeout),
+            connect=functools.partial(connect_firewalld, timeout=args.timeout),
             backends=BackendSet(args.backend, timeout=args.timeout),
         ).run()
     except (StateError, MetricsAddressError, OSError) as exc:

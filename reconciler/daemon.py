@@ -31,9 +31,8 @@ from pathlib import Path
 
 import structlog
 
-from .backends.base import Backend, BackendEvent
-from .backends.firewalld import FirewalldBackend
-from .backends.select import BACKEND_NAMES, BackendMode, BackendSet
+from .backends.base import NO_BACKEND, Backend, BackendEvent
+from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, connect_firewalld
 from .engine import Reconciler, ReconcileReport, gc_paused, log_policy_errors
 from .errors import BackendUnavailable, FwreconError, PolicyError
 from .metrics import Metrics
@@ -93,7 +92,7 @@ class Controller:
         settings: DaemonSettings,
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
-        connect: Connect = FirewalldBackend.connect,
+        connect: Connect = connect_firewalld,
         backends: BackendSet | None = None,
     ) -> None:
         self.settings = settings
@@ -191,7 +190,7 @@ class Controller:
             self._retry_now()
 
     def _check_responsive(self) -> None:
-        """Mirror whether firewalld answers its calls (see `FirewalldBackend.call`).
+        """Mirror whether firewalld answers its calls (see the firewalld backend's `call`).
 
         A firewalld that stops answering (SIGSTOP, a deadlock) still owns its
         bus name: it is marked down (``fwrecon_firewalld_up`` 0, one
@@ -233,7 +232,11 @@ class Controller:
             if self.settings.metrics_address:
                 self.metrics.serve(self.settings.metrics_address)
                 log.info("metrics_listening", address=self.settings.metrics_address)
-            watcher = PolicyWatcher(self.settings.policy_dir, lambda: loop.call_soon_threadsafe(self.request, Trigger.POLICY))
+
+            def policy_changed() -> None:  # called from watchdog's thread
+                loop.call_soon_threadsafe(self.request, Trigger.POLICY)
+
+            watcher = PolicyWatcher(self.settings.policy_dir, policy_changed)
             watcher.start()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
@@ -333,7 +336,7 @@ class Controller:
                 continue
             delay = self.settings.backoff_initial
             reported = False
-            self.backends.firewalld = backend  # type: ignore[assignment]
+            self.backends.firewalld = backend
             self._set_up(up)
             log.info("bus_connected", firewalld_up=up)
             if up and self._connected_before:
@@ -459,7 +462,7 @@ class Controller:
         return False
 
     def _name_for(self, op: Op) -> str:
-        return self.backend.name_for(op.item) if self.backend else "none"
+        return self.backend.name_for(op.item) if self.backend else NO_BACKEND
 
     def _record(self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float) -> None:
         m = self.metrics

@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .backends.base import Backend
-from .backends.router import Router
+from .backends.base import NO_BACKEND, Backend
 from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
 from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, unresolved_chains
 from .view import FirewallView
 from .state import State, StateStore
-from .transaction import Transaction, TransactionFailed
+from .transaction import QueryHook, Transaction, TransactionFailed
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +187,7 @@ def build_transaction(plan: PolicyPlan) -> Transaction:
     return txn
 
 
-def _remove_chain_if_empty(chain: DirectChain):  # type: ignore[no-untyped-def]
+def _remove_chain_if_empty(chain: DirectChain) -> QueryHook:
     async def hook(txn: Transaction, backend: Backend) -> None:
         view = await backend.observe({chain.container()})
         if chain_in_use(view, chain):
@@ -467,8 +466,8 @@ class Reconciler:
         for item, name in state.placed.items():
             kind = item.container()[0]
             if kind not in in_charge:
-                unrouted = isinstance(self.backend, Router) and self.backend.backend_for(item) is None
-                in_charge[kind] = None if unrouted else self.backend.name_for(item)
+                current = self.backend.name_for(item)
+                in_charge[kind] = None if current == NO_BACKEND else current
             if in_charge[kind] is not None and name != in_charge[kind] and item in state.owned:
                 moved.append(item)
         return moved
@@ -487,10 +486,9 @@ class Reconciler:
         unanswered: set[str] = set()  # sources that timed out: no call to them per further item
         for item in moved:
             old = state.placed.pop(item)
-            source = self.backend.by_name(old) if isinstance(self.backend, Router) and old not in unanswered else None
             try:
-                if source is not None and await source.is_up():
-                    await source.execute(Op("remove", item))
+                if old not in unanswered:
+                    await self.backend.execute(Op("remove", item, via=old))
                 log.info("item_moved", item=item.describe(), source=old, target=self.backend.name_for(item))
             except BackendUnavailable as exc:
                 unanswered.add(old)

@@ -506,12 +506,14 @@ class Op(NamedTuple):
 
     action: Action
     item: Item
+    via: str | None = None  # the backend to send it to, when not the one in charge (moving items off it)
 
     def inverse(self) -> "Op":
-        return Op("remove" if self.action == "add" else "add", self.item)
+        return Op("remove" if self.action == "add" else "add", self.item, self.via)
 
     def describe(self) -> str:
-        return f"{'+' if self.action == 'add' else '-'} {self.item.describe()}"
+        text = f"{'+' if self.action == 'add' else '-'} {self.item.describe()}"
+        return text if self.via is None else f"{text} (on {self.via})"
 
 
 class Outcome(enum.Enum):

@@ -24,6 +24,10 @@ from ..view import FirewallView
 OBSERVED_MAX_AGE = 1.0
 
 
+# `Backend.name_for` of an item no backend is in charge of now (zones while firewalld is away).
+NO_BACKEND = "none"
+
+
 class BackendEvent(enum.Enum):
     """Things the firewall tells us; each only ever schedules a reconcile."""
 
@@ -85,7 +89,7 @@ class Backend(ABC):
         return None
 
     def name_for(self, item: Item) -> str:
-        """The name of the backend that holds ``item`` (for metrics and state)."""
+        """The name of the backend in charge of ``item`` (for metrics and state), or NO_BACKEND."""
         return self.name
 
     async def known_names(self) -> KnownNames | None:

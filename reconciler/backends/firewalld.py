@@ -388,7 +388,7 @@ class FirewalldBackend(Backend):
                     callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
             elif message.interface == IFACE_MAIN and message.member == "Reloaded":
                 callback(BackendEvent.RELOADED)
-            elif message.interface in _DRIFT_INTERFACES and (
+            elif message.interface in _DRIFT_INTERFACES and message.member is not None and (
                 message.member.endswith("Removed") or message.member in _DRIFT_SIGNALS
             ):
                 callback(BackendEvent.CHANGED)

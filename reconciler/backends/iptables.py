@@ -372,7 +372,7 @@ class IptablesBackend(BatchBackend):
             problem = self.cannot_hold(op.item)
             if problem:
                 raise refusal(op, "INVALID_ARGUMENT", problem)
-            if (op.item.family, op.item.table) != (family, table):  # type: ignore[attr-defined]
+            if op.item.container() != first.item.container():
                 raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
         self.remember(op.item for op in ops)
         async with self._lock(family, table):
@@ -419,7 +419,8 @@ class IptablesBackend(BatchBackend):
         except BackendError as exc:
             log.warning("restore_check_failed", family=family, table=table, error=str(exc))
             raise OperationFailed(message, "RESTORE_FAILED", op) from exc
-        touched = {line_op.item.chain for line_op in script.line_ops if line_op is not None}  # type: ignore[union-attr]
+        touched = {line_op.item.chain for line_op in script.line_ops
+                   if line_op is not None and isinstance(line_op.item, (DirectChain, DirectRule))}
         if _only(after, touched) != _only(before, touched):
             # Not atomic after all: put the chains we touched back as they were.
             undo = compensation_script(table, before, after, touched)

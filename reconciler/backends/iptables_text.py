@@ -407,8 +407,8 @@ def build_script(model: TableModel, ops: Sequence[Op]) -> BatchScript:
     """
     sim = TableModel(model.family, model.table, {name: list(e) for name, e in model.chains.items()}, model.builtin)
     copies_of: dict[DirectRule, list[Entry]] = defaultdict(list)  # item -> its entries in sim
-    for entries in sim.chains.values():
-        for entry in entries:
+    for chain_entries in sim.chains.values():
+        for entry in chain_entries:
             for owner in entry.owners:
                 copies_of[owner].append(entry)
     top: dict[str, int | None] = {}  # chain -> highest priority of ours (absent: recount)
@@ -480,7 +480,8 @@ def build_script(model: TableModel, ops: Sequence[Op]) -> BatchScript:
                     outcome = Outcome.UNCHANGED
                 for entry in copies:
                     emit(op, "-D", item.chain, entry.rest)
-                    entries.remove(entry)  # type: ignore[union-attr]
+                    assert entries is not None  # a copy was found in this chain
+                    entries.remove(entry)
                     for other in entry.owners:  # an untagged copy may stand for several items
                         if other != item and entry in copies_of.get(other, ()):
                             copies_of[other].remove(entry)

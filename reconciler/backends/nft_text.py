@@ -308,9 +308,10 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
     outcomes: list[Outcome] = []
     for index, op in enumerate(ops):
         item = op.item
-        state = states.get(item.family)  # type: ignore[attr-defined]
+        assert isinstance(item, (NftChain, NftRule))  # validate() refused anything else
+        state = states.get(item.family)
         if state is None:
-            raise OperationFailed(f"nft: {item.family} {NFT_TABLE} was not listed", ERROR_CODE, op)  # type: ignore[attr-defined]
+            raise OperationFailed(f"nft: {item.family} {NFT_TABLE} was not listed", ERROR_CODE, op)
         if isinstance(item, NftChain):
             outcome = _plan_chain(op, item, state, ops[index + 1 :], known)
         else:
@@ -325,9 +326,9 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
         if any(text.startswith("add ") for text, _ in state.statements):
             script.lines.append(f"add table {family} {NFT_TABLE}")
             script.ops.append(None)
-        for text, op in state.statements:
+        for text, line_op in state.statements:
             script.lines.append(text)
-            script.ops.append(op)
+            script.ops.append(line_op)
         if not state.chains and not state.listing.others and not state.live and not state.added:
             script.lines.append(f"delete table {family} {NFT_TABLE}")
             script.ops.append(None)
@@ -388,7 +389,7 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
         for entry in left:
             state.statements.append((f"delete rule {chain.family} {NFT_TABLE} {chain.chain} handle {entry.handle}", op))
         state.live = {key: rules for key, rules in state.live.items() if key[0] != chain.chain}
-        state.readd[chain.chain] = list(dict.fromkeys(ours[r.tag] for r in left))  # type: ignore[index]
+        state.readd[chain.chain] = list(dict.fromkeys(ours[tag] for r in left if (tag := r.tag) is not None))
     state.statements.append((f"delete chain {chain.family} {NFT_TABLE} {chain.chain}", op))
     del state.chains[chain.chain]
     return Outcome.APPLIED
@@ -466,7 +467,7 @@ def check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Ite
     """An ``nft -c`` script adding ``items`` into ``table``, and each line's item."""
     lines: list[str] = []
     owners: list[Item | None] = []
-    families = sorted({i.family for i in items}, key=FAMILIES.index)  # type: ignore[attr-defined]
+    families = sorted({i.family for i in items if isinstance(i, (NftChain, NftRule))}, key=FAMILIES.index)
     declared = {(i.family, i.chain) for i in items if isinstance(i, NftChain)}
     for family in families:
         lines.append(f"add table {family} {table}")

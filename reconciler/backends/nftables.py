@@ -289,11 +289,12 @@ class NftablesBackend(BatchBackend):
         validate(ops)  # before listing anything
         self.remember(op.item for op in ops)
         async with self._lock:
-            families = sorted({op.item.family for op in ops}, key=FAMILIES.index)  # type: ignore[attr-defined]
-            observed = {family: self._take_observed(family) for family in families}
-            if all(listing is not None for listing in observed.values()):
+            families = sorted({op.item.family for op in ops if isinstance(op.item, (NftChain, NftRule))}, key=FAMILIES.index)
+            taken = {family: self._take_observed(family) for family in families}
+            observed = {family: listing for family, listing in taken.items() if listing is not None}
+            if len(observed) == len(taken):
                 try:
-                    script = build_script(ops, observed, self._rules)  # type: ignore[arg-type]
+                    script = build_script(ops, observed, self._rules)
                 except OperationFailed:
                     pass  # judged on listings that may be stale: judge again on fresh ones
                 else:

@@ -46,7 +46,8 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def _load_prctl() -> Callable[..., int] | None:
     """libc's prctl, resolved once at import (nothing to look up in a forked child)."""
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):  # not glibc/musl on Linux
         return None
 

@@ -16,7 +16,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
-from .base import Backend, EventCallback
+from .base import NO_BACKEND, Backend, EventCallback
 
 class Router(Backend):
     """Routes by ``item.container()[0]``; see module docstring."""
@@ -34,7 +34,7 @@ class Router(Backend):
             if all(backend is not known for known in self.backends):
                 self.backends.append(backend)
         primary = self.routes.get("direct") or self.routes.get("zone") or self.routes.get("nft")
-        self.name = primary.name if primary else "none"
+        self.name = primary.name if primary else NO_BACKEND
 
     def backend_for(self, item: Item) -> Backend | None:
         return self.routes.get(item.container()[0])
@@ -61,7 +61,7 @@ class Router(Backend):
 
     def name_for(self, item: Item) -> str:
         backend = self.backend_for(item)
-        return backend.name_for(item) if backend else "none"
+        return backend.name_for(item) if backend else NO_BACKEND
 
     def remember(self, items: Iterable[Item]) -> None:
         items = list(items)
@@ -89,9 +89,18 @@ class Router(Backend):
         return FirewallView(items, containers, missing, users, unreachable=skipped)
 
     async def execute(self, op: Op) -> Outcome:
-        return await self._route(op.item).execute(op)
+        if op.via is None:
+            return await self._route(op.item).execute(op)
+        # Out of a backend no longer in charge (a switch): one that is gone
+        # (firewalld stopped) holds nothing to take out.
+        source = self.by_name(op.via)
+        if source is None or not await source.is_up():
+            return Outcome.UNCHANGED
+        return await source.execute(op._replace(via=None))
 
     def batch_key(self, op: Op) -> Hashable | None:
+        if op.via is not None:
+            return None
         backend = self.backend_for(op.item)
         inner = backend.batch_key(op) if backend else None
         return None if inner is None else (id(backend), inner)

@@ -22,6 +22,7 @@ from ..errors import BackendUnavailable
 from .firewalld import FirewalldBackend
 from .iptables import IptablesBackend
 from .nftables import NftablesBackend
+from .base import Backend
 from .router import Router, routes_for
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds for one D-Bus call or one tool run (``--timeou
 class BackendSet:
     """The backends one fwrecon process can reach, and the routing in force."""
 
-    def __init__(self, mode: BackendMode, firewalld: FirewalldBackend | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, mode: BackendMode, firewalld: Backend | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """``timeout``: for each tool run (the firewalld connection brings its own)."""
         self.mode = mode
         self.firewalld = firewalld
@@ -59,10 +60,21 @@ class BackendSet:
             return routes_for(None, self.iptables, self.nftables)
         return None  # firewalld mode while firewalld is away: wait
 
+    def offline(self) -> Router:
+        """What can be checked with the firewall in charge unreachable: nft
+        sections, by the nftables backend (``nft -c`` needs no firewalld)."""
+        return routes_for(None, None, self.nftables)
+
     async def close(self) -> None:
         for backend in (self.firewalld, self.iptables, self.nftables):
             if backend is not None:
                 await backend.close()
+
+
+async def connect_firewalld(bus_address: str | None, timeout: float = DEFAULT_TIMEOUT) -> Backend:
+    """A firewalld backend on the bus at ``bus_address`` (the daemon's
+    connection loop calls this again whenever the bus comes back)."""
+    return await FirewalldBackend.connect(bus_address, timeout=timeout)
 
 
 async def connect(mode: BackendMode, bus_address: str | None, timeout: float = DEFAULT_TIMEOUT) -> tuple[BackendSet, Router]:
