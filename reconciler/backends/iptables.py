@@ -64,7 +64,7 @@ from .iptables_text import (
     rule_tags,
     rule_text,
 )
-from .process import ToolRunner, process_gone, which
+from .process import ToolRunner, process_gone
 
 log = structlog.get_logger(__name__)
 
@@ -91,10 +91,11 @@ class IptablesBackend(BatchBackend):
 
     name = "iptables"
 
-    def __init__(self, netns: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, netns: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, tools: ToolRunner | None = None) -> None:
+        """``tools``: how processes are run (a test passes one that answers from canned output)."""
         self.netns = netns
         self.timeout = timeout
-        self._tools = ToolRunner(netns, timeout)
+        self._tools = tools or ToolRunner(netns, timeout)
         self.runs = 0  # processes started, for tests and metrics
         self.writes = 0  # *-restore runs that applied a batch
         self._by_tag: dict[str, DirectRule] = {}
@@ -145,7 +146,7 @@ class IptablesBackend(BatchBackend):
         """The first of ``family``'s tools that is not installed, or None (looked up once per reconcile)."""
         if family not in self._tools_missing:
             names = (COMMANDS[family] + suffix for suffix in ("-save", "-restore"))
-            self._tools_missing[family] = next((name for name in names if self._which(name) is None), None)
+            self._tools_missing[family] = next((name for name in names if self._tools.which(name) is None), None)
         return self._tools_missing[family]
 
     def batch_key(self, op: Op) -> Hashable | None:
@@ -153,16 +154,13 @@ class IptablesBackend(BatchBackend):
 
     async def is_up(self) -> bool:
         needed = ["iptables", "iptables-save", "iptables-restore"] + (["ip"] if self.netns else [])
-        return all(self._which(name) for name in needed)
+        return all(self._tools.which(name) for name in needed)
 
     # -- processes -----------------------------------------------------------------
 
-    def _which(self, name: str) -> str | None:
-        return which(name)
-
     def _tool(self, family: str, suffix: str) -> str:
         name = COMMANDS[family] + suffix
-        path = self._which(name)
+        path = self._tools.which(name)
         if path is None:
             raise BackendUnavailable(f"{name} not found (is the {PACKAGES[family]} package installed?)")
         return path

@@ -56,7 +56,7 @@ from .nft_text import (
     trusted,
     validate,
 )
-from .process import ToolResult, ToolRunner, kill, process_gone, which
+from .process import ToolResult, ToolRunner, kill, process_gone
 
 log = structlog.get_logger(__name__)
 
@@ -80,11 +80,13 @@ class NftablesBackend(BatchBackend):
 
     name = "nftables"
 
-    def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = DEFAULT_TIMEOUT,
+                 tools: ToolRunner | None = None) -> None:
+        """``tools``: how processes are run (a test passes one that answers from canned output)."""
         self.netns = netns
         self.nft = nft
         self.timeout = timeout
-        self._tools = ToolRunner(netns, timeout)
+        self._tools = tools or ToolRunner(netns, timeout)
         self.calls = 0  # nft processes run (reads, writes and checks), for tests and metrics
         self.writes = 0  # `nft -f` runs that could change the ruleset
         self._rules: dict[str, NftRule] = {}  # tag -> rule
@@ -146,7 +148,7 @@ class NftablesBackend(BatchBackend):
         return self._tools.argv([self.nft, *args])
 
     def _nft_path(self) -> str | None:
-        return which(self.nft)
+        return self._tools.which(self.nft)
 
     async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> ToolResult:
         """Run nft once (in the netns), with the timeout; ``own`` marks a write

@@ -119,16 +119,24 @@ async def kill(proc: asyncio.subprocess.Process, *, group: bool = False) -> None
 
 
 class ToolRunner:
-    """Runs tools for one backend, in ``netns`` when given."""
+    """Runs tools for one backend, in ``netns`` when given.
+
+    The backends' one seam to the host: a test hands a backend a subclass
+    (constructor argument ``tools``) whose `run` and `which` answer from
+    canned output, instead of patching the backend's internals.
+    """
 
     def __init__(self, netns: str | None = None, timeout: float = 30.0) -> None:
         self.netns = netns
         self.timeout = timeout
-        self.runs = 0
+
+    def which(self, name: str) -> str | None:
+        """Where ``name`` is installed (sbin directories included), or None."""
+        return which(name)
 
     def argv(self, argv: list[str]) -> list[str]:
         """``argv`` with the tool resolved on the search path, inside the namespace if any."""
-        tool = which(argv[0]) or argv[0]
+        tool = self.which(argv[0]) or argv[0]
         argv = [tool, *argv[1:]]
         if self.netns is not None:
             argv = [which("ip") or "ip", "netns", "exec", self.netns, *argv]
@@ -164,7 +172,6 @@ class ToolRunner:
             # A session of its own: a hung tool is killed with whatever it started.
             proc = await self.spawn(argv, stdin=source if source is not None else asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
                                     start_new_session=True)
-            self.runs += 1
             if on_start is not None:
                 on_start(proc.pid)
             try:

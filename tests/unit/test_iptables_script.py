@@ -6,10 +6,13 @@ runner (one save + one restore per batch; undo if a tool is not atomic)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
 from reconciler.backends.iptables import IptablesBackend
+from reconciler.backends.process import ToolResult, ToolRunner
 from reconciler.backends.iptables_text import (
     Entry,
     TableModel,
@@ -366,27 +369,30 @@ def test_compensation_script_restores_touched_chains_only():
 # -- the backend with a fake runner -------------------------------------------------
 
 
-class FakeTool:
-    """Answers -save with the next text of ``saves`` and -restore with ``restores``."""
+class FakeTool(ToolRunner):
+    """Every tool is installed; -save answers the next text of ``saves``,
+    -restore the next (returncode, stderr) of ``restores``."""
 
     def __init__(self, saves: list[str], restores: list[tuple[int, str]]) -> None:
+        super().__init__()
         self.saves = list(saves)
         self.restores = list(restores)
         self.calls: list[tuple[list[str], str | None]] = []
 
-    async def __call__(self, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+    def which(self, name: str) -> str | None:
+        return f"/usr/sbin/{name}"
+
+    async def run(self, argv: list[str], stdin: str | None = None, on_start: Callable[[int], None] | None = None,
+                  on_exit: Callable[[int], None] | None = None) -> ToolResult:
         self.calls.append((argv, stdin))
         if argv[0].endswith("-save"):
-            return 0, self.saves.pop(0), ""
+            return ToolResult(0, self.saves.pop(0), "")
         rc, err = self.restores.pop(0)
-        return rc, "", err
+        return ToolResult(rc, "", err)
 
 
 def fake_backend(tool: FakeTool) -> IptablesBackend:
-    backend = IptablesBackend()
-    backend._which = lambda name: f"/usr/sbin/{name}"  # type: ignore[method-assign]
-    backend._run = tool  # type: ignore[method-assign]
-    return backend
+    return IptablesBackend(tools=tool)
 
 
 def test_batch_is_one_save_and_one_restore():
@@ -426,12 +432,12 @@ def test_probe_learns_texts_in_one_restore_one_save_one_cleanup():
     probe_chain = None
 
     class ProbeTool(FakeTool):
-        async def __call__(self, argv, stdin=None):
+        async def run(self, argv, stdin=None, on_start=None, on_exit=None):
             nonlocal probe_chain
             if stdin and ":FWRECON-PROBE-" in stdin:
                 probe_chain = stdin.split("\n")[1][1:].split()[0]
                 self.saves.insert(0, untagged.replace("COMMIT", f":{probe_chain} - [0:0]\n-A {probe_chain} -p tcp -m tcp --dport 9001 -j ACCEPT\n-A {probe_chain} -p tcp -m tcp --dport 9005 -j ACCEPT\nCOMMIT"))
-            return await super().__call__(argv, stdin)
+            return await super().run(argv, stdin)
 
     tool = ProbeTool([untagged], [(0, ""), (0, "")])
     backend = fake_backend(tool)
@@ -519,10 +525,20 @@ def test_missing_tools_make_their_family_unreachable_and_say_why(monkeypatch):
     assert backend.refusal_key() != key and backend.cannot_hold(rule) is None
 
 
-def test_timeout_is_unavailable_and_kills_the_process():
-    backend = IptablesBackend(timeout=0.2)
+def test_a_hanging_tool_is_unavailable_within_the_timeout(tmp_path):
+    hangs = tmp_path / "hangs"
+    hangs.write_text("#!/bin/sh\nexec sleep 5\n")
+    hangs.chmod(0o755)
+
+    class Hanging(ToolRunner):
+        def which(self, name: str) -> str | None:
+            return str(hangs)
+
+    backend = IptablesBackend(timeout=0.2, tools=Hanging(timeout=0.2))
+    started = time.monotonic()
     with pytest.raises(BackendUnavailable, match="did not finish within 0.2s"):
-        run(backend._run(["sleep", "5"]))
+        run(backend.observe({("direct", "ipv4", "filter")}))
+    assert time.monotonic() - started < 2
 
 
 def test_entry_priority_is_lowest_owner():

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from log_recorder import LogRecorder
@@ -19,6 +20,7 @@ from log_recorder import LogRecorder
 from reconciler.backends.base import BackendEvent
 from reconciler.backends.nftables import NftablesBackend
 from reconciler.backends.process import ToolResult as _Result
+from reconciler.backends.process import ToolRunner
 from reconciler.backends.nft_text import (
     CONFLICT_CODE,
     ERROR_CODE,
@@ -255,8 +257,8 @@ FORMS = {
 }
 
 
-class FakeNft(NftablesBackend):
-    """Answers `_run` from canned listings; records every argv and script.
+class FakeNftTool(ToolRunner):
+    """nft answering from canned listings; records every argv and script.
 
     Its probe (a script adding rules to ``fwrecon-probe-<pid>``, then ``list
     chain``) lists the rule texts it knows from `FORMS` and refuses others.
@@ -269,8 +271,16 @@ class FakeNft(NftablesBackend):
         self.runs: list[tuple[tuple[str, ...], str | None]] = []
         self.probed: list[str] = []
 
-    async def _run(self, *args: str, input: str | None = None, own: bool = False, scratch: bool = False) -> _Result:
+    def which(self, name: str) -> str | None:
+        return f"/usr/sbin/{name}"
+
+    async def run(self, argv: list[str], stdin: str | None = None, on_start: Callable[[int], None] | None = None,
+                  on_exit: Callable[[int], None] | None = None) -> _Result:
+        args, input = tuple(argv[1:]), stdin
         self.runs.append((args, input))
+        return self.answer(args, input)
+
+    def answer(self, args: tuple[str, ...], input: str | None) -> _Result:
         if args[:4] == ("-s", "-j", "list", "table"):
             text = self.listings.get(args[4])
             if text is None:
@@ -293,6 +303,23 @@ class FakeNft(NftablesBackend):
         if self.fail is not None:
             return _Result(1, "", self.fail)
         return _Result(0, "", "")
+
+
+class FakeNft(NftablesBackend):
+    """The nftables backend on a `FakeNftTool` (its public ``tools`` seam)."""
+
+    def __init__(self, listings: dict[str, str] | None = None, fail: str | None = None,
+                 tool: FakeNftTool | None = None) -> None:
+        self.tool = tool or FakeNftTool(listings, fail)
+        super().__init__(tools=self.tool)
+
+    @property
+    def runs(self) -> list[tuple[tuple[str, ...], str | None]]:
+        return self.tool.runs
+
+    @property
+    def listings(self) -> dict[str, str]:
+        return self.tool.listings
 
     def scripts(self) -> list[str]:
         return [text for args, text in self.runs if args[0] in ("-f", "-c") and "fwrecon-probe-" not in (text or "")]
@@ -591,16 +618,15 @@ def test_check_maps_errors_to_items_and_retries_the_rest():
     bad = NftRule("inet", "input", "tcp dport 99999 accept")
     own_comment = NftRule("inet", "input", 'accept comment "x"')
 
-    class Checker(FakeNft):
-        async def _run(self, *args, input=None, own=False):
-            self.runs.append((args, input))
-            lines = input.splitlines()
+    class Checker(FakeNftTool):
+        def answer(self, args: tuple[str, ...], input: str | None) -> _Result:
+            lines = (input or "").splitlines()
             for number, line in enumerate(lines, 1):
                 if "99999" in line:
                     return _Result(1, "", f"/dev/stdin:{number}:39-43: Error: Service out of range\n{line}\n   ^^^^^\n")
             return _Result(0, "", "")
 
-    backend = Checker()
+    backend = FakeNft(tool=Checker())
     errors = run(backend.check([INPUT, SSH, bad, own_comment, WEB]))
     assert errors == {bad: "Service out of range", own_comment: rule_problem(own_comment.rule)}
     first, second = backend.scripts()
