@@ -28,6 +28,23 @@ OBSERVED_MAX_AGE = 1.0
 NO_BACKEND = "none"
 
 
+# Why an item is refused where no backend that can hold its kind is in charge,
+# by container kind (`Item.container()[0]`): the one text for the router and
+# for every backend that meets an item of a kind it does not hold.
+NEEDS_BACKEND = {
+    "zone": "needs firewalld",
+    "policy": "needs firewalld",
+    "direct": "needs firewalld or the iptables backend",
+    "nft": "needs the nftables backend",
+}
+
+
+def kind_refused(item: Item) -> str:
+    """`NEEDS_BACKEND`'s text for ``item``."""
+    kind = item.container()[0]
+    return NEEDS_BACKEND.get(kind, f"no backend handles {kind} items")
+
+
 class BackendEvent(enum.Enum):
     """Things the firewall tells us; each only ever schedules a reconcile."""
 

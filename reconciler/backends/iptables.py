@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import structlog
 
 from ..errors import BackendError, BackendUnavailable, OperationFailed
-from ..model import DirectChain, DirectRule, Item, NftChain, NftRule, Op, Outcome
+from ..model import DirectChain, DirectRule, Item, Op, Outcome
 from ..view import FirewallView
 from . import base
-from .base import BatchBackend
+from .base import BatchBackend, kind_refused
 from .iptables_text import (
     COMMANDS,
     MISSING_CHAIN,
@@ -132,9 +132,7 @@ class IptablesBackend(BatchBackend):
             problem = check_names(item)
             tool = None if problem else self._missing_tool(item.family)
             return f"needs {tool}, which is not installed (the {PACKAGES[item.family]} package)" if tool else problem
-        if isinstance(item, (NftChain, NftRule)):
-            return "needs the nftables backend"
-        return "needs firewalld"
+        return kind_refused(item)
 
     def refusal_key(self) -> Hashable:
         """Which families' tools are missing, looked up afresh (installing

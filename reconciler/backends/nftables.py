@@ -32,10 +32,10 @@ from typing import Any
 import structlog
 
 from ..errors import BackendUnavailable, OperationFailed
-from ..model import NFT_TABLE, DirectChain, DirectRule, Item, NftChain, NftRule, Op, Outcome, ScopedItem
+from ..model import NFT_TABLE, Item, NftChain, NftRule, Op, Outcome
 from ..view import FirewallView
 from . import base
-from .base import BackendEvent, BatchBackend, EventCallback
+from .base import BackendEvent, BatchBackend, EventCallback, kind_refused
 from .nft_text import (
     FAMILIES,
     Script,
@@ -121,11 +121,7 @@ class NftablesBackend(BatchBackend):
     def cannot_hold(self, item: Item) -> str | None:
         if isinstance(item, (NftChain, NftRule)):
             return f"needs {self.nft}, which is not installed (the nftables package)" if self._nft_missing() else None
-        if isinstance(item, (DirectChain, DirectRule)):
-            return "needs firewalld or the iptables backend"
-        if isinstance(item, ScopedItem):
-            return "needs firewalld"
-        return f"the nftables backend cannot hold {item.kind} items"
+        return kind_refused(item)
 
     def refusal_key(self) -> Hashable:
         """Whether nft is missing, looked up afresh (installing it makes nft

@@ -16,7 +16,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
-from .base import NO_BACKEND, Backend, EventCallback
+from .base import NO_BACKEND, Backend, EventCallback, kind_refused
 
 class Router(Backend):
     """Routes by ``item.container()[0]``; see module docstring."""
@@ -24,11 +24,9 @@ class Router(Backend):
     def __init__(
         self,
         routes: Mapping[str, Backend],
-        refusals: Mapping[str, str] | None = None,
         reachable: Iterable[Backend] = (),
     ) -> None:
         self.routes = dict(routes)
-        self.refusals = dict(refusals or {})
         self.backends: list[Backend] = []
         for backend in [*self.routes.values(), *reachable]:
             if all(backend is not known for known in self.backends):
@@ -51,10 +49,7 @@ class Router(Backend):
 
     def cannot_hold(self, item: Item) -> str | None:
         backend = self.backend_for(item)
-        if backend is None:
-            kind = item.container()[0]
-            return self.refusals.get(kind, f"no backend handles {kind} items")
-        return backend.cannot_hold(item)
+        return kind_refused(item) if backend is None else backend.cannot_hold(item)
 
     def refusal_key(self) -> Hashable:
         return tuple(backend.refusal_key() for backend in self.backends)
@@ -137,12 +132,6 @@ def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Ba
         routes["direct"] = iptables
     if nftables is not None:
         routes["nft"] = nftables
-    refusals = {
-        "zone": "needs firewalld",
-        "policy": "needs firewalld",
-        "direct": "needs firewalld or the iptables backend",
-        "nft": "needs the nftables backend",
-    }
     reachable = [b for b in (firewalld, iptables, nftables) if b is not None]
-    return Router(routes, refusals, reachable)
+    return Router(routes, reachable)
 
