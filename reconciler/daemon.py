@@ -33,7 +33,7 @@ import structlog
 
 from .backends.base import NO_BACKEND, Backend, BackendEvent
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, connect_firewalld
-from .engine import Reconciler, ReconcileReport, gc_paused, log_policy_errors
+from .engine import Reconciler, ReconcileReport, RefusalMemo, gc_paused, log_policy_errors
 from .errors import BackendUnavailable, FwreconError, PolicyError
 from .metrics import Metrics
 from .model import Item, Op
@@ -105,6 +105,7 @@ class Controller:
         self.firewalld_up = False
         self.last_good: dict[str, frozenset[Item]] = {}
         self._policy_cache = PolicyCache()
+        self._refusal_memo = RefusalMemo()
         self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -428,7 +429,8 @@ class Controller:
         try:
             with gc_paused():
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
-                report = await Reconciler(self.backend, self.store).reconcile(loaded, self.last_good, settling=self._settling())
+                reconciler = Reconciler(self.backend, self.store, memo=self._refusal_memo)
+                report = await reconciler.reconcile(loaded, self.last_good, settling=self._settling())
             if report.deferred:
                 self._come_back_after_settling()
         except BackendUnavailable as exc:

@@ -15,8 +15,7 @@ import contextlib
 import gc
 import itertools
 import time
-import weakref
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -80,26 +79,39 @@ def section_key(item: Item) -> str:
     return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
 
 
-def refusals(policy: Policy, backend: Backend, key: Hashable = None) -> list[PolicyError]:
-    """One error per section the backend in charge cannot express.
-
-    The answer is kept on the (immutable) policy for the backend it was
-    judged against and that backend's `refusal_key` (``key``): the daemon
-    keeps parsed policies between reconciles, and only a switch of backend or
-    a change on the host (a tool installed) changes it.
-    """
-    seen = policy.__dict__.get("_refusals")
-    if seen is not None and seen[0]() is backend and seen[1] == key:
-        return list(seen[2])
+def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
+    """One error per section the backend in charge cannot express."""
     found: dict[str, str] = {}
     for item in policy.items:
         reason = backend.cannot_hold(item)
         if reason:
             section = section_key(item)
             found[section] = min(found.get(section, reason), reason)  # deterministic whatever the set order
-    errors = [PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)]
-    policy.__dict__["_refusals"] = (weakref.ref(backend), key, errors)
-    return list(errors)
+    return [PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)]
+
+
+class RefusalMemo:
+    """`refusals` answers kept between reconciles, for a process that keeps
+    parsed policies (the daemon's `PolicyCache`): judging 10,000 items costs
+    milliseconds at every resync, yet the answer changes only with the policy,
+    the backend in charge or its `refusal_key` (a tool installed), which are
+    this memo's key.  Entries of policies no longer loaded are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[Policy, tuple[Hashable, list[PolicyError]]] = {}
+
+    def refusals(self, policy: Policy, backend: Backend, key: Hashable) -> list[PolicyError]:
+        judged_by = (backend.name, key)
+        seen = self._answers.get(policy)
+        if seen is None or seen[0] != judged_by:
+            seen = self._answers[policy] = (judged_by, refusals(policy, backend))
+        return list(seen[1])
+
+    def keep_only(self, policies: Iterable[Policy]) -> None:
+        keep = set(policies)
+        for policy in [p for p in self._answers if p not in keep]:
+            del self._answers[policy]
 
 
 def desired_state(
@@ -108,6 +120,7 @@ def desired_state(
     known: KnownNames | None,
     last_good: Mapping[str, frozenset[Item]] | None = None,
     backend: Backend | None = None,
+    memo: RefusalMemo | None = None,
 ) -> Desired:
     """Valid policies want their items; an invalid one keeps its last good items.
 
@@ -121,12 +134,14 @@ def desired_state(
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
         if backend is not None:
-            problems += refusals(policy, backend, key)
+            problems += memo.refusals(policy, backend, key) if memo is not None else refusals(policy, backend)
         if problems:
             invalid[name] = problems
         else:
             items[name] = policy.items
     held_names = set(invalid)
+    if memo is not None and not loaded.unreadable:
+        memo.keep_only(loaded.policies.values())
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     for name in held_names - items.keys():
@@ -236,14 +251,16 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
 class Reconciler:
     """Runs reconciles against one backend and one state file."""
 
-    def __init__(self, backend: Backend, store: StateStore, *, check_names: bool = True) -> None:
+    def __init__(self, backend: Backend, store: StateStore, *, check_names: bool = True, memo: RefusalMemo | None = None) -> None:
+        """``memo``: refusals judged by earlier reconciles of the same process (the daemon's)."""
         self.backend = backend
         self.store = store
         self.check_names = check_names
+        self.memo = memo
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.backend.known_names() if self.check_names else None
-        return desired_state(loaded, state, known, last_good, self.backend)
+        return desired_state(loaded, state, known, last_good, self.backend, self.memo)
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
         """Read what desired or owned state mentions (and teach labelling backends those items)."""

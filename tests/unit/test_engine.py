@@ -4,7 +4,7 @@ rollback isolation between policies, last-good retention, crash-safe state."""
 import asyncio
 
 from reconciler.backends.memory import MemoryBackend
-from reconciler.engine import Reconciler
+from reconciler.engine import Reconciler, RefusalMemo
 from reconciler.errors import PolicyError
 from reconciler.model import DirectChain, DirectRule, Item, Port, Scope, Service
 from reconciler.policy import LoadResult, Policy
@@ -260,11 +260,16 @@ def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
     fw, ipt = Counting(), named("iptables")
     store = StateStore(tmp_path / "s.json")
     loaded = policies(web={HTTP, RULE})
+    memo = RefusalMemo()
+
+    def again(backend):
+        return asyncio.run(Reconciler(backend, store, check_names=False, memo=memo).reconcile(loaded))
+
     with_firewalld = routes_for(fw, ipt, None)
-    reconcile(with_firewalld, store, loaded)
-    reconcile(with_firewalld, store, loaded)  # same parsed policy, same backends: not asked again
+    again(with_firewalld)
+    again(routes_for(fw, ipt, None))  # same parsed policy, same backends in charge: not asked again
     assert sorted(asked, key=repr) == sorted([HTTP, RULE], key=repr)
-    report = reconcile(routes_for(None, ipt, None), store, loaded)  # firewalld went away
+    report = again(routes_for(None, ipt, None))  # firewalld went away
     assert [str(e) for e in report.invalid["web"]] == ["web.toml: zone.public: needs firewalld (backend in charge: iptables)"]
 
 
