@@ -369,8 +369,10 @@ class Reconciler:
         wanted = dict(desired.items)
         while plans:
             plan = plans.pop(0)
-            outcome = await self._run_plan(plan, state)
+            outcome = await self._run_plan(plan, state, view)
             outcomes.append(outcome)
+            # What this policy wrote was read before it: later writes there read again.
+            view = view.without_reads({op.item.container() for op in plan.ops})
             if outcome.status == "failed" and plan.policy in loaded.policies:
                 await self._judge_failure(loaded, desired, outcome)
             if outcome.status in ("failed", "invalid") and plans:
@@ -404,8 +406,9 @@ class Reconciler:
         )
         return report
 
-    async def _run_plan(self, plan: PolicyPlan, state: State) -> PolicyOutcome:
-        """Apply one policy's plan as a transaction, keeping the state file truthful."""
+    async def _run_plan(self, plan: PolicyPlan, state: State, seen: FirewallView | None = None) -> PolicyOutcome:
+        """Apply one policy's plan as a transaction, keeping the state file truthful;
+        ``seen``: the view it was planned on (batch backends may write on its reads)."""
         if plan.empty:
             return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
         before: Ownership = dict(state.owned)
@@ -427,7 +430,7 @@ class Reconciler:
             }
             self.store.save(state)
         try:
-            results = await build_transaction(plan).apply(self.backend)
+            results = await build_transaction(plan).apply(self.backend, seen)
         except (asyncio.CancelledError, KeyboardInterrupt) as stop:
             # Shutdown mid-transaction: the transaction already rolled back.
             failure = stop.__cause__ if isinstance(stop.__cause__, TransactionFailed) else None

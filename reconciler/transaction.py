@@ -35,6 +35,7 @@ from typing import NamedTuple
 import structlog
 
 from .backends.base import Backend
+from .view import FirewallView
 from .errors import BackendError, BackendUnavailable, FwreconError
 from .model import Op, Outcome
 
@@ -103,11 +104,12 @@ class Transaction:
             self._inserted += 1
             self._steps.insert(self._cursor + self._inserted, step)
 
-    async def apply(self, backend: Backend) -> list[StepResult]:
+    async def apply(self, backend: Backend, seen: FirewallView | None = None) -> list[StepResult]:
         """Run every step; on failure roll back and raise TransactionFailed.
 
         Consecutive ops the backend can batch (same `batch_key`) go to it in
-        one `execute_batch`, which is all or nothing.
+        one `execute_batch`, which is all or nothing, with ``seen`` (the view
+        the ops were planned on) less the reads of containers written since.
         """
         applied: list[StepResult] = []
         index = 0
@@ -118,12 +120,14 @@ class Transaction:
             try:
                 if step.query is not None:
                     await step.query(self, backend)
-                elif len(batch) > 1:
-                    outcomes = await backend.execute_batch(batch)
+                elif len(batch) > 1 or (batch and seen is not None and batch[0].item.container() in seen.reads):
+                    outcomes = await backend.execute_batch(batch, seen)
                     applied.extend(StepResult(op, outcome) for op, outcome in zip(batch, outcomes))
                     index += len(batch) - 1
                 elif step.op is not None:
                     applied.append(StepResult(step.op, await backend.execute(step.op)))
+                if seen is not None and step.op is not None:
+                    seen = seen.without_reads({op.item.container() for op in batch or [step.op]})
             except BackendError as exc:
                 if step.ignore_failure:
                     log.info("op_failure_ignored", transaction=self.name, op=step.op and step.op.describe(), error=str(exc))

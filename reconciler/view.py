@@ -28,8 +28,15 @@ class FirewallView:
         missing: Iterable[tuple[str, ...]] = (),
         users: Mapping[Item, Iterable[Item | str]] | None = None,
         unreachable: Iterable[tuple[str, ...]] = (),
+        reads: Mapping[tuple[str, ...], object] | None = None,
     ) -> None:
         self.containers: frozenset[tuple[str, ...]] = frozenset(containers)
+        # Each batch backend's own record of a container's read (its -save,
+        # its nft listing), so a write right after planning can be built on
+        # the read the plan was made on instead of reading again: handed back
+        # to `execute_batch` as ``seen``, and dropped (`without`) for a
+        # container once something was written there.
+        self.reads: dict[tuple[str, ...], object] = dict(reads or {})
         # Containers that were asked for but do not exist (an unknown zone).
         self.missing: frozenset[tuple[str, ...]] = frozenset(missing)
         # Containers no backend in charge can read or write (zones while
@@ -48,9 +55,19 @@ class FirewallView:
                 self._items.add(item)
 
     def copy(self) -> "FirewallView":
-        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable)
+        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable,
+                             reads=self.reads)
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
+        return clone
+
+    def without_reads(self, written: Iterable[tuple[str, ...]]) -> "FirewallView":
+        """This view, with the reads of the ``written`` containers dropped: they are stale now."""
+        stale = set(written)
+        if not stale & self.reads.keys():
+            return self
+        clone = self.copy()
+        clone.reads = {container: read for container, read in self.reads.items() if container not in stale}
         return clone
 
     def items(self) -> frozenset[Item]:

@@ -18,12 +18,6 @@ from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
 
 
-# How long an observe's read may stand in for a fresh one at the next batch:
-# the engine writes right after planning, within milliseconds.  A batch built
-# on it that the firewall refuses is built again on a fresh read.
-OBSERVED_MAX_AGE = 1.0
-
-
 # `Backend.name_for` of an item no backend is in charge of now (zones while firewalld is away).
 NO_BACKEND = "none"
 
@@ -74,12 +68,14 @@ class Backend(ABC):
         """Consecutive ops with the same non-None key go to `execute_batch` together."""
         return None
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """Apply ``ops`` all or nothing (``*-restore``, ``nft -f``).
 
         Raises OperationFailed (with ``op`` set to the culprit when known) and
         then nothing of the batch took effect.  Only called for ops that
-        `batch_key` groups.
+        `batch_key` groups.  ``seen``: the view the ops were planned on, whose
+        `FirewallView.reads` a backend may build the batch on instead of
+        reading again (a batch it refuses is built again on a fresh read).
         """
         return [await self.execute(op) for op in ops]
 
@@ -133,7 +129,7 @@ class BatchBackend(Backend):
     a single op is a batch of one."""
 
     @abstractmethod
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """See `Backend.execute_batch`; must be all or nothing."""
 
     async def execute(self, op: Op) -> Outcome:

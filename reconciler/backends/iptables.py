@@ -10,8 +10,8 @@ Reading: one ``<cmd>-save -t TABLE`` per table, never one process per rule.
 Writing: one ``<cmd>-restore --noflush`` script for the whole batch, which the
 tools commit per table all or nothing (checked after every failure, and undone
 if a tool ever turns out not to be atomic).  The script is built on the read
-the engine's observe made moments before (used once, for at most
-`base.OBSERVED_MAX_AGE`); when there is none, when the script places rules by
+the plan was made on (the ``seen`` view's `FirewallView.reads`, which the
+transaction drops for a table once it wrote there); when there is none, when the script places rules by
 position (``-I CHAIN N``), or when the tool refuses a script built on it, the
 table is read again with ``-save`` and the script rebuilt, so a change made
 by someone else in between costs a re-read, never a wrong write.  ebtables
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ import structlog
 from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..model import DirectChain, DirectRule, Item, Op, Outcome
 from ..view import FirewallView
-from . import base
 from .base import BatchBackend, kind_refused
 from .iptables_text import (
     COMMANDS,
@@ -82,7 +80,6 @@ class TableRead:
 
     save: TableSave
     model: TableModel
-    at: float  # time.monotonic() of the read
     knowledge: int  # IptablesBackend.knowledge when it was tied
 
 
@@ -104,7 +101,6 @@ class IptablesBackend(BatchBackend):
         self._canon: dict[DirectRule, str] = {}  # item -> its rule text as -save prints it
         self._canon_failed: dict[DirectRule, frozenset[str]] = {}  # -> the chains when it failed
         self.knowledge = 0  # grows when `remember` learns a new item (older reads may miss it)
-        self._observed: dict[tuple[str, str], TableRead] = {}  # observe's last read, for the next batch
         self._legacy_reported: set[str] = set()  # families whose legacy tables were reported
         self._tools_missing: dict[str, str | None] = {}  # family -> its first tool not installed
 
@@ -318,14 +314,15 @@ class IptablesBackend(BatchBackend):
     async def _read(self, family: str, table: str) -> TableRead:
         save = await self._save(family, table)
         save = await self._learn(family, table, save)
-        return TableRead(save, self._model(family, table, save), time.monotonic(), self.knowledge)
+        return TableRead(save, self._model(family, table, save), self.knowledge)
 
-    def _take_observed(self, family: str, table: str) -> TableRead | None:
-        """Observe's read of the table if recent and made knowing every item; used once."""
-        read = self._observed.pop((family, table), None)
-        if read is None or family == "eb" or read.knowledge != self.knowledge:
+    def _usable_read(self, seen: FirewallView | None, family: str, table: str) -> TableRead | None:
+        """The read ``seen`` holds of the table, if one may stand in for a fresh
+        one: made knowing every item, and not of ebtables (see module docstring)."""
+        read = seen.reads.get(("direct", family, table)) if seen is not None else None
+        if not isinstance(read, TableRead) or family == "eb" or read.knowledge != self.knowledge:
             return None
-        return read if time.monotonic() - read.at <= base.OBSERVED_MAX_AGE else None
+        return read
 
     # -- observe -----------------------------------------------------------------------
 
@@ -341,22 +338,22 @@ class IptablesBackend(BatchBackend):
         unreachable = [("direct", f, t) for f, t in valid if self._missing_tool(f)]
         valid = [(f, t) for f, t in valid if not self._missing_tool(f)]
 
-        async def read(family: str, table: str) -> TableModel:
+        async def read(family: str, table: str) -> TableRead:
             async with self._lock(family, table):
-                self._observed[(family, table)] = found = await self._read(family, table)
-                return found.model
+                return await self._read(family, table)
 
-        models = await asyncio.gather(*(read(f, t) for f, t in valid))
+        found = await asyncio.gather(*(read(f, t) for f, t in valid))
         items: list[Item] = []
         users: dict[Item, tuple[Item | str, ...]] = {}
-        for model in models:
-            items.extend(model.items())
-            users.update(chain_users(model))
-        return FirewallView(items, containers, missing, users, unreachable=unreachable)
+        for table_read in found:
+            items.extend(table_read.model.items())
+            users.update(chain_users(table_read.model))
+        reads: dict[tuple[str, ...], object] = {("direct", f, t): done for (f, t), done in zip(valid, found)}
+        return FirewallView(items, containers, missing, users, unreachable=unreachable, reads=reads)
 
     # -- execute -------------------------------------------------------------------------
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """All ops of one table in one ``-restore --noflush``: all or nothing."""
         if not ops:
             return []
@@ -372,7 +369,7 @@ class IptablesBackend(BatchBackend):
                 raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
         self.remember(op.item for op in ops)
         async with self._lock(family, table):
-            observed = self._take_observed(family, table)
+            observed = self._usable_read(seen, family, table)
             if observed is not None:
                 try:
                     script = build_script(observed.model, ops)

@@ -38,7 +38,7 @@ class MemoryBackend(Backend):
     def batch_key(self, op: Op) -> Hashable | None:
         return op.item.container() if self.batches else None
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         self.calls.append("batch: " + "; ".join(op.describe() for op in ops))
         saved = self.state.copy()
         try:

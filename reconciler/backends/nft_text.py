@@ -20,8 +20,9 @@ Identity and ownership
 Batches
     Every op has the same `batch_key`: a transaction's nft ops become one
     ``nft -f -`` script, which the kernel commits all or nothing.  It is built
-    on observe's listing of each family involved when that was made moments
-    before (`base.OBSERVED_MAX_AGE`, used once), else on a fresh listing; a
+    on the listing of each family involved that the plan was made on (the
+    ``seen`` view's reads, dropped once the family was written), else on a
+    fresh listing; a
     script nft refuses after being built on observe's listing is built again
     on a fresh one (the handles may have changed meanwhile) before the
     refusal counts.  Adding what is there and removing what is gone are

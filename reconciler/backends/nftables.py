@@ -34,7 +34,6 @@ import structlog
 from ..errors import BackendUnavailable, OperationFailed
 from ..model import NFT_TABLE, Item, NftChain, NftRule, Op, Outcome
 from ..view import FirewallView
-from . import base
 from .base import BackendEvent, BatchBackend, EventCallback, kind_refused
 from .nft_text import (
     FAMILIES,
@@ -94,7 +93,6 @@ class NftablesBackend(BatchBackend):
         self._listings: dict[str, TableListing] = {}  # last listing per family (handles of present rules)
         self._exprs: dict[NftRule, Any] = {}  # rule -> its statements as nft lists them (learnt by a probe)
         self._expr_failed: dict[NftRule, frozenset[str]] = {}  # -> the table's chains when nft refused it
-        self._observed: dict[str, tuple[float, TableListing]] = {}  # observe's listings, for the next batch
         self._lock = asyncio.Lock()
         self._callbacks: list[EventCallback] = []
         self._monitor_task: asyncio.Task[None] | None = None
@@ -259,8 +257,8 @@ class NftablesBackend(BatchBackend):
         users: dict[Item, tuple[Item | str, ...]] = {}
         for listing in listings:
             items.extend(self._items_of(listing, users))
-            self._observed[listing.family] = (time.monotonic(), listing)
-        return FirewallView(items, containers, users=users)
+        reads: dict[tuple[str, ...], object] = {("nft", listing.family): listing for listing in listings}
+        return FirewallView(items, containers, users=users, reads=reads)
 
     def _items_of(self, listing: TableListing, users: dict[Item, tuple[Item | str, ...]]) -> list[Item]:
         """The items ``listing`` holds; fills ``users`` with what keeps each chain in use."""
@@ -280,7 +278,7 @@ class NftablesBackend(BatchBackend):
 
     # -- execute ------------------------------------------------------------------------
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """List each family once, then one atomic ``nft -f -``; see module docstring."""
         if not ops:
             return []
@@ -288,9 +286,9 @@ class NftablesBackend(BatchBackend):
         self.remember(op.item for op in ops)
         async with self._lock:
             families = sorted({op.item.family for op in ops if isinstance(op.item, (NftChain, NftRule))}, key=FAMILIES.index)
-            taken = {family: self._take_observed(family) for family in families}
-            observed = {family: listing for family, listing in taken.items() if listing is not None}
-            if len(observed) == len(taken):
+            reads = seen.reads if seen is not None else {}
+            observed = {f: listing for f in families if isinstance(listing := reads.get(("nft", f)), TableListing)}
+            if len(observed) == len(families):
                 try:
                     script = build_script(ops, observed, self._rules)
                 except OperationFailed:
@@ -303,11 +301,6 @@ class NftablesBackend(BatchBackend):
             if script.lines:
                 await self._write(script, families, retry=False)
             return script.outcomes
-
-    def _take_observed(self, family: str) -> TableListing | None:
-        """Observe's listing of ``family`` if made moments ago; used once."""
-        at, listing = self._observed.pop(family, (0.0, None))
-        return listing if time.monotonic() - at <= base.OBSERVED_MAX_AGE else None
 
     async def _write(self, script: Script, families: Sequence[str], *, retry: bool) -> bool:
         """Run ``script``; on refusal log and return False (``retry``) or raise the failure."""

@@ -76,12 +76,14 @@ class Router(Backend):
         items: list[Item] = []
         missing: list[tuple[str, ...]] = []
         users: dict[Item, tuple[Item | str, ...]] = {}
+        reads: dict[tuple[str, ...], object] = {}
         for view in views:
             items.extend(view.items())
             missing.extend(view.missing)
             users.update(view.users)
+            reads.update(view.reads)
             skipped.extend(view.unreachable)  # e.g. a family whose tools are not installed
-        return FirewallView(items, containers, missing, users, unreachable=skipped)
+        return FirewallView(items, containers, missing, users, unreachable=skipped, reads=reads)
 
     async def execute(self, op: Op) -> Outcome:
         if op.via is None:
@@ -100,8 +102,8 @@ class Router(Backend):
         inner = backend.batch_key(op) if backend else None
         return None if inner is None else (id(backend), inner)
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
-        return await self._route(ops[0].item).execute_batch(ops)
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        return await self._route(ops[0].item).execute_batch(ops, seen)
 
     async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
         groups: dict[int, tuple[Backend, list[Item]]] = {}

@@ -53,14 +53,14 @@ class FaultyBackend(Backend):
         (outcome,) = await self._write([op], batch=False)
         return outcome
 
-    async def execute_batch(self, ops: Sequence[Op]) -> list[Outcome]:
-        return await self._write(ops, batch=True)
+    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        return await self._write(ops, batch=True, seen=seen)
 
-    async def _write(self, ops: Sequence[Op], *, batch: bool) -> list[Outcome]:
+    async def _write(self, ops: Sequence[Op], *, batch: bool, seen: FirewallView | None = None) -> list[Outcome]:
         self.writes += 1
         if self.writes == self.fail_on_write:
             raise OperationFailed(f"injected failure on write {self.writes}", "INJECTED", ops[0])
-        outcomes = await self.inner.execute_batch(ops) if batch else [await self.inner.execute(ops[0])]
+        outcomes = await self.inner.execute_batch(ops, seen) if batch else [await self.inner.execute(ops[0])]
         if self.writes == self.kill_after_writes:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this write: nothing recorded it yet
         if self.writes == self.stop_after_writes and self.stop_pid is not None:

@@ -221,10 +221,10 @@ def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
     assert backend.runs == 3  # one save per table, nothing left to learn
     assert all(set(items_for(f)) <= view.items() for f in FAMILIES)
     backend.runs = 0
+    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")], view))
+    assert backend.runs == 0  # everything there, as the plan's view read: no process at all
     run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
-    assert backend.runs == 0  # everything there, as observe just read: no process at all
-    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
-    assert backend.runs == 1  # observe's read was used up: one save, no restore
+    assert backend.runs == 1  # no view to build on: one save, no restore
 
 
 # -- order ------------------------------------------------------------------------------
@@ -348,31 +348,34 @@ def test_removing_a_rule_someone_deleted_meanwhile_is_unchanged(backend: Iptable
 def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
     backend.remember([chain, rule_a, rule_b])
-    run(backend.observe({("direct", "ipv4", "filter")}))
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
     before = backend.runs
-    assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)])) == [Outcome.APPLIED] * 3
+    assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)], view)) == [Outcome.APPLIED] * 3
     assert backend.runs == before + 1  # the restore; no second save
     assert [r.split(" -m comment")[0] for r in chain_rules(ns, "ipv4", "FWR_IN")] == ["-p tcp -m tcp --dport 9000", "-s 198.18.0.0/15"]
-    run(backend.observe({("direct", "ipv4", "filter")}))
-    assert run(backend.execute_batch([Op("remove", rule_a)])) == [Outcome.APPLIED]  # a read is used once:
-    assert run(backend.execute_batch([Op("remove", rule_b)])) == [Outcome.APPLIED]  # this one reads again
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
+    before = backend.runs
+    assert run(backend.execute_batch([Op("remove", rule_a)], view)) == [Outcome.APPLIED]  # on the view's read
+    stale = view.without_reads({("direct", "ipv4", "filter")})  # what a transaction hands on after that write
+    assert run(backend.execute_batch([Op("remove", rule_b)], stale)) == [Outcome.APPLIED]  # reads again
+    assert backend.runs == before + 3
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
 
 
 def test_change_between_observe_and_batch_is_judged_on_a_fresh_read(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
     run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
-    run(backend.observe({("direct", "ipv4", "filter")}))
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
     sh(ns, "iptables", "-D", "FWR_IN", "1")  # someone deletes rule_a after we looked
     before = backend.runs
-    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)], view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert backend.runs == before + 3  # refused restore, save, restore
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
 
-    run(backend.observe({("direct", "ipv4", "filter")}))
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
     sh(ns, "iptables", "-X", "FWR_IN")  # and the chain, which we saw
     sh(ns, "iptables", "-N", "FWR_IN")  # ... then someone creates it again
-    assert run(backend.execute_batch([Op("remove", chain), Op("add", chain)])) == [Outcome.APPLIED, Outcome.APPLIED]
+    assert run(backend.execute_batch([Op("remove", chain), Op("add", chain)], view)) == [Outcome.APPLIED, Outcome.APPLIED]
 
 
 def test_rule_placed_by_position_reads_the_table_first(backend: IptablesBackend, ns: str):
@@ -386,14 +389,12 @@ def test_rule_placed_by_position_reads_the_table_first(backend: IptablesBackend,
     assert rule_a.tag() in rules[1] and rule_b.tag() in rules[2]
 
 
-def test_an_old_observe_is_not_trusted(backend: IptablesBackend, ns: str, monkeypatch):
-    from reconciler.backends import base
-
+def test_a_read_made_before_learning_an_item_is_not_trusted(backend: IptablesBackend, ns: str):
     chain, rule_a, _, _ = items_for("ipv4")
-    run(backend.observe({("direct", "ipv4", "filter")}))
-    monkeypatch.setattr(base, "OBSERVED_MAX_AGE", 0.0)
+    view = run(backend.observe({("direct", "ipv4", "filter")}))
+    backend.remember([chain, rule_a])  # the read could not tell rule_a's copies apart from foreign rules
     before = backend.runs
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)]))
+    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)], view))
     assert backend.runs == before + 2  # save, restore
 
 

@@ -171,16 +171,16 @@ def test_single_rule_removal_keeps_the_rest(netns):
 def test_batch_after_observe_is_one_nft_process(netns):
     backend = NftablesBackend(netns)
     backend.remember(ITEMS)
-    run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     calls = backend.calls
-    assert run(backend.execute_batch(adds(*ITEMS))) == [Outcome.APPLIED] * len(ITEMS)
-    assert backend.calls == calls + 1  # nft -f, on observe's listings
-    run(backend.observe([("nft", "inet"), ("nft", "ip")]))
+    assert run(backend.execute_batch(adds(*ITEMS), view)) == [Outcome.APPLIED] * len(ITEMS)
+    assert backend.calls == calls + 1  # nft -f, on the view's listings
+    view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     # Two listings; each family's tagged rules, new to this process, are proven
     # once with a probe (add to a scratch chain, list it, drop it).
     assert backend.calls == calls + 1 + 2 + 2 * 3
-    assert run(backend.execute(Op("remove", SSH))) is Outcome.APPLIED
-    assert run(backend.execute(Op("remove", JUMP))) is Outcome.APPLIED  # listing used up: lists again
+    assert run(backend.execute_batch([Op("remove", SSH)], view)) == [Outcome.APPLIED]
+    assert run(backend.execute(Op("remove", JUMP))) is Outcome.APPLIED  # no view handed on: lists again
     assert backend.calls == calls + 1 + 2 + 2 * 3 + 1 + 2
     assert "tcp dport 22" not in ruleset(netns) and "jump mine" not in ruleset(netns)
 
@@ -188,12 +188,12 @@ def test_batch_after_observe_is_one_nft_process(netns):
 def test_rule_deleted_by_hand_after_observe_is_judged_on_a_fresh_listing(netns):
     backend = NftablesBackend(netns)
     run(backend.execute_batch(adds(*ITEMS)))
-    run(backend.observe([("nft", "inet")]))
+    view = run(backend.observe([("nft", "inet")]))
     handle = next(line.split("# handle ")[1] for line in nft(netns, "-a", "list", "chain", "inet", "fwrecon", "input").stdout.splitlines()
                   if "dport 22" in line)
     nft(netns, "delete", "rule", "inet", "fwrecon", "input", "handle", handle)  # someone, after we looked
     calls = backend.calls
-    assert run(backend.execute_batch(removes(SSH, JUMP))) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert run(backend.execute_batch(removes(SSH, JUMP), view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert backend.calls == calls + 3  # refused nft -f (stale handle), fresh listing, nft -f
     assert "jump mine" not in ruleset(netns) and "tcp dport 22" not in ruleset(netns)
 

@@ -170,3 +170,32 @@ def test_failed_batch_changes_nothing_and_earlier_batches_are_undone_as_a_batch(
     ]
     assert info.value.failed_op == Op("add", B)  # the batch named its culprit
     assert backend.state.items() == frozenset()
+
+
+def test_a_batch_is_handed_the_plans_reads_until_its_container_was_written():
+    """Batch backends may build a write on the read the plan was made on, but
+    only until something was written to that container: then it is stale."""
+    from reconciler.view import FirewallView
+
+    rule = DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    chain = DirectChain("ipv4", "filter", "X")
+    table, zone = rule.container(), A.container()
+    handed: list[set[tuple[str, ...]]] = []
+
+    class Recording(MemoryBackend):
+        async def execute_batch(self, ops, seen=None):  # type: ignore[no-untyped-def]
+            handed.append(set(seen.reads) if seen is not None else set())
+            return await super().execute_batch(ops, seen)
+
+    async def nothing(txn: Transaction, backend: object) -> None:
+        return None
+
+    seen = FirewallView(reads={table: "read of ipv4 filter", zone: "read of public"})
+    txn = txn_of(Op("add", chain), Op("add", A))
+    txn.add_query(nothing)
+    txn.add(Op("add", rule))
+    backend = Recording(batches=True)
+    run(txn.apply(backend, seen))
+    assert handed == [{table, zone}, {zone}]  # the rule's table was written: no read left to hand on,
+    assert backend.calls[-1] == "+ direct ipv4 filter X priority 0 rule -j ACCEPT"  # so it goes alone
+    assert seen.reads.keys() == {table, zone}  # the caller's view is left as it was
