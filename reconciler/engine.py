@@ -263,9 +263,8 @@ class Reconciler:
         return desired_state(loaded, state, known, last_good, self.backend, self.memo)
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
-        """Read what desired or owned state mentions (and teach labelling backends those items)."""
-        self.backend.remember(itertools.chain(state.owned, *desired.values()))
-        return await self.backend.observe(containers_for(desired, state.owned))
+        """Read what desired or owned state mentions (and tell labelling backends those items)."""
+        return await self.backend.observe(containers_for(desired, state.owned), [*state.owned, *itertools.chain(*desired.values())])
 
     async def validate(
         self,

@@ -57,8 +57,15 @@ class Backend(ABC):
     name: str = "backend"
 
     @abstractmethod
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
-        """Read the given containers, one read each, into a view."""
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+        """Read the given containers, one read each, into a view.
+
+        ``known``: every item the caller cares about (desired and owned), the
+        only ones a labelling backend maps an ownership tag back to from now
+        on (None: those it was told last).  Told at each observe rather than
+        learnt for good, so what the backend knows never outgrows what the
+        engine wants.
+        """
 
     @abstractmethod
     async def execute(self, op: Op) -> Outcome:
@@ -78,13 +85,6 @@ class Backend(ABC):
         reading again (a batch it refuses is built again on a fresh read).
         """
         return [await self.execute(op) for op in ops]
-
-    def remember(self, items: Iterable[Item]) -> None:
-        """Learn items the engine cares about (desired and owned) before observing.
-
-        Backends that label rules with `Item.tag()` need this to map a label
-        back to its item; the default has nothing to learn.
-        """
 
     def cannot_hold(self, item: Item) -> str | None:
         """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -277,8 +277,9 @@ class FirewalldBackend(Backend):
 
     # -- observe ---------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
-        """One read per zone and policy; one getAllChains + getAllRules for every direct table."""
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+        """One read per zone and policy; one getAllChains + getAllRules for every direct table.
+        (firewalld reports items as themselves: ``known`` is not needed.)"""
         wanted = set(containers)
         reads = sorted({("direct",) if c[0] == "direct" else c for c in wanted})
         results = await _all(*(self._read(container) for container in reads))

@@ -100,26 +100,36 @@ class IptablesBackend(BatchBackend):
         self._chains: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._canon: dict[DirectRule, str] = {}  # item -> its rule text as -save prints it
         self._canon_failed: dict[DirectRule, frozenset[str]] = {}  # -> the chains when it failed
-        self.knowledge = 0  # grows when `remember` learns a new item (older reads may miss it)
+        self.knowledge = 0  # changes whenever the known items do (a read made before may miss them)
         self._legacy_reported: set[str] = set()  # families whose legacy tables were reported
         self._tools_missing: dict[str, str | None] = {}  # family -> its first tool not installed
 
     # -- what the engine tells us --------------------------------------------------
 
-    def remember(self, items: Iterable[Item]) -> None:
-        """Learn items we may meet in the firewall (every desired and owned item).
-
-        Needed to map a rule's ``fwrecon:<hash>`` comment back to its item and
-        to recognise untagged copies; call it before `observe`.  Items of other
-        kinds are ignored.
+    def _know(self, items: Iterable[Item], *, only: bool = False) -> None:
+        """Items we may meet in the firewall: needed to map a rule's
+        ``fwrecon:<hash>`` comment back to its item and to recognise untagged
+        copies.  ``only``: these and no others (what observe is told); else
+        added (a batch's own items).  Texts learnt for items no longer known
+        are forgotten.  Items of other kinds are ignored.
         """
+        if only:
+            wanted = {item for item in items if isinstance(item, (DirectRule, DirectChain))}
+            rules = {item for item in wanted if isinstance(item, DirectRule)}
+            if rules != {rule for known in self._rules.values() for rule in known}:
+                self.knowledge += 1
+            self._by_tag, self._rules, self._chains = {}, defaultdict(set), defaultdict(set)
+            self._canon = {rule: text for rule, text in self._canon.items() if rule in rules}
+            self._canon_failed = {rule: chains for rule, chains in self._canon_failed.items() if rule in rules}
+            items = wanted
         for item in items:
             if isinstance(item, DirectRule):
                 known = self._rules[(item.family, item.table)]
                 if item not in known:
                     known.add(item)
                     self._by_tag[item.tag()] = item
-                    self.knowledge += 1
+                    if not only:
+                        self.knowledge += 1
             elif isinstance(item, DirectChain):
                 self._chains[(item.family, item.table)].add(item.chain)
 
@@ -326,8 +336,10 @@ class IptablesBackend(BatchBackend):
 
     # -- observe -----------------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
         """One ``-save -t TABLE`` per direct table (plus a probe when texts must be learnt)."""
+        if known is not None:
+            self._know(known, only=True)
         tables = sorted(
             {(c[1], c[2]) for c in containers if len(c) == 3 and c[0] == "direct"}
         )
@@ -367,7 +379,7 @@ class IptablesBackend(BatchBackend):
                 raise refusal(op, "INVALID_ARGUMENT", problem)
             if op.item.container() != first.item.container():
                 raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
-        self.remember(op.item for op in ops)
+        self._know(op.item for op in ops)
         async with self._lock(family, table):
             observed = self._usable_read(seen, family, table)
             if observed is not None:

@@ -8,7 +8,7 @@ Which rules are ours
 --------------------
 * ipv4/ipv6 rules fwrecon adds carry ``-m comment --comment fwrecon:<hash>``
   (`Item.tag`).  A hash cannot be inverted, so the engine tells the backend
-  every item it may meet (`remember`); a tag whose item is unknown is left
+  every item it may meet (observe's ``known``); a tag whose item is unknown is left
   alone as foreign.
 * A rule without a tag whose text is exactly what ``-save`` prints for a known
   item is that item too (firewalld's direct interface adds rules without

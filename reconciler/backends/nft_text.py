@@ -9,7 +9,7 @@ Identity and ownership
     policy), compared in canonical form (`canonical_chain`: a base chain's
     missing policy is ``accept``; a regular chain has no type/priority/policy).
     A rule carries the comment ``fwrecon:<16 hex>`` (`Item.tag`).  A tag is a
-    hash, so the backend learns tag → item through `remember`; rules whose tag
+    hash, so the backend learns tag → item from observe's ``known``; rules whose tag
     is unknown, and untagged (foreign) rules, are not reported and never
     touched.  Because the comment holds the tag, a rule text may not carry a
     comment of its own (nft allows one per rule): such a rule is refused with

@@ -103,8 +103,16 @@ class NftablesBackend(BatchBackend):
 
     # -- knowledge ------------------------------------------------------------------
 
-    def remember(self, items: Iterable[Item]) -> None:
-        """Learn tag → rule and the declared form of chains (see module docstring)."""
+    def _know(self, items: Iterable[Item], *, only: bool = False) -> None:
+        """Tag → rule and the declared form of chains (see module docstring):
+        ``only`` these (what observe is told, forgetting what was learnt of
+        others), else added (a batch's own items)."""
+        if only:
+            items = list(items)
+            rules = {item for item in items if isinstance(item, NftRule)}
+            self._rules, self._chains = {}, {}
+            self._exprs = {rule: expr for rule, expr in self._exprs.items() if rule in rules}
+            self._expr_failed = {rule: chains for rule, chains in self._expr_failed.items() if rule in rules}
         for item in items:
             if isinstance(item, NftRule):
                 self._rules[item.tag()] = item
@@ -247,8 +255,10 @@ class NftablesBackend(BatchBackend):
 
     # -- observe ------------------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
         """One ``nft -j list table <family> fwrecon`` per ("nft", family) container."""
+        if known is not None:
+            self._know(known, only=True)
         families = sorted({c[1] for c in containers if len(c) == 2 and c[0] == "nft" and c[1] in FAMILIES}, key=FAMILIES.index)
         if families and self._nft_missing():  # nothing to read or write: the items wait (see cannot_hold)
             return FirewallView((), containers, unreachable=[("nft", family) for family in families])
@@ -283,7 +293,7 @@ class NftablesBackend(BatchBackend):
         if not ops:
             return []
         validate(ops)  # before listing anything
-        self.remember(op.item for op in ops)
+        self._know(op.item for op in ops)
         async with self._lock:
             families = sorted({op.item.family for op in ops if isinstance(op.item, (NftChain, NftRule))}, key=FAMILIES.index)
             reads = seen.reads if seen is not None else {}

@@ -58,13 +58,11 @@ class Router(Backend):
         backend = self.backend_for(item)
         return backend.name_for(item) if backend else NO_BACKEND
 
-    def remember(self, items: Iterable[Item]) -> None:
-        items = list(items)
-        for backend in self.backends:
-            backend.remember(items)
-
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
-        groups: dict[int, tuple[Backend, list[tuple[str, ...]]]] = {}
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+        """Each container from the backend in charge of it; ``known`` goes to every
+        reachable backend (one no longer in charge may still hold items to move)."""
+        known = list(known) if known is not None else None
+        groups: dict[int, tuple[Backend, list[tuple[str, ...]]]] = {id(b): (b, []) for b in self.backends} if known is not None else {}
         skipped = []
         for container in containers:
             backend = self.routes.get(container[0])
@@ -72,7 +70,7 @@ class Router(Backend):
                 skipped.append(container)  # nothing to read or write: its items wait
                 continue
             groups.setdefault(id(backend), (backend, []))[1].append(container)
-        views = await asyncio.gather(*(backend.observe(wanted) for backend, wanted in groups.values()))
+        views = await asyncio.gather(*(backend.observe(wanted, known) for backend, wanted in groups.values()))
         items: list[Item] = []
         missing: list[tuple[str, ...]] = []
         users: dict[Item, tuple[Item | str, ...]] = {}

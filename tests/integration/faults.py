@@ -28,14 +28,11 @@ class FaultyBackend(Backend):
         self.stop_pid = stop_pid
         self.writes = 0
 
-    async def observe(self, containers: Collection[tuple[str, ...]]) -> FirewallView:
-        return await self.inner.observe(containers)
+    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+        return await self.inner.observe(containers, known)
 
     async def known_names(self) -> KnownNames | None:
         return await self.inner.known_names()
-
-    def remember(self, items: Iterable[Item]) -> None:
-        self.inner.remember(items)
 
     def cannot_hold(self, item: Item) -> str | None:
         return self.inner.cannot_hold(item)

@@ -177,7 +177,7 @@ def items_for(family: str) -> tuple[DirectChain, DirectRule, DirectRule, DirectR
 @pytest.mark.families(*FAMILIES)
 def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend, ns: str, family: str):
     items = items_for(family)
-    backend.remember(items)
+    run(backend.observe((), items))
     assert run(backend.execute_batch([Op("add", i) for i in items])) == [Outcome.APPLIED] * 4
     lines = table_lines(ns, family)
     assert any(line.startswith("-A INPUT ") and line.endswith(" -j FWR_IN") for line in lines)
@@ -187,7 +187,7 @@ def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend,
     assert set(items) <= view.items()
 
     fresh = IptablesBackend(ns)  # a restarted daemon: only what the engine tells it
-    fresh.remember(items)
+    run(fresh.observe((), items))
     assert set(items) <= run(fresh.observe({("direct", family, "filter")})).items()
     assert run(fresh.execute_batch([Op("add", i) for i in items])) == [Outcome.UNCHANGED] * 4
     assert table_lines(ns, family) == lines
@@ -259,7 +259,7 @@ def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: 
 @pytest.mark.families("ipv4", "eb")
 def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, _ = items_for(family)
-    backend.remember([chain, rule_a, rule_b])
+    run(backend.observe((), [chain, rule_a, rule_b]))
     run(backend.execute_batch([Op("add", chain), Op("add", rule_a)]))
     if family == "eb":
         foreign = [["-p", "IPv6", "-j", "DROP"], ["-p", "IPv4", "--ip-src", "198.18.0.9", "-j", "DROP"]]
@@ -347,7 +347,7 @@ def test_removing_a_rule_someone_deleted_meanwhile_is_unchanged(backend: Iptable
 
 def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
-    backend.remember([chain, rule_a, rule_b])
+    run(backend.observe((), [chain, rule_a, rule_b]))
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     before = backend.runs
     assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)], view)) == [Outcome.APPLIED] * 3
@@ -392,7 +392,7 @@ def test_rule_placed_by_position_reads_the_table_first(backend: IptablesBackend,
 def test_a_read_made_before_learning_an_item_is_not_trusted(backend: IptablesBackend, ns: str):
     chain, rule_a, _, _ = items_for("ipv4")
     view = run(backend.observe({("direct", "ipv4", "filter")}))
-    backend.remember([chain, rule_a])  # the read could not tell rule_a's copies apart from foreign rules
+    run(backend.observe((), [chain, rule_a]))  # the read could not tell rule_a's copies apart from foreign rules
     before = backend.runs
     run(backend.execute_batch([Op("add", chain), Op("add", rule_a)], view))
     assert backend.runs == before + 2  # save, restore
@@ -409,7 +409,7 @@ def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: s
     sh(ns, CMD[family], "-A", "FWR_IN", *rule_b.args)  # foreign: nobody told the backend about it
     if family != "eb":  # and a tagged copy of the same item
         sh(ns, CMD[family], "-A", "FWR_IN", *rule_a.args, "-m", "comment", "--comment", rule_a.tag())
-    backend.remember([chain, rule_a])
+    run(backend.observe((), [chain, rule_a]))
     view = run(backend.observe({("direct", family, "filter")}))
     assert {i for i in view.items() if isinstance(i, DirectRule)} == {rule_a}
     before = table_lines(ns, family)

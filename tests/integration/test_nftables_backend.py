@@ -106,7 +106,7 @@ def ordered_removal(items):
 def test_apply_then_observe_finds_exactly_the_items(netns):
     async def go():
         backend = NftablesBackend(netns)
-        backend.remember(ITEMS)
+        await backend.observe((), ITEMS)
         outcomes = await backend.execute_batch(adds(*ITEMS))
         assert outcomes == [Outcome.APPLIED] * len(ITEMS)
         view = await backend.observe([("nft", "inet"), ("nft", "ip"), ("nft", "ip6")])
@@ -128,7 +128,7 @@ def test_a_fresh_backend_sees_rules_only_for_tags_it_was_told(netns):
     async def go():
         backend = NftablesBackend(netns)
         blind = await backend.observe([("nft", "inet")])
-        backend.remember([SSH])
+        await backend.observe((), [SSH])
         told = await backend.observe([("nft", "inet")])
         return blind, told
 
@@ -170,7 +170,7 @@ def test_single_rule_removal_keeps_the_rest(netns):
 
 def test_batch_after_observe_is_one_nft_process(netns):
     backend = NftablesBackend(netns)
-    backend.remember(ITEMS)
+    run(backend.observe((), ITEMS))
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     calls = backend.calls
     assert run(backend.execute_batch(adds(*ITEMS), view)) == [Outcome.APPLIED] * len(ITEMS)
@@ -230,7 +230,7 @@ def test_foreign_tables_and_untagged_rules_are_never_touched(netns):
     nft(netns, "-f", "-", input=FOREIGN)
     other_before = nft(netns, "list", "table", "inet", "other").stdout
     backend = NftablesBackend(netns)
-    backend.remember(ITEMS)
+    run(backend.observe((), ITEMS))
     assert run(backend.execute_batch(adds(*ITEMS)))[0] is Outcome.UNCHANGED  # INPUT was there
     view = run(backend.observe([("nft", "inet")]))
     assert {i for i in view.items() if isinstance(i, NftRule)} == {SSH, SET_RULE, JUMP}

@@ -410,7 +410,7 @@ def test_batch_is_one_save_and_one_restore():
 def test_batch_with_nothing_to_do_runs_no_restore():
     tool = FakeTool([SAVE_V4], [])
     backend = fake_backend(tool)
-    backend.remember([R0])
+    run(backend.observe((), [R0]))
     backend._canon[R0] = "-p tcp -m tcp --dport 9001 -j ACCEPT"  # learnt before: no probe
     assert run(backend.execute(Op("add", R0))) is Outcome.UNCHANGED
     assert len(tool.calls) == 1
@@ -419,7 +419,7 @@ def test_batch_with_nothing_to_do_runs_no_restore():
 def test_observe_one_save_per_table_and_probe_only_when_untagged_rules_need_it():
     tool = FakeTool([SAVE_V4, SAVE_V4], [])
     backend = fake_backend(tool)
-    backend.remember([R0, R10])  # FWR_IN holds untagged rules, but R0/R10 ... are learnt below
+    run(backend.observe((), [R0, R10]))  # FWR_IN holds untagged rules, but R0/R10 ... are learnt below
     backend._canon.update({R0: PRINTED[R0], R10: PRINTED[R10]})  # already learnt: no probe
     view = run(backend.observe({("direct", "ipv4", "filter"), ("direct", "ipv4", "nat")}))
     assert len(tool.calls) == 2
@@ -441,7 +441,7 @@ def test_probe_learns_texts_in_one_restore_one_save_one_cleanup():
 
     tool = ProbeTool([untagged], [(0, ""), (0, "")])
     backend = fake_backend(tool)
-    backend.remember([R0, R5])
+    run(backend.observe((), [R0, R5]))
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     assert len(tool.calls) == 4  # save, probe restore, save, cleanup restore
     assert view.items() == {R5, CHAIN}

@@ -334,7 +334,7 @@ def run(coro):
 
 def test_observe_reports_remembered_rules_and_all_chains():
     backend = FakeNft({"inet": sample()})
-    backend.remember([SSH, WEB, PRE])
+    run(backend.observe((), [SSH, WEB, PRE]))
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     assert sorted(backend.lists()) == [("-s", "-j", "list", "table", "inet", "fwrecon"), ("-s", "-j", "list", "table", "ip", "fwrecon")]
     assert view.has(SSH) and view.has(WEB)
@@ -351,7 +351,7 @@ def test_observe_ignores_unknown_tags_and_a_tag_in_the_wrong_chain():
     view = run(backend.observe([("nft", "inet")]))
     assert not any(isinstance(i, NftRule) for i in view.items())
     moved = NftRule("inet", "mine", SSH.rule)  # another item: another tag
-    backend.remember([moved])
+    run(backend.observe((), [moved]))
     assert not run(backend.observe([("nft", "inet")])).has(moved)
 
 
@@ -360,7 +360,7 @@ def test_a_copied_tag_proves_nothing():
     absent (drift is not hidden) and removing SSH never deletes it."""
     forged = sample().replace('"right": 22}}, {"accept": null}', '"right": 7002}}, {"accept": null}').replace('"protocol": "tcp", "field": "dport"}}, "right": 7002', '"protocol": "udp", "field": "dport"}}, "right": 7002')
     backend = FakeNft({"inet": forged})
-    backend.remember([SSH, WEB])
+    run(backend.observe((), [SSH, WEB]))
     view = run(backend.observe([("nft", "inet")]))
     assert not view.has(SSH) and view.has(WEB)
     assert backend.handles(SSH) == []
@@ -372,7 +372,7 @@ def test_a_copied_tag_proves_nothing():
 
 def test_rule_forms_are_learnt_once_with_a_probe_that_leaves_nothing_behind():
     backend = FakeNft({"inet": sample()})
-    backend.remember([SSH, WEB])
+    run(backend.observe((), [SSH, WEB]))
     run(backend.observe([("nft", "inet")]))
     probes = [text for _, text in backend.runs if text and "fwrecon-probe-" in text]
     assert len(probes) == 2  # add the rules to the scratch chain; drop it
@@ -386,7 +386,7 @@ def test_rule_forms_are_learnt_once_with_a_probe_that_leaves_nothing_behind():
 def test_a_rule_nft_refuses_in_the_probe_is_not_taken_for_its_tag():
     odd = NftRule("inet", "input", "tcp dport 22 accept counter")  # not in FORMS: the fake's nft refuses it
     backend = FakeNft({"inet": INET_SAMPLE.replace("fwrecon:0123456789abcdef", odd.tag())})
-    backend.remember([odd])
+    run(backend.observe((), [odd]))
     assert not run(backend.observe([("nft", "inet")])).has(odd)
 
 
