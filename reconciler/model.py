@@ -74,7 +74,7 @@ class Item(ABC):
         return _memo(self, "_json_text", _json_text)
 
     @staticmethod
-    def from_json(data: Any) -> "Item":
+    def from_json(data: Any) -> Item:
         """Inverse of `to_json`; raises ValueError on anything malformed.
 
         Strict, never coercing: the state file decides what fwrecon may
@@ -137,7 +137,7 @@ def _memo(item: Item, name: str, compute: Callable[[Any], Any]) -> Any:
     return cached
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -146,7 +146,7 @@ def _field_hash(item: Item) -> int:
     return hash(_field_values(type(item))(item))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_values(cls: type) -> Callable[[Any], Any]:
     """The fields' values in one C call (a tuple; the value itself for one field)."""
     return operator.attrgetter(*_field_names(cls))
@@ -190,7 +190,7 @@ _ENCODERS: dict[str, Callable[[Any, str], str]] = {
 _Piece = tuple[str, str, Callable[[Any, str], str] | None]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layout(cls: type, sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
     """Per class: the separator and, per key in output order, its fixed text
     (``"name":``, or the whole ``"kind":"..."``), field and value encoder."""
@@ -253,13 +253,13 @@ _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _to_plain(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
     """Per field: how `to_json` makes it plain JSON (None: as it is)."""
     return tuple((f.name, _TO_PLAIN[f.type]) for f in fields(cls))  # type: ignore[index]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _converters(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     return tuple((f.name, _CONVERTERS[f.type]) for f in fields(cls))  # type: ignore[index]
 
@@ -508,7 +508,7 @@ class Op(NamedTuple):
     item: Item
     via: str | None = None  # the backend to send it to, when not the one in charge (moving items off it)
 
-    def inverse(self) -> "Op":
+    def inverse(self) -> Op:
         return Op("remove" if self.action == "add" else "add", self.item, self.via)
 
     def describe(self) -> str:

@@ -23,17 +23,33 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from .errors import PolicyError
+from .limits import (
+    DIRECT_BUILTIN_CHAINS,
+    DIRECT_CHAIN_RE,
+    DIRECT_CHAIN_TEXT,
+    DIRECT_PRIORITY_RANGE,
+    DIRECT_TABLES,
+    LINE_BREAK_OR_NUL,
+    NFT_CHAIN_POLICIES,
+    NFT_CHAIN_TYPES,
+    NFT_FAMILIES,
+    NFT_HOOKS,
+    NFT_NAME_RE,
+    NFT_NAME_TEXT,
+    NFT_PRIORITY_RANGE,
+    nft_jump_targets,
+    nft_rule_problem,
+)
 from .model import (
     TAG_PREFIX,
     DirectChain,
-    KnownNames,
     DirectRule,
     ForwardPort,
     IcmpBlock,
     Interface,
     Item,
+    KnownNames,
     Masquerade,
     NftChain,
     NftRule,
@@ -44,23 +60,6 @@ from .model import (
     Service,
     Source,
     SourcePort,
-)
-from .limits import (
-    DIRECT_BUILTIN_CHAINS,
-    DIRECT_CHAIN_RE,
-    DIRECT_CHAIN_TEXT,
-    LINE_BREAK_OR_NUL,
-    DIRECT_PRIORITY_RANGE,
-    DIRECT_TABLES,
-    NFT_CHAIN_POLICIES,
-    NFT_CHAIN_TYPES,
-    NFT_FAMILIES,
-    NFT_HOOKS,
-    NFT_NAME_RE,
-    NFT_NAME_TEXT,
-    NFT_PRIORITY_RANGE,
-    nft_jump_targets,
-    nft_rule_problem,
 )
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule

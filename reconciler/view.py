@@ -54,14 +54,14 @@ class FirewallView:
             else:
                 self._items.add(item)
 
-    def copy(self) -> "FirewallView":
+    def copy(self) -> FirewallView:
         clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable,
                              reads=self.reads)
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
         return clone
 
-    def without_reads(self, written: Iterable[tuple[str, ...]]) -> "FirewallView":
+    def without_reads(self, written: Iterable[tuple[str, ...]]) -> FirewallView:
         """This view, with the reads of the ``written`` containers dropped: they are stale now."""
         stale = set(written)
         if not stale & self.reads.keys():

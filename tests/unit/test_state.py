@@ -125,10 +125,8 @@ def test_unreadable_file_is_an_error(tmp_path):
 
 def test_lock_excludes_a_second_holder(tmp_path):
     first, second = StateStore(tmp_path / "s.json"), StateStore(tmp_path / "s.json")
-    with first.locked():
-        with pytest.raises(StateError, match="another fwrecon"):
-            with second.locked():
-                pass
+    with first.locked(), pytest.raises(StateError, match="another fwrecon"), second.locked():
+        pass
     with second.locked():
         pass
 
