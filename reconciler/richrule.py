@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from .ports import PORT_PROTOCOLS
 
-__all__ = ["RichRuleError", "ParsedRichRule", "parse_rich_rule", "canonical_rich_rule"]
+__all__ = ["ParsedRichRule", "RichRuleError", "canonical_rich_rule", "parse_rich_rule"]
 
 
 class RichRuleError(ValueError):
@@ -95,8 +95,7 @@ ACTIONS = ("accept", "reject", "drop", "mark")
 SELF_ACTING = ("icmp-block", "forward-port", "masquerade", "tcp-mss-clamp")
 
 KNOWN_WORDS = frozenset(
-    ("rule", "source", "destination", "not", "NOT", "limit", "audit")
-    + MATCH_ELEMENTS + LOG_ELEMENTS + ACTIONS
+    ("rule", "source", "destination", "not", "NOT", "limit", "audit", *MATCH_ELEMENTS, *LOG_ELEMENTS, *ACTIONS)
 )
 KNOWN_ATTRS = frozenset((
     "priority", "family", "address", "mac", "ipset", "invert", "value", "port",
@@ -123,7 +122,7 @@ ELEMENT_ATTRS: dict[str, tuple[str, ...]] = {
     "mark": ("set",),
 }
 TAKES_NOT = ("source", "destination")
-TAKES_LIMIT = ("log", "nflog", "audit") + ACTIONS
+TAKES_LIMIT = ("log", "nflog", "audit", *ACTIONS)
 # Elements made of exactly one mandatory attribute.
 SINGLE_ATTR: dict[str, str] = {
     "service": "name",
@@ -168,7 +167,7 @@ def _make_token(piece: str) -> _Token:
         if piece not in KNOWN_WORDS:
             raise RichRuleError(f'unknown element "{piece}"')
         return _Token(word=piece)
-    key, sep, value = piece.partition("=")
+    key, _, value = piece.partition("=")
     if not key or not value or "=" in value:
         raise RichRuleError(f'malformed attribute "{piece}" (values cannot be empty or contain "=")')
     if key not in KNOWN_ATTRS:
@@ -567,9 +566,8 @@ def _check_combination(rule: _Rule) -> None:
             raise RichRuleError("missing element or action")
         if rule.source is None and rule.destination is None and rule.priority == 0:
             raise RichRuleError("missing element, source or destination")
-    if _kind(rule.element) not in SELF_ACTING:
-        if rule.log is None and rule.audit is None and rule.action is None:
-            raise RichRuleError("missing action")
+    if _kind(rule.element) not in SELF_ACTING and rule.log is None and rule.audit is None and rule.action is None:
+        raise RichRuleError("missing action")
     kind = _kind(rule.element)
     if kind in ("masquerade", "icmp-block", "forward-port", "tcp-mss-clamp") and rule.action:
         raise RichRuleError(f'"{kind}" cannot have an action')
