@@ -18,9 +18,9 @@ import operator
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 ScopeKind = Literal["zone", "policy"]
 DirectFamily = Literal["ipv4", "ipv6", "eb"]
@@ -118,27 +118,30 @@ class Item(ABC):
         # Items are hashed millions of times per large reconcile (sets, dicts,
         # caches); a frozen item's hash never changes, so compute it once.
         # (Inlined rather than through _memo: this is the hottest call.)
-        cached = self.__dict__.get("_hash")
+        cached: int | None = self.__dict__.get("_hash")
         if cached is None:
             cached = self.__dict__["_hash"] = _field_hash(self)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def __getstate__(self) -> dict[str, Any]:
         # str hashes differ between processes: a copy carries no cached values.
         return {name: getattr(self, name) for name in _field_names(type(self))}
 
 
+_T = TypeVar("_T")
+
+
 # Derived values are kept in the instance's __dict__ (a frozen dataclass only
 # forbids attribute assignment): they never count in eq, repr or fields.
-def _memo(item: Item, name: str, compute: Callable[[Any], Any]) -> Any:
-    cached = item.__dict__.get(name)  # (a miss via KeyError would cost more than the work)
+def _memo(item: Item, name: str, compute: Callable[[Item], _T]) -> _T:
+    cached: _T | None = item.__dict__.get(name)  # (a miss via KeyError would cost more than the work)
     if cached is None:
         cached = item.__dict__[name] = compute(item)
     return cached
 
 
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
+def _field_names(cls: type[Item]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
@@ -147,7 +150,7 @@ def _field_hash(item: Item) -> int:
 
 
 @functools.cache
-def _field_values(cls: type) -> Callable[[Any], Any]:
+def _field_values(cls: type[Item]) -> Callable[[Any], Any]:
     """The fields' values in one C call (a tuple; the value itself for one field)."""
     return operator.attrgetter(*_field_names(cls))
 
@@ -191,12 +194,12 @@ _Piece = tuple[str, str, Callable[[Any, str], str] | None]
 
 
 @functools.cache
-def _layout(cls: type, sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
+def _layout(cls: type[Item], sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
     """Per class: the separator and, per key in output order, its fixed text
     (``"name":``, or the whole ``"kind":"..."``), field and value encoder."""
     sep, colon = (", ", ": ") if sort_keys else (",", ":")
-    pieces: list[_Piece] = [(f'"kind"{colon}{_quote(cls.kind)}', "kind", None)]  # type: ignore[attr-defined]
-    pieces += [(f'"{f.name}"{colon}', f.name, _ENCODERS[f.type]) for f in fields(cls)]  # type: ignore[index]
+    pieces: list[_Piece] = [(f'"kind"{colon}{_quote(cls.kind)}', "kind", None)]
+    pieces += [(f'"{f.name}"{colon}', f.name, _ENCODERS[_annotation(f)]) for f in fields(cls)]
     if sort_keys:
         pieces.sort(key=lambda piece: piece[1])
     return sep, tuple(pieces)
@@ -254,14 +257,21 @@ _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
 
 
 @functools.cache
-def _to_plain(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+def _to_plain(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
     """Per field: how `to_json` makes it plain JSON (None: as it is)."""
-    return tuple((f.name, _TO_PLAIN[f.type]) for f in fields(cls))  # type: ignore[index]
+    return tuple((f.name, _TO_PLAIN[_annotation(f)]) for f in fields(cls))
 
 
 @functools.cache
-def _converters(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    return tuple((f.name, _CONVERTERS[f.type]) for f in fields(cls))  # type: ignore[index]
+def _converters(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return tuple((f.name, _CONVERTERS[_annotation(f)]) for f in fields(cls))
+
+
+def _annotation(f: Field[Any]) -> str:
+    """A field's annotation as written, the key of the tables above (run once per class and field)."""
+    if not isinstance(f.type, str):  # every annotation in this module is postponed, hence a string
+        raise TypeError(f"field {f.name!r}: annotation {f.type!r} is not a string")
+    return f.type
 
 
 @dataclass(frozen=True, order=True)
@@ -485,7 +495,7 @@ ITEM_KINDS: dict[str, type[Item]] = {
 
 # @dataclass(frozen=True) writes a __hash__ into every class; use the cached one.
 for _cls in ITEM_KINDS.values():
-    _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]
+    _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]  # replacing the method is the point
 
 # Item kinds a zone or a firewalld policy object can hold.
 ZONE_ONLY_KINDS = frozenset({"source", "interface"})
