@@ -23,7 +23,6 @@ from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 ScopeKind = Literal["zone", "policy"]
-DirectFamily = Literal["ipv4", "ipv6", "eb"]
 
 
 @dataclass(frozen=True, order=True)
@@ -496,9 +495,6 @@ ITEM_KINDS: dict[str, type[Item]] = {
 # @dataclass(frozen=True) writes a __hash__ into every class; use the cached one.
 for _cls in ITEM_KINDS.values():
     _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]  # replacing the method is the point
-
-# Item kinds a zone or a firewalld policy object can hold.
-ZONE_ONLY_KINDS = frozenset({"source", "interface"})
 
 
 # -- what the planner, the transaction and the backends pass each other ------------------

@@ -186,7 +186,6 @@ class _Part:
 
     kind: str
     attrs: dict[str, str] = field(default_factory=dict)
-    inverted: bool = False
     limit: str | None = None
 
     def get(self, key: str) -> str | None:
