@@ -538,7 +538,7 @@ class _PolicyParser:
         table = self.required_string(path, entry, "table")
         chain = self.required_string(path, entry, "chain")
         if family is not None and family not in DIRECT_TABLES:
-            self.error(f"{path}.family", f"{_show(family)} is not one of ipv4|ipv6|eb")
+            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(DIRECT_TABLES)}")
         elif family is not None and table is not None and table not in DIRECT_TABLES[family]:
             self.error(f"{path}.table", f"{_show(table)} is not a table of family {family} ({'|'.join(DIRECT_TABLES[family])})")
         if chain is not None and not DIRECT_CHAIN_RE.fullmatch(chain):

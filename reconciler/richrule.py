@@ -131,6 +131,8 @@ SINGLE_ATTR: dict[str, str] = {
     "icmp-type": "name",
 }
 
+_PORT_PROTOCOLS_TEXT = f"{', '.join(PORT_PROTOCOLS[:-1])} or {PORT_PROTOCOLS[-1]}"  # "tcp, udp, sctp or dccp"
+
 # firewalld drops C0 and C1 control characters before parsing.
 _CONTROL_CHARS = {c: None for c in range(160) if c < 32 or c >= 127}
 
@@ -622,7 +624,7 @@ def _check_port_and_protocol(part: _Part) -> None:
         raise RichRuleError(f'"{part.kind}" has invalid or missing port "{port or ""}"')
     if protocol not in PORT_PROTOCOLS:
         raise RichRuleError(
-            f'"{part.kind}" needs protocol tcp, udp, sctp or dccp, not "{protocol or ""}"'
+            f'"{part.kind}" needs protocol {_PORT_PROTOCOLS_TEXT}, not "{protocol or ""}"'
         )
 
 
