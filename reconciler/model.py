@@ -83,7 +83,7 @@ class Item(ABC):
         """
         try:
             if type(data) is not dict:
-                raise ValueError(f"expected an object, got {_json_type(data)}")
+                raise ValueError(f"expected an object, got {json_type_name(data)}")
             kind = data.get("kind")
             if type(kind) is not str or kind not in ITEM_KINDS:
                 raise ValueError(f"unknown kind {_short(kind)}")
@@ -222,17 +222,18 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 def _string(value: Any) -> str:
     if type(value) is not str:
-        raise ValueError(f"expected a string, got {_json_type(value)}")
+        raise ValueError(f"expected a string, got {json_type_name(value)}")
     return value
 
 
 def _integer(value: Any) -> int:
     if type(value) is not int:
-        raise ValueError(f"expected an integer, got {_json_type(value)}")
+        raise ValueError(f"expected an integer, got {json_type_name(value)}")
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words ("object", "integer"), for errors about fwrecon's JSON files."""
     names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
@@ -242,7 +243,7 @@ def _short(value: Any, limit: int = 200) -> str:
     try:
         text = repr(value)
     except RecursionError:  # a deeply nested value
-        return f"<deeply nested {_json_type(value)}>"
+        return f"<deeply nested {json_type_name(value)}>"
     return text if len(text) <= limit else text[:limit] + "…"
 
 
