@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import re
 
+# A rule's text (nft) or argument (direct) must stay on one line of the script
+# a tool reads (nft -f, *-restore).
+LINE_BREAK_OR_NUL = re.compile(r"[\n\r\0]")
+
 # -- nftables ---------------------------------------------------------------------------
 
 NFT_FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -42,7 +46,7 @@ def nft_rule_problem(rule: str) -> str | None:
     """
     if not rule.strip():
         return "empty rule"
-    if "\n" in rule or "\r" in rule or "\0" in rule:
+    if LINE_BREAK_OR_NUL.search(rule):
         return "rule text contains a line break or NUL"
     pieces = rule.split('"')  # nft strings have no escapes: odd pieces are quoted
     if len(pieces) % 2 == 0:
@@ -90,7 +94,5 @@ DIRECT_BUILTIN_CHAINS: dict[str, dict[str, frozenset[str]]] = {
 # iptables keeps 28 characters of a chain name; a leading '-' would read as an option.
 DIRECT_CHAIN_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,27}")
 DIRECT_CHAIN_TEXT = "1-28 of letters, digits, '_', '.', '-', not starting with '-'"
-# A rule argument must stay one argument of one line in a *-restore script.
-LINE_BREAK_OR_NUL = re.compile(r"[\n\r\0]")
 # firewalld's direct interface takes the priority as a D-Bus int32.
 DIRECT_PRIORITY_RANGE = (-(2**31), 2**31 - 1)

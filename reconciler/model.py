@@ -18,12 +18,11 @@ import operator
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 ScopeKind = Literal["zone", "policy"]
-DirectFamily = Literal["ipv4", "ipv6", "eb"]
 
 
 @dataclass(frozen=True, order=True)
@@ -74,7 +73,7 @@ class Item(ABC):
         return _memo(self, "_json_text", _json_text)
 
     @staticmethod
-    def from_json(data: Any) -> "Item":
+    def from_json(data: Any) -> Item:
         """Inverse of `to_json`; raises ValueError on anything malformed.
 
         Strict, never coercing: the state file decides what fwrecon may
@@ -84,7 +83,7 @@ class Item(ABC):
         """
         try:
             if type(data) is not dict:
-                raise ValueError(f"expected an object, got {_json_type(data)}")
+                raise ValueError(f"expected an object, got {json_type_name(data)}")
             kind = data.get("kind")
             if type(kind) is not str or kind not in ITEM_KINDS:
                 raise ValueError(f"unknown kind {_short(kind)}")
@@ -118,27 +117,30 @@ class Item(ABC):
         # Items are hashed millions of times per large reconcile (sets, dicts,
         # caches); a frozen item's hash never changes, so compute it once.
         # (Inlined rather than through _memo: this is the hottest call.)
-        cached = self.__dict__.get("_hash")
+        cached: int | None = self.__dict__.get("_hash")
         if cached is None:
             cached = self.__dict__["_hash"] = _field_hash(self)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def __getstate__(self) -> dict[str, Any]:
         # str hashes differ between processes: a copy carries no cached values.
         return {name: getattr(self, name) for name in _field_names(type(self))}
 
 
+_T = TypeVar("_T")
+
+
 # Derived values are kept in the instance's __dict__ (a frozen dataclass only
 # forbids attribute assignment): they never count in eq, repr or fields.
-def _memo(item: Item, name: str, compute: Callable[[Any], Any]) -> Any:
-    cached = item.__dict__.get(name)  # (a miss via KeyError would cost more than the work)
+def _memo(item: Item, name: str, compute: Callable[[Item], _T]) -> _T:
+    cached: _T | None = item.__dict__.get(name)  # (a miss via KeyError would cost more than the work)
     if cached is None:
         cached = item.__dict__[name] = compute(item)
     return cached
 
 
-@functools.lru_cache(maxsize=None)
-def _field_names(cls: type) -> tuple[str, ...]:
+@functools.cache
+def _field_names(cls: type[Item]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
@@ -146,8 +148,8 @@ def _field_hash(item: Item) -> int:
     return hash(_field_values(type(item))(item))
 
 
-@functools.lru_cache(maxsize=None)
-def _field_values(cls: type) -> Callable[[Any], Any]:
+@functools.cache
+def _field_values(cls: type[Item]) -> Callable[[Any], Any]:
     """The fields' values in one C call (a tuple; the value itself for one field)."""
     return operator.attrgetter(*_field_names(cls))
 
@@ -190,13 +192,13 @@ _ENCODERS: dict[str, Callable[[Any, str], str]] = {
 _Piece = tuple[str, str, Callable[[Any, str], str] | None]
 
 
-@functools.lru_cache(maxsize=None)
-def _layout(cls: type, sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
+@functools.cache
+def _layout(cls: type[Item], sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
     """Per class: the separator and, per key in output order, its fixed text
     (``"name":``, or the whole ``"kind":"..."``), field and value encoder."""
     sep, colon = (", ", ": ") if sort_keys else (",", ":")
-    pieces: list[_Piece] = [(f'"kind"{colon}{_quote(cls.kind)}', "kind", None)]  # type: ignore[attr-defined]
-    pieces += [(f'"{f.name}"{colon}', f.name, _ENCODERS[f.type]) for f in fields(cls)]  # type: ignore[index]
+    pieces: list[_Piece] = [(f'"kind"{colon}{_quote(cls.kind)}', "kind", None)]
+    pieces += [(f'"{f.name}"{colon}', f.name, _ENCODERS[_annotation(f)]) for f in fields(cls)]
     if sort_keys:
         pieces.sort(key=lambda piece: piece[1])
     return sep, tuple(pieces)
@@ -220,17 +222,18 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 def _string(value: Any) -> str:
     if type(value) is not str:
-        raise ValueError(f"expected a string, got {_json_type(value)}")
+        raise ValueError(f"expected a string, got {json_type_name(value)}")
     return value
 
 
 def _integer(value: Any) -> int:
     if type(value) is not int:
-        raise ValueError(f"expected an integer, got {_json_type(value)}")
+        raise ValueError(f"expected an integer, got {json_type_name(value)}")
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words ("object", "integer"), for errors about fwrecon's JSON files."""
     names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
@@ -240,7 +243,7 @@ def _short(value: Any, limit: int = 200) -> str:
     try:
         text = repr(value)
     except RecursionError:  # a deeply nested value
-        return f"<deeply nested {_json_type(value)}>"
+        return f"<deeply nested {json_type_name(value)}>"
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -253,15 +256,22 @@ _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _to_plain(cls: type) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+@functools.cache
+def _to_plain(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
     """Per field: how `to_json` makes it plain JSON (None: as it is)."""
-    return tuple((f.name, _TO_PLAIN[f.type]) for f in fields(cls))  # type: ignore[index]
+    return tuple((f.name, _TO_PLAIN[_annotation(f)]) for f in fields(cls))
 
 
-@functools.lru_cache(maxsize=None)
-def _converters(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
-    return tuple((f.name, _CONVERTERS[f.type]) for f in fields(cls))  # type: ignore[index]
+@functools.cache
+def _converters(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    return tuple((f.name, _CONVERTERS[_annotation(f)]) for f in fields(cls))
+
+
+def _annotation(f: Field[Any]) -> str:
+    """A field's annotation as written, the key of the tables above (run once per class and field)."""
+    if not isinstance(f.type, str):  # every annotation in this module is postponed, hence a string
+        raise TypeError(f"field {f.name!r}: annotation {f.type!r} is not a string")
+    return f.type
 
 
 @dataclass(frozen=True, order=True)
@@ -485,10 +495,7 @@ ITEM_KINDS: dict[str, type[Item]] = {
 
 # @dataclass(frozen=True) writes a __hash__ into every class; use the cached one.
 for _cls in ITEM_KINDS.values():
-    _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]
-
-# Item kinds a zone or a firewalld policy object can hold.
-ZONE_ONLY_KINDS = frozenset({"source", "interface"})
+    _cls.__hash__ = Item.__hash__  # type: ignore[method-assign]  # replacing the method is the point
 
 
 # -- what the planner, the transaction and the backends pass each other ------------------
@@ -508,7 +515,7 @@ class Op(NamedTuple):
     item: Item
     via: str | None = None  # the backend to send it to, when not the one in charge (moving items off it)
 
-    def inverse(self) -> "Op":
+    def inverse(self) -> Op:
         return Op("remove" if self.action == "add" else "add", self.item, self.via)
 
     def describe(self) -> str:

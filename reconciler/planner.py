@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from .model import DirectChain, Item, NftChain, Op, Ownership
 from .view import FirewallView
 
+
 @dataclass(frozen=True)
 class PolicyPlan:
     """What one policy's transaction does, plus ownership-only changes.

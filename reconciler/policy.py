@@ -23,35 +23,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from .errors import PolicyError
-from .model import (
-    TAG_PREFIX,
-    DirectChain,
-    KnownNames,
-    DirectRule,
-    ForwardPort,
-    IcmpBlock,
-    Interface,
-    Item,
-    Masquerade,
-    NftChain,
-    NftRule,
-    Port,
-    Protocol,
-    RichRule,
-    Scope,
-    Service,
-    Source,
-    SourcePort,
-)
 from .limits import (
     DIRECT_BUILTIN_CHAINS,
     DIRECT_CHAIN_RE,
     DIRECT_CHAIN_TEXT,
-    LINE_BREAK_OR_NUL,
     DIRECT_PRIORITY_RANGE,
     DIRECT_TABLES,
+    LINE_BREAK_OR_NUL,
     NFT_CHAIN_POLICIES,
     NFT_CHAIN_TYPES,
     NFT_FAMILIES,
@@ -61,6 +40,27 @@ from .limits import (
     NFT_PRIORITY_RANGE,
     nft_jump_targets,
     nft_rule_problem,
+)
+from .model import (
+    TAG_PREFIX,
+    DirectChain,
+    DirectRule,
+    ForwardPort,
+    IcmpBlock,
+    Interface,
+    Item,
+    KnownNames,
+    Masquerade,
+    NftChain,
+    NftRule,
+    Port,
+    Protocol,
+    RichRule,
+    Scope,
+    ScopeKind,
+    Service,
+    Source,
+    SourcePort,
 )
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
@@ -312,14 +312,15 @@ class _PolicyParser:
         if not isinstance(description, str):
             self.error("description", f"expected a string, got {_type_name(description)}")
             description = ""
-        for kind, allowed in (("zone", ZONE_KEYS), ("policy", POLICY_KEYS)):
+        scope_kinds: tuple[tuple[ScopeKind, tuple[str, ...]], ...] = (("zone", ZONE_KEYS), ("policy", POLICY_KEYS))
+        for kind, allowed in scope_kinds:
             for scope_name, body in self.table(kind, data.get(kind, {})).items():
                 key = f"{kind}.{scope_name}"
                 if not _SCOPE_NAME.match(scope_name):
                     self.error(key, f"{kind} name {scope_name!r} may only hold letters, digits, '_' and '-'")
                     continue
                 self.references.append(Reference(key, kind, scope_name))
-                self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)  # type: ignore[arg-type]
+                self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)
         self.direct(self.table("direct", data.get("direct", {})))
         self.nft(self.table("nft", data.get("nft", {})))
         return Policy(name, self.label, description, frozenset(self.items), tuple(self.references), self.keys)
@@ -537,15 +538,16 @@ class _PolicyParser:
         table = self.required_string(path, entry, "table")
         chain = self.required_string(path, entry, "chain")
         if family is not None and family not in DIRECT_TABLES:
-            self.error(f"{path}.family", f"{_show(family)} is not one of ipv4|ipv6|eb")
+            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(DIRECT_TABLES)}")
         elif family is not None and table is not None and table not in DIRECT_TABLES[family]:
             self.error(f"{path}.table", f"{_show(table)} is not a table of family {family} ({'|'.join(DIRECT_TABLES[family])})")
         if chain is not None and not DIRECT_CHAIN_RE.fullmatch(chain):
             self.error(f"{path}.chain", f"{_show(chain)} is not a chain name ({DIRECT_CHAIN_TEXT})")
+        # A name that is None is missing, an error required_string reported: testing it only tells mypy.
         if section == "chain":
-            if len(self.errors) > errors_before:
+            if len(self.errors) > errors_before or family is None or table is None or chain is None:
                 return None
-            return DirectChain(family, table, chain)  # type: ignore[arg-type]
+            return DirectChain(family, table, chain)
         priority = entry.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
@@ -562,9 +564,9 @@ class _PolicyParser:
                     self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
                 elif _in_tag_namespace(args, index):
                     self.error(f"{path}.args[{index}]", f"{_show(arg)}: comments starting with {TAG_PREFIX!r} are fwrecon's ownership tags; a policy may not write them")
-        if len(self.errors) > errors_before:
+        if len(self.errors) > errors_before or family is None or table is None or chain is None or args is None:
             return None
-        return DirectRule(family, table, chain, priority, tuple(args))  # type: ignore[arg-type]
+        return DirectRule(family, table, chain, priority, tuple(args))
 
     # -- nftables ---------------------------------------------------------------
 
@@ -577,14 +579,16 @@ class _PolicyParser:
     def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
         family = self.required_string(path, entry, "family")
         chain = self.required_string(path, entry, "chain")
-        ok = family is not None and chain is not None
+        ok = True
         if family is not None and family not in NFT_FAMILIES:
             self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
             ok = False
         if chain is not None and not NFT_NAME_RE.fullmatch(chain):
             self.error(f"{path}.chain", f"{_show(chain)} is not a chain name ({NFT_NAME_TEXT})")
             ok = False
-        return (family, chain) if ok else None  # type: ignore[return-value]
+        if not ok or family is None or chain is None:  # None: missing, reported by required_string
+            return None
+        return family, chain
 
     def nft_chain(self, path: str, entry: dict[str, Any]) -> Item | None:
         errors_before = len(self.errors)

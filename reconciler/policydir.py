@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from .errors import PolicyError
-from .policy import LoadResult, Policy, PolicyFileInvalid, one_line, internal_error, parse_policy
+from .policy import LoadResult, Policy, PolicyFileInvalid, internal_error, one_line, parse_policy
 
 log = structlog.get_logger(__name__)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from .ports import PORT_PROTOCOLS
 
-__all__ = ["RichRuleError", "ParsedRichRule", "parse_rich_rule", "canonical_rich_rule"]
+__all__ = ["ParsedRichRule", "RichRuleError", "canonical_rich_rule", "parse_rich_rule"]
 
 
 class RichRuleError(ValueError):
@@ -95,8 +95,7 @@ ACTIONS = ("accept", "reject", "drop", "mark")
 SELF_ACTING = ("icmp-block", "forward-port", "masquerade", "tcp-mss-clamp")
 
 KNOWN_WORDS = frozenset(
-    ("rule", "source", "destination", "not", "NOT", "limit", "audit")
-    + MATCH_ELEMENTS + LOG_ELEMENTS + ACTIONS
+    ("rule", "source", "destination", "not", "NOT", "limit", "audit", *MATCH_ELEMENTS, *LOG_ELEMENTS, *ACTIONS)
 )
 KNOWN_ATTRS = frozenset((
     "priority", "family", "address", "mac", "ipset", "invert", "value", "port",
@@ -123,7 +122,7 @@ ELEMENT_ATTRS: dict[str, tuple[str, ...]] = {
     "mark": ("set",),
 }
 TAKES_NOT = ("source", "destination")
-TAKES_LIMIT = ("log", "nflog", "audit") + ACTIONS
+TAKES_LIMIT = ("log", "nflog", "audit", *ACTIONS)
 # Elements made of exactly one mandatory attribute.
 SINGLE_ATTR: dict[str, str] = {
     "service": "name",
@@ -131,6 +130,8 @@ SINGLE_ATTR: dict[str, str] = {
     "icmp-block": "name",
     "icmp-type": "name",
 }
+
+_PORT_PROTOCOLS_TEXT = f"{', '.join(PORT_PROTOCOLS[:-1])} or {PORT_PROTOCOLS[-1]}"  # "tcp, udp, sctp or dccp"
 
 # firewalld drops C0 and C1 control characters before parsing.
 _CONTROL_CHARS = {c: None for c in range(160) if c < 32 or c >= 127}
@@ -168,7 +169,7 @@ def _make_token(piece: str) -> _Token:
         if piece not in KNOWN_WORDS:
             raise RichRuleError(f'unknown element "{piece}"')
         return _Token(word=piece)
-    key, sep, value = piece.partition("=")
+    key, _, value = piece.partition("=")
     if not key or not value or "=" in value:
         raise RichRuleError(f'malformed attribute "{piece}" (values cannot be empty or contain "=")')
     if key not in KNOWN_ATTRS:
@@ -187,7 +188,6 @@ class _Part:
 
     kind: str
     attrs: dict[str, str] = field(default_factory=dict)
-    inverted: bool = False
     limit: str | None = None
 
     def get(self, key: str) -> str | None:
@@ -567,9 +567,8 @@ def _check_combination(rule: _Rule) -> None:
             raise RichRuleError("missing element or action")
         if rule.source is None and rule.destination is None and rule.priority == 0:
             raise RichRuleError("missing element, source or destination")
-    if _kind(rule.element) not in SELF_ACTING:
-        if rule.log is None and rule.audit is None and rule.action is None:
-            raise RichRuleError("missing action")
+    if _kind(rule.element) not in SELF_ACTING and rule.log is None and rule.audit is None and rule.action is None:
+        raise RichRuleError("missing action")
     kind = _kind(rule.element)
     if kind in ("masquerade", "icmp-block", "forward-port", "tcp-mss-clamp") and rule.action:
         raise RichRuleError(f'"{kind}" cannot have an action')
@@ -625,7 +624,7 @@ def _check_port_and_protocol(part: _Part) -> None:
         raise RichRuleError(f'"{part.kind}" has invalid or missing port "{port or ""}"')
     if protocol not in PORT_PROTOCOLS:
         raise RichRuleError(
-            f'"{part.kind}" needs protocol tcp, udp, sctp or dccp, not "{protocol or ""}"'
+            f'"{part.kind}" needs protocol {_PORT_PROTOCOLS_TEXT}, not "{protocol or ""}"'
         )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
-from .model import Item, Ownership
+from .model import Item, Ownership, json_type_name
 
 FORMAT_VERSION = 1
 # A state file larger than this is corrupt, refused before it is read.  An
@@ -69,7 +69,7 @@ class State:
 def _held_by_others(entries: Any) -> Ownership:
     """The ``held_by_others`` records (absent in files of older versions)."""
     if type(entries) is not list:
-        raise _Corrupt(f"'held_by_others' must be an array, got {_json_type(entries)}")
+        raise _Corrupt(f"'held_by_others' must be an array, got {json_type_name(entries)}")
     others: Ownership = {}
     for index, entry in enumerate(entries):
         where = f"held_by_others[{index}]"
@@ -159,7 +159,7 @@ class StateStore:
         except ValueError as exc:  # JSONDecodeError, or an integer beyond int()'s digit limit
             raise _Corrupt(f"not JSON: {exc}") from exc
         if type(data) is not dict:
-            raise _Corrupt(f"expected a JSON object, got {_json_type(data)}")
+            raise _Corrupt(f"expected a JSON object, got {json_type_name(data)}")
         version = data.get("version")
         if type(version) is not int or version != FORMAT_VERSION:
             raise _Corrupt(f"unsupported version {_short(version)}")
@@ -167,10 +167,10 @@ class StateStore:
             raise _Corrupt("missing 'owned'")
         entries = data["owned"]
         if type(entries) is not list:
-            raise _Corrupt(f"'owned' must be an array, got {_json_type(entries)}")
+            raise _Corrupt(f"'owned' must be an array, got {json_type_name(entries)}")
         pending = data.get("pending")
         if pending is not None and type(pending) is not dict:
-            raise _Corrupt(f"'pending' must be an object or null, got {_json_type(pending)}")
+            raise _Corrupt(f"'pending' must be an object or null, got {json_type_name(pending)}")
         if pending is not None and _too_deep(pending, MAX_PENDING_DEPTH):
             raise _Corrupt(f"'pending' is nested more than {MAX_PENDING_DEPTH} levels deep")
         owned: Ownership = {}
@@ -178,7 +178,7 @@ class StateStore:
         for index, entry in enumerate(entries):
             where = f"owned[{index}]"
             if type(entry) is not dict:
-                raise _Corrupt(f"{where} must be an object, got {_json_type(entry)}")
+                raise _Corrupt(f"{where} must be an object, got {json_type_name(entry)}")
             if "item" not in entry:
                 raise _Corrupt(f"{where}: missing 'item'")
             try:
@@ -192,7 +192,7 @@ class StateStore:
                 raise _Corrupt(f"{where}.policies must be a non-empty array of strings, got {_short(policies)}")
             backend = entry.get("backend")
             if backend is not None and type(backend) is not str:
-                raise _Corrupt(f"{where}.backend must be a string or null, got {_json_type(backend)}")
+                raise _Corrupt(f"{where}.backend must be a string or null, got {json_type_name(backend)}")
             owned[item] = frozenset(policies)
             if backend:
                 placed[item] = backend
@@ -304,17 +304,12 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _short(value: Any, limit: int = 100) -> str:
     """JSON text for an error message, cut short: a corrupt file's values can be huge."""
     try:
         text = json.dumps(value)
     except (RecursionError, ValueError):
-        return f"<{_json_type(value)}>"
+        return f"<{json_type_name(value)}>"
     return text if len(text) <= limit else text[:limit] + "…"
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 from .model import DirectChain, DirectRule, Item, NftChain, NftRule, Port, Scope, SourcePort
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
 _RANGED = frozenset({Port, SourcePort})  # exact types: cheaper than isinstance on ABCs
-_RangeKey = tuple[type[Item], Scope, str]
+_RangeKey = tuple[type[Port] | type[SourcePort], Scope, str]
 
 
 class FirewallView:
@@ -49,19 +50,19 @@ class FirewallView:
         self._ranges: dict[_RangeKey, frozenset[Range]] = defaultdict(frozenset)
         for item in items:
             if type(item) in _RANGED:
-                key = _range_key(item)
-                self._ranges[key] = self._ranges[key] | {parse_range(item.port)}
+                key, rng = _key_and_range(item)
+                self._ranges[key] = self._ranges[key] | {rng}
             else:
                 self._items.add(item)
 
-    def copy(self) -> "FirewallView":
+    def copy(self) -> FirewallView:
         clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable,
                              reads=self.reads)
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
         return clone
 
-    def without_reads(self, written: Iterable[tuple[str, ...]]) -> "FirewallView":
+    def without_reads(self, written: Iterable[tuple[str, ...]]) -> FirewallView:
         """This view, with the reads of the ``written`` containers dropped: they are stale now."""
         stale = set(written)
         if not stale & self.reads.keys():
@@ -72,7 +73,7 @@ class FirewallView:
 
     def items(self) -> frozenset[Item]:
         ranged = (
-            cls(scope, format_range(rng), proto)  # type: ignore[call-arg]
+            cls(scope, format_range(rng), proto)
             for (cls, scope, proto), ranges in self._ranges.items()
             for rng in ranges
         )
@@ -81,13 +82,15 @@ class FirewallView:
     def has(self, item: Item) -> bool:
         """Present as firewalld judges it: a port is present if a range covers it."""
         if type(item) in _RANGED:
-            return covers(self._ranges.get(_range_key(item), frozenset()), parse_range(item.port))
+            key, rng = _key_and_range(item)
+            return covers(self._ranges.get(key, frozenset()), rng)
         return item in self._items
 
     def has_exact(self, item: Item) -> bool:
         """Listed as exactly this item (so removing it takes nothing else along)."""
         if type(item) in _RANGED:
-            return parse_range(item.port) in self._ranges.get(_range_key(item), frozenset())
+            key, rng = _key_and_range(item)
+            return rng in self._ranges.get(key, frozenset())
         return item in self._items
 
     def chain_users(self, chain: DirectChain | NftChain) -> list[str]:
@@ -113,18 +116,21 @@ class FirewallView:
 
     def add(self, item: Item) -> None:
         if type(item) in _RANGED:
-            key = _range_key(item)
-            self._ranges[key] = add_range(self._ranges[key], parse_range(item.port))
+            key, rng = _key_and_range(item)
+            self._ranges[key] = add_range(self._ranges[key], rng)
         else:
             self._items.add(item)
 
     def remove(self, item: Item) -> None:
         if type(item) in _RANGED:
-            key = _range_key(item)
-            self._ranges[key] = remove_range(self._ranges[key], parse_range(item.port))
+            key, rng = _key_and_range(item)
+            self._ranges[key] = remove_range(self._ranges[key], rng)
         else:
             self._items.discard(item)
 
 
-def _range_key(item: Port | SourcePort) -> _RangeKey:
-    return (type(item), item.scope, item.protocol)
+def _key_and_range(item: Item) -> tuple[_RangeKey, Range]:
+    """A port's (or source port's) range, and the key of the ranges it joins: kind, scope, protocol."""
+    # Callers test `type(item) in _RANGED` first, which mypy cannot narrow on.
+    port = cast("Port | SourcePort", item)
+    return (type(port), port.scope, port.protocol), parse_range(port.port)

@@ -41,6 +41,7 @@ from reconciler.model import (
     Masquerade,
     NftChain,
     NftRule,
+    Ownership,
     Port,
     Protocol,
     RichRule,
@@ -49,7 +50,6 @@ from reconciler.model import (
     Source,
     SourcePort,
 )
-from reconciler.model import Ownership
 from reconciler.planner import PolicyPlan, plan_all, settle_others, settle_ownership
 from reconciler.policy import POLICY_KEYS, TOP_KEYS, ZONE_KEYS, Policy, PolicyFileInvalid
 from reconciler.policydir import load_policy_file
@@ -193,7 +193,7 @@ def toml_document(data: Mapping[str, Any]) -> str:
     return "".join(f"{toml_string(key)} = {toml_value(value)}\n" for key, value in data.items())
 
 
-OFFSETS = [dt.timezone.utc, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-23, minutes=-59))]
+OFFSETS = [dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-23, minutes=-59))]
 SCALARS = st.one_of(
     st.text(max_size=30),
     st.integers(),

@@ -1,7 +1,6 @@
 """Plan cases: add, remove owned, keep foreign, refcount, no-op, port ranges, chains."""
 
-from reconciler.model import DirectChain, DirectRule, Port, RichRule, Scope, Service
-from reconciler.model import Op
+from reconciler.model import DirectChain, DirectRule, Op, Port, RichRule, Scope, Service
 from reconciler.planner import plan_all, settle_others, settle_ownership
 from reconciler.view import FirewallView
 

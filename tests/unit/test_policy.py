@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from prereq import skip_or_fail
 
-from reconciler.model import KnownNames
 from reconciler.errors import PolicyError
 from reconciler.model import (
     DirectChain,
@@ -22,6 +21,7 @@ from reconciler.model import (
     ForwardPort,
     IcmpBlock,
     Interface,
+    KnownNames,
     Masquerade,
     Port,
     Protocol,

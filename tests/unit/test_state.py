@@ -111,7 +111,7 @@ def test_save_leaves_no_temp_files(tmp_path):
 def test_corrupt_file_is_an_error_not_a_reset(tmp_path, content):
     path = tmp_path / "state.json"
     path.write_text(content)
-    with pytest.raises(StateError, match="state.json"):
+    with pytest.raises(StateError, match=r"state\.json"):
         StateStore(path).load()
     assert path.read_text() == content  # left alone for the operator
 
@@ -125,10 +125,8 @@ def test_unreadable_file_is_an_error(tmp_path):
 
 def test_lock_excludes_a_second_holder(tmp_path):
     first, second = StateStore(tmp_path / "s.json"), StateStore(tmp_path / "s.json")
-    with first.locked():
-        with pytest.raises(StateError, match="another fwrecon"):
-            with second.locked():
-                pass
+    with first.locked(), pytest.raises(StateError, match="another fwrecon"), second.locked():
+        pass
     with second.locked():
         pass
 
