@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keep the host firewall (firewalld over D-Bus, else iptables/ebtables and nftables) equal to a directory of TOML policy files.",
         epilog="Exit codes: check 0 valid / 1 invalid; plan 0 no changes / 2 changes pending / 1 error; apply 0 converged / 1 failed.",
     )
-    parser.add_argument("--version", action="version", version=f"fwrecon {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"fwrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("check", parents=[common], help="validate policies; change nothing",
                    description="Validate policy files offline; when the backend is reachable, also check that the zones, policies, "
