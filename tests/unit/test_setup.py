@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ("apt-get", "dpkg-query", "systemctl", "update-rc.d", "id")
+TOOLS = ("apt-get", "dpkg-query", "systemctl", "update-rc.d", "id", "sudo")
 
 # One program behind every stand-in, dispatching on its name.  The database
 # (db.json) holds the installed packages and each package's files.
@@ -38,7 +38,9 @@ def record(entry):
         log.write(json.dumps(entry) + "\n")
 
 if name == "id":
-    print(0)  # the script runs "as root" whoever runs the test
+    print(os.environ.get("FAKE_UID", "0"))  # the script runs "as root" whoever runs the test
+elif name == "sudo":
+    record({"tool": name, "args": args})
 elif name == "dpkg-query":
     if args[0] == "-L":
         print("\n".join(db["files"].get(args[1], [])))
@@ -104,8 +106,9 @@ class Host:
             (self.bin / tool).symlink_to(program)
         (self.bin / "db.json").write_text(json.dumps({"installed": installed, "files": files, "pulls_in": pulls_in}))
 
-    def setup(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", "FWRECON_POLICY_RC_D": str(self.policy_rc_d)}
+    def setup(self, *args: str, uid: int = 0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", "FWRECON_POLICY_RC_D": str(self.policy_rc_d),
+               "FAKE_UID": str(uid)}
         return subprocess.run(["bash", str(self.repo / "contrib" / "setup"), *args], capture_output=True, text=True,
                               env=env, timeout=60)
 
@@ -173,3 +176,22 @@ def test_the_demo_installs_only_what_the_demo_needs(tmp_path: Path) -> None:
 def test_setup_refuses_an_unknown_profile(tmp_path: Path) -> None:
     result = Host(tmp_path, [], {}, pulls_in=[]).setup("everything")
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_as_a_user_it_runs_itself_again_through_sudo_keeping_ci(tmp_path: Path) -> None:
+    host = Host(tmp_path, [], {}, pulls_in=[])
+    result = host.setup("demo", uid=1000)
+    assert result.returncode == 0, result.stderr
+    script = str((host.repo / "contrib" / "setup").resolve())
+    assert [c["args"] for c in host.calls("sudo")] == [["--preserve-env=CI", "--", script, "demo"]]
+    assert host.calls("apt-get") == []  # nothing ran as the user itself
+
+
+def test_as_a_user_without_sudo_it_says_to_run_it_as_root(tmp_path: Path) -> None:
+    if shutil.which("sudo"):  # (not a missing prerequisite: the case cannot be made where sudo is installed)
+        pytest.skip("sudo is installed here: the machine without sudo cannot be imitated")
+    host = Host(tmp_path, [], {}, pulls_in=[])
+    (host.bin / "sudo").unlink()
+    env = {**os.environ, "PATH": f"{host.bin}:{os.environ['PATH']}", "FAKE_UID": "1000", "FWRECON_POLICY_RC_D": str(host.policy_rc_d)}
+    result = subprocess.run(["bash", str(host.repo / "contrib" / "setup")], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and result.stderr == "setup: needs root (and sudo is not installed): run it as root\n", result
