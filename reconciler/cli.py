@@ -8,6 +8,9 @@ Exit codes are part of the interface, for scripts and CI:
 * ``apply``: 0 converged, 1 a policy failed (and was rolled back) or is
   invalid, or the firewall is unreachable.
 * ``run``:   0 after SIGTERM/SIGINT, 1 on a fatal start-up error.
+* ``status``: 0 converged (the last reconcile succeeded, no policy file
+  changed since, every policy valid and applied), 2 not converged (the
+  reasons are printed), 1 the state file or the status record cannot be read.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .model import Item, NftChain, NftRule
 from .policy import LoadResult, Policy, unresolved_chains
 from .policydir import load_policy_dir
 from .state import State, StateStore
+from . import status
 
 DEFAULT_POLICY_DIR = "/etc/fwrecon/policies.d"
 DEFAULT_STATE_FILE = "/var/lib/fwrecon/state.json"
@@ -54,10 +58,12 @@ def _positive_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
+    files = argparse.ArgumentParser(add_help=False)  # what every command reads
+    files.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
+    files.add_argument("--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})")
+    files.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
+    common = argparse.ArgumentParser(add_help=False, parents=[files])  # ... and those that reach the firewall
     common.add_argument("--bus-address", help="D-Bus address of the system bus firewalld is on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
-    common.add_argument("--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})")
     common.add_argument("--backend", choices=BACKEND_MODES, default="auto",
                         help="auto (default): firewalld when it is on the bus, else iptables; firewalld: zones, policies "
                         "and direct rules via firewalld; iptables: direct rules via iptables/ip6tables/ebtables; nftables: "
@@ -66,14 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"longest wait for one D-Bus call to firewalld or one iptables/nft run (default {DEFAULT_TIMEOUT:g}); "
                         "a firewall that does not answer within it is treated as unreachable: nothing more is sent to it "
                         "until the next reconcile")
-    common.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
 
     parser = argparse.ArgumentParser(
         prog="fwrecon",
         description="Keep the host firewall (firewalld over D-Bus, else iptables/ebtables and nftables) equal to a directory of TOML policy files.",
-        epilog="Exit codes: check 0 valid / 1 invalid; plan 0 no changes / 2 changes pending / 1 error; apply 0 converged / 1 failed.",
+        epilog="Exit codes: check 0 valid / 1 invalid; plan 0 no changes / 2 changes pending / 1 error; apply 0 converged / 1 failed; "
+        "status 0 converged / 2 not converged / 1 unreadable.",
     )
-    parser.add_argument("--version", action="version", version=f"fwrecon {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"fwrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("check", parents=[common], help="validate policies; change nothing",
                    description="Validate policy files offline; when the backend is reachable, also check that the zones, policies, "
@@ -92,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"where /metrics listens (default {DEFAULT_METRICS_ADDRESS}; 'off' disables)")
     run.add_argument("--resync-interval", type=float, default=60.0, metavar="SECONDS",
                      help="full reconcile at least this often, as a safety net (default 60; 0 disables)")
+    status_parser = sub.add_parser("status", parents=[files], help="what fwrecon owns and how the last reconcile went",
+                                   description="Per policy: valid, invalid or failed with the reason, and what it owns on "
+                                   "which backend; the last reconcile's time, trigger, operations and result. Reads only "
+                                   "the policy files, the state file and the status record beside it (STATE_FILE.status.json, "
+                                   "written after each reconcile by 'run' and 'apply'): works whether or not the daemon runs.")
+    status_parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -210,10 +222,16 @@ async def cmd_apply(args: argparse.Namespace) -> int:
         with store.locked():
             async with _reconciler(args, store) as reconciler:
                 report = await reconciler.reconcile(loaded)
-    except (BackendUnavailable, StateError) as exc:
+    except BackendUnavailable as exc:  # (the reconcile ran, holding the lock: say so in the status record)
+        status.record_error(args.state_file, "apply", exc, 0.0, command="apply")
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log_policy_errors(report.invalid)
+    outcome_of_all = "success" if report.converged and not report.invalid else "degraded"
+    status.record_reconcile(args.state_file, "apply", outcome_of_all, loaded, report, report.duration, command="apply")
     for outcome in report.outcomes:
         for op, result in outcome.ops:
             print(f"{op.describe()}  [{outcome.policy}]" + ("" if result.value == "applied" else f"  ({result.value})"))
@@ -255,4 +273,15 @@ async def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
-COMMANDS = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply, "run": cmd_run}
+async def cmd_status(args: argparse.Namespace) -> int:
+    """Files only (see status.py): no bus, no port, the daemon running or not."""
+    try:
+        code, report = status.gather(args.policy_dir, args.state_file)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return status.UNREADABLE
+    print(json.dumps(report, indent=2) if args.json else status.render_text(report))
+    return code
+
+
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "apply": cmd_apply, "run": cmd_run, "status": cmd_status}

@@ -41,6 +41,7 @@ from .policy import LoadResult
 from .policydir import PolicyCache, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore
+from . import status as status_record  # (`status` is a local name below)
 from .watch import PolicyWatcher
 
 log = structlog.get_logger(__name__)
@@ -461,6 +462,7 @@ class Controller:
         self.metrics.reconciles.labels(trigger=trigger.value, result="error").inc()
         log.error(event, trigger=trigger.value, error=str(exc), code=getattr(exc, "code", None),
                   duration_ms=round(duration * 1000, 2), result="error")
+        status_record.record_error(self.settings.state_file, trigger.value, exc, duration)  # for `fwrecon status`
         return False
 
     def _name_for(self, op: Op) -> str:
@@ -514,3 +516,4 @@ class Controller:
             self.notifier.status(status)
         log.info("reconcile", trigger=trigger.value, ops=report.write_ops, duration_ms=round(duration * 1000, 2),
                  result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid), **latencies)
+        status_record.record_reconcile(self.settings.state_file, trigger.value, result, loaded, report, duration)  # for `fwrecon status`

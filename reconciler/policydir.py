@@ -6,6 +6,20 @@ the directory) that someone else could have written are refused.  A file is
 read with a bounded read, so a huge or growing file cannot eat the daemon's
 memory; a directory that cannot be read holds every policy at its last good
 version (`LoadResult.unreadable`).
+
+Directories other tools manage (see `check_file_safety`, `load_policy_dir`):
+
+* A policy file may be a symlink, as in a Kubernetes ConfigMap volume
+  (``web.toml -> ..data/web.toml``, ``..data -> ..2026_12_05_10_00_00.123``):
+  it is judged by where it leads, so a link is never a way around the rules.
+* kubelet publishes a new version by renaming a ``..data_tmp`` symlink over
+  ``..data``; a directory read while that happened is read again, so one
+  reconcile never mixes two versions.
+* A read-only mount lifts the "writable by group or others" rule: nobody can
+  write through it (a ConfigMap volume inside a container shows mode 0777 on
+  a read-only mount: kubernetes issues 125876 and 133641).  Only root mounts
+  file systems, so whoever could change the files is whoever root let write
+  the mount's source (the kubelet, on the host).  Ownership is still checked.
 """
 
 from __future__ import annotations
@@ -30,6 +44,14 @@ log = structlog.get_logger(__name__)
 # parsing costs stays bounded: tomllib peaks at about four times the text
 # (measured: 200,000 sources, 3.8 MiB, 13 MiB peak).
 MAX_POLICY_FILE_BYTES = 64 * 1024 * 1024
+
+# kubelet's AtomicWriter (pkg/volume/util/atomic_writer.go) publishes each
+# version of a volume by renaming a symlink of this name to a new directory.
+PUBLISHED_LINK = "..data"
+# A directory that keeps changing version while it is read is read this often
+# before the last reading counts (kubelet publishes at most every few seconds).
+MAX_READS_WHILE_SWAPPED = 5
+MAX_LINK_HOPS = 40  # the kernel's own limit (ELOOP)
 
 
 def is_policy_file(path: Path) -> bool:
@@ -72,9 +94,30 @@ def load_policy_dir(directory: Path | str, cache: PolicyCache | None = None) -> 
     """Load and validate every policy file in ``directory``.
 
     A missing or unsafe directory is reported as an error of a pseudo-policy
-    named after the directory, so callers see it like any other error.
+    named after the directory, so callers see it like any other error.  When
+    the directory's published version (``..data``) changed while it was read,
+    it is read again: every file comes from one version.
     """
     directory = Path(directory)
+    result = LoadResult()
+    for _ in range(MAX_READS_WHILE_SWAPPED):
+        version = published_version(directory)
+        result = _load_dir(directory, cache)
+        if published_version(directory) == version:
+            break
+        log.info("policy_dir_swapped_while_read", directory=str(directory))
+    return result
+
+
+def published_version(directory: Path) -> str | None:
+    """Where ``directory/..data`` points now (None where there is no such link)."""
+    try:
+        return os.readlink(directory / PUBLISHED_LINK)
+    except OSError:
+        return None
+
+
+def _load_dir(directory: Path, cache: PolicyCache | None) -> LoadResult:
     result = LoadResult()
     try:
         check_file_safety(directory, is_dir=True)
@@ -102,22 +145,83 @@ def load_policy_dir(directory: Path | str, cache: PolicyCache | None = None) -> 
 
 
 def check_file_safety(path: Path, *, is_dir: bool = False) -> None:
-    """Refuse files (and the directory) that someone else could have written."""
+    """Refuse files (and the directory) that someone else could have written.
+
+    A symlink is judged by where it leads: its final target must pass the
+    file rules, and so must every directory that could redirect it or swap
+    what it leads to: each directory holding a link followed on the way,
+    and each directory on the target's real path, up to the policy directory
+    (already judged) or, for a target elsewhere, up to ``/``.  Above the
+    target's own directory, a sticky directory others can write (``/tmp``)
+    is accepted: nobody else can rename or remove what is in it.
+    """
+    info = _stat(path)
+    kind = "directory" if is_dir else "file"
+    if is_dir != stat.S_ISDIR(info.st_mode) or (not is_dir and not stat.S_ISREG(info.st_mode)):
+        raise PolicyError(str(path), "", f"not a regular {kind}")
+    link = not is_dir and path.is_symlink()
+    _judge(path, info, f"file {os.path.realpath(path)} (the link's target)" if link else kind)
+    if link:
+        for directory, sticky_ok in _directories_on_the_way(path):
+            where = _stat(directory)
+            if sticky_ok and where.st_mode & stat.S_ISVTX:
+                where = os.stat_result((where.st_mode & ~0o022, *tuple(where)[1:]))
+            _judge(directory, where, f"directory {directory} (on the way to the link's target)")
+
+
+def _stat(path: Path) -> os.stat_result:
     try:
-        info = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError as exc:
         raise PolicyError(str(path), "", "does not exist") from exc
     except OSError as exc:
         raise PolicyError(str(path), "", f"cannot stat: {exc.strerror}") from exc
-    kind = "directory" if is_dir else "file"
-    if is_dir != stat.S_ISDIR(info.st_mode) or (not is_dir and not stat.S_ISREG(info.st_mode)):
-        raise PolicyError(str(path), "", f"not a regular {kind}")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+
+
+def _judge(path: Path, info: os.stat_result, kind: str) -> None:
+    """The owner and mode rules, for one file or directory."""
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not _read_only_mount(path):
         raise PolicyError(
             str(path), "", f"refusing {kind} writable by group or others (mode {stat.S_IMODE(info.st_mode):o}); chmod go-w it"
         )
     if info.st_uid not in (0, os.geteuid()):
         raise PolicyError(str(path), "", f"refusing {kind} owned by uid {info.st_uid} (must be root or uid {os.geteuid()})")
+
+
+def _read_only_mount(path: Path) -> bool:
+    """Whether ``path`` is on a read-only mount (nobody can write through it; see the module docstring)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _directories_on_the_way(link: Path) -> list[tuple[Path, bool]]:
+    """(directory, sticky accepted) for every directory that could redirect ``link``.
+
+    Follows the links one hop at a time: the directory holding each one, then
+    the target's real path, from its own directory up to the directory that
+    holds ``link`` (judged as the policy directory) or ``/``.
+    """
+    home = Path(os.path.realpath(link.parent))
+    found: dict[Path, bool] = {}
+    current = Path(os.path.abspath(link))
+    for _ in range(MAX_LINK_HOPS):
+        holder = Path(os.path.realpath(current.parent))
+        found.setdefault(holder, False)
+        if not current.is_symlink():
+            break
+        current = holder / os.readlink(current)
+    else:
+        raise PolicyError(str(link), "", f"more than {MAX_LINK_HOPS} symlinks on the way to its target")
+    target_dir = Path(os.path.realpath(current)).parent
+    for index, directory in enumerate([target_dir, *target_dir.parents]):
+        if directory == home:
+            break
+        # sticky only above the target's own directory, never where a link lies (its owner could swap it)
+        found[directory] = found.get(directory, True) and index > 0
+    found.pop(home, None)  # the policy directory: judged by load_policy_dir, with its own rules
+    return list(found.items())
 
 
 def load_policy_file(path: Path, cache: PolicyCache | None = None) -> Policy:

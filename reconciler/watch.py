@@ -1,7 +1,10 @@
 """Watch the policy directory with watchdog (inotify on Linux).
 
 Every create, modify, delete or move that touches a policy file, in or out
-of the directory, calls ``notify`` from watchdog's thread; the controller
+of the directory, or the directory itself (any entry added, removed or
+renamed: so also kubelet's rename over ``..data`` that publishes a new
+version of a ConfigMap volume, tests/integration/test_kubernetes.py), calls
+``notify`` from watchdog's thread; the controller
 coalesces the bursts that editors (temp file + rename) and cp/tar (several
 writes) produce.  Events carry no payload: the controller re-reads the whole
 directory each time.

@@ -44,16 +44,20 @@ def systemd_binary() -> str | None:
 class UnitManager:
     """``systemd --user`` as root, with its runtime and config directories below ``base``."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, config_dir: Path | None = None, state_dir: Path | None = None) -> None:
+        """``config_dir``, ``state_dir``: what %E and %S name (default below ``base``; a test
+        installing into a root tree passes ROOT/etc and ROOT/var/lib)."""
         self.base = base
         self.runtime_dir = base / "runtime"  # XDG_RUNTIME_DIR: the manager's sockets
-        self.config_dir = base / "config"  # XDG_CONFIG_HOME: unit files; %E and (systemd < 254) %S
+        self.config_dir = config_dir or base / "config"  # XDG_CONFIG_HOME: unit files; %E and (systemd < 254) %S
         self.unit_dir = self.config_dir / "systemd" / "user"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "XDG_RUNTIME_DIR": str(self.runtime_dir),
             "XDG_CONFIG_HOME": str(self.config_dir),
         }
+        if state_dir is not None:
+            self.env["XDG_STATE_HOME"] = str(state_dir)  # %S from systemd 254 on
         self._proc: subprocess.Popen[bytes] | None = None
         self._made_run_systemd = False
 
@@ -62,7 +66,7 @@ class UnitManager:
         if not RUN_SYSTEMD.exists():  # the mount point for the manager's own /run/systemd
             RUN_SYSTEMD.mkdir()
             self._made_run_systemd = True
-        self.unit_dir.mkdir(parents=True)
+        self.unit_dir.mkdir(parents=True, exist_ok=True)
         # slave: network namespaces the tests add later (mounts below /run/netns) reach the manager
         argv = ["unshare", "--mount", "--propagation", "slave",
                 sys.executable, __file__, "--exec-manager", systemd_binary() or "systemd"]
