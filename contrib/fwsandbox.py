@@ -27,8 +27,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DEFAULT_DIR = Path("/run/fwrecon-sandbox")
 DEFAULT_NETNS = "fwrecon-sb"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__
+from . import __version__, status
 from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet, connect_firewalld
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
@@ -39,7 +39,6 @@ from .model import Item, NftChain, NftRule
 from .policy import LoadResult, Policy, unresolved_chains
 from .policydir import load_policy_dir
 from .state import State, StateStore
-from . import status
 
 DEFAULT_POLICY_DIR = "/etc/fwrecon/policies.d"
 DEFAULT_STATE_FILE = "/var/lib/fwrecon/state.json"

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import structlog
 
+from . import status as status_record  # (`status` is a local name below)
 from .backends.base import NO_BACKEND, Backend, BackendEvent
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, connect_firewalld
 from .engine import Reconciler, ReconcileReport, RefusalMemo, gc_paused, log_policy_errors
@@ -41,7 +42,6 @@ from .policy import LoadResult
 from .policydir import PolicyCache, load_policy_dir
 from .sdnotify import SystemdNotifier
 from .state import StateStore
-from . import status as status_record  # (`status` is a local name below)
 from .watch import PolicyWatcher
 
 log = structlog.get_logger(__name__)
@@ -290,7 +290,7 @@ class Controller:
         else:
             try:
                 await asyncio.wait_for(asyncio.shield(worker), self.settings.shutdown_grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("shutdown_cancelling_reconcile", grace_seconds=self.settings.shutdown_grace)
                 worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -414,7 +414,7 @@ class Controller:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), min(self.settings.quiet_window, remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def _reconcile(self, batch: dict[Trigger, float]) -> bool:

@@ -25,9 +25,9 @@ from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
 from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, unresolved_chains
-from .view import FirewallView
 from .state import State, StateStore
 from .transaction import QueryHook, Transaction, TransactionFailed
+from .view import FirewallView
 
 log = structlog.get_logger(__name__)
 
@@ -441,7 +441,7 @@ class Reconciler:
                 # little too much is safe) and let the caller retry later.
                 state.pending = None
                 self.store.save(state)
-                raise failure.cause
+                raise failure.cause  # noqa: B904 (the cause itself, keeping its own __cause__)
             self._restore_after_failure(state, before, plan, failure)
             log.error(
                 "policy_failed",

@@ -35,9 +35,9 @@ from typing import NamedTuple
 import structlog
 
 from .backends.base import Backend
-from .view import FirewallView
 from .errors import BackendError, BackendUnavailable, FwreconError
 from .model import Op, Outcome
+from .view import FirewallView
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +122,7 @@ class Transaction:
                     await step.query(self, backend)
                 elif len(batch) > 1 or (batch and seen is not None and batch[0].item.container() in seen.reads):
                     outcomes = await backend.execute_batch(batch, seen)
-                    applied.extend(StepResult(op, outcome) for op, outcome in zip(batch, outcomes))
+                    applied.extend(StepResult(op, outcome) for op, outcome in zip(batch, outcomes, strict=True))
                     index += len(batch) - 1
                 elif step.op is not None:
                     applied.append(StepResult(step.op, await backend.execute(step.op)))

@@ -9,6 +9,7 @@ asyncio.run() themselves (no pytest-asyncio).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -16,8 +17,8 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "contrib"))
 
 import fwsandbox  # noqa: E402
-from prereq import skip_or_fail  # noqa: E402
 from fwsandbox import Sandbox  # noqa: E402
+from prereq import skip_or_fail  # noqa: E402
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 _STALE_DIR = re.compile(r"fwrecon-t(\d+)-.+")
@@ -89,10 +90,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     write(f"ERROR: {len(leftovers)} process(es) started by the test session still running at its end (killed now):")
     for pid, cmdline in sorted(leftovers.items()):
         write(f"  pid {pid}: {cmdline}")
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
 
-
 # `Backend.name_for` of an item no backend is in charge of now (zones while firewalld is away).
 NO_BACKEND = "none"
 
@@ -109,7 +108,7 @@ class Backend(ABC):
         """Names to validate against, or None when the backend has no such notion."""
         return None
 
-    async def subscribe(self, callback: EventCallback) -> None:
+    async def subscribe(self, callback: EventCallback) -> None:  # noqa: B027 (a default, not abstract)
         """Deliver firewall events to ``callback``; the default has none."""
 
     async def is_up(self) -> bool:
@@ -120,7 +119,7 @@ class Backend(ABC):
         """Return when the connection is lost; the default never loses it."""
         await asyncio.Event().wait()
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (a default, not abstract)
         """Release connections; the default has none."""
 
 

@@ -206,13 +206,13 @@ class FirewalldBackend(Backend):
         self._stalls = 0  # calls timed out so far (see `call`)
 
     @classmethod
-    async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> "FirewalldBackend":
+    async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> FirewalldBackend:
         """Connect to ``bus_address``, else $DBUS_SYSTEM_BUS_ADDRESS, else the system bus."""
         address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
         try:
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
             await asyncio.wait_for(bus.connect(), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address}: no answer within {timeout:g} s") from exc
         except Exception as exc:  # OSError, ValueError and dbus-fast's own types for auth/handshake failures
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -253,7 +253,7 @@ class FirewalldBackend(Backend):
             self.calls += 1
             try:
                 reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 self._stalls += 1
                 self.responsive = False
                 raise BackendUnavailable(f"firewalld did not answer {member} within {self.timeout:g}s") from exc
@@ -285,7 +285,7 @@ class FirewalldBackend(Backend):
         results = await _all(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
-        for container, found in zip(reads, results):
+        for container, found in zip(reads, results, strict=True):
             if found is None:
                 missing.append(container)
             else:
@@ -369,7 +369,7 @@ class FirewalldBackend(Backend):
             value: Any = tuple(args) if len(args) > 1 else args[0]
             if (value in present) == (op.action == "add"):
                 return Outcome.UNCHANGED
-            values = present + [value] if op.action == "add" else [v for v in present if v != value]
+            values = [*present, value] if op.action == "add" else [v for v in present if v != value]
             signature = f"a({item_sig})" if len(item_sig) > 1 else "as"
             new = Variant(signature, [list(v) if isinstance(v, tuple) else v for v in values])
         await self._write(IFACE_POLICY, "setPolicySettings", "sa{sv}", [item.scope.name, {key: new}])
@@ -414,7 +414,7 @@ class FirewalldBackend(Backend):
         message = Message(destination=DBUS_NAME, path=DBUS_PATH, interface=DBUS_NAME, member=member, signature=signature, body=body)
         try:
             reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
-        except (asyncio.TimeoutError, OSError, EOFError) as exc:
+        except (TimeoutError, OSError, EOFError) as exc:
             raise BackendUnavailable(f"D-Bus {member} failed: {exc}") from exc
         if reply is None or reply.message_type == MessageType.ERROR:
             raise BackendUnavailable(f"D-Bus {member} failed: {reply.body if reply else 'no reply'}")

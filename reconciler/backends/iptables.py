@@ -29,6 +29,7 @@ import os
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import structlog
 
@@ -215,8 +216,8 @@ class IptablesBackend(BatchBackend):
 
     # One lock per (netns, table) for the whole process, so a probe or batch
     # never interleaves with another of ours (even of another instance).
-    _locks: dict[tuple[str | None, str, str], asyncio.Lock] = {}
-    _locks_loop: asyncio.AbstractEventLoop | None = None
+    _locks: ClassVar[dict[tuple[str | None, str, str], asyncio.Lock]] = {}
+    _locks_loop: ClassVar[asyncio.AbstractEventLoop | None] = None
 
     def _lock(self, family: str, table: str) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -299,7 +300,7 @@ class IptablesBackend(BatchBackend):
                 await self._clean_probes(family, table, save, probe)
         texts = after.rules.get(probe, [])
         if len(texts) == len(pending):
-            for item, text in zip(pending, texts):
+            for item, text in zip(pending, texts, strict=True):
                 self._canon[item] = text
         else:
             log.warning("probe_mismatch", family=family, table=table, expected=len(pending), found=len(texts))
@@ -360,7 +361,7 @@ class IptablesBackend(BatchBackend):
         for table_read in found:
             items.extend(table_read.model.items())
             users.update(chain_users(table_read.model))
-        reads: dict[tuple[str, ...], object] = {("direct", f, t): done for (f, t), done in zip(valid, found)}
+        reads: dict[tuple[str, ...], object] = {("direct", f, t): done for (f, t), done in zip(valid, found, strict=True)}
         return FirewallView(items, containers, missing, users, unreachable=unreachable, reads=reads)
 
     # -- execute -------------------------------------------------------------------------

@@ -118,9 +118,7 @@ def parse_save(text: str, table: str, tool: str = "*-save") -> TableSave:
             raise BackendUnavailable(f"{tool} -t {table} printed something that is not -save output "
                                      f"(line {number}: {line[:60]!r})")
         if line.startswith("#"):
-            if current == table and "incompatible" in line:
-                found.incompatible = line.lstrip("# ")
-            elif "Table `" in line and "incompatible" in line and f"`{table}'" in line:
+            if (current == table and "incompatible" in line) or ("Table `" in line and "incompatible" in line and f"`{table}'" in line):
                 found.incompatible = line.lstrip("# ")
             continue
         if line.startswith("*"):
@@ -226,9 +224,9 @@ def culprit_op(stderr: str, line_ops: Sequence[Op | None]) -> Op | None:
     if missing:
         name = missing.group(1)
         for op in line_ops:
-            if op is not None and isinstance(op.item, DirectRule) and op.action == "add":
-                if name in jump_targets(op.item.args) or op.item.chain == name:
-                    return op
+            if (op is not None and isinstance(op.item, DirectRule) and op.action == "add"
+                    and (name in jump_targets(op.item.args) or op.item.chain == name)):
+                return op
     return None
 
 
@@ -257,7 +255,7 @@ class Entry:
     Compared by identity: two identical foreign rules are still two rules.
     """
 
-    __slots__ = ("rest", "owners", "priority")
+    __slots__ = ("owners", "priority", "rest")
 
     def __init__(self, rest: str, owners: tuple[DirectRule, ...] = ()) -> None:
         self.rest = rest

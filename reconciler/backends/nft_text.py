@@ -148,7 +148,7 @@ class RuleEntry:
         return self.comment if self.comment is not None and TAG_RE.fullmatch(self.comment) else None
 
 
-def trusted(listing: "TableListing", proven: Callable[[RuleEntry], bool]) -> "TableListing":
+def trusted(listing: TableListing, proven: Callable[[RuleEntry], bool]) -> TableListing:
     """``listing`` with the tag taken off every rule whose tag is not ``proven``.
 
     A tag is a comment anyone can write: a rule counts as fwrecon's item only
@@ -436,7 +436,7 @@ def jump_targets(expr: Any) -> set[str]:
     return found
 
 
-def foreign_users(listing: "TableListing") -> dict[str, list[str]]:
+def foreign_users(listing: TableListing) -> dict[str, list[str]]:
     """Per chain name: the foreign rules that sit in it or jump to it.
 
     nft deletes a chain's rules along with it (and refuses while a rule

@@ -37,13 +37,13 @@ from ..view import FirewallView
 from .base import BackendEvent, BatchBackend, EventCallback, kind_refused
 from .nft_text import (
     FAMILIES,
+    PROBE_PREFIX,
+    RuleEntry,
     Script,
     TableListing,
     build_script,
     canonical_chain,
     check_script,
-    PROBE_PREFIX,
-    RuleEntry,
     failure_for,
     foreign_users,
     generation_pid,
@@ -237,7 +237,7 @@ class NftablesBackend(BatchBackend):
                 listed = await self._run("-s", "-j", "list", "chain", family, NFT_TABLE, probe)
                 found = parse_listing(family, listed.stdout).rules if listed.returncode == 0 else []
                 if len(found) == len(pending):
-                    for rule, entry in zip(pending, found):
+                    for rule, entry in zip(pending, found, strict=True):
                         self._exprs[rule] = entry.expr
                 else:
                     log.warning("nft_probe_mismatch", family=family, expected=len(pending), found=len(found))
@@ -306,7 +306,7 @@ class NftablesBackend(BatchBackend):
                 else:
                     if not script.lines or await self._write(script, families, retry=True):
                         return script.outcomes
-            listings = dict(zip(families, await asyncio.gather(*(self._list(f) for f in families))))
+            listings = dict(zip(families, await asyncio.gather(*(self._list(f) for f in families)), strict=True))
             script = build_script(ops, listings, self._rules)
             if script.lines:
                 await self._write(script, families, retry=False)
@@ -493,7 +493,7 @@ class NftablesBackend(BatchBackend):
                     raw = await asyncio.wait_for(proc.stdout.readline(), MONITOR_GROUP_WAIT)
                 else:
                     raw = await proc.stdout.readline()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # No generation line (another nft version?): judge the lines alone.
                 self._judge(pending, None)
                 pending = []

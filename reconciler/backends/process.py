@@ -109,7 +109,7 @@ async def kill(proc: asyncio.subprocess.Process, *, group: bool = False) -> None
             send(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 send(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
@@ -176,7 +176,7 @@ class ToolRunner:
                 on_start(proc.pid)
             try:
                 await asyncio.wait_for(proc.wait(), self.timeout)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 await kill(proc, group=True)
                 raise BackendUnavailable(f"{' '.join(argv[:4])} did not finish within {self.timeout:g}s (killed)") from exc
             except BaseException:
@@ -210,9 +210,9 @@ def _memory_file(content: str | None = "") -> Iterator[BinaryIO | None]:
         yield None
         return
     try:
-        handle = open(os.memfd_create("fwrecon", os.MFD_CLOEXEC), "w+b")
+        handle = open(os.memfd_create("fwrecon", os.MFD_CLOEXEC), "w+b")  # noqa: SIM115 (closed by the with below)
     except OSError:  # memfd_create refused (an old kernel, a strict seccomp profile)
-        handle = tempfile.TemporaryFile()
+        handle = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the with below)
     with handle:
         if content:
             handle.write(content.encode())

@@ -18,6 +18,7 @@ from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
 from .base import NO_BACKEND, Backend, EventCallback, kind_refused
 
+
 class Router(Backend):
     """Routes by ``item.container()[0]``; see module docstring."""
 

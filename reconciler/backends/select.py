@@ -19,10 +19,10 @@ from typing import Literal
 import structlog
 
 from ..errors import BackendUnavailable
+from .base import Backend
 from .firewalld import FirewalldBackend
 from .iptables import IptablesBackend
 from .nftables import NftablesBackend
-from .base import Backend
 from .router import Router, routes_for
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-
 from fwsandbox import Sandbox
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,7 +151,7 @@ class Daemon:
         self.netns = fwrecon.sandbox.netns
         self.port = in_netns(self.netns, free_port)
         argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), *extra, netns=True)
-        self._log = open(log_path, "a")
+        self._log = open(log_path, "a")  # noqa: SIM115 (the daemon writes it; closed in stop())
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         wait_until(lambda: self.events(started_when), 10, f"the first {started_when} event")
 
@@ -181,9 +180,9 @@ class Daemon:
     def value(self, name: str, **labels: str) -> float:
         family = self.metrics()[name]
         for sample in family.samples:  # type: ignore[attr-defined]
-            if sample.name in (name, name + "_total", name + "_count") and all(sample.labels.get(k) == v for k, v in labels.items()):
-                if sample.name == name + "_count" or not sample.name.endswith("_count"):
-                    return sample.value
+            if (sample.name in (name, name + "_total", name + "_count") and all(sample.labels.get(k) == v for k, v in labels.items())
+                    and (sample.name == name + "_count" or not sample.name.endswith("_count"))):
+                return sample.value
         raise KeyError(f"{name} {labels}")
 
     def settled(self, quiet: float = 0.4) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from faults import FaultyBackend  # noqa: E402
+from faults import FaultyBackend
 
-from reconciler.backends.select import connect  # noqa: E402
-from reconciler.engine import Reconciler  # noqa: E402
-from reconciler.policydir import load_policy_dir  # noqa: E402
-from reconciler.state import StateStore  # noqa: E402
+from reconciler.backends.select import connect
+from reconciler.engine import Reconciler
+from reconciler.policydir import load_policy_dir
+from reconciler.state import StateStore
 
 
 async def main(mode: str, bus: str, policy_dir: str, state_file: str, kill_after: int) -> None:

@@ -8,8 +8,7 @@ from collections.abc import Collection, Hashable, Iterable, Sequence
 
 from reconciler.backends.base import Backend
 from reconciler.errors import OperationFailed
-from reconciler.model import Item
-from reconciler.model import KnownNames, Op, Outcome
+from reconciler.model import Item, KnownNames, Op, Outcome
 from reconciler.view import FirewallView
 
 

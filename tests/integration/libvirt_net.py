@@ -29,6 +29,7 @@ usage (internal): libvirt_net.py --inside BASE -- COMMAND [ARG ...]
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import os
@@ -37,8 +38,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # run as a script (--inside), this file imports the standard library only
     from fwsandbox import Sandbox
@@ -154,10 +156,8 @@ class LibvirtNetwork:
             self._proc.kill()
             self._proc.wait()
         for pid in self._pids_in_mount_ns():  # dnsmasq, if net-destroy did not get to it
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._pids_in_mount_ns():
             time.sleep(0.2)
             if self._pids_in_mount_ns():
@@ -278,10 +278,8 @@ def _inside(base: Path, command: list[str]) -> int:
     child = subprocess.Popen(command)
 
     def forward(signum: int, frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

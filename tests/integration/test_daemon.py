@@ -242,7 +242,7 @@ def test_systemd_notify_ready_and_watchdog(fwrecon: Fwrecon, daemon_factory: Cal
         try:
             while True:
                 rest.extend(receiver.recv(4096).decode().splitlines())
-        except socket.timeout:
+        except TimeoutError:
             pass
         assert "STOPPING=1" in rest
     finally:

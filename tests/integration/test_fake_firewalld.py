@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 import fwsandbox
+import pytest
 from conftest import ROOT, Fwrecon
 
 FAKE = Path(__file__).with_name("fake_firewalld.py")

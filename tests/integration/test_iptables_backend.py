@@ -16,6 +16,7 @@ make the plain names the variant's.  ebtables stays as the system has it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,8 +32,7 @@ from prereq import require_tools, skip_or_fail
 from reconciler.backends.iptables import IptablesBackend
 from reconciler.backends.process import which
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule
-from reconciler.model import Op, Outcome
+from reconciler.model import DirectChain, DirectRule, Op, Outcome
 from reconciler.planner import plan_all
 
 TOOLS = ("ip", *(f"{cmd}{suffix}" for cmd in ("iptables", "ip6tables", "ebtables") for suffix in ("", "-save", "-restore")))
@@ -100,10 +100,8 @@ def sh(ns: str, *argv: str, check: bool = True, input: str | None = None) -> sub
 def _delete_netns(name: str) -> None:
     pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
@@ -530,7 +528,7 @@ def test_reconciler_applies_keeps_a_chain_with_foreign_rules_and_removes_the_res
     from reconciler.policy import LoadResult, Policy
     from reconciler.state import StateStore
 
-    chain, rule_a, rule_b, jump = items = items_for("ipv4")
+    chain, _rule_a, _rule_b, _jump = items = items_for("ipv4")
     store = StateStore(tmp_path / "state.json")
 
     def reconcile(**wanted: frozenset):

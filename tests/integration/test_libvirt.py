@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Daemon, Fwrecon, wait_until
 from fwsandbox import Sandbox
 from libvirt_net import LibvirtNetwork, missing_prerequisites
@@ -73,7 +72,7 @@ def test_libvirt_binding_survives_reloads_and_policy_edit(
     for _ in range(3):
         calls = libvirt_net.zone_calls()
         sb.firewall_cmd("--reload", check=True)
-        wait_until(lambda: libvirt_net.zone_calls() > calls and libvirt_net.zone_of_bridge() == "libvirt",
+        wait_until(lambda calls=calls: libvirt_net.zone_calls() > calls and libvirt_net.zone_of_bridge() == "libvirt",
                    10, "libvirt to bind its bridge again after the reload")
         daemon.settled()
 

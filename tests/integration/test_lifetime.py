@@ -11,7 +11,6 @@ from pathlib import Path
 from conftest import Daemon, Fwrecon, wait_until
 
 
-
 def children(pid: int) -> dict[int, str]:
     """Live children of ``pid``: pid -> command line."""
     found = {}

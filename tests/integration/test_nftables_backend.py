@@ -21,14 +21,12 @@ from pathlib import Path
 import pytest
 from prereq import require_tools, skip_or_fail
 
-from reconciler.backends.process import search_path, which
-
 from reconciler.backends.base import BackendEvent
 from reconciler.backends.nft_text import IN_USE_CODE, rule_statement
 from reconciler.backends.nftables import NftablesBackend
+from reconciler.backends.process import search_path, which
 from reconciler.errors import OperationFailed
-from reconciler.model import NftChain, NftRule
-from reconciler.model import Op, Outcome
+from reconciler.model import NftChain, NftRule, Op, Outcome
 from reconciler.transaction import Transaction, TransactionFailed
 
 SBIN_PATH = search_path()
@@ -289,7 +287,7 @@ def test_check_validates_without_committing(netns):
     garbage = NftRule("inet", "elsewhere", "foo bar")
     commented = NftRule("inet", "input", 'accept comment "x"')
     incomplete = NftRule("inet", "input", "tcp dport 22 acept")  # nft then trips over fwrecon's tag
-    errors = run(backend.check(ITEMS + [bad_port, nowhere, garbage, commented, incomplete]))
+    errors = run(backend.check([*ITEMS, bad_port, nowhere, garbage, commented, incomplete]))
     assert set(errors) == {bad_port, nowhere, garbage, commented, incomplete}
     assert errors[incomplete] == "syntax error: the rule text is incomplete (nft wanted more at its end)"
     assert errors[bad_port] == "Service out of range"
@@ -383,7 +381,7 @@ class Events:
         start = getattr(self, "start", time.monotonic())
         try:
             await asyncio.wait_for(self.event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return self.seen[-1][0] - start
 

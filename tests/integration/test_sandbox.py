@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from fwsandbox import PEER_ADDR, SANDBOX_IFACE, Sandbox
 
 PORT = 4711

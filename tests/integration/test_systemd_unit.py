@@ -36,7 +36,6 @@ from iptables_variants import VARIANTS, link_variant
 from prereq import require_tools, skip_or_fail
 from unit_manager import UnitManager, systemd_binary
 
-
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = "fwrecon.service"
 SHIPPED_UNIT = ROOT / "contrib" / "systemd" / UNIT

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, Daemon, Fwrecon, wait_until
 
 TIMEOUT = 2.0

@@ -70,9 +70,8 @@ class UnitManager:
         # slave: network namespaces the tests add later (mounts below /run/netns) reach the manager
         argv = ["unshare", "--mount", "--propagation", "slave",
                 sys.executable, __file__, "--exec-manager", systemd_binary() or "systemd"]
-        log = open(self.base / "manager.log", "wb")
-        self._proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.base / "manager.log", "wb") as log:  # the manager keeps its own copy
+            self._proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         # (not is-system-running: outside the namespace, systemctl itself would answer "offline")
         while self.systemctl("show", "--property=SystemState", check=False).stdout.strip() not in ("SystemState=running", "SystemState=degraded"):

@@ -214,7 +214,7 @@ def report(samples: dict[tuple[str, int], list[Sample]]) -> list[str]:
     verdicts = []
     for (name, n), rounds in samples.items():
         apply = med(r.first.seconds for r in rounds)
-        ratios = [med(r.loop / x for r, x in zip(rounds, values)) for values in (
+        ratios = [med(r.loop / x for r, x in zip(rounds, values, strict=True)) for values in (
             [r.first.seconds for r in rounds],
             [r.first.seconds - r.first.parse for r in rounds],
             [r.again for r in rounds],

@@ -91,12 +91,13 @@ class Daemon:
         self.policy_dir = work / "policies"
         self.policy_dir.mkdir(mode=0o755)
         self.log = work / "daemon.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "run", "--bus-address", sb.bus_address,
-             "--policy-dir", str(self.policy_dir), "--state-file", str(work / "state.json"),
-             "--log-format", "json", "--metrics-address", "off", "--resync-interval", "0"],
-            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
-        )
+        with open(self.log, "w") as log:  # the daemon keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "reconciler", "run", "--bus-address", sb.bus_address,
+                 "--policy-dir", str(self.policy_dir), "--state-file", str(work / "state.json"),
+                 "--log-format", "json", "--metrics-address", "off", "--resync-interval", "0"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
 
     def reconciles(self) -> list[dict]:
         out = []
@@ -155,11 +156,11 @@ def main() -> int:
             daemon = Daemon(sb, Path(tempfile.mkdtemp(dir=work)))
             try:
                 daemon.write("bench", policy_text(n))
-                daemon.wait_for(lambda r: r["ops"] >= n and r["result"] == "success")
+                daemon.wait_for(lambda r, n=n: r["ops"] >= n and r["result"] == "success")
                 time.sleep(0.5)
                 seen = len(daemon.reconciles())
                 sb.reload()
-                record = daemon.wait_for(lambda r: "reapply_ms" in r and r["ops"] >= n, after=seen)
+                record = daemon.wait_for(lambda r, n=n: "reapply_ms" in r and r["ops"] >= n, after=seen)
                 ours = record["reapply_ms"] / 1000
                 print(f"{n:>6} {raw:>13.3f} {ours:>10.3f} {ours / raw:>6.2f}x {per_cmd * n / ours:>15.0f}x")
                 rss = daemon.rss_mb()
@@ -182,7 +183,7 @@ def main() -> int:
                 latencies.append(record["event_to_converged_ms"])
                 time.sleep(0.3)  # let the echo of our own change settle
             latencies.sort()
-            p95 = latencies[min(len(latencies) - 1, int(round(0.95 * len(latencies))) - 1)]
+            p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)]
             print(f"policy event to converged over {len(latencies)} edits: median {statistics.median(latencies):.0f} ms, p95 {p95:.0f} ms")
         finally:
             daemon.stop()

@@ -12,13 +12,13 @@ from collections.abc import Callable
 import pytest
 
 from reconciler.backends.iptables import IptablesBackend
-from reconciler.backends.process import ToolResult, ToolRunner
 from reconciler.backends.iptables_text import (
     Entry,
     TableModel,
     TableSave,
     build_model,
     build_script,
+    chain_users,
     compensation_script,
     culprit_op,
     failed_line,
@@ -26,13 +26,12 @@ from reconciler.backends.iptables_text import (
     quote_arg,
     rule_tags,
     rule_text,
-    chain_users,
 )
+from reconciler.backends.process import ToolResult, ToolRunner
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule, NftRule, Port, Scope
-from reconciler.view import FirewallView
-from reconciler.model import Op, Outcome
+from reconciler.model import DirectChain, DirectRule, NftRule, Op, Outcome, Port, Scope
 from reconciler.planner import plan_all
+from reconciler.view import FirewallView
 
 CHAIN = DirectChain("ipv4", "filter", "FWR_IN")
 
@@ -351,7 +350,7 @@ def test_view_chain_jumped_to_by_our_rule_is_in_use_until_that_rule_goes():
 def test_compensation_script_restores_touched_chains_only():
     before = parse_save(SAVE_V4, "filter")
     after = parse_save(SAVE_V4, "filter")
-    after.rules["FWR_IN"] = after.rules["FWR_IN"][:1] + ["-j ACCEPT"]
+    after.rules["FWR_IN"] = [*after.rules["FWR_IN"][:1], "-j ACCEPT"]
     after.chains["NEW"] = "-"
     after.rules["NEW"] = []
     del after.chains["OTHER"], after.rules["OTHER"]
@@ -360,8 +359,8 @@ def test_compensation_script_restores_touched_chains_only():
     assert lines[1:3] == ["-N OTHER", "-F FWR_IN"]
     assert "-F NEW" in lines and lines[-2] == "-X NEW"
     assert "-A OTHER" in lines
-    assert [l for l in lines if l.startswith("-A FWR_IN")] == [f"-A FWR_IN {r}" for r in before.rules["FWR_IN"]]
-    assert not any("INPUT" in l for l in lines)
+    assert [line for line in lines if line.startswith("-A FWR_IN")] == [f"-A FWR_IN {r}" for r in before.rules["FWR_IN"]]
+    assert not any("INPUT" in line for line in lines)
     assert compensation_script("filter", before, parse_save(SAVE_V4, "filter")) == []
     assert compensation_script("filter", before, after, {"OUTPUT"}) == []  # only the chains a script touched
 
@@ -536,7 +535,7 @@ def test_a_hanging_tool_is_unavailable_within_the_timeout(tmp_path):
 
     backend = IptablesBackend(timeout=0.2, tools=Hanging(timeout=0.2))
     started = time.monotonic()
-    with pytest.raises(BackendUnavailable, match="did not finish within 0.2s"):
+    with pytest.raises(BackendUnavailable, match=r"did not finish within 0\.2s"):
         run(backend.observe({("direct", "ipv4", "filter")}))
     assert time.monotonic() - started < 2
 

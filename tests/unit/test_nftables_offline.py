@@ -18,9 +18,6 @@ import pytest
 from log_recorder import LogRecorder
 
 from reconciler.backends.base import BackendEvent
-from reconciler.backends.nftables import NftablesBackend
-from reconciler.backends.process import ToolResult as _Result
-from reconciler.backends.process import ToolRunner
 from reconciler.backends.nft_text import (
     CONFLICT_CODE,
     ERROR_CODE,
@@ -40,9 +37,11 @@ from reconciler.backends.nft_text import (
     rule_problem,
     rule_statement,
 )
+from reconciler.backends.nftables import NftablesBackend
+from reconciler.backends.process import ToolResult as _Result
+from reconciler.backends.process import ToolRunner
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, Port, Scope
-from reconciler.model import Op, Outcome
+from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, Op, Outcome, Port, Scope
 
 # `nft -j list table inet fwrecon` (one line in reality), after:
 #   add chain inet fwrecon input { type filter hook input priority 0; policy drop; }

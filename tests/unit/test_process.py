@@ -41,7 +41,7 @@ def test_without_memfd_a_temporary_file_does(monkeypatch):
 
 def test_timeout_kills_and_reports_unavailable():
     exited = []
-    with pytest.raises(BackendUnavailable, match="did not finish within 0.2s"):
+    with pytest.raises(BackendUnavailable, match=r"did not finish within 0\.2s"):
         asyncio.run(ToolRunner(timeout=0.2).run(["sleep", "5"], on_exit=exited.append))
     assert len(exited) == 1
 

@@ -211,7 +211,7 @@ def test_an_invalid_policy_is_degraded_and_its_unchanged_errors_are_logged_once(
         for _ in range(3):  # resyncs with the same broken file
             before = count(metrics, "resync", "degraded")
             controller.request(Trigger.RESYNC)
-            await eventually(lambda: count(metrics, "resync", "degraded") == before + 1)
+            await eventually(lambda before=before: count(metrics, "resync", "degraded") == before + 1)
         broken.write_text('[zone.public]\nports = ["81/tcpx"]\n')  # a new error is said again
         controller.request(Trigger.POLICY)
         await eventually(lambda: count(metrics, "policy", "degraded") == 1)

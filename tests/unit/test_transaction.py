@@ -10,8 +10,7 @@ import asyncio
 import pytest
 
 from reconciler.backends.memory import MemoryBackend
-from reconciler.model import DirectChain, DirectRule, Port, Scope, Service
-from reconciler.model import Op
+from reconciler.model import DirectChain, DirectRule, Op, Port, Scope, Service
 from reconciler.transaction import Transaction, TransactionFailed
 
 Z = Scope("zone", "public")
