@@ -51,9 +51,7 @@ FW_NAME = "org.fedoraproject.FirewallD1"
 FW_PATH = "/org/fedoraproject/FirewallD1"
 FW_POLICIES = FW_NAME + ".policies"
 
-_SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-)
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
 
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -126,12 +124,24 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
-def _run(argv: Sequence[str], *, check: bool = False, timeout: float | None = 60,
-         env: dict[str, str] | None = None, input: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: Sequence[str],
+    *,
+    check: bool = False,
+    timeout: float | None = 60,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """subprocess.run with captured text output; argv lists only, never a shell."""
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          env=env, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise SandboxError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -283,8 +293,7 @@ class Sandbox:
             return self.bus_address
         self.stop()  # leftovers of a crashed run of this dir
         if _netns_exists(self.netns):
-            raise SandboxError(f"netns {self.netns} exists but was not created by {self.dir}; "
-                               f"pick another name or remove it")
+            raise SandboxError(f"netns {self.netns} exists but was not created by {self.dir}; pick another name or remove it")
         if len(str(self.bus_path).encode()) > 100:
             raise SandboxError(f"{self.bus_path}: too long for a unix socket path")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -335,8 +344,7 @@ class Sandbox:
         conf = self._file("bus.conf")
         conf.write_text(BUS_CONF.format(bus=self.bus_path))
         self.bus_path.unlink(missing_ok=True)
-        out = _run(["dbus-daemon", f"--config-file={conf}", "--fork", "--print-pid"],
-                   check=True, timeout=15).stdout
+        out = _run(["dbus-daemon", f"--config-file={conf}", "--fork", "--print-pid"], check=True, timeout=15).stdout
         self._file("dbus.pid").write_text(out.split()[0] + "\n")
 
     def _create_netns(self, name: str, record: str) -> None:
@@ -371,11 +379,28 @@ class Sandbox:
         self.log_path.write_text("")
         with open(self._file("firewalld.out"), "wb") as out:
             self._fw_proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, FIREWALLD, "--nofork", "--nopid",
-                 "--system-config", str(self.etc_dir),
-                 "--log-target", "file", "--log-file", str(self.log_path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True, cwd="/")
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    FIREWALLD,
+                    "--nofork",
+                    "--nopid",
+                    "--system-config",
+                    str(self.etc_dir),
+                    "--log-target",
+                    "file",
+                    "--log-file",
+                    str(self.log_path),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                cwd="/",
+            )
         self._file("firewalld.pid").write_text(f"{self._fw_proc.pid}\n")
         self._wait_running(timeout)
 
@@ -384,12 +409,16 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         while self.state() != "RUNNING":
             if self._fw_proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"exited with {self._fw_proc.returncode}" if self._fw_proc.returncode
-                       is not None else f"not RUNNING after {timeout:.0f} s")
+                why = (
+                    f"exited with {self._fw_proc.returncode}"
+                    if self._fw_proc.returncode is not None
+                    else f"not RUNNING after {timeout:.0f} s"
+                )
                 self.stop_firewalld()
                 raise SandboxError(
                     f"firewalld {why}.\n--- {self.log_path} ---\n{_tail(self.log_path)}"
-                    f"\n--- {self._file('firewalld.out')} ---\n{_tail(self._file('firewalld.out'))}")
+                    f"\n--- {self._file('firewalld.out')} ---\n{_tail(self._file('firewalld.out'))}"
+                )
             time.sleep(0.05)
 
     def stop_firewalld(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -424,15 +453,23 @@ class Sandbox:
     def _name_has_owner(self) -> bool:
         if not self.bus_path.exists():
             return False
-        out = _run(["dbus-send", f"--bus={self.bus_address}", "--print-reply=literal",
-                    "--dest=org.freedesktop.DBus", "/org/freedesktop/DBus",
-                    "org.freedesktop.DBus.NameHasOwner", f"string:{FW_NAME}"], timeout=10)
+        out = _run(
+            [
+                "dbus-send",
+                f"--bus={self.bus_address}",
+                "--print-reply=literal",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.NameHasOwner",
+                f"string:{FW_NAME}",
+            ],
+            timeout=10,
+        )
         return out.returncode == 0 and out.stdout.strip().endswith("true")
 
     def state(self) -> str | None:
         """firewalld's `state` property (INIT, RUNNING, FAILED) or None if not on the bus."""
-        out = self._dbus_send(FW_PATH, "org.freedesktop.DBus.Properties.Get",
-                              f"string:{FW_NAME}", "string:state", timeout=2.0)
+        out = self._dbus_send(FW_PATH, "org.freedesktop.DBus.Properties.Get", f"string:{FW_NAME}", "string:state", timeout=2.0)
         return out.split()[-1] if out else None
 
     def firewalld_running(self) -> bool:
@@ -445,9 +482,19 @@ class Sandbox:
         """One D-Bus call via dbus-send (a few ms; firewall-cmd costs ~150 ms). None on error."""
         if not self.bus_path.exists():
             return None
-        proc = _run(["dbus-send", f"--bus={self.bus_address}", "--print-reply=literal",
-                     f"--reply-timeout={int(timeout * 1000)}", f"--dest={FW_NAME}", path, method,
-                     *args], timeout=timeout + 5)
+        proc = _run(
+            [
+                "dbus-send",
+                f"--bus={self.bus_address}",
+                "--print-reply=literal",
+                f"--reply-timeout={int(timeout * 1000)}",
+                f"--dest={FW_NAME}",
+                path,
+                method,
+                *args,
+            ],
+            timeout=timeout + 5,
+        )
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     def reload(self) -> None:
@@ -460,19 +507,17 @@ class Sandbox:
             raise SandboxError(f"D-Bus call {interface}.{method} failed")
         return out
 
-    def firewall_cmd(self, *args: str, check: bool = False, timeout: float = 60
-                     ) -> subprocess.CompletedProcess[str]:
+    def firewall_cmd(self, *args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """firewall-cmd against the sandbox bus."""
         return _run(["firewall-cmd", *args], env=self.env, check=check, timeout=timeout)
 
-    def netns_exec(self, argv: Sequence[str], *, check: bool = False, timeout: float = 60,
-                   input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def netns_exec(
+        self, argv: Sequence[str], *, check: bool = False, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv inside the sandbox netns (with the sandbox bus as system bus)."""
-        return _run(["ip", "netns", "exec", self.netns, *argv], env=self.env, check=check,
-                    timeout=timeout, input=input)
+        return _run(["ip", "netns", "exec", self.netns, *argv], env=self.env, check=check, timeout=timeout, input=input)
 
-    def peer_exec(self, argv: Sequence[str], *, check: bool = False, timeout: float = 60
-                  ) -> subprocess.CompletedProcess[str]:
+    def peer_exec(self, argv: Sequence[str], *, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run argv inside the peer netns (see add_peer)."""
         return _run(["ip", "netns", "exec", self.peer_netns, *argv], check=check, timeout=timeout)
 
@@ -513,8 +558,7 @@ class Sandbox:
         self.stop_firewalld()
         self.start_firewalld()
         if not self._clean_ruleset():
-            raise SandboxError(f"ruleset differs from baseline after restart "
-                               f"(config restored: {config_changed})")
+            raise SandboxError(f"ruleset differs from baseline after restart (config restored: {config_changed})")
 
     def _clean_ruleset(self) -> bool:
         """Delete tables absent from the baseline; True if the ruleset now equals it."""
@@ -535,17 +579,31 @@ class Sandbox:
 
     def add_peer(self) -> None:
         """Create NETNS-peer and a veth pair SANDBOX_IFACE <-> PEER_IFACE (idempotent)."""
-        if self._recorded("peer-netns") and _run(
-                ["ip", "-n", self.netns, "link", "show", SANDBOX_IFACE]).returncode == 0:
+        if self._recorded("peer-netns") and _run(["ip", "-n", self.netns, "link", "show", SANDBOX_IFACE]).returncode == 0:
             return
         self._delete_netns("peer-netns")
         if _netns_exists(self.peer_netns):
             raise SandboxError(f"netns {self.peer_netns} exists but was not created by {self.dir}")
         self._create_netns(self.peer_netns, "peer-netns")
-        _run(["ip", "-n", self.netns, "link", "add", SANDBOX_IFACE, "type", "veth",
-              "peer", "name", PEER_IFACE, "netns", self.peer_netns], check=True)
-        for ns, iface, addr in ((self.netns, SANDBOX_IFACE, SANDBOX_ADDR),
-                                (self.peer_netns, PEER_IFACE, PEER_ADDR)):
+        _run(
+            [
+                "ip",
+                "-n",
+                self.netns,
+                "link",
+                "add",
+                SANDBOX_IFACE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                PEER_IFACE,
+                "netns",
+                self.peer_netns,
+            ],
+            check=True,
+        )
+        for ns, iface, addr in ((self.netns, SANDBOX_IFACE, SANDBOX_ADDR), (self.peer_netns, PEER_IFACE, PEER_ADDR)):
             _run(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", iface], check=True)
             _run(["ip", "-n", ns, "link", "set", iface, "up"], check=True)
 
@@ -561,8 +619,11 @@ class Sandbox:
         self.add_peer()
         listener = self._start_listener(port) if listen else None
         try:
-            result = self.peer_exec([sys.executable, "-I", "-S", "-c", CONNECT_SCRIPT, SANDBOX_ADDR,
-                                     str(port), str(timeout)], check=True, timeout=timeout + 10)
+            result = self.peer_exec(
+                [sys.executable, "-I", "-S", "-c", CONNECT_SCRIPT, SANDBOX_ADDR, str(port), str(timeout)],
+                check=True,
+                timeout=timeout + 10,
+            )
         finally:
             if listener is not None:
                 listener.kill()
@@ -574,9 +635,12 @@ class Sandbox:
 
     def _start_listener(self, port: int) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, sys.executable, "-I", "-S", "-c", LISTENER_SCRIPT,
-             str(port), "60"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            ["ip", "netns", "exec", self.netns, sys.executable, "-I", "-S", "-c", LISTENER_SCRIPT, str(port), "60"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None and proc.stderr is not None
         if proc.stdout.readline().strip() != "ready":
             proc.kill()
@@ -592,7 +656,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sandbox",
         description="Run a throwaway firewalld on a private D-Bus inside its own network "
-                    "namespace (never touches the host firewall or /etc/firewalld).")
+        "namespace (never touches the host firewall or /etc/firewalld).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
         "start": "start bus, netns and firewalld; print the bus address",
@@ -605,11 +670,10 @@ def _parser() -> argparse.ArgumentParser:
     }
     for name, text in helps.items():
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                         help=f"sandbox directory (default {DEFAULT_DIR})")
-        cmd.add_argument("--name", default=None,
-                         help=f"network namespace name (default: the one recorded in DIR, "
-                              f"else {DEFAULT_NETNS})")
+        cmd.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"sandbox directory (default {DEFAULT_DIR})")
+        cmd.add_argument(
+            "--name", default=None, help=f"network namespace name (default: the one recorded in DIR, else {DEFAULT_NETNS})"
+        )
     return parser
 
 

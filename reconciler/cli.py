@@ -58,19 +58,43 @@ def _positive_seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     files = argparse.ArgumentParser(add_help=False)  # what every command reads
-    files.add_argument("--policy-dir", type=Path, default=Path(DEFAULT_POLICY_DIR), help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})")
-    files.add_argument("--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})")
-    files.add_argument("--log-format", choices=("json", "console", "auto"), default="auto", help="log format on stderr (default: console on a terminal, else JSON lines)")
+    files.add_argument(
+        "--policy-dir",
+        type=Path,
+        default=Path(DEFAULT_POLICY_DIR),
+        help=f"directory of *.toml policies (default {DEFAULT_POLICY_DIR})",
+    )
+    files.add_argument(
+        "--state-file", type=Path, default=Path(DEFAULT_STATE_FILE), help=f"ownership state (default {DEFAULT_STATE_FILE})"
+    )
+    files.add_argument(
+        "--log-format",
+        choices=("json", "console", "auto"),
+        default="auto",
+        help="log format on stderr (default: console on a terminal, else JSON lines)",
+    )
     common = argparse.ArgumentParser(add_help=False, parents=[files])  # ... and those that reach the firewall
-    common.add_argument("--bus-address", help="D-Bus address of the system bus firewalld is on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)")
-    common.add_argument("--backend", choices=BACKEND_MODES, default="auto",
-                        help="auto (default): firewalld when it is on the bus, else iptables; firewalld: zones, policies "
-                        "and direct rules via firewalld; iptables: direct rules via iptables/ip6tables/ebtables; nftables: "
-                        "nft sections only. nft sections always go to fwrecon's own nftables table")
-    common.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"longest wait for one D-Bus call to firewalld or one iptables/nft run (default {DEFAULT_TIMEOUT:g}); "
-                        "a firewall that does not answer within it is treated as unreachable: nothing more is sent to it "
-                        "until the next reconcile")
+    common.add_argument(
+        "--bus-address",
+        help="D-Bus address of the system bus firewalld is on (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)",
+    )
+    common.add_argument(
+        "--backend",
+        choices=BACKEND_MODES,
+        default="auto",
+        help="auto (default): firewalld when it is on the bus, else iptables; firewalld: zones, policies "
+        "and direct rules via firewalld; iptables: direct rules via iptables/ip6tables/ebtables; nftables: "
+        "nft sections only. nft sections always go to fwrecon's own nftables table",
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"longest wait for one D-Bus call to firewalld or one iptables/nft run (default {DEFAULT_TIMEOUT:g}); "
+        "a firewall that does not answer within it is treated as unreachable: nothing more is sent to it "
+        "until the next reconcile",
+    )
 
     parser = argparse.ArgumentParser(
         prog="fwrecon",
@@ -80,28 +104,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"fwrecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("check", parents=[common], help="validate policies; change nothing",
-                   description="Validate policy files offline; when the backend is reachable, also check that the zones, policies, "
-                   "services and ICMP types they name exist and that the backend in charge can express every section; "
-                   "nft sections are checked by 'nft -c'. Changes nothing.")
-    plan = sub.add_parser("plan", parents=[common], help="print the operations apply would run",
-                          description="Print the operations 'apply' would run, one per line with the policy that wants it.")
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate policies; change nothing",
+        description="Validate policy files offline; when the backend is reachable, also check that the zones, policies, "
+        "services and ICMP types they name exist and that the backend in charge can express every section; "
+        "nft sections are checked by 'nft -c'. Changes nothing.",
+    )
+    plan = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="print the operations apply would run",
+        description="Print the operations 'apply' would run, one per line with the policy that wants it.",
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("apply", parents=[common], help="reconcile once",
-                   description="Reconcile once: apply what is missing, remove what fwrecon owns and no policy wants.")
-    run = sub.add_parser("run", parents=[common], help="run the daemon",
-                         description="Watch the policy directory and firewalld; keep the firewall equal to the policies. "
-                         "Re-applies after firewalld reloads or restarts, repairs drift, serves Prometheus metrics. "
-                         "SIGHUP re-reads policies; SIGTERM/SIGINT exit 0 leaving the rules in place.")
-    run.add_argument("--metrics-address", default=DEFAULT_METRICS_ADDRESS, metavar="HOST:PORT",
-                     help=f"where /metrics listens (default {DEFAULT_METRICS_ADDRESS}; 'off' disables)")
-    run.add_argument("--resync-interval", type=float, default=60.0, metavar="SECONDS",
-                     help="full reconcile at least this often, as a safety net (default 60; 0 disables)")
-    status_parser = sub.add_parser("status", parents=[files], help="what fwrecon owns and how the last reconcile went",
-                                   description="Per policy: valid, invalid or failed with the reason, and what it owns on "
-                                   "which backend; the last reconcile's time, trigger, operations and result. Reads only "
-                                   "the policy files, the state file and the status record beside it (STATE_FILE.status.json, "
-                                   "written after each reconcile by 'run' and 'apply'): works whether or not the daemon runs.")
+    sub.add_parser(
+        "apply",
+        parents=[common],
+        help="reconcile once",
+        description="Reconcile once: apply what is missing, remove what fwrecon owns and no policy wants.",
+    )
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the daemon",
+        description="Watch the policy directory and firewalld; keep the firewall equal to the policies. "
+        "Re-applies after firewalld reloads or restarts, repairs drift, serves Prometheus metrics. "
+        "SIGHUP re-reads policies; SIGTERM/SIGINT exit 0 leaving the rules in place.",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default=DEFAULT_METRICS_ADDRESS,
+        metavar="HOST:PORT",
+        help=f"where /metrics listens (default {DEFAULT_METRICS_ADDRESS}; 'off' disables)",
+    )
+    run.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="full reconcile at least this often, as a safety net (default 60; 0 disables)",
+    )
+    status_parser = sub.add_parser(
+        "status",
+        parents=[files],
+        help="what fwrecon owns and how the last reconcile went",
+        description="Per policy: valid, invalid or failed with the reason, and what it owns on "
+        "which backend; the last reconcile's time, trigger, operations and result. Reads only "
+        "the policy files, the state file and the status record beside it (STATE_FILE.status.json, "
+        "written after each reconcile by 'run' and 'apply'): works whether or not the daemon runs.",
+    )
     status_parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -197,11 +250,19 @@ async def cmd_plan(args: argparse.Namespace) -> int:
     held = held_by_others(plans, others)
     errors = [str(e) for name in sorted(desired.invalid) for e in desired.invalid[name]]
     if args.json:
-        print(json.dumps({
-            "changes": [{"policy": p, "action": op.action, "item": op.item.to_json(), "text": op.item.describe()} for p, op in changes],
-            "held_by_others": [{"policy": p, "item": item.to_json(), "text": item.describe()} for p, item in held],
-            "errors": errors,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "changes": [
+                        {"policy": p, "action": op.action, "item": op.item.to_json(), "text": op.item.describe()}
+                        for p, op in changes
+                    ],
+                    "held_by_others": [{"policy": p, "item": item.to_json(), "text": item.describe()} for p, item in held],
+                    "errors": errors,
+                },
+                indent=2,
+            )
+        )
     else:
         for policy, op in changes:
             print(f"{op.describe()}  [{policy}]")
@@ -239,7 +300,9 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     for name in sorted(report.invalid):
         for err in report.invalid[name]:
             print(f"INVALID {err} (last good version kept)")
-    print(f"{report.write_ops} operations, {len(report.failed)} failed, {len(report.invalid)} invalid, {report.owned_items} owned items")
+    print(
+        f"{report.write_ops} operations, {len(report.failed)} failed, {len(report.invalid)} invalid, {report.owned_items} owned items"
+    )
     return 0 if report.converged and not report.invalid else 1
 
 

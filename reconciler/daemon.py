@@ -59,8 +59,16 @@ class Trigger(enum.Enum):
 
 
 # A coalesced batch is labelled by its most significant trigger.
-_LABEL_ORDER = (Trigger.RELOAD, Trigger.STARTUP, Trigger.OWNER, Trigger.SETTLE, Trigger.POLICY, Trigger.SIGNAL,
-                Trigger.DRIFT, Trigger.RESYNC)
+_LABEL_ORDER = (
+    Trigger.RELOAD,
+    Trigger.STARTUP,
+    Trigger.OWNER,
+    Trigger.SETTLE,
+    Trigger.POLICY,
+    Trigger.SIGNAL,
+    Trigger.DRIFT,
+    Trigger.RESYNC,
+)
 
 Connect = Callable[[str | None], Awaitable[Backend]]
 
@@ -207,8 +215,11 @@ class Controller:
             return
         self._unresponsive = unresponsive
         if unresponsive:
-            log.error("firewalld_unresponsive", timeout_seconds=getattr(firewalld, "timeout", None),
-                      hint="still in charge; retrying with backoff")
+            log.error(
+                "firewalld_unresponsive",
+                timeout_seconds=getattr(firewalld, "timeout", None),
+                hint="still in charge; retrying with backoff",
+            )
             self.metrics.firewalld_up.set(0)
         else:
             log.info("firewalld_responsive")
@@ -330,8 +341,12 @@ class Controller:
                 if self.backends.mode == "firewalld":
                     log.warning("bus_unavailable", error=str(exc), retry_in=delay)
                 else:
-                    (log.debug if reported else log.info)("bus_unavailable", error=str(exc), retry_in=delay,
-                                                          hint="iptables/nftables in charge until firewalld appears")
+                    (log.debug if reported else log.info)(
+                        "bus_unavailable",
+                        error=str(exc),
+                        retry_in=delay,
+                        hint="iptables/nftables in charge until firewalld appears",
+                    )
                 reported = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.backoff_max)
@@ -346,7 +361,8 @@ class Controller:
             self._connected_before = True
             if not up:  # (in auto mode a host without firewalld is a normal one)
                 (log.warning if self.backends.mode == "firewalld" else log.info)(
-                    "firewalld_not_running", hint="waiting for it to appear on the bus")
+                    "firewalld_not_running", hint="waiting for it to appear on the bus"
+                )
             try:
                 await backend.wait_closed()
             except Exception as exc:  # dbus-fast re-raises the error that closed the bus
@@ -460,15 +476,23 @@ class Controller:
         duration = time.monotonic() - started
         self.metrics.reconcile_duration.labels(trigger=trigger.value).observe(duration)
         self.metrics.reconciles.labels(trigger=trigger.value, result="error").inc()
-        log.error(event, trigger=trigger.value, error=str(exc), code=getattr(exc, "code", None),
-                  duration_ms=round(duration * 1000, 2), result="error")
+        log.error(
+            event,
+            trigger=trigger.value,
+            error=str(exc),
+            code=getattr(exc, "code", None),
+            duration_ms=round(duration * 1000, 2),
+            result="error",
+        )
         status_record.record_error(self.settings.state_file, trigger.value, exc, duration)  # for `fwrecon status`
         return False
 
     def _name_for(self, op: Op) -> str:
         return self.backend.name_for(op.item) if self.backend else NO_BACKEND
 
-    def _record(self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float) -> None:
+    def _record(
+        self, trigger: Trigger, batch: dict[Trigger, float], loaded: LoadResult, report: ReconcileReport, duration: float
+    ) -> None:
         m = self.metrics
         self._logged_errors = log_policy_errors(report.invalid, self._logged_errors)
         # error: the reconcile could not run (see _record_error); degraded: it
@@ -482,7 +506,9 @@ class Controller:
             if outcome.status == "failed":
                 m.rollbacks.labels(policy=outcome.policy).inc()
                 if outcome.failed_op:
-                    m.operations.labels(backend=self._name_for(outcome.failed_op), action=outcome.failed_op.action, result="failed").inc()
+                    m.operations.labels(
+                        backend=self._name_for(outcome.failed_op), action=outcome.failed_op.action, result="failed"
+                    ).inc()
                 for undo in outcome.undone:
                     m.operations.labels(backend=self._name_for(undo), action=undo.action, result="rollback").inc()
         invalid = len(report.invalid)
@@ -503,8 +529,10 @@ class Controller:
             if Trigger.POLICY in batch:
                 latencies["event_to_converged_ms"] = round((now - batch[Trigger.POLICY]) * 1000, 2)
                 m.event_to_converged.observe(now - batch[Trigger.POLICY])
-        status = (f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies, "
-                  f"{len(report.failed)} failed")
+        status = (
+            f"{result}: {report.write_ops} ops, {report.owned_items} owned, {invalid} invalid policies, "
+            f"{len(report.failed)} failed"
+        )
         if not self._ready_sent:
             # Ready once a reconcile ran to its end, each policy applied or rolled
             # back and reported: a policy the firewall refuses (retried with
@@ -514,6 +542,16 @@ class Controller:
             self._ready_sent = True
         else:
             self.notifier.status(status)
-        log.info("reconcile", trigger=trigger.value, ops=report.write_ops, duration_ms=round(duration * 1000, 2),
-                 result=result, failed=[o.policy for o in report.failed], invalid=sorted(report.invalid), **latencies)
-        status_record.record_reconcile(self.settings.state_file, trigger.value, result, loaded, report, duration)  # for `fwrecon status`
+        log.info(
+            "reconcile",
+            trigger=trigger.value,
+            ops=report.write_ops,
+            duration_ms=round(duration * 1000, 2),
+            result=result,
+            failed=[o.policy for o in report.failed],
+            invalid=sorted(report.invalid),
+            **latencies,
+        )
+        status_record.record_reconcile(
+            self.settings.state_file, trigger.value, result, loaded, report, duration
+        )  # for `fwrecon status`

@@ -87,7 +87,9 @@ def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
         if reason:
             section = section_key(item)
             found[section] = min(found.get(section, reason), reason)  # deterministic whatever the set order
-    return [PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)]
+    return [
+        PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)
+    ]
 
 
 class RefusalMemo:
@@ -264,7 +266,9 @@ class Reconciler:
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
         """Read what desired or owned state mentions (and tell labelling backends those items)."""
-        return await self.backend.observe(containers_for(desired, state.owned), [*state.owned, *itertools.chain(*desired.values())])
+        return await self.backend.observe(
+            containers_for(desired, state.owned), [*state.owned, *itertools.chain(*desired.values())]
+        )
 
     async def validate(
         self,
@@ -312,7 +316,9 @@ class Reconciler:
 
     async def verdict_errors(self, loaded: LoadResult, desired: Desired) -> dict[str, list[PolicyError]]:
         """The backends' own verdicts (``nft -c``) on the items of policies still valid."""
-        wanted = {item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items}
+        wanted = {
+            item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items
+        }
         found: dict[str, list[PolicyError]] = {}
         for item, message in sorted((await self.backend.verdicts(wanted)).items(), key=lambda pair: pair[0].sort_key()):
             policy = wanted[item]
@@ -335,14 +341,17 @@ class Reconciler:
             outcome.status = "invalid"
 
     @staticmethod
-    def _hold(desired: Desired, name: str, errors: list[PolicyError], state: State,
-              last_good: Mapping[str, frozenset[Item]] | None) -> None:
+    def _hold(
+        desired: Desired, name: str, errors: list[PolicyError], state: State, last_good: Mapping[str, frozenset[Item]] | None
+    ) -> None:
         """Make ``name`` invalid: it keeps its last good items (or what it owns)."""
         desired.invalid[name] = desired.invalid.get(name, []) + errors
         held = (last_good or {}).get(name)
         desired.items[name] = held if held is not None else state.owned_by(name)
 
-    async def plan(self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None) -> tuple[list[PolicyPlan], Desired]:
+    async def plan(
+        self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None
+    ) -> tuple[list[PolicyPlan], Desired]:
         """Validate thoroughly, observe and plan without changing anything (``fwrecon plan``)."""
         state = self.store.load()
         desired, view = await self.validate(loaded, state, last_good, thorough=True)
@@ -516,7 +525,9 @@ class Reconciler:
                 log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
         self.store.save(state)
 
-    def _restore_after_failure(self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None) -> None:
+    def _restore_after_failure(
+        self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None
+    ) -> None:
         """Ownership as before the rolled-back transaction, plus adds we could not undo."""
         state.owned = dict(before)
         for undo, _ in failure.rollback_errors if failure else ():
@@ -524,4 +535,3 @@ class Reconciler:
                 state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}
         state.pending = None
         self.store.save(state)
-

@@ -32,33 +32,37 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.reconcile_duration = Histogram(
-            "fwrecon_reconcile_duration_seconds", "Time of one reconcile (observe, plan, apply)",
-            ["trigger"], registry=r, buckets=_RECONCILE_BUCKETS,
+            "fwrecon_reconcile_duration_seconds",
+            "Time of one reconcile (observe, plan, apply)",
+            ["trigger"],
+            registry=r,
+            buckets=_RECONCILE_BUCKETS,
         )
         self.reconciles = Counter("fwrecon_reconciles", "Reconciles run", ["trigger", "result"], registry=r)
-        self.operations = Counter(
-            "fwrecon_operations", "Firewall write operations", ["backend", "action", "result"], registry=r
-        )
+        self.operations = Counter("fwrecon_operations", "Firewall write operations", ["backend", "action", "result"], registry=r)
         self.rollbacks = Counter("fwrecon_rollbacks", "Transactions rolled back", ["policy"], registry=r)
         self.reapply_after_reload = Histogram(
             "fwrecon_reapply_after_reload_seconds",
             "From firewalld's Reloaded signal (or its return to the bus) to converged",
-            registry=r, buckets=_RECONCILE_BUCKETS,
+            registry=r,
+            buckets=_RECONCILE_BUCKETS,
         )
         self.event_to_converged = Histogram(
-            "fwrecon_event_to_converged_seconds", "From a policy file event to converged",
-            registry=r, buckets=_RECONCILE_BUCKETS,
+            "fwrecon_event_to_converged_seconds",
+            "From a policy file event to converged",
+            registry=r,
+            buckets=_RECONCILE_BUCKETS,
         )
         self.drift_repairs = Counter("fwrecon_drift_repairs", "Operations that repaired drift made outside fwrecon", registry=r)
         self.firewalld_reloads = Counter("fwrecon_firewalld_reloads", "firewalld reloads seen", registry=r)
         self.firewalld_up = Gauge("fwrecon_firewalld_up", "1 while firewalld is on the bus", registry=r)
         self.policies = Gauge("fwrecon_policies", "Policy files by state", ["state"], registry=r)
         self.owned_items = Gauge("fwrecon_owned_items", "Firewall items fwrecon added and owns", registry=r)
-        self.last_success = Gauge(
-            "fwrecon_last_success_timestamp_seconds", "When the last reconcile converged", registry=r
-        )
+        self.last_success = Gauge("fwrecon_last_success_timestamp_seconds", "When the last reconcile converged", registry=r)
         self.last_queued = Gauge(
-            "fwrecon_last_queued_timestamp_seconds", "When a reconcile was last requested (if it is far ahead of last success, something is stuck)", registry=r
+            "fwrecon_last_queued_timestamp_seconds",
+            "When a reconcile was last requested (if it is far ahead of last success, something is stuck)",
+            registry=r,
         )
         self.active_backend = Gauge(
             "fwrecon_backend", "1 for the backend in charge of zones/direct rules (auto mode switches)", ["backend"], registry=r

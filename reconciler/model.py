@@ -180,7 +180,9 @@ def _encode(item: Item, *, sort_keys: bool) -> str:
     input, default separators) or compact separators, built directly: the
     json module makes a new encoder per call, 4x slower for small dicts."""
     sep, pieces = _layout(type(item), sort_keys)
-    return "{" + sep.join([key if encode is None else key + encode(getattr(item, name), sep) for key, name, encode in pieces]) + "}"
+    return (
+        "{" + sep.join([key if encode is None else key + encode(getattr(item, name), sep) for key, name, encode in pieces]) + "}"
+    )
 
 
 _ENCODERS: dict[str, Callable[[Any, str], str]] = {
@@ -207,7 +209,7 @@ def _layout(cls: type[Item], sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
 # From JSON, type by exact type: bool is an int subclass, and True is no priority.
 def _scope(value: Any) -> Scope:
     if type(value) is not list or len(value) != 2 or any(type(part) is not str for part in value):
-        raise ValueError(f"expected [\"zone\" or \"policy\", NAME], got {_short(value)}")
+        raise ValueError(f'expected ["zone" or "policy", NAME], got {_short(value)}')
     kind, name = value
     if kind not in ("zone", "policy"):
         raise ValueError(f"bad scope kind {kind!r}")
@@ -424,10 +426,7 @@ class DirectRule(Item):
         return ("direct", self.family, self.table)
 
     def describe(self) -> str:
-        return (
-            f"direct {self.family} {self.table} {self.chain} "
-            f"priority {self.priority} rule {' '.join(self.args)}"
-        )
+        return f"direct {self.family} {self.table} {self.chain} priority {self.priority} rule {' '.join(self.args)}"
 
 
 NFT_TABLE = "fwrecon"  # fwrecon's own table in each nftables family

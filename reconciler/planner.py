@@ -119,8 +119,7 @@ def _needs_second_look(wanted: frozenset[Item], view: FirewallView, owned: Mappi
     if any(not view.has(item) and (reachable or item.container() not in view.unreachable) for item in wanted):
         return True
     return any(
-        isinstance(item, (DirectChain, NftChain)) and policy in owners and item not in wanted
-        for item, owners in owned.items()
+        isinstance(item, (DirectChain, NftChain)) and policy in owners and item not in wanted for item, owners in owned.items()
     )
 
 
@@ -169,15 +168,28 @@ def _plan_policy(
         else:
             ops.append(Op("add", item))
             view.add(item)
-    return PolicyPlan(policy, tuple(ops), frozenset(), frozenset(releases), frozenset(held), unheld,
-                      frozenset(foreign_adds), frozenset(deferred))
+    return PolicyPlan(
+        policy,
+        tuple(ops),
+        frozenset(),
+        frozenset(releases),
+        frozenset(held),
+        unheld,
+        frozenset(foreign_adds),
+        frozenset(deferred),
+    )
 
 
 def owners_of(owned: Mapping[Item, frozenset[str]]) -> set[str]:
     return {policy for owners in owned.values() for policy in owners}
 
 
-def settle_ownership(owned: Mapping[Item, frozenset[str]], plan: PolicyPlan, applied: tuple[Op, ...] | list[Op], added_new: frozenset[Item] | None = None) -> Ownership:
+def settle_ownership(
+    owned: Mapping[Item, frozenset[str]],
+    plan: PolicyPlan,
+    applied: tuple[Op, ...] | list[Op],
+    added_new: frozenset[Item] | None = None,
+) -> Ownership:
     """Ownership after ``plan`` ran and ``applied`` of its ops took effect.
 
     ``added_new`` (default: every applied add) are the adds that really created

@@ -165,10 +165,7 @@ def internal_error(label: str, exc: Exception) -> PolicyError:
 
 
 def _nested_too_deeply() -> str:
-    return (
-        f"nested too deeply: arrays and inline tables may nest about {APPROX_MAX_NESTING} levels deep "
-        "(a policy needs three)"
-    )
+    return f"nested too deeply: arrays and inline tables may nest about {APPROX_MAX_NESTING} levels deep (a policy needs three)"
 
 
 def _parse_policy(file_name: str, raw: bytes) -> Policy:
@@ -245,13 +242,23 @@ def unresolved_chains(policy: Policy, declared: Iterable[Item], held: Iterable[I
             for chain in sorted({item.chain, *nft_jump_targets(item.rule)}):
                 if ("nft", item.family, chain) not in chains:
                     what = "rule's chain" if chain == item.chain else "chain it jumps to"
-                    errors.append(PolicyError(policy.file, policy.key_of(item),
-                                              f"the {what} {chain!r} ({item.family}) is declared by no [[nft.chain]]{where}"))
+                    errors.append(
+                        PolicyError(
+                            policy.file,
+                            policy.key_of(item),
+                            f"the {what} {chain!r} ({item.family}) is declared by no [[nft.chain]]{where}",
+                        )
+                    )
         elif isinstance(item, DirectRule):
             builtin = DIRECT_BUILTIN_CHAINS.get(item.family, {}).get(item.table, frozenset())
             if item.chain not in builtin and ("direct", item.family, item.table, item.chain) not in chains:
-                errors.append(PolicyError(policy.file, policy.key_of(item),
-                                          f"chain {item.chain!r} ({item.family} {item.table}) is not built in and declared by no [[direct.chain]]{where}"))
+                errors.append(
+                    PolicyError(
+                        policy.file,
+                        policy.key_of(item),
+                        f"chain {item.chain!r} ({item.family} {item.table}) is not built in and declared by no [[direct.chain]]{where}",
+                    )
+                )
     return errors
 
 
@@ -270,7 +277,7 @@ def _in_tag_namespace(args: list[Any], index: int) -> bool:
     """Whether ``args[index]`` is a comment (``--comment X``, ``--comment=X``) in fwrecon's tag namespace."""
     arg = args[index]
     if arg.startswith("--comment="):
-        value = arg[len("--comment="):]
+        value = arg[len("--comment=") :]
     elif index > 0 and args[index - 1] == "--comment":
         value = arg
     else:
@@ -449,7 +456,9 @@ class _PolicyParser:
         for index, entry in enumerate(value):
             path = f"{key}[{index}]"
             if not isinstance(entry, dict):
-                self.error(path, f"expected a table like {{ port = \"80\", protocol = \"tcp\", to_port = \"8080\" }}, got {_type_name(entry)}")
+                self.error(
+                    path, f'expected a table like {{ port = "80", protocol = "tcp", to_port = "8080" }}, got {_type_name(entry)}'
+                )
                 continue
             self.unknown_keys(path, entry, FORWARD_PORT_KEYS)
             fields = {}
@@ -503,10 +512,14 @@ class _PolicyParser:
     # -- direct ----------------------------------------------------------------
 
     def direct(self, body: dict[str, Any]) -> None:
-        self.arrays_of_tables("direct", body, {
-            "chain": (DIRECT_CHAIN_KEYS, lambda path, entry: self.direct_entry(path, "chain", entry)),
-            "rule": (DIRECT_RULE_KEYS, lambda path, entry: self.direct_entry(path, "rule", entry)),
-        })
+        self.arrays_of_tables(
+            "direct",
+            body,
+            {
+                "chain": (DIRECT_CHAIN_KEYS, lambda path, entry: self.direct_entry(path, "chain", entry)),
+                "rule": (DIRECT_RULE_KEYS, lambda path, entry: self.direct_entry(path, "rule", entry)),
+            },
+        )
 
     def arrays_of_tables(
         self,
@@ -552,10 +565,12 @@ class _PolicyParser:
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
         elif not DIRECT_PRIORITY_RANGE[0] <= priority <= DIRECT_PRIORITY_RANGE[1]:
-            self.error(f"{path}.priority", f"{priority} is out of range ({DIRECT_PRIORITY_RANGE[0]} to {DIRECT_PRIORITY_RANGE[1]})")
+            self.error(
+                f"{path}.priority", f"{priority} is out of range ({DIRECT_PRIORITY_RANGE[0]} to {DIRECT_PRIORITY_RANGE[1]})"
+            )
         args = entry.get("args")
         if args is None:
-            self.error(f"{path}.args", "missing (the rule's arguments, e.g. [\"-p\", \"tcp\", \"-j\", \"ACCEPT\"])")
+            self.error(f"{path}.args", 'missing (the rule\'s arguments, e.g. ["-p", "tcp", "-j", "ACCEPT"])')
         elif not isinstance(args, list) or not args:
             self.error(f"{path}.args", "expected a non-empty array of strings")
         else:
@@ -563,7 +578,10 @@ class _PolicyParser:
                 if not isinstance(arg, str) or not arg or LINE_BREAK_OR_NUL.search(arg):
                     self.error(f"{path}.args[{index}]", f"expected a non-empty single-line string, got {_show(arg)}")
                 elif _in_tag_namespace(args, index):
-                    self.error(f"{path}.args[{index}]", f"{_show(arg)}: comments starting with {TAG_PREFIX!r} are fwrecon's ownership tags; a policy may not write them")
+                    self.error(
+                        f"{path}.args[{index}]",
+                        f"{_show(arg)}: comments starting with {TAG_PREFIX!r} are fwrecon's ownership tags; a policy may not write them",
+                    )
         if len(self.errors) > errors_before or family is None or table is None or chain is None or args is None:
             return None
         return DirectRule(family, table, chain, priority, tuple(args))
@@ -571,10 +589,14 @@ class _PolicyParser:
     # -- nftables ---------------------------------------------------------------
 
     def nft(self, body: dict[str, Any]) -> None:
-        self.arrays_of_tables("nft", body, {
-            "chain": (NFT_CHAIN_KEYS, self.nft_chain),
-            "rule": (NFT_RULE_KEYS, self.nft_rule),
-        })
+        self.arrays_of_tables(
+            "nft",
+            body,
+            {
+                "chain": (NFT_CHAIN_KEYS, self.nft_chain),
+                "rule": (NFT_RULE_KEYS, self.nft_rule),
+            },
+        )
 
     def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
         family = self.required_string(path, entry, "family")
@@ -611,7 +633,10 @@ class _PolicyParser:
         if isinstance(priority, bool) or not isinstance(priority, int):
             self.error(f"{path}.priority", f"expected an integer, got {_type_name(priority)}")
         elif not NFT_PRIORITY_RANGE[0] <= priority <= NFT_PRIORITY_RANGE[1]:
-            self.error(f"{path}.priority", f"{priority} is out of range ({NFT_PRIORITY_RANGE[0]} to {NFT_PRIORITY_RANGE[1]}; the kernel keeps 32 bits)")
+            self.error(
+                f"{path}.priority",
+                f"{priority} is out of range ({NFT_PRIORITY_RANGE[0]} to {NFT_PRIORITY_RANGE[1]}; the kernel keeps 32 bits)",
+            )
         chain_policy = base_only.get("policy", "")
         if hook and chain_policy not in ("", *NFT_CHAIN_POLICIES):
             self.error(f"{path}.policy", f"{_show(chain_policy)} is not {'|'.join(NFT_CHAIN_POLICIES)}")

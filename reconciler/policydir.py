@@ -248,8 +248,13 @@ def load_policy_file(path: Path, cache: PolicyCache | None = None) -> Policy:
         policy = parse_policy(path.name, raw)
     except PolicyFileInvalid as invalid:
         if invalid.internal is not None:
-            log.error("policy_internal_error", file=label, error_type=type(invalid.internal).__name__,
-                      error=str(invalid.internal), exc_info=invalid.internal)
+            log.error(
+                "policy_internal_error",
+                file=label,
+                error_type=type(invalid.internal).__name__,
+                error=str(invalid.internal),
+                exc_info=invalid.internal,
+            )
         raise
     if cache is not None:
         cache.put(path, digest, policy)

@@ -70,15 +70,33 @@ IPSET_NAME_MAX = 32
 TCP_MSS_MIN = 536
 REJECT_TYPES: dict[str, tuple[str, ...]] = {
     "ipv4": (
-        "icmp-host-prohibited", "host-prohib", "icmp-net-unreachable", "net-unreach",
-        "icmp-host-unreachable", "host-unreach", "icmp-port-unreachable", "port-unreach",
-        "icmp-proto-unreachable", "proto-unreach", "icmp-net-prohibited", "net-prohib",
-        "tcp-reset", "tcp-rst", "icmp-admin-prohibited", "admin-prohib",
+        "icmp-host-prohibited",
+        "host-prohib",
+        "icmp-net-unreachable",
+        "net-unreach",
+        "icmp-host-unreachable",
+        "host-unreach",
+        "icmp-port-unreachable",
+        "port-unreach",
+        "icmp-proto-unreachable",
+        "proto-unreach",
+        "icmp-net-prohibited",
+        "net-prohib",
+        "tcp-reset",
+        "tcp-rst",
+        "icmp-admin-prohibited",
+        "admin-prohib",
     ),
     "ipv6": (
-        "icmp6-adm-prohibited", "adm-prohibited", "icmp6-no-route", "no-route",
-        "icmp6-addr-unreachable", "addr-unreach", "icmp6-port-unreachable",
-        "port-unreach", "tcp-reset",
+        "icmp6-adm-prohibited",
+        "adm-prohibited",
+        "icmp6-no-route",
+        "no-route",
+        "icmp6-addr-unreachable",
+        "addr-unreach",
+        "icmp6-port-unreachable",
+        "port-unreach",
+        "tcp-reset",
     ),
 }
 LIMIT_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -86,8 +104,15 @@ LIMIT_LONG_UNITS = ("second", "minute", "hour", "day")
 
 # Elements that fill the single "element" slot of a rule.
 MATCH_ELEMENTS = (
-    "service", "port", "protocol", "icmp-block", "icmp-type", "masquerade",
-    "forward-port", "source-port", "tcp-mss-clamp",
+    "service",
+    "port",
+    "protocol",
+    "icmp-block",
+    "icmp-type",
+    "masquerade",
+    "forward-port",
+    "source-port",
+    "tcp-mss-clamp",
 )
 LOG_ELEMENTS = ("log", "nflog")
 ACTIONS = ("accept", "reject", "drop", "mark")
@@ -97,11 +122,28 @@ SELF_ACTING = ("icmp-block", "forward-port", "masquerade", "tcp-mss-clamp")
 KNOWN_WORDS = frozenset(
     ("rule", "source", "destination", "not", "NOT", "limit", "audit", *MATCH_ELEMENTS, *LOG_ELEMENTS, *ACTIONS)
 )
-KNOWN_ATTRS = frozenset((
-    "priority", "family", "address", "mac", "ipset", "invert", "value", "port",
-    "protocol", "to-port", "to-addr", "name", "group", "prefix", "level",
-    "queue-size", "type", "set",
-))
+KNOWN_ATTRS = frozenset(
+    (
+        "priority",
+        "family",
+        "address",
+        "mac",
+        "ipset",
+        "invert",
+        "value",
+        "port",
+        "protocol",
+        "to-port",
+        "to-addr",
+        "name",
+        "group",
+        "prefix",
+        "level",
+        "queue-size",
+        "type",
+        "set",
+    )
+)
 
 # Attributes each element may carry (any number, in any order), whether it
 # takes `not` and whether it takes a trailing `limit value=...`.
@@ -243,9 +285,7 @@ class _Parser:
         key, value = token.key or "", token.value or ""
         if key not in ("family", "priority"):
             if key == "protocol":
-                raise RichRuleError(
-                    'misplaced "protocol": use "protocol value=..." or "port ... protocol=..."'
-                )
+                raise RichRuleError('misplaced "protocol": use "protocol value=..." or "port ... protocol=..."')
             raise RichRuleError(f'attribute "{key}" outside of any element')
         parsed: str | int = _parse_family(value) if key == "family" else _parse_priority(value)
         previous = self.rule.family if key == "family" else self.rule.priority
@@ -275,9 +315,7 @@ class _Parser:
             rule.destination = part
         elif kind in MATCH_ELEMENTS:
             if rule.element is not None:
-                raise RichRuleError(
-                    f'more than one element: "{rule.element.kind}" and "{kind}"'
-                )
+                raise RichRuleError(f'more than one element: "{rule.element.kind}" and "{kind}"')
             rule.element = part
         elif kind in LOG_ELEMENTS:
             _require_empty(rule.log, "more than one log element")
@@ -623,9 +661,7 @@ def _check_port_and_protocol(part: _Part) -> None:
     if not _port_ok(port):
         raise RichRuleError(f'"{part.kind}" has invalid or missing port "{port or ""}"')
     if protocol not in PORT_PROTOCOLS:
-        raise RichRuleError(
-            f'"{part.kind}" needs protocol {_PORT_PROTOCOLS_TEXT}, not "{protocol or ""}"'
-        )
+        raise RichRuleError(f'"{part.kind}" needs protocol {_PORT_PROTOCOLS_TEXT}, not "{protocol or ""}"')
 
 
 def _check_forward_target(part: _Part, family: str | None) -> None:

@@ -118,7 +118,9 @@ class StateStore:
                 if not stat.S_ISREG(status.st_mode):
                     raise StateError(f"{self.path}: cannot read state file: not a regular file")
                 if status.st_size > MAX_STATE_FILE_BYTES:
-                    raise self._corrupt(f"{status.st_size} bytes, more than the {_size_text(MAX_STATE_FILE_BYTES)} a state file may hold")
+                    raise self._corrupt(
+                        f"{status.st_size} bytes, more than the {_size_text(MAX_STATE_FILE_BYTES)} a state file may hold"
+                    )
                 raw = handle.read(MAX_STATE_FILE_BYTES + 1)  # bounded, should it grow meanwhile
         except OSError as exc:
             raise StateError(f"{self.path}: cannot read state file: {exc.strerror or exc}") from exc
@@ -236,8 +238,12 @@ class StateStore:
                 return False
         except OSError:
             return False
-        return (known.owned == state.owned and known.placed == state.placed and known.pending == state.pending
-                and known.others == state.others)
+        return (
+            known.owned == state.owned
+            and known.placed == state.placed
+            and known.pending == state.pending
+            and known.others == state.others
+        )
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -323,4 +329,6 @@ def _signature(status: os.stat_result) -> tuple[int, int, int]:
 
 def _copy(state: State) -> State:
     """A copy the caller may change freely (items and owner sets are immutable)."""
-    return State(owned=dict(state.owned), pending=copy.deepcopy(state.pending), placed=dict(state.placed), others=dict(state.others))
+    return State(
+        owned=dict(state.owned), pending=copy.deepcopy(state.pending), placed=dict(state.placed), others=dict(state.others)
+    )

@@ -157,8 +157,16 @@ def verdicts(loaded: LoadResult, report: ReconcileReport) -> dict[str, Verdict]:
     return found
 
 
-def record_reconcile(state_file: Path, trigger: str, result: str, loaded: LoadResult, report: ReconcileReport,
-                     duration: float, *, command: str = "run") -> None:
+def record_reconcile(
+    state_file: Path,
+    trigger: str,
+    result: str,
+    loaded: LoadResult,
+    report: ReconcileReport,
+    duration: float,
+    *,
+    command: str = "run",
+) -> None:
     """After a reconcile that ran to its end (result success or degraded)."""
     now = time.time()
     if result == "success":
@@ -166,23 +174,43 @@ def record_reconcile(state_file: Path, trigger: str, result: str, loaded: LoadRe
     else:
         previous, _ = read_record(state_file)
         last_success = previous.last_success if previous else None
-    write_record(state_file, Record(
-        command=command, pid=os.getpid(), started=now - duration, finished=now, trigger=trigger,
-        ops=report.write_ops, result=result, last_success=last_success,
-        policies=verdicts(loaded, report), policies_at=now - duration,
-    ))
+    write_record(
+        state_file,
+        Record(
+            command=command,
+            pid=os.getpid(),
+            started=now - duration,
+            finished=now,
+            trigger=trigger,
+            ops=report.write_ops,
+            result=result,
+            last_success=last_success,
+            policies=verdicts(loaded, report),
+            policies_at=now - duration,
+        ),
+    )
 
 
 def record_error(state_file: Path, trigger: str, error: BaseException, duration: float, *, command: str = "run") -> None:
     """After a reconcile that could not run: the policies' verdicts stay those of the last one that did."""
     now = time.time()
     previous, _ = read_record(state_file)
-    write_record(state_file, Record(
-        command=command, pid=os.getpid(), started=now - duration, finished=now, trigger=trigger, ops=0,
-        result="error", error=str(error),
-        last_success=previous.last_success if previous else None,
-        policies=previous.policies if previous else {}, policies_at=previous.policies_at if previous else None,
-    ))
+    write_record(
+        state_file,
+        Record(
+            command=command,
+            pid=os.getpid(),
+            started=now - duration,
+            finished=now,
+            trigger=trigger,
+            ops=0,
+            result="error",
+            error=str(error),
+            last_success=previous.last_success if previous else None,
+            policies=previous.policies if previous else {},
+            policies_at=previous.policies_at if previous else None,
+        ),
+    )
 
 
 # -- fwrecon status ----------------------------------------------------------------
@@ -234,7 +262,9 @@ def gather(policy_dir: Path, state_file: Path) -> tuple[int, dict[str, Any]]:
         if name in loaded.errors:  # what is wrong now, whatever the last reconcile said
             verdict = Verdict("invalid", [str(e) for e in loaded.errors[name]])
         elif name in loaded.policies:
-            verdict = judged.get(name) or (Verdict("valid") if record is None else Verdict("pending", ["added since the last reconcile"]))
+            verdict = judged.get(name) or (
+                Verdict("valid") if record is None else Verdict("pending", ["added since the last reconcile"])
+            )
         else:
             verdict = Verdict("removed", ["its file is gone; what it owns goes at the next reconcile"])
         owned: dict[str, dict[str, list[str]]] = {}
@@ -242,8 +272,9 @@ def gather(policy_dir: Path, state_file: Path) -> tuple[int, dict[str, Any]]:
             backend = state.placed.get(item, UNRECORDED)
             owned.setdefault(backend, {}).setdefault(section(item), []).append(item.describe())
         held = [item.describe() for item in sorted(held_by.get(name, []), key=Item.sort_key)]
-        policies.append({"name": name, "status": verdict.status, "reasons": verdict.reasons, "owned": owned,
-                         "held_by_others": held})
+        policies.append(
+            {"name": name, "status": verdict.status, "reasons": verdict.reasons, "owned": owned, "held_by_others": held}
+        )
 
     why: list[str] = []
     if problem:
@@ -277,9 +308,17 @@ def gather(policy_dir: Path, state_file: Path) -> tuple[int, dict[str, Any]]:
 def _last(record: Record | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    return {"time": _iso(record.finished), "started": _iso(record.started), "command": record.command, "pid": record.pid,
-            "trigger": record.trigger, "ops": record.ops, "result": record.result, "error": record.error,
-            "last_success": _iso(record.last_success) if record.last_success else None}
+    return {
+        "time": _iso(record.finished),
+        "started": _iso(record.started),
+        "command": record.command,
+        "pid": record.pid,
+        "trigger": record.trigger,
+        "ops": record.ops,
+        "result": record.result,
+        "error": record.error,
+        "last_success": _iso(record.last_success) if record.last_success else None,
+    }
 
 
 def _iso(when: float) -> str:
@@ -291,8 +330,10 @@ def render_text(report: dict[str, Any]) -> str:
     lines = []
     last = report["last_reconcile"]
     if last:
-        line = (f"last reconcile: {last['time']} by fwrecon {last['command']} (pid {last['pid']}), "
-                f"trigger {last['trigger']}, {last['ops']} ops, {last['result']}")
+        line = (
+            f"last reconcile: {last['time']} by fwrecon {last['command']} (pid {last['pid']}), "
+            f"trigger {last['trigger']}, {last['ops']} ops, {last['result']}"
+        )
         lines.append(line + (f": {last['error']}" if last["error"] else ""))
         if last["result"] != "success":
             lines.append(f"last success: {last['last_success'] or 'never'}")

@@ -158,7 +158,9 @@ class Transaction:
             run.append(step.op)
         return run
 
-    async def _rollback(self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException) -> TransactionFailed:
+    async def _rollback(
+        self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException
+    ) -> TransactionFailed:
         failure = TransactionFailed(self.name, failed_op, cause)
         undos = [result.op.inverse() for result in reversed(applied) if result.outcome is Outcome.APPLIED]
         if isinstance(cause, BackendUnavailable):

@@ -56,8 +56,9 @@ class FirewallView:
                 self._items.add(item)
 
     def copy(self) -> FirewallView:
-        clone = FirewallView(containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable,
-                             reads=self.reads)
+        clone = FirewallView(
+            containers=self.containers, missing=self.missing, users=self.users, unreachable=self.unreachable, reads=self.reads
+        )
         clone._items = set(self._items)
         clone._ranges = defaultdict(frozenset, self._ranges)
         return clone
@@ -72,11 +73,7 @@ class FirewallView:
         return clone
 
     def items(self) -> frozenset[Item]:
-        ranged = (
-            cls(scope, format_range(rng), proto)
-            for (cls, scope, proto), ranges in self._ranges.items()
-            for rng in ranges
-        )
+        ranged = (cls(scope, format_range(rng), proto) for (cls, scope, proto), ranges in self._ranges.items() for rng in ranges)
         return frozenset(self._items).union(ranged)
 
     def has(self, item: Item) -> bool:
@@ -110,8 +107,7 @@ class FirewallView:
         return [
             item
             for item in self._items
-            if isinstance(item, DirectRule)
-            and (item.family, item.table, item.chain) == (chain.family, chain.table, chain.chain)
+            if isinstance(item, DirectRule) and (item.family, item.table, item.chain) == (chain.family, chain.table, chain.chain)
         ]
 
     def add(self, item: Item) -> None:

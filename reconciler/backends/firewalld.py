@@ -184,8 +184,9 @@ def _items_from_settings(scope: Scope, settings: dict[str, Variant], member: str
             try:
                 items.append(build(v))
             except (ValueError, TypeError, IndexError) as exc:  # e.g. a port that is not one
-                raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name}: "
-                                     f"{key} entry {_short(v)} is not valid: {exc}") from exc
+                raise MalformedReply(
+                    f"firewalld's {member} reply for {scope.kind} {scope.name}: {key} entry {_short(v)} is not valid: {exc}"
+                ) from exc
     if _settings_value(scope, settings, "masquerade", member):
         items.append(Masquerade(scope))
     return items
@@ -213,7 +214,9 @@ class FirewalldBackend(Backend):
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
             await asyncio.wait_for(bus.connect(), timeout)
         except TimeoutError as exc:
-            raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address}: no answer within {timeout:g} s") from exc
+            raise BackendUnavailable(
+                f"cannot connect to the D-Bus system bus at {address}: no answer within {timeout:g} s"
+            ) from exc
         except Exception as exc:  # OSError, ValueError and dbus-fast's own types for auth/handshake failures
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise BackendUnavailable(f"cannot connect to the D-Bus system bus at {address}: {reason}") from exc
@@ -226,8 +229,9 @@ class FirewalldBackend(Backend):
 
     # -- raw calls -------------------------------------------------------------
 
-    async def call(self, interface: str, member: str, signature: str = "", body: list[Any] | None = None,
-                   returns: str | None = None) -> list[Any]:
+    async def call(
+        self, interface: str, member: str, signature: str = "", body: list[Any] | None = None, returns: str | None = None
+    ) -> list[Any]:
         """One method call on firewalld; errors translated to fwrecon's types.
 
         ``returns``: the reply's D-Bus signature per firewalld's API; any other
@@ -249,7 +253,9 @@ class FirewalldBackend(Backend):
         stalls = self._stalls
         async with self._slots:
             if self._stalls != stalls:
-                raise BackendUnavailable(f"firewalld is not answering (an earlier call timed out after {self.timeout:g}s); {member} not sent")
+                raise BackendUnavailable(
+                    f"firewalld is not answering (an earlier call timed out after {self.timeout:g}s); {member} not sent"
+                )
             self.calls += 1
             try:
                 reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
@@ -271,8 +277,9 @@ class FirewalldBackend(Backend):
                 raise BackendUnavailable(f"firewalld is not available ({reply.error_name}): {text}")
             raise OperationFailed(f"{member}: {reply.error_name}: {text}", reply.error_name)
         if returns is not None and reply.signature != returns:
-            raise MalformedReply(f"firewalld answered {member} with signature {reply.signature!r} "
-                                 f"instead of {returns!r}: {_short(reply.body)}")
+            raise MalformedReply(
+                f"firewalld answered {member} with signature {reply.signature!r} instead of {returns!r}: {_short(reply.body)}"
+            )
         return list(reply.body)
 
     # -- observe ---------------------------------------------------------------
@@ -364,7 +371,10 @@ class FirewalldBackend(Backend):
                 return Outcome.UNCHANGED
             new = Variant("b", wanted)
         else:
-            present = [tuple(v) if isinstance(v, list) else v for v in _settings_value(item.scope, settings, key, "getPolicySettings") or []]
+            present = [
+                tuple(v) if isinstance(v, list) else v
+                for v in _settings_value(item.scope, settings, key, "getPolicySettings") or []
+            ]
             args = _item_args(item)
             value: Any = tuple(args) if len(args) > 1 else args[0]
             if (value in present) == (op.action == "add"):
@@ -389,8 +399,10 @@ class FirewalldBackend(Backend):
                     callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
             elif message.interface == IFACE_MAIN and message.member == "Reloaded":
                 callback(BackendEvent.RELOADED)
-            elif message.interface in _DRIFT_INTERFACES and message.member is not None and (
-                message.member.endswith("Removed") or message.member in _DRIFT_SIGNALS
+            elif (
+                message.interface in _DRIFT_INTERFACES
+                and message.member is not None
+                and (message.member.endswith("Removed") or message.member in _DRIFT_SIGNALS)
             ):
                 callback(BackendEvent.CHANGED)
 
@@ -411,7 +423,9 @@ class FirewalldBackend(Backend):
 
     async def _bus_call(self, member: str, signature: str, body: list[Any]) -> list[Any]:
         """A call to the bus daemon itself (not to firewalld)."""
-        message = Message(destination=DBUS_NAME, path=DBUS_PATH, interface=DBUS_NAME, member=member, signature=signature, body=body)
+        message = Message(
+            destination=DBUS_NAME, path=DBUS_PATH, interface=DBUS_NAME, member=member, signature=signature, body=body
+        )
         try:
             reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
         except (TimeoutError, OSError, EOFError) as exc:

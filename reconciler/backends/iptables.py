@@ -203,8 +203,11 @@ class IptablesBackend(BatchBackend):
             return
         self._legacy_reported.add(family)
         tool = f"{COMMANDS[family]}-legacy-save"
-        log.warning("iptables_legacy_tables_present", family=family,
-                    detail=f"this host also has legacy tables; packets pass them as well as fwrecon's rules; see {tool}")
+        log.warning(
+            "iptables_legacy_tables_present",
+            family=family,
+            detail=f"this host also has legacy tables; packets pass them as well as fwrecon's rules; see {tool}",
+        )
 
     async def _restore(self, family: str, script: str) -> tuple[int, str]:
         argv = [self._tool(family, "-restore")]
@@ -341,9 +344,7 @@ class IptablesBackend(BatchBackend):
         """One ``-save -t TABLE`` per direct table (plus a probe when texts must be learnt)."""
         if known is not None:
             self._know(known, only=True)
-        tables = sorted(
-            {(c[1], c[2]) for c in containers if len(c) == 3 and c[0] == "direct"}
-        )
+        tables = sorted({(c[1], c[2]) for c in containers if len(c) == 3 and c[0] == "direct"})
         valid = [(f, t) for f, t in tables if f in COMMANDS and TABLE_NAME.fullmatch(t)]
         missing = [("direct", f, t) for f, t in tables if (f, t) not in valid]
         # Without its tools a family can be neither read nor written: its items
@@ -425,8 +426,11 @@ class IptablesBackend(BatchBackend):
         except BackendError as exc:
             log.warning("restore_check_failed", family=family, table=table, error=str(exc))
             raise OperationFailed(message, "RESTORE_FAILED", op) from exc
-        touched = {line_op.item.chain for line_op in script.line_ops
-                   if line_op is not None and isinstance(line_op.item, (DirectChain, DirectRule))}
+        touched = {
+            line_op.item.chain
+            for line_op in script.line_ops
+            if line_op is not None and isinstance(line_op.item, (DirectChain, DirectRule))
+        }
         if _only(after, touched) != _only(before, touched):
             # Not atomic after all: put the chains we touched back as they were.
             undo = compensation_script(table, before, after, touched)
@@ -450,5 +454,3 @@ def _probe_of_dead_process(chain: str) -> bool:
 
 def _only(save: TableSave, chains: Collection[str]) -> list[tuple[str, tuple[str, ...]]]:
     return [entry for entry in save.content() if entry[0] in chains]
-
-

@@ -81,11 +81,7 @@ class TableSave:
 
     def content(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """Chains and rules, for comparing two reads (scratch chains left out)."""
-        return tuple(
-            (name, tuple(self.rules.get(name, ())))
-            for name in sorted(self.chains)
-            if not is_probe_chain(name)
-        )
+        return tuple((name, tuple(self.rules.get(name, ()))) for name in sorted(self.chains) if not is_probe_chain(name))
 
 
 def is_probe_chain(name: str) -> bool:
@@ -115,10 +111,13 @@ def parse_save(text: str, table: str, tool: str = "*-save") -> TableSave:
         if not line:
             continue
         if not line.startswith(_SAVE_LINE_STARTS):
-            raise BackendUnavailable(f"{tool} -t {table} printed something that is not -save output "
-                                     f"(line {number}: {line[:60]!r})")
+            raise BackendUnavailable(
+                f"{tool} -t {table} printed something that is not -save output (line {number}: {line[:60]!r})"
+            )
         if line.startswith("#"):
-            if (current == table and "incompatible" in line) or ("Table `" in line and "incompatible" in line and f"`{table}'" in line):
+            if (current == table and "incompatible" in line) or (
+                "Table `" in line and "incompatible" in line and f"`{table}'" in line
+            ):
                 found.incompatible = line.lstrip("# ")
             continue
         if line.startswith("*"):
@@ -194,11 +193,7 @@ def join_words(*words: str) -> str:
 
 def error_text(stderr: str) -> str:
     """The tool's complaint without the usage hint, on one line."""
-    lines = [
-        line.strip()
-        for line in stderr.splitlines()
-        if line.strip() and not line.lstrip().startswith("Try `")
-    ]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.lstrip().startswith("Try `")]
     return "; ".join(lines) or "no error text"
 
 
@@ -224,8 +219,12 @@ def culprit_op(stderr: str, line_ops: Sequence[Op | None]) -> Op | None:
     if missing:
         name = missing.group(1)
         for op in line_ops:
-            if (op is not None and isinstance(op.item, DirectRule) and op.action == "add"
-                    and (name in jump_targets(op.item.args) or op.item.chain == name)):
+            if (
+                op is not None
+                and isinstance(op.item, DirectRule)
+                and op.action == "add"
+                and (name in jump_targets(op.item.args) or op.item.chain == name)
+            ):
                 return op
     return None
 
@@ -281,9 +280,7 @@ class TableModel:
     builtin: frozenset[str]
 
     def items(self) -> set[Item]:
-        found: set[Item] = {
-            DirectChain(self.family, self.table, name) for name in self.chains if name not in self.builtin
-        }
+        found: set[Item] = {DirectChain(self.family, self.table, name) for name in self.chains if name not in self.builtin}
         for entries in self.chains.values():
             for entry in entries:
                 found.update(entry.owners)
@@ -491,9 +488,7 @@ def build_script(model: TableModel, ops: Sequence[Op]) -> BatchScript:
     return BatchScript(lines, line_ops, outcomes)
 
 
-def compensation_script(
-    table: str, before: TableSave, after: TableSave, chains: Collection[str] | None = None
-) -> list[str]:
+def compensation_script(table: str, before: TableSave, after: TableSave, chains: Collection[str] | None = None) -> list[str]:
     """Lines that put back every chain (of ``chains``) ``after`` has differently from ``before``.
 
     Only used if a restore failed yet changed the table (a tool that is not

@@ -214,12 +214,16 @@ def parse_listing(family: str, text: str) -> TableListing:
             elif kind == "rule":
                 comment = body.get("comment")
                 listing.rules.append(
-                    RuleEntry(str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr"))
+                    RuleEntry(
+                        str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr")
+                    )
                 )
             else:
                 listing.others.append(f"{kind} {body.get('name', '?')}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON, but not nft's
-        raise BackendUnavailable(f"nft -j list table {family} {NFT_TABLE} printed JSON that is not an nft listing: {exc!r}") from exc
+        raise BackendUnavailable(
+            f"nft -j list table {family} {NFT_TABLE} printed JSON that is not an nft listing: {exc!r}"
+        ) from exc
     return listing
 
 
@@ -302,10 +306,7 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
     """
     known = known or {}
     validate(ops)
-    states = {
-        family: _FamilyState(listing, dict(listing.chains), _index(listing.rules))
-        for family, listing in listings.items()
-    }
+    states = {family: _FamilyState(listing, dict(listing.chains), _index(listing.rules)) for family, listing in listings.items()}
     outcomes: list[Outcome] = []
     for index, op in enumerate(ops):
         item = op.item
@@ -358,8 +359,11 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
     if current != canon:
         return Outcome.UNCHANGED  # gone, or it is some other chain now
     successor = next(
-        (o.item for o in later if o.action == "add" and isinstance(o.item, NftChain)
-         and (o.item.family, o.item.chain) == (chain.family, chain.chain)),
+        (
+            o.item
+            for o in later
+            if o.action == "add" and isinstance(o.item, NftChain) and (o.item.family, o.item.chain) == (chain.family, chain.chain)
+        ),
         None,
     )
     if successor is not None and replace(current, policy=canonical_chain(successor).policy) == canonical_chain(successor):
@@ -376,7 +380,8 @@ def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op
         )
     if left:  # redefined: keep fwrecon's own rules, refuse to drop anyone else's
         ours = {
-            r.tag: known[r.tag] for r in left
+            r.tag: known[r.tag]
+            for r in left
             if r.tag in known and (known[r.tag].family, known[r.tag].chain) == (chain.family, chain.chain)
         }
         foreign = [r for r in left if r.tag not in ours]
@@ -477,7 +482,9 @@ def check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Ite
             if isinstance(item, NftChain) and item.family == family:
                 lines.append(chain_statement(item, table))
                 owners.append(item)
-        placeholders = sorted({i.chain for i in items if isinstance(i, NftRule) and i.family == family and (family, i.chain) not in declared})
+        placeholders = sorted(
+            {i.chain for i in items if isinstance(i, NftRule) and i.family == family and (family, i.chain) not in declared}
+        )
         for chain in placeholders:
             lines.append(f"add chain {family} {table} {chain}")
             owners.append(None)
@@ -524,7 +531,9 @@ def parse_errors(stderr: str) -> list[NftError]:
             errors.append(NftError(int(match["line"]), match["text"].strip(), statement, column))
         elif line.startswith("Error: ") or ": Error: " in line:
             text = line.split("Error: ", 1)[1].strip()
-            statement = lines[index + 1].strip() if index + 1 < len(lines) and not lines[index + 1].lstrip().startswith("^") else ""
+            statement = (
+                lines[index + 1].strip() if index + 1 < len(lines) and not lines[index + 1].lstrip().startswith("^") else ""
+            )
             errors.append(NftError(None, text, statement))
     return errors
 
@@ -540,7 +549,9 @@ def failure_for(script: Script, stderr: str, returncode: int) -> OperationFailed
     located = [e for e in errors if e.line is not None and script.op_at(e.line) is not None]
     first = located[0] if located else errors[0]
     culprit = script.op_at(first.line) if first.line is not None else None
-    statement = script.lines[first.line - 1] if first.line is not None and 1 <= first.line <= len(script.lines) else first.statement
+    statement = (
+        script.lines[first.line - 1] if first.line is not None and 1 <= first.line <= len(script.lines) else first.statement
+    )
     message = f"nft: {first.explained()}"
     if statement:
         message += f" (in: {untagged(statement)})"

@@ -79,8 +79,9 @@ class NftablesBackend(BatchBackend):
 
     name = "nftables"
 
-    def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = DEFAULT_TIMEOUT,
-                 tools: ToolRunner | None = None) -> None:
+    def __init__(
+        self, netns: str | None = None, *, nft: str = "nft", timeout: float = DEFAULT_TIMEOUT, tools: ToolRunner | None = None
+    ) -> None:
         """``tools``: how processes are run (a test passes one that answers from canned output)."""
         self.netns = netns
         self.nft = nft
@@ -242,8 +243,13 @@ class NftablesBackend(BatchBackend):
                 else:
                     log.warning("nft_probe_mismatch", family=family, expected=len(pending), found=len(found))
         finally:
-            stale = [name for name in chains if name.startswith(PROBE_PREFIX) and name[len(PROBE_PREFIX):].isdigit()
-                     and process_gone(int(name[len(PROBE_PREFIX):]))]
+            stale = [
+                name
+                for name in chains
+                if name.startswith(PROBE_PREFIX)
+                and name[len(PROBE_PREFIX) :].isdigit()
+                and process_gone(int(name[len(PROBE_PREFIX) :]))
+            ]
             cleanup = "".join(
                 f"add chain {family} {NFT_TABLE} {name}\nflush chain {family} {NFT_TABLE} {name}\n"
                 f"delete chain {family} {NFT_TABLE} {name}\n"
@@ -320,7 +326,12 @@ class NftablesBackend(BatchBackend):
             if retry:
                 log.info("nft_batch_retried", error=str(failure))
                 return False
-            log.warning("nft_batch_refused", error=str(failure), ops=len(script.outcomes), culprit=failure.op.describe() if isinstance(failure.op, Op) else None)
+            log.warning(
+                "nft_batch_refused",
+                error=str(failure),
+                ops=len(script.outcomes),
+                culprit=failure.op.describe() if isinstance(failure.op, Op) else None,
+            )
             raise failure
         for family in families:
             self._listings.pop(family, None)  # handles changed; the next observe re-reads
@@ -332,8 +343,10 @@ class NftablesBackend(BatchBackend):
     async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
         """`check`'s findings as refusal texts; BackendUnavailable when nft -c cannot run here."""
         found = await self.check(items)
-        return {item: f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
-                for item, message in found.items()}
+        return {
+            item: f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
+            for item, message in found.items()
+        }
 
     async def check(self, items: Iterable[Item]) -> dict[Item, str]:
         """Validate chains and rules with ``nft -c`` (commits nothing): item → error.

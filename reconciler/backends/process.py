@@ -170,8 +170,13 @@ class ToolRunner:
         """
         with _memory_file(stdin) as source, _memory_file() as out, _memory_file() as err:
             # A session of its own: a hung tool is killed with whatever it started.
-            proc = await self.spawn(argv, stdin=source if source is not None else asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True)
+            proc = await self.spawn(
+                argv,
+                stdin=source if source is not None else asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
             if on_start is not None:
                 on_start(proc.pid)
             try:
@@ -188,8 +193,10 @@ class ToolRunner:
             result = ToolResult(proc.returncode if proc.returncode is not None else -1, _text_of(out), _text_of(err))
         if result.returncode < 0:
             # Crashed or killed from outside, maybe mid-commit: what it did is unknown.
-            raise BackendUnavailable(f"{' '.join(argv[:4])} died of {_signal_name(-result.returncode)}"
-                                     + (f": {result.stderr.strip()[:200]}" if result.stderr.strip() else ""))
+            raise BackendUnavailable(
+                f"{' '.join(argv[:4])} died of {_signal_name(-result.returncode)}"
+                + (f": {result.stderr.strip()[:200]}" if result.stderr.strip() else "")
+            )
         if result.returncode != 0 and self.netns is not None and any(s in result.stderr for s in NETNS_FAILURES):
             raise BackendUnavailable(f"cannot run in network namespace {self.netns}: {result.stderr.strip()}")
         return result

@@ -63,7 +63,9 @@ class Router(Backend):
         """Each container from the backend in charge of it; ``known`` goes to every
         reachable backend (one no longer in charge may still hold items to move)."""
         known = list(known) if known is not None else None
-        groups: dict[int, tuple[Backend, list[tuple[str, ...]]]] = {id(b): (b, []) for b in self.backends} if known is not None else {}
+        groups: dict[int, tuple[Backend, list[tuple[str, ...]]]] = (
+            {id(b): (b, []) for b in self.backends} if known is not None else {}
+        )
         skipped = []
         for container in containers:
             backend = self.routes.get(container[0])
@@ -135,4 +137,3 @@ def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Ba
         routes["nft"] = nftables
     reachable = [b for b in (firewalld, iptables, nftables) if b is not None]
     return Router(routes, reachable)
-

@@ -79,11 +79,20 @@ class Fwrecon:
         prefix = ["ip", "netns", "exec", self.sandbox.netns] if (self.in_netns if netns is None else netns) else []
         backend = ["--backend", self.backend] if self.backend else []
         return [
-            *prefix, sys.executable, "-m", "reconciler", command, *backend,
-            "--bus-address", self.sandbox.bus_address,
-            "--policy-dir", str(self.policy_dir),
-            "--state-file", str(self.state_file),
-            "--log-format", "json",
+            *prefix,
+            sys.executable,
+            "-m",
+            "reconciler",
+            command,
+            *backend,
+            "--bus-address",
+            self.sandbox.bus_address,
+            "--policy-dir",
+            str(self.policy_dir),
+            "--state-file",
+            str(self.state_file),
+            "--log-format",
+            "json",
             *extra,
         ]
 
@@ -142,17 +151,28 @@ class Daemon:
     the host's own firewall.  Its metrics endpoint is reached from inside.
     """
 
-    def __init__(self, fwrecon: Fwrecon, log_path: Path, resync: float = 3600, env: dict[str, str] | None = None,
-                 started_when: str = "reconcile", extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        fwrecon: Fwrecon,
+        log_path: Path,
+        resync: float = 3600,
+        env: dict[str, str] | None = None,
+        started_when: str = "reconcile",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         """Start and wait for the log event ``started_when`` (by default the first reconcile);
         ``extra``: more arguments for ``fwrecon run``."""
         self.fwrecon = fwrecon
         self.log_path = log_path
         self.netns = fwrecon.sandbox.netns
         self.port = in_netns(self.netns, free_port)
-        argv = fwrecon.argv("run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), *extra, netns=True)
+        argv = fwrecon.argv(
+            "run", "--metrics-address", f"127.0.0.1:{self.port}", "--resync-interval", str(resync), *extra, netns=True
+        )
         self._log = open(log_path, "a")  # noqa: SIM115 (the daemon writes it; closed in stop())
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
         wait_until(lambda: self.events(started_when), 10, f"the first {started_when} event")
 
     def events(self, name: str | None = None) -> list[dict]:
@@ -180,17 +200,22 @@ class Daemon:
     def value(self, name: str, **labels: str) -> float:
         family = self.metrics()[name]
         for sample in family.samples:  # type: ignore[attr-defined]
-            if (sample.name in (name, name + "_total", name + "_count") and all(sample.labels.get(k) == v for k, v in labels.items())
-                    and (sample.name == name + "_count" or not sample.name.endswith("_count"))):
+            if (
+                sample.name in (name, name + "_total", name + "_count")
+                and all(sample.labels.get(k) == v for k, v in labels.items())
+                and (sample.name == name + "_count" or not sample.name.endswith("_count"))
+            ):
                 return sample.value
         raise KeyError(f"{name} {labels}")
 
     def settled(self, quiet: float = 0.4) -> None:
         """Wait until no reconcile has happened for `quiet` seconds."""
+
         def calm() -> bool:
             count = len(self.reconciles())
             time.sleep(quiet)
             return len(self.reconciles()) == count
+
         wait_until(calm, 15, "the daemon to settle")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

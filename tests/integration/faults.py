@@ -17,8 +17,15 @@ class FaultyBackend(Backend):
     the Nth write fails, or the process is killed right after the Nth write,
     or process ``stop_pid`` (firewalld) is frozen with SIGSTOP right after it."""
 
-    def __init__(self, inner: Backend, *, fail_on_write: int | None = None, kill_after_writes: int | None = None,
-                 stop_after_writes: int | None = None, stop_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        fail_on_write: int | None = None,
+        kill_after_writes: int | None = None,
+        stop_after_writes: int | None = None,
+        stop_pid: int | None = None,
+    ) -> None:
         self.inner = inner
         self.name = inner.name
         self.fail_on_write = fail_on_write

@@ -7,7 +7,10 @@ usage: freeze_apply.py FIREWALLD_PID N FWRECON-ARGS...   (e.g. apply --timeout 2
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]  # faults; this checkout's reconciler
+sys.path[:0] = [
+    str(Path(__file__).resolve().parent),
+    str(Path(__file__).resolve().parents[2]),
+]  # faults; this checkout's reconciler
 
 from faults import FaultyBackend  # noqa: E402
 

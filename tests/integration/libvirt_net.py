@@ -50,8 +50,13 @@ LIBVIRTD = "/usr/sbin/libvirtd"
 NETWORK_DRIVER = "/usr/lib/*/libvirt/connection-driver/libvirt_driver_network.so"  # multiarch dir
 LIBVIRT_ZONE = "/usr/lib/firewalld/zones/libvirt.xml"  # from libvirt-daemon-system
 # below BASE -> where libvirtd sees it
-PRIVATE_DIRS = {"run": "/run", "etc": "/etc/libvirt", "lib": "/var/lib/libvirt",
-                "cache": "/var/cache/libvirt", "log": "/var/log/libvirt"}
+PRIVATE_DIRS = {
+    "run": "/run",
+    "etc": "/etc/libvirt",
+    "lib": "/var/lib/libvirt",
+    "cache": "/var/cache/libvirt",
+    "log": "/var/log/libvirt",
+}
 LIBVIRTD_CONF = """\
 # root only, over the socket in BASE/run/libvirt: no polkit (the sandbox bus has none)
 unix_sock_group = "root"
@@ -77,12 +82,26 @@ PR_SET_CHILD_SUBREAPER = 36
 
 def missing_prerequisites() -> list[str]:
     """What this machine lacks for a libvirt network (empty: all there)."""
-    missing = [f"{tool} ({package})" for tool, package in
-               (("virsh", "libvirt-clients"), ("dnsmasq", "dnsmasq-base"), ("dbus-monitor", "dbus"),
-                ("unshare", "util-linux"), ("iptables-save", "iptables")) if shutil.which(tool, path=SEARCH_PATH) is None]
-    missing += [f"{path} ({package})" for path, package in
-                ((LIBVIRTD, "libvirt-daemon"), (NETWORK_DRIVER, "libvirt-daemon"),
-                 (LIBVIRT_ZONE, "libvirt-daemon-system")) if not glob.glob(path)]
+    missing = [
+        f"{tool} ({package})"
+        for tool, package in (
+            ("virsh", "libvirt-clients"),
+            ("dnsmasq", "dnsmasq-base"),
+            ("dbus-monitor", "dbus"),
+            ("unshare", "util-linux"),
+            ("iptables-save", "iptables"),
+        )
+        if shutil.which(tool, path=SEARCH_PATH) is None
+    ]
+    missing += [
+        f"{path} ({package})"
+        for path, package in (
+            (LIBVIRTD, "libvirt-daemon"),
+            (NETWORK_DRIVER, "libvirt-daemon"),
+            (LIBVIRT_ZONE, "libvirt-daemon-system"),
+        )
+        if not glob.glob(path)
+    ]
     return missing
 
 
@@ -93,8 +112,15 @@ class LibvirtError(RuntimeError):
 class LibvirtNetwork:
     """libvirtd (network driver only) and one NAT network in a sandbox's netns."""
 
-    def __init__(self, sandbox: Sandbox, base: Path, log_path: Path, name: str = "fwrecon-lv",
-                 bridge: str = "virbr-lv", prefix: str = "198.18.100") -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        base: Path,
+        log_path: Path,
+        name: str = "fwrecon-lv",
+        bridge: str = "virbr-lv",
+        prefix: str = "198.18.100",
+    ) -> None:
         # 198.18.0.0/15 (benchmarking), like the sandbox's veth: only ever inside our namespaces
         self.sandbox = sandbox
         self.base = base
@@ -124,12 +150,32 @@ class LibvirtNetwork:
         env = {**self.sandbox.env, "LIBVIRT_DRIVER_DIR": str(self.base / "drivers")}
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.sandbox.netns,
-                 "unshare", "--mount", "--propagation", "private",
-                 sys.executable, "-I", __file__, INSIDE, str(self.base), "--",
-                 LIBVIRTD, "--config", "/etc/libvirt/libvirtd.conf"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, cwd="/")
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.sandbox.netns,
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    sys.executable,
+                    "-I",
+                    __file__,
+                    INSIDE,
+                    str(self.base),
+                    "--",
+                    LIBVIRTD,
+                    "--config",
+                    "/etc/libvirt/libvirtd.conf",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd="/",
+            )
         self._wait(lambda: self.virsh("net-list", check=False).returncode == 0, START_TIMEOUT, "libvirtd's socket")
         self._remember_mount_ns()
         xml = self.base / "network.xml"
@@ -186,9 +232,16 @@ class LibvirtNetwork:
         path = self.base / "zone-calls.log"
         with open(path, "wb") as out:
             self._monitor = subprocess.Popen(
-                ["dbus-monitor", "--address", self.sandbox.bus_address,
-                 f"type='method_call',interface='{ZONE_IFACE}',member='changeZoneOfInterface'"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    "dbus-monitor",
+                    "--address",
+                    self.sandbox.bus_address,
+                    f"type='method_call',interface='{ZONE_IFACE}',member='changeZoneOfInterface'",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         # dbus-monitor has become a monitor once the bus took its name away again
         self._wait(lambda: "NameLost" in path.read_text(errors="replace"), 10, "dbus-monitor")
 
@@ -219,18 +272,23 @@ class LibvirtNetwork:
         deadline = time.monotonic() + timeout
         while not predicate():
             if self._proc is not None and self._proc.poll() is not None:
-                raise LibvirtError(f"libvirtd exited ({self._proc.returncode}) while waiting for {what}:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
+                raise LibvirtError(
+                    f"libvirtd exited ({self._proc.returncode}) while waiting for {what}:\n"
+                    f"{self.log_path.read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
-                raise LibvirtError(f"timed out after {timeout} s waiting for {what}; libvirtd's log:\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
+                raise LibvirtError(
+                    f"timed out after {timeout} s waiting for {what}; libvirtd's log:\n"
+                    f"{self.log_path.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.05)
 
     # --- looking at it -----------------------------------------------------
 
     def virsh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["virsh", "-q", "-c", self.uri, *args], capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            ["virsh", "-q", "-c", self.uri, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
         if check and proc.returncode != 0:
             raise LibvirtError(f"virsh {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
@@ -310,4 +368,4 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] != [INSIDE] or "--" not in args:
         sys.exit(__doc__)
-    sys.exit(_inside(Path(args[1]), args[args.index("--") + 1:]))
+    sys.exit(_inside(Path(args[1]), args[args.index("--") + 1 :]))

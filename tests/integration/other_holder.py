@@ -21,8 +21,9 @@ PATH = "/org/fedoraproject/FirewallD1"
 
 
 async def bind(bus: MessageBus, zone: str, interface: str) -> None:
-    reply = await bus.call(Message(destination=FW, path=PATH, interface=FW + ".zone", member="addInterface",
-                                   signature="ss", body=[zone, interface]))
+    reply = await bus.call(
+        Message(destination=FW, path=PATH, interface=FW + ".zone", member="addInterface", signature="ss", body=[zone, interface])
+    )
     if reply is not None and reply.message_type == MessageType.ERROR:
         text = str(reply.body[0]) if reply.body else reply.error_name
         if "ZONE_ALREADY_SET" not in text:
@@ -48,9 +49,16 @@ async def main(address: str, zone: str, interface: str, delay: float) -> None:
             task.add_done_callback(pending.discard)
 
     bus.add_message_handler(on_message)
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                           body=[f"type='signal',sender='{FW}',interface='{FW}',member='Reloaded'"]))
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[f"type='signal',sender='{FW}',interface='{FW}',member='Reloaded'"],
+        )
+    )
     await bind(bus, zone, interface)
     print("ready", flush=True)
     await bus.wait_for_disconnect()

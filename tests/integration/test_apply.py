@@ -46,7 +46,10 @@ def test_shipped_policy_applies_every_item_kind_and_goes_away_again(fwrecon: Fwr
     policy = sb.firewall_cmd("--policy=allow-host-ipv6", "--list-rich-rules", check=True).stdout
     assert 'rule family="ipv6" source address="2001:db8::/32" port port="9100" protocol="tcp" accept' in policy
     assert "ipv4 filter FWRECON_IN" in sb.firewall_cmd("--direct", "--get-all-chains", check=True).stdout
-    assert "ipv4 filter FWRECON_IN 0 -p tcp --dport 9000 -j ACCEPT" in sb.firewall_cmd("--direct", "--get-all-rules", check=True).stdout
+    assert (
+        "ipv4 filter FWRECON_IN 0 -p tcp --dport 9000 -j ACCEPT"
+        in sb.firewall_cmd("--direct", "--get-all-rules", check=True).stdout
+    )
 
     # and the kernel really has them
     ruleset = sb.ruleset()
@@ -123,12 +126,15 @@ def test_policy_rejected_by_firewalld_is_rolled_back_while_another_applies(fwrec
     # the source is bound to another zone already: firewalld refuses with ZONE_CONFLICT
     sb.firewall_cmd("--zone=internal", "--add-source=198.51.100.0/24", check=True)
     before = firewalld_snapshot(sb)
-    fwrecon.write_policy("a-bad", """
+    fwrecon.write_policy(
+        "a-bad",
+        """
         [zone.public]
         ports = ["7100/tcp"]
         services = ["ftp"]
         sources = ["198.51.100.0/24"]
-    """)
+    """,
+    )
     fwrecon.write_policy("b-good", '[zone.public]\nports = ["7200/tcp"]\n')
 
     result = fwrecon.apply()
@@ -173,8 +179,12 @@ def test_items_added_by_hand_survive_policy_deletion(fwrecon: Fwrecon) -> None:
     sb = fwrecon.sandbox
     sb.firewall_cmd("--zone=public", "--add-port=7000/tcp", check=True)
     sb.firewall_cmd("--zone=public", "--add-service=ftp", check=True)
-    sb.firewall_cmd("--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "7001", "-j", "ACCEPT", check=True)
-    fwrecon.write_policy("web", """
+    sb.firewall_cmd(
+        "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "7001", "-j", "ACCEPT", check=True
+    )
+    fwrecon.write_policy(
+        "web",
+        """
         [zone.public]
         ports = ["7000/tcp", "7002/tcp"]
         services = ["ftp", "imap"]
@@ -184,7 +194,8 @@ def test_items_added_by_hand_survive_policy_deletion(fwrecon: Fwrecon) -> None:
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "7001", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     assert fwrecon.apply().returncode == 0
     assert "7002/tcp" in sb.firewall_cmd("--zone=public", "--list-ports").stdout
 
@@ -201,9 +212,19 @@ def test_kill_9_between_two_ops_then_apply_converges_without_orphans(fwrecon: Fw
     before = firewalld_snapshot(sb)
     fwrecon.write_policy("web", WEB)
     crash = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("crash_apply.py")), "firewalld", sb.bus_address,
-         str(fwrecon.policy_dir), str(fwrecon.state_file), "4"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            str(Path(__file__).with_name("crash_apply.py")),
+            "firewalld",
+            sb.bus_address,
+            str(fwrecon.policy_dir),
+            str(fwrecon.state_file),
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert crash.returncode == -9, crash.stderr
     state = json.loads(fwrecon.state_file.read_text())
@@ -259,9 +280,24 @@ def test_world_writable_policy_is_refused(fwrecon: Fwrecon) -> None:
 
 def test_unreachable_firewalld_is_a_clear_error(fwrecon: Fwrecon, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "reconciler", "apply", "--backend", "firewalld", "--bus-address", f"unix:path={tmp_path}/nobus",
-         "--policy-dir", str(fwrecon.policy_dir), "--state-file", str(fwrecon.state_file)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "apply",
+            "--backend",
+            "firewalld",
+            "--bus-address",
+            f"unix:path={tmp_path}/nobus",
+            "--policy-dir",
+            str(fwrecon.policy_dir),
+            "--state-file",
+            str(fwrecon.state_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 1
     assert "cannot connect to the D-Bus system bus" in result.stderr
@@ -271,15 +307,20 @@ def test_firewalld_policy_object_items(fwrecon: Fwrecon) -> None:
     """Runtime policies have no per-item methods: items go through get/setPolicySettings."""
     sb = fwrecon.sandbox
     before = firewalld_snapshot(sb)
-    fwrecon.write_policy("pol", """
+    fwrecon.write_policy(
+        "pol",
+        """
         [policy.allow-host-ipv6]
         ports = ["7700/tcp", "7701-7705/udp"]
         services = ["mdns"]
         forward_ports = [{ port = "7710", protocol = "tcp", to_port = "22" }]
-    """)
+    """,
+    )
     assert fwrecon.apply().returncode == 0
+
     def listed(what: str) -> set[str]:
         return set(sb.firewall_cmd("--policy=allow-host-ipv6", f"--list-{what}", check=True).stdout.split())
+
     assert listed("ports") == {"7700/tcp", "7701-7705/udp"}
     assert "mdns" in listed("services")
     assert listed("forward-ports") == {"port=7710:proto=tcp:toport=22:toaddr="}

@@ -32,7 +32,9 @@ DIRECT_V4_POLICY = """
     args = ["-p", "tcp", "--dport", "9000", "-j", "ACCEPT"]
 """
 
-DIRECT_POLICY = DIRECT_V4_POLICY + """
+DIRECT_POLICY = (
+    DIRECT_V4_POLICY
+    + """
     [[direct.rule]]
     family = "ipv6"
     table = "filter"
@@ -46,6 +48,7 @@ DIRECT_POLICY = DIRECT_V4_POLICY + """
     chain = "INPUT"
     args = ["-p", "ARP", "-j", "ACCEPT"]
 """
+)
 
 NFT_POLICY = """
     [[nft.chain]]
@@ -129,7 +132,9 @@ def test_iptables_backend_apply_noop_remove(bare: Fwrecon) -> None:
 
 def test_iptables_policy_with_a_bad_rule_leaves_nothing(bare: Fwrecon) -> None:
     bare.backend = "iptables"
-    bare.write_policy("a-bad", """
+    bare.write_policy(
+        "a-bad",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
@@ -141,14 +146,18 @@ def test_iptables_policy_with_a_bad_rule_leaves_nothing(bare: Fwrecon) -> None:
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "99999", "-j", "ACCEPT"]
-    """)
-    bare.write_policy("b-good", """
+    """,
+    )
+    bare.write_policy(
+        "b-good",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "9200", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     result = bare.apply()
     assert result.returncode == 1
     assert "FAILED a-bad" in result.stdout
@@ -161,9 +170,22 @@ def crash_after_writes(fwrecon: Fwrecon, writes: int) -> None:
     """One reconcile in the namespace, SIGKILLed right after ``writes`` batches."""
     sb = fwrecon.sandbox
     crash = subprocess.run(
-        ["ip", "netns", "exec", sb.netns, sys.executable, str(Path(__file__).with_name("crash_apply.py")),
-         fwrecon.backend or "auto", sb.bus_address, str(fwrecon.policy_dir), str(fwrecon.state_file), str(writes)],
-        capture_output=True, text=True, timeout=60,
+        [
+            "ip",
+            "netns",
+            "exec",
+            sb.netns,
+            sys.executable,
+            str(Path(__file__).with_name("crash_apply.py")),
+            fwrecon.backend or "auto",
+            sb.bus_address,
+            str(fwrecon.policy_dir),
+            str(fwrecon.state_file),
+            str(writes),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert crash.returncode == -9, crash.stderr
     assert json.loads(fwrecon.state_file.read_text())["pending"]["policy"] == "d"  # it died mid-transaction
@@ -247,13 +269,16 @@ def test_iptables_traffic_refused_then_accepted(bare: Fwrecon) -> None:
     bare.backend = "iptables"
     sb.netns_exec(["iptables", "-P", "INPUT", "DROP"], check=True)
     assert sb.tcp_probe(8443) == "timeout"
-    bare.write_policy("web", """
+    bare.write_policy(
+        "web",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "8443", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     assert bare.apply().returncode == 0
     assert sb.tcp_probe(8443) == "accepted"
 
@@ -311,7 +336,9 @@ def test_nft_sections_beside_firewalld(fwrecon: Fwrecon) -> None:
     sb = fwrecon.sandbox
     fwrecon.in_netns = True  # nft items land in the namespace fwrecon runs in
     fwrecon.backend = "firewalld"
-    fwrecon.write_policy("mixed", '[zone.public]\nports = ["7950/tcp"]\n' + NFT_POLICY.replace("policy = \"drop\"", "policy = \"accept\""))
+    fwrecon.write_policy(
+        "mixed", '[zone.public]\nports = ["7950/tcp"]\n' + NFT_POLICY.replace('policy = "drop"', 'policy = "accept"')
+    )
     result = fwrecon.apply()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7950/tcp" in sb.firewall_cmd("--zone=public", "--list-ports").stdout
@@ -326,7 +353,7 @@ def test_auto_moves_rules_when_firewalld_goes_and_comes_back(fwrecon: Fwrecon, d
     sb = fwrecon.sandbox
     fwrecon.in_netns = True
     fwrecon.write_policy("d", DIRECT_POLICY)
-    fwrecon.write_policy("z", "[zone.public]\nports = [\"8765/tcp\"]\n")  # waits while firewalld is away
+    fwrecon.write_policy("z", '[zone.public]\nports = ["8765/tcp"]\n')  # waits while firewalld is away
     daemon = daemon_factory()
     wait_until(lambda: "--dport 9000" in sb.firewall_cmd("--direct", "--get-all-rules").stdout, 5, "the rule via firewalld")
     daemon.settled()

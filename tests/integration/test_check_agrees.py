@@ -76,4 +76,6 @@ def test_check_plan_and_apply_refuse_the_same_policies(fwrecon: Fwrecon) -> None
     ruleset = fwrecon.sandbox.ruleset()
     assert "9400" not in ruleset and "9401" not in ruleset
     # The huge priority never reached the kernel, so nothing of it can outlive the policy.
-    assert "table inet fwrecon" not in ruleset or "hook input" not in fwrecon.sandbox.nft("list", "table", "inet", "fwrecon").stdout
+    assert (
+        "table inet fwrecon" not in ruleset or "hook input" not in fwrecon.sandbox.nft("list", "table", "inet", "fwrecon").stdout
+    )

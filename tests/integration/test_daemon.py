@@ -87,8 +87,13 @@ def test_reload_reapplies_everything(fwrecon: Fwrecon, daemon_factory: Callable[
     wait_until(lambda: "8080/tcp" in ports(fwrecon), 3, "the policy")
     daemon.settled()
     fwrecon.sandbox.firewall_cmd("--reload", check=True)
-    wait_until(lambda: "8080/tcp" in ports(fwrecon) and "FWRECON_IN" in fwrecon.sandbox.firewall_cmd("--direct", "--get-all-chains").stdout,
-               3, "re-apply after reload")
+    wait_until(
+        lambda: (
+            "8080/tcp" in ports(fwrecon) and "FWRECON_IN" in fwrecon.sandbox.firewall_cmd("--direct", "--get-all-chains").stdout
+        ),
+        3,
+        "re-apply after reload",
+    )
     daemon.settled()
     assert fwrecon.run("plan").returncode == 0  # fully converged, not just one port
     assert daemon.value("fwrecon_firewalld_reloads") == 1
@@ -112,7 +117,9 @@ def test_firewalld_restart_reapplies_and_daemon_survives(fwrecon: Fwrecon, daemo
     assert daemon.value("fwrecon_reapply_after_reload_seconds") >= 1
 
 
-def test_backend_metric_shows_none_in_charge_while_firewalld_mode_waits(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+def test_backend_metric_shows_none_in_charge_while_firewalld_mode_waits(
+    fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]
+) -> None:
     """What the FwreconFirewalldDown alert keys on: with --backend firewalld and
     firewalld away, no backend is in charge (all 0, exported from the start),
     unlike auto, which falls back to iptables."""
@@ -145,13 +152,16 @@ def test_port_removed_by_hand_comes_back_without_resync(fwrecon: Fwrecon, daemon
     wait_until(lambda: ports(fwrecon) == {"7300/tcp"}, 2, "the drift repair")
     wait_until(lambda: daemon.value("fwrecon_drift_repairs") >= 1, 2, "the drift metric")
     direct = ["ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "7301", "-j", "ACCEPT"]
-    fwrecon.write_policy("direct", """
+    fwrecon.write_policy(
+        "direct",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "7301", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     wait_until(lambda: "7301" in fwrecon.sandbox.firewall_cmd("--direct", "--get-all-rules").stdout, 2, "the direct rule")
     daemon.settled()
     fwrecon.sandbox.firewall_cmd("--direct", "--remove-rule", *direct, check=True)
@@ -207,7 +217,9 @@ def test_metrics_endpoint_has_every_metric_with_its_type(fwrecon: Fwrecon, daemo
     assert "127.0.0.1:9847" in result.stdout
 
 
-def test_sigterm_exits_quickly_leaving_rules_then_restart_needs_nothing(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+def test_sigterm_exits_quickly_leaving_rules_then_restart_needs_nothing(
+    fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]
+) -> None:
     fwrecon.write_policy("web", (ROOT / "policies" / "web.toml").read_text())
     daemon = daemon_factory()
     wait_until(lambda: "8080/tcp" in ports(fwrecon), 3, "the policy")

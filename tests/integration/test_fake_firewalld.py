@@ -43,8 +43,9 @@ def fake_firewalld(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     conf = tmp_path / "bus.conf"
     socket_path = tmp_path / "bus"
     conf.write_text(fwsandbox.BUS_CONF.format(bus=socket_path))
-    started = subprocess.run(["dbus-daemon", f"--config-file={conf}", "--fork", "--print-pid"],
-                             capture_output=True, text=True, timeout=10, check=True)
+    started = subprocess.run(
+        ["dbus-daemon", f"--config-file={conf}", "--fork", "--print-pid"], capture_output=True, text=True, timeout=10, check=True
+    )
     dbus_pid = int(started.stdout.split()[0])
     address = f"unix:path={socket_path}"
     fakes: list[subprocess.Popen[str]] = []
@@ -71,9 +72,28 @@ def fake_firewalld(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
 def apply(fwrecon: Fwrecon, address: str) -> subprocess.CompletedProcess[str]:
     # Inside the sandbox netns, like every fwrecon that could reach nft or iptables.
-    argv = ["ip", "netns", "exec", fwrecon.sandbox.netns, sys.executable, "-m", "reconciler", "apply",
-            "--backend", "firewalld", "--bus-address", address, "--timeout", str(TIMEOUT),
-            "--policy-dir", str(fwrecon.policy_dir), "--state-file", str(fwrecon.state_file), "--log-format", "json"]
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        fwrecon.sandbox.netns,
+        sys.executable,
+        "-m",
+        "reconciler",
+        "apply",
+        "--backend",
+        "firewalld",
+        "--bus-address",
+        address,
+        "--timeout",
+        str(TIMEOUT),
+        "--policy-dir",
+        str(fwrecon.policy_dir),
+        "--state-file",
+        str(fwrecon.state_file),
+        "--log-format",
+        "json",
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -86,16 +106,20 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("mode, policy, says", [
-    ("zones-string", ZONE_POLICY, "answered getZones with signature 's' instead of 'as'"),
-    ("settings-not-dict", ZONE_POLICY, "answered getZoneSettings2 with signature 's' instead of 'a{sv}'"),
-    ("settings-wrong-type", ZONE_POLICY, "getZoneSettings2 reply for zone public: 'ports' is s, not a(ss)"),
-    ("bad-port", ZONE_POLICY, "getZoneSettings2 reply for zone public: ports entry"),
-    ("rules-malformed", DIRECT_POLICY, "answered getAllRules with signature 'a(sss)' instead of 'a(sssias)'"),
-    ("policy-rmw", POLICY_POLICY, "getPolicySettings reply for policy allow-host-ipv6: 'rich_rules' is i, not as"),
-])
-def test_garbage_reply_is_one_clear_error(fwrecon: Fwrecon, fake_firewalld: Callable[[str], str],
-                                          mode: str, policy: str, says: str) -> None:
+@pytest.mark.parametrize(
+    "mode, policy, says",
+    [
+        ("zones-string", ZONE_POLICY, "answered getZones with signature 's' instead of 'as'"),
+        ("settings-not-dict", ZONE_POLICY, "answered getZoneSettings2 with signature 's' instead of 'a{sv}'"),
+        ("settings-wrong-type", ZONE_POLICY, "getZoneSettings2 reply for zone public: 'ports' is s, not a(ss)"),
+        ("bad-port", ZONE_POLICY, "getZoneSettings2 reply for zone public: ports entry"),
+        ("rules-malformed", DIRECT_POLICY, "answered getAllRules with signature 'a(sss)' instead of 'a(sssias)'"),
+        ("policy-rmw", POLICY_POLICY, "getPolicySettings reply for policy allow-host-ipv6: 'rich_rules' is i, not as"),
+    ],
+)
+def test_garbage_reply_is_one_clear_error(
+    fwrecon: Fwrecon, fake_firewalld: Callable[[str], str], mode: str, policy: str, says: str
+) -> None:
     fwrecon.write_policy("p", policy)
     line = error_line(apply(fwrecon, fake_firewalld(mode)))
     assert says in line, line

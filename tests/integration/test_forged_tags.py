@@ -61,18 +61,26 @@ def test_iptables_rule_with_a_copied_tag_is_foreign(bare: Fwrecon) -> None:
     tag = owned_tag(bare, "--dport 9300")
     sb = bare.sandbox
     # Someone copies the tag onto an unrelated rule, then removes fwrecon's own rule.
-    sb.netns_exec(["iptables", "-A", "INPUT", "-p", "udp", "--dport", "7002", "-m", "comment", "--comment", tag, "-j", "ACCEPT"], check=True)
-    sb.netns_exec(["iptables", "-D", "INPUT", "-p", "tcp", "--dport", "9300", "-m", "comment", "--comment", tag, "-j", "ACCEPT"], check=True)
+    sb.netns_exec(
+        ["iptables", "-A", "INPUT", "-p", "udp", "--dport", "7002", "-m", "comment", "--comment", tag, "-j", "ACCEPT"], check=True
+    )
+    sb.netns_exec(
+        ["iptables", "-D", "INPUT", "-p", "tcp", "--dport", "9300", "-m", "comment", "--comment", tag, "-j", "ACCEPT"], check=True
+    )
     plan = bare.run("plan", "--json")
     assert plan.returncode == 2, plan.stdout + plan.stderr
-    assert [c["text"] for c in json.loads(plan.stdout)["changes"]] == ["direct ipv4 filter INPUT priority 0 rule -p tcp --dport 9300 -j ACCEPT"]
+    assert [c["text"] for c in json.loads(plan.stdout)["changes"]] == [
+        "direct ipv4 filter INPUT priority 0 rule -p tcp --dport 9300 -j ACCEPT"
+    ]
     repaired = bare.apply()
     assert repaired.returncode == 0 and "1 operations" in repaired.stdout, repaired.stdout + repaired.stderr
     assert any("--dport 9300" in line for line in input_rules(bare))
     # The policy goes: exactly fwrecon's rule goes with it, the forged one stays.
     bare.remove_policy("web")
     plan = bare.run("plan", "--json")
-    assert [c["text"] for c in json.loads(plan.stdout)["changes"]] == ["direct ipv4 filter INPUT priority 0 rule -p tcp --dport 9300 -j ACCEPT"]
+    assert [c["text"] for c in json.loads(plan.stdout)["changes"]] == [
+        "direct ipv4 filter INPUT priority 0 rule -p tcp --dport 9300 -j ACCEPT"
+    ]
     assert bare.apply().returncode == 0
     rules = input_rules(bare)
     assert not any("--dport 9300" in line for line in rules)
@@ -105,13 +113,16 @@ def test_policy_may_not_borrow_a_tag(bare: Fwrecon) -> None:
     bare.write_policy("web", WANTED)
     assert bare.apply().returncode == 0
     tag = owned_tag(bare, "--dport 9300")
-    bare.write_policy("thief", f"""
+    bare.write_policy(
+        "thief",
+        f"""
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "udp", "--dport", "7003", "-m", "comment", "--comment", "{tag}", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     checked = bare.run("check")
     assert checked.returncode == 1
     assert "thief.toml: direct.rule[0].args[7]:" in checked.stdout and "fwrecon:" in checked.stdout, checked.stdout

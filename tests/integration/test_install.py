@@ -96,14 +96,19 @@ def test_install_upgrade_and_uninstall_under_systemd(host: Host, fw: Sandbox) ->
 
     drop_in = host.manager.unit_dir / f"{UNIT}.d"
     drop_in.mkdir()
-    (drop_in / "test.conf").write_text("\n".join([
-        "[Service]",
-        f"NetworkNamespacePath=/run/netns/{fw.netns}",
-        f"Environment=DBUS_SYSTEM_BUS_ADDRESS={fw.bus_address}",
-        f"BindReadOnlyPaths={fw.dir}",  # the sandbox's bus socket, below /tmp (PrivateTmp=)
-        f"StandardOutput=append:{host.log}",
-        f"StandardError=append:{host.log}",
-    ]) + "\n")
+    (drop_in / "test.conf").write_text(
+        "\n".join(
+            [
+                "[Service]",
+                f"NetworkNamespacePath=/run/netns/{fw.netns}",
+                f"Environment=DBUS_SYSTEM_BUS_ADDRESS={fw.bus_address}",
+                f"BindReadOnlyPaths={fw.dir}",  # the sandbox's bus socket, below /tmp (PrivateTmp=)
+                f"StandardOutput=append:{host.log}",
+                f"StandardError=append:{host.log}",
+            ]
+        )
+        + "\n"
+    )
     shutil.copy(ROOT / "policies" / "web.toml", host.policy_dir / "web.toml")
     (host.policy_dir / "web.toml").chmod(0o644)
 
@@ -135,8 +140,19 @@ def test_install_upgrade_and_uninstall_under_systemd(host: Host, fw: Sandbox) ->
     after = host.show("ActiveState", "MainPID", "StatusText")
     assert after["ActiveState"] == "active" and after["MainPID"] != state["MainPID"], after  # the new code runs
     assert gaps == [] and port_open(fw)
-    status = subprocess.run([str(host.prefix / "bin" / "fwrecon"), "status", "--policy-dir", str(host.policy_dir),
-                             "--state-file", str(host.state_file)], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [
+            str(host.prefix / "bin" / "fwrecon"),
+            "status",
+            "--policy-dir",
+            str(host.policy_dir),
+            "--state-file",
+            str(host.state_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0 and status.stdout.endswith("converged\n"), status.stdout + status.stderr
 
     # uninstall while fwrecon owns rules: stopped, unit gone, the venv kept, and the way out said
@@ -145,15 +161,33 @@ def test_install_upgrade_and_uninstall_under_systemd(host: Host, fw: Sandbox) ->
     assert host.show("ActiveState")["ActiveState"] == "inactive" and not (host.manager.unit_dir / UNIT).exists()
     assert port_open(fw)  # stopping never opens or closes a hole
     hint = next(line.strip() for line in refused.stderr.splitlines() if line.strip().startswith("rm "))
-    assert hint == (f"rm {host.policy_dir}/*.toml && {host.prefix}/bin/fwrecon apply --policy-dir {host.policy_dir} "
-                    f"--state-file {host.state_file}")
+    assert hint == (
+        f"rm {host.policy_dir}/*.toml && {host.prefix}/bin/fwrecon apply --policy-dir {host.policy_dir} "
+        f"--state-file {host.state_file}"
+    )
 
     # do as it says (in the sandbox's namespace, on its bus), then uninstall again
     for policy in host.policy_dir.glob("*.toml"):
         policy.unlink()
-    released = subprocess.run(["ip", "netns", "exec", fw.netns, str(host.prefix / "bin" / "fwrecon"), "apply",
-                               "--bus-address", fw.bus_address, "--policy-dir", str(host.policy_dir),
-                               "--state-file", str(host.state_file)], capture_output=True, text=True, timeout=60)
+    released = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            fw.netns,
+            str(host.prefix / "bin" / "fwrecon"),
+            "apply",
+            "--bus-address",
+            fw.bus_address,
+            "--policy-dir",
+            str(host.policy_dir),
+            "--state-file",
+            str(host.state_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert released.returncode == 0, released.stdout + released.stderr
     wait_until(lambda: not port_open(fw), 5, "the released port to go")
     removed = host.install("--uninstall")

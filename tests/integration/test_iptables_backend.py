@@ -155,7 +155,7 @@ def table_lines(ns: str, family: str) -> list[str]:
 
 def chain_rules(ns: str, family: str, chain: str) -> list[str]:
     prefix = f"-A {chain} "
-    return [line[len(prefix):] for line in table_lines(ns, family) if line.startswith(prefix) or line == f"-A {chain}"]
+    return [line[len(prefix) :] for line in table_lines(ns, family) if line.startswith(prefix) or line == f"-A {chain}"]
 
 
 def items_for(family: str) -> tuple[DirectChain, DirectRule, DirectRule, DirectRule]:
@@ -350,7 +350,10 @@ def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
     before = backend.runs
     assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)], view)) == [Outcome.APPLIED] * 3
     assert backend.runs == before + 1  # the restore; no second save
-    assert [r.split(" -m comment")[0] for r in chain_rules(ns, "ipv4", "FWR_IN")] == ["-p tcp -m tcp --dport 9000", "-s 198.18.0.0/15"]
+    assert [r.split(" -m comment")[0] for r in chain_rules(ns, "ipv4", "FWR_IN")] == [
+        "-p tcp -m tcp --dport 9000",
+        "-s 198.18.0.0/15",
+    ]
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     before = backend.runs
     assert run(backend.execute_batch([Op("remove", rule_a)], view)) == [Outcome.APPLIED]  # on the view's read
@@ -439,8 +442,11 @@ def test_legacy_tables_beside_ours_are_reported_once_per_family(variant: str, ne
         sh(mixed, "ip6tables-legacy", "-A", "INPUT", "-s", "2001:db8::1", "-j", "DROP")
         for _ in range(2):
             run(backend.observe({("direct", "ipv4", "filter"), ("direct", "ipv6", "filter")}))
-        reported = sorted((fields["family"], level, fields["detail"].rsplit(" ", 1)[-1])
-                          for level, e, fields in recorder.events if e == "iptables_legacy_tables_present")
+        reported = sorted(
+            (fields["family"], level, fields["detail"].rsplit(" ", 1)[-1])
+            for level, e, fields in recorder.events
+            if e == "iptables_legacy_tables_present"
+        )
         assert reported == [("ipv4", "warning", "iptables-legacy-save"), ("ipv6", "warning", "ip6tables-legacy-save")]
     finally:
         _delete_netns(mixed)
@@ -457,6 +463,7 @@ def test_unknown_netns_is_unavailable():
 SERVER_ADDR, CLIENT_ADDR = "198.18.0.1", "198.18.0.2"
 PORT = 9400
 
+
 @pytest.fixture
 def client(ns: str) -> Iterator[str]:
     """A second netns joined to ``ns`` by a veth pair, and a listener on PORT in ``ns``."""
@@ -465,13 +472,17 @@ def client(ns: str) -> Iterator[str]:
     listener = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "del", "fwrt-s"], capture_output=True)
-        subprocess.run(["ip", "-n", ns, "link", "add", "fwrt-s", "type", "veth", "peer", "name", "fwrt-c", "netns", name],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "-n", ns, "link", "add", "fwrt-s", "type", "veth", "peer", "name", "fwrt-c", "netns", name],
+            check=True,
+            capture_output=True,
+        )
         for where, iface, addr in ((ns, "fwrt-s", SERVER_ADDR), (name, "fwrt-c", CLIENT_ADDR)):
             subprocess.run(["ip", "-n", where, "addr", "add", f"{addr}/30", "dev", iface], check=True, capture_output=True)
             subprocess.run(["ip", "-n", where, "link", "set", iface, "up"], check=True, capture_output=True)
-        listener = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER_SCRIPT, str(PORT), "60"],
-                                    stdout=subprocess.PIPE, text=True)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", LISTENER_SCRIPT, str(PORT), "60"], stdout=subprocess.PIPE, text=True
+        )
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         yield name
     finally:

@@ -66,8 +66,16 @@ def test_a_read_only_volume_showing_mode_0777_is_applied(fwrecon: Fwrecon, tmp_p
     writable = pod.run("apply")
     assert writable.returncode == 1 and "refusing directory writable by group or others (mode 777)" in writable.stdout, writable
 
-    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, str(HERE / "read_only_mount.py"), str(volume),
-            *pod.argv("apply")]
+    argv = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        sys.executable,
+        str(HERE / "read_only_mount.py"),
+        str(volume),
+        *pod.argv("apply"),
+    ]
     applied = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert public_ports(fwrecon) == {"7410/tcp"}

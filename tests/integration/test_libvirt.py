@@ -47,12 +47,14 @@ def without_interfaces(listing: str) -> str:
     """`--list-all` of a zone less what depends on its interfaces: the "(active)" mark
     on the first line and the interfaces line."""
     lines = listing.splitlines()
-    return "\n".join([lines[0].replace(" (active)", ""),
-                      *(line for line in lines[1:] if not line.strip().startswith("interfaces:"))])
+    return "\n".join(
+        [lines[0].replace(" (active)", ""), *(line for line in lines[1:] if not line.strip().startswith("interfaces:"))]
+    )
 
 
 def test_libvirt_binding_survives_reloads_and_policy_edit(
-        libvirt_net: LibvirtNetwork, fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+    libvirt_net: LibvirtNetwork, fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]
+) -> None:
     sb = fwrecon.sandbox
     libvirt_rules = libvirt_net.iptables_rules()
     assert any("-j MASQUERADE" in rule for rule in libvirt_rules), libvirt_rules  # NAT, via passthrough
@@ -60,11 +62,14 @@ def test_libvirt_binding_survives_reloads_and_policy_edit(
     libvirt_zone = without_interfaces(sb.firewall_cmd("--zone=libvirt", "--list-all", check=True).stdout)
 
     fwrecon.in_netns = True
-    fwrecon.write_policy("libvirt", f"""
+    fwrecon.write_policy(
+        "libvirt",
+        f"""
         description = "the libvirt bridge, which libvirt binds itself"
         [zone.libvirt]
         interfaces = ["{BRIDGE}"]
-        """)
+        """,
+    )
     daemon = daemon_factory()
     daemon.settled()
     assert owned_binding(fwrecon) == [], "libvirt bound it before fwrecon started: not fwrecon's"
@@ -72,18 +77,27 @@ def test_libvirt_binding_survives_reloads_and_policy_edit(
     for _ in range(3):
         calls = libvirt_net.zone_calls()
         sb.firewall_cmd("--reload", check=True)
-        wait_until(lambda calls=calls: libvirt_net.zone_calls() > calls and libvirt_net.zone_of_bridge() == "libvirt",
-                   10, "libvirt to bind its bridge again after the reload")
+        wait_until(
+            lambda calls=calls: libvirt_net.zone_calls() > calls and libvirt_net.zone_of_bridge() == "libvirt",
+            10,
+            "libvirt to bind its bridge again after the reload",
+        )
         daemon.settled()
 
     claimed = json.dumps(owned_binding(fwrecon))
     edits = len([r for r in daemon.reconciles() if r["trigger"] == "policy"])
-    fwrecon.write_policy("libvirt", """
+    fwrecon.write_policy(
+        "libvirt",
+        """
         description = "the libvirt bridge, which libvirt binds itself"
         [zone.libvirt]
-        """)
-    wait_until(lambda: len([r for r in daemon.reconciles() if r["trigger"] == "policy"]) > edits,
-               5, "the reconcile after the policy edit")
+        """,
+    )
+    wait_until(
+        lambda: len([r for r in daemon.reconciles() if r["trigger"] == "policy"]) > edits,
+        5,
+        "the reconcile after the policy edit",
+    )
     daemon.settled()
 
     # libvirt's own rules (its iptables chains, added through firewalld's passthrough)
@@ -95,6 +109,6 @@ def test_libvirt_binding_survives_reloads_and_policy_edit(
     # reload fwrecon re-adds the binding before libvirt does and claims it, so dropping it
     # from the policy removes libvirt's binding
     assert libvirt_net.zone_of_bridge() == "libvirt", (
-        f"dropping {BRIDGE} from the policy took libvirt's binding away; after the reloads "
-        f"fwrecon's state claimed it: {claimed}")
+        f"dropping {BRIDGE} from the policy took libvirt's binding away; after the reloads fwrecon's state claimed it: {claimed}"
+    )
     assert daemon.stop() == 0

@@ -51,8 +51,9 @@ def alive(pid: int) -> bool:
 def test_nft_monitor_dies_with_a_sigkilled_daemon(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
     fwrecon.backend = "nftables"
     daemon = daemon_factory(started_when="nft_monitor_started")
-    monitors = wait_until(lambda: [pid for pid, cmd in children(daemon.proc.pid).items() if "nft monitor" in cmd],
-                          5, "the nft monitor child")
+    monitors = wait_until(
+        lambda: [pid for pid, cmd in children(daemon.proc.pid).items() if "nft monitor" in cmd], 5, "the nft monitor child"
+    )
     (monitor,) = monitors  # type: ignore[misc]
     daemon.proc.kill()
     daemon.proc.wait()
@@ -62,10 +63,17 @@ def test_nft_monitor_dies_with_a_sigkilled_daemon(fwrecon: Fwrecon, daemon_facto
 def test_a_session_that_leaves_a_process_behind_fails_and_kills_it(tmp_path: Path) -> None:
     """tests/conftest.py's end-of-session check, run on a throwaway session of its own."""
     (tmp_path / "test_leaves.py").write_text(
-        "import subprocess\n\ndef test_leaves_a_sleep():\n    subprocess.Popen(['sleep', '4244'])\n")
+        "import subprocess\n\ndef test_leaves_a_sleep():\n    subprocess.Popen(['sleep', '4244'])\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # tests/: its conftest as a plugin
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 passed" in result.stdout and "still running at its end" in result.stdout, result.stdout
     assert "sleep 4244" in result.stdout

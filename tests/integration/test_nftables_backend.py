@@ -187,8 +187,11 @@ def test_rule_deleted_by_hand_after_observe_is_judged_on_a_fresh_listing(netns):
     backend = NftablesBackend(netns)
     run(backend.execute_batch(adds(*ITEMS)))
     view = run(backend.observe([("nft", "inet")]))
-    handle = next(line.split("# handle ")[1] for line in nft(netns, "-a", "list", "chain", "inet", "fwrecon", "input").stdout.splitlines()
-                  if "dport 22" in line)
+    handle = next(
+        line.split("# handle ")[1]
+        for line in nft(netns, "-a", "list", "chain", "inet", "fwrecon", "input").stdout.splitlines()
+        if "dport 22" in line
+    )
     nft(netns, "delete", "rule", "inet", "fwrecon", "input", "handle", handle)  # someone, after we looked
     calls = backend.calls
     assert run(backend.execute_batch(removes(SSH, JUMP), view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
@@ -330,8 +333,21 @@ rule = "tcp dport 22 ct state new limit rate over 10/minute drop"
 
 def check_as_nobody(policies: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PATH=path) if path else None
-    argv = [*AS_NOBODY, sys.executable, "-m", "reconciler", "check", "--backend", "nftables",
-            "--policy-dir", str(policies), "--state-file", str(policies / "state.json"), "--log-format", "json"]
+    argv = [
+        *AS_NOBODY,
+        sys.executable,
+        "-m",
+        "reconciler",
+        "check",
+        "--backend",
+        "nftables",
+        "--policy-dir",
+        str(policies),
+        "--state-file",
+        str(policies / "state.json"),
+        "--log-format",
+        "json",
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
 
@@ -527,7 +543,10 @@ def test_traffic_follows_the_rules(link):
     server, client = link
     listener = subprocess.Popen(
         ["ip", "netns", "exec", server, sys.executable, "-c", LISTENER, str(PORT)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PATH=SBIN_PATH),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PATH=SBIN_PATH),
     )
     try:
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"

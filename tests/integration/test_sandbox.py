@@ -15,8 +15,7 @@ PORT = 4711
 
 def _root_ruleset() -> str:
     """The host's (root netns) ruleset; read-only."""
-    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
 
 
 def _port_rule_present(fw: Sandbox, port: int) -> bool:
@@ -30,8 +29,7 @@ def test_firewalld_is_running(fw: Sandbox) -> None:
 def test_firewalld_runs_in_its_own_netns(fw: Sandbox) -> None:
     pid = int((fw.dir / "firewalld.pid").read_text())
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert fw.netns_exec(["readlink", "/proc/self/ns/net"]).stdout.strip() \
-        == os.readlink(f"/proc/{pid}/ns/net")
+    assert fw.netns_exec(["readlink", "/proc/self/ns/net"]).stdout.strip() == os.readlink(f"/proc/{pid}/ns/net")
 
 
 def test_nft_shows_firewalld_table(fw: Sandbox) -> None:
@@ -48,8 +46,9 @@ def test_added_port_shows_up_and_reset_removes_it(fw: Sandbox) -> None:
 
 def test_reset_clears_bindings_direct_rules_permanent_config_and_panic(fw: Sandbox) -> None:
     fw.firewall_cmd("--zone=trusted", f"--change-interface={SANDBOX_IFACE}", check=True)
-    fw.firewall_cmd("--direct", "--add-rule", "ipv4", "filter", "INPUT", "0",
-                    "-p", "tcp", "--dport", "7777", "-j", "ACCEPT", check=True)
+    fw.firewall_cmd(
+        "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT", check=True
+    )
     fw.firewall_cmd("--permanent", f"--add-port={PORT}/tcp", check=True)
     fw.firewall_cmd("--permanent", "--new-zone=scratch", check=True)
     fw.firewall_cmd("--panic-on", check=True)
@@ -113,9 +112,14 @@ def test_bus_client_survives_firewalld_restart(bus_address: str, fw: Sandbox) ->
     from dbus_fast.aio import MessageBus
 
     async def get_default_zone(bus: MessageBus) -> dbus_fast.Message:
-        return await bus.call(dbus_fast.Message(
-            destination="org.fedoraproject.FirewallD1", path="/org/fedoraproject/FirewallD1",
-            interface="org.fedoraproject.FirewallD1", member="getDefaultZone"))
+        return await bus.call(
+            dbus_fast.Message(
+                destination="org.fedoraproject.FirewallD1",
+                path="/org/fedoraproject/FirewallD1",
+                interface="org.fedoraproject.FirewallD1",
+                member="getDefaultZone",
+            )
+        )
 
     async def scenario() -> None:
         bus = await MessageBus(bus_address=bus_address).connect()
@@ -143,8 +147,9 @@ def test_host_ruleset_and_config_untouched(fw: Sandbox) -> None:
     fw.firewall_cmd("--permanent", "--new-zone=scratch", check=True)
     fw.firewall_cmd("--permanent", f"--add-port={PORT}/tcp", check=True)
     fw.firewall_cmd(f"--add-port={PORT}/tcp", check=True)
-    fw.firewall_cmd("--direct", "--add-rule", "ipv4", "filter", "INPUT", "0",
-                    "-p", "tcp", "--dport", "7777", "-j", "ACCEPT", check=True)
+    fw.firewall_cmd(
+        "--direct", "--add-rule", "ipv4", "filter", "INPUT", "0", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT", check=True
+    )
     fw.stop_firewalld()
     fw.start_firewalld()
     fw.reset()

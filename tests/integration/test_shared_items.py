@@ -40,8 +40,12 @@ class Holder:
     """The other tool, as a subprocess; counts its re-adds."""
 
     def __init__(self, sandbox: Sandbox, delay: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(HOLDER), sandbox.bus_address, "internal", IFACE, str(delay)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HOLDER), sandbox.bus_address, "internal", IFACE, str(delay)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         wait_until(lambda: "ready" in self.lines or self.proc.poll() is not None, 10, "the other tool")
@@ -144,11 +148,14 @@ def test_kill_9_between_a_reload_and_the_other_tools_re_add(
 def test_a_burst_of_reloads_is_never_counted_as_drift(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
     sb = fwrecon.sandbox
     fwrecon.in_netns = True
-    fwrecon.write_policy("web", """
+    fwrecon.write_policy(
+        "web",
+        """
         [zone.public]
         ports = ["9501/tcp", "9502/tcp", "9503/tcp"]
         rich_rules = ['rule family="ipv4" source address="198.51.100.0/24" drop']
-    """)
+    """,
+    )
     daemon = daemon_factory()
     daemon.settled()
     for _ in range(5):
@@ -180,13 +187,16 @@ def test_iptables_rule_another_tool_also_holds_survives_a_flush_and_the_policy_d
     bare.backend = "iptables"
     theirs = ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9600", "-j", "ACCEPT"]
     sb.netns_exec(theirs, check=True)
-    bare.write_policy("lab", """
+    bare.write_policy(
+        "lab",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "9600", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     assert "0 operations" in bare.apply().stdout
     assert bare.owned() == [] and len(held_by_others(bare)) == 1
     sb.netns_exec(["iptables", "-F", "INPUT"], check=True)  # flushed: both copies gone
@@ -205,11 +215,14 @@ def test_nft_chain_another_tool_also_holds_survives_a_table_flush_and_the_policy
     bare.backend = "nftables"
     theirs = ["nft", "add table inet fwrecon; add chain inet fwrecon shared"]
     sb.netns_exec(theirs, check=True)
-    bare.write_policy("lab", """
+    bare.write_policy(
+        "lab",
+        """
         [[nft.chain]]
         family = "inet"
         chain = "shared"
-    """)
+    """,
+    )
     assert "0 operations" in bare.apply().stdout and bare.owned() == []
     sb.nft("delete", "table", "inet", "fwrecon", check=True)
     assert "1 operations" in bare.apply().stdout

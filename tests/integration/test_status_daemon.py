@@ -13,8 +13,17 @@ from conftest import ROOT, Daemon, Fwrecon, wait_until
 
 def status(fwrecon: Fwrecon) -> tuple[int, dict]:
     """`fwrecon status --json`: files only, so no bus address, no namespace."""
-    argv = [sys.executable, "-m", "reconciler", "status", "--json",
-            "--policy-dir", str(fwrecon.policy_dir), "--state-file", str(fwrecon.state_file)]
+    argv = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "status",
+        "--json",
+        "--policy-dir",
+        str(fwrecon.policy_dir),
+        "--state-file",
+        str(fwrecon.state_file),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)

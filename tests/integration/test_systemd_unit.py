@@ -168,7 +168,8 @@ class Service:
         except subprocess.TimeoutExpired:
             pytest.fail(f"{UNIT} sent no READY=1 within 45 s\n{self.log_tail()}")
         assert started.returncode == 0 and self.state() == "active", (
-            f"{UNIT}: {self.manager.show(UNIT, 'Result', 'ExecMainStatus')}\n{self.log_tail()}")
+            f"{UNIT}: {self.manager.show(UNIT, 'Result', 'ExecMainStatus')}\n{self.log_tail()}"
+        )
 
     def state(self) -> str:
         return self.manager.show(UNIT, "ActiveState")["ActiveState"]
@@ -255,13 +256,17 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
 
     # nft monitor runs inside the sandbox too: a flush by hand is repaired at once.
     in_netns(netns, "nft", "flush", "table", "inet", "fwrecon")
-    service.wait_until(lambda: "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon"),
-                       "the nft rule restored after a flush")
+    service.wait_until(
+        lambda: "tcp dport 9642 accept" in in_netns(netns, "nft", "list", "table", "inet", "fwrecon"),
+        "the nft rule restored after a flush",
+    )
 
     # ExecReload (SIGHUP) re-applies at once: iptables has no change events, and the resync is a minute away.
     in_netns(netns, "iptables", "-F", CHAIN, path=path)
     service.manager.systemctl("reload", UNIT)
-    service.wait_until(lambda: "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path), "the rule restored after reload")
+    service.wait_until(
+        lambda: "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path), "the rule restored after reload"
+    )
 
     stopped = service.stop()
     assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())
@@ -288,13 +293,16 @@ def test_unit_starts_while_a_policy_the_firewall_refuses_is_reported(service: Se
     service from becoming ready (systemd would kill it after TimeoutStartSec=, and
     the network, ordered after it, would wait that long at every boot)."""
     service.write_policy("web", DIRECT_AND_NFT_POLICY)
-    service.write_policy("broken", """
+    service.write_policy(
+        "broken",
+        """
         [[direct.rule]]
         family = "ipv4"
         table = "filter"
         chain = "INPUT"
         args = ["-p", "tcp", "--dport", "99999", "-j", "ACCEPT"]
-    """)
+    """,
+    )
     service.install(netns, bus_address=f"unix:path={service.manager.base}/no-bus")
     service.start()
     assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN)
@@ -305,18 +313,23 @@ def test_unit_starts_while_a_policy_the_firewall_refuses_is_reported(service: Se
 
 def test_unit_runs_against_firewalld(service: Service, fw: Sandbox) -> None:
     """firewalld on the bus: auto picks it; the bus socket is reached through the sandbox."""
-    service.write_policy("web", """
+    service.write_policy(
+        "web",
+        """
         [zone.public]
         ports = ["9643/tcp"]
-    """)
+    """,
+    )
     service.install(fw.netns, bus_address=fw.bus_address, visible=(Path(fw.dir),))
     service.start()
     assert_sandboxed(service.main_pid())
     assert fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes"
 
     fw.firewall_cmd("--reload", check=True)  # the Reloaded signal re-applies what the reload dropped
-    service.wait_until(lambda: fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes",
-                       "the port re-applied after a firewalld reload")
+    service.wait_until(
+        lambda: fw.firewall_cmd("--zone=public", "--query-port=9643/tcp").stdout.strip() == "yes",
+        "the port re-applied after a firewalld reload",
+    )
 
     stopped = service.stop()
     assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())

@@ -88,13 +88,23 @@ def assert_clear_failure(result: subprocess.CompletedProcess[str], *needles: str
 
 
 def test_frozen_firewalld_apply_ends_within_one_timeout_and_next_apply_converges(
-        fwrecon: Fwrecon, thaw: Callable[[], None]) -> None:
+    fwrecon: Fwrecon, thaw: Callable[[], None]
+) -> None:
     fwrecon.write_policy("many", f"[zone.public]\nports = {json.dumps(PORTS)}\n")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, str(FREEZE_APPLY), str(firewalld_pid(fwrecon)), "10",
-         *fwrecon.argv("apply", "--timeout", str(TIMEOUT))[3:]],  # (fwrecon's arguments: no "python -m reconciler")
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            str(FREEZE_APPLY),
+            str(firewalld_pid(fwrecon)),
+            "10",
+            *fwrecon.argv("apply", "--timeout", str(TIMEOUT))[3:],
+        ],  # (fwrecon's arguments: no "python -m reconciler")
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     elapsed = time.monotonic() - started
     thaw()
     assert elapsed < BOUND, f"apply took {elapsed:.1f}s against a frozen firewalld"
@@ -111,7 +121,8 @@ def test_frozen_firewalld_apply_ends_within_one_timeout_and_next_apply_converges
 
 
 def test_daemon_marks_frozen_firewalld_down_keeps_it_in_charge_and_recovers(
-        fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon], thaw: Callable[[], None]) -> None:
+    fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon], thaw: Callable[[], None]
+) -> None:
     fwrecon.in_netns = True
     daemon = daemon_factory(extra=("--timeout", "1"))
     assert daemon.value("fwrecon_firewalld_up") == 1
@@ -152,8 +163,9 @@ def apply_with(fwrecon: Fwrecon, tools: Path | None) -> subprocess.CompletedProc
     env = dict(os.environ)
     if tools is not None:
         env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(fwrecon.argv("apply", "--timeout", str(TIMEOUT)), capture_output=True, text=True,
-                          timeout=120, cwd=ROOT, env=env)
+    return subprocess.run(
+        fwrecon.argv("apply", "--timeout", str(TIMEOUT)), capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
 
 
 def leftover_sleeps() -> list[str]:
@@ -194,8 +206,10 @@ def hanging(backend: str) -> tuple[str, str]:
     hang = f'case "$input" in *"dport 9101"*) {SLEEPS[0]} & exec {SLEEPS[1]};; esac'
     if backend == "iptables":
         return "iptables-restore", f'input=$(cat)\n{hang}\nprintf \'%s\\n\' "$input" | exec {real("iptables-restore")} "$@"\n'
-    return "nft", (f'case " $* " in *" -f "*) input=$(cat)\n{hang}\n'
-                   f'printf \'%s\\n\' "$input" | exec {real("nft")} "$@";; esac\nexec {real("nft")} "$@"\n')
+    return "nft", (
+        f'case " $* " in *" -f "*) input=$(cat)\n{hang}\n'
+        f'printf \'%s\\n\' "$input" | exec {real("nft")} "$@";; esac\nexec {real("nft")} "$@"\n'
+    )
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
@@ -233,17 +247,27 @@ def test_tool_killed_mid_batch_is_a_clear_error_then_converges(bare: Fwrecon, tm
     assert len(rules_of(bare, "iptables", 9102)) == 1
 
 
-GARBAGE_JSON = json.dumps({"nftables": [{"table": {"family": "inet", "name": "fwrecon"}},
-                                        {"rule": {"family": "inet", "table": "fwrecon", "chain": "c"}}]})  # no handle
+GARBAGE_JSON = json.dumps(
+    {
+        "nftables": [
+            {"table": {"family": "inet", "name": "fwrecon"}},
+            {"rule": {"family": "inet", "table": "fwrecon", "chain": "c"}},
+        ]
+    }
+)  # no handle
 
 
-@pytest.mark.parametrize("backend, tool, garbage, says", [
-    ("iptables", "iptables-save", None, "iptables-save -t filter printed something that is not -save output"),
-    ("nftables", "nft", None, "cannot parse nft -j output"),
-    ("nftables", "nft", GARBAGE_JSON, "printed JSON that is not an nft listing"),
-])
+@pytest.mark.parametrize(
+    "backend, tool, garbage, says",
+    [
+        ("iptables", "iptables-save", None, "iptables-save -t filter printed something that is not -save output"),
+        ("nftables", "nft", None, "cannot parse nft -j output"),
+        ("nftables", "nft", GARBAGE_JSON, "printed JSON that is not an nft listing"),
+    ],
+)
 def test_garbage_listing_is_a_clear_error_and_nothing_is_written(
-        bare: Fwrecon, tmp_path: Path, backend: str, tool: str, garbage: str | None, says: str) -> None:
+    bare: Fwrecon, tmp_path: Path, backend: str, tool: str, garbage: str | None, says: str
+) -> None:
     bare.backend = backend
     bare.write_policy("b", policy_for(backend, "FWRECON_B" if backend == "iptables" else "b", 9103))
     output = tmp_path / "garbage"

@@ -68,13 +68,24 @@ class UnitManager:
             self._made_run_systemd = True
         self.unit_dir.mkdir(parents=True, exist_ok=True)
         # slave: network namespaces the tests add later (mounts below /run/netns) reach the manager
-        argv = ["unshare", "--mount", "--propagation", "slave",
-                sys.executable, __file__, "--exec-manager", systemd_binary() or "systemd"]
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "slave",
+            sys.executable,
+            __file__,
+            "--exec-manager",
+            systemd_binary() or "systemd",
+        ]
         with open(self.base / "manager.log", "wb") as log:  # the manager keeps its own copy
             self._proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         # (not is-system-running: outside the namespace, systemctl itself would answer "offline")
-        while self.systemctl("show", "--property=SystemState", check=False).stdout.strip() not in ("SystemState=running", "SystemState=degraded"):
+        while self.systemctl("show", "--property=SystemState", check=False).stdout.strip() not in (
+            "SystemState=running",
+            "SystemState=degraded",
+        ):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"systemd --user did not start: {(self.base / 'manager.log').read_text()}")
             time.sleep(0.05)
@@ -105,8 +116,9 @@ class UnitManager:
                 pass  # gone meanwhile
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["systemctl", "--user", "--no-pager", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["systemctl", "--user", "--no-pager", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"systemctl --user {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return proc
@@ -128,6 +140,7 @@ class UnitManager:
 
 def _exec_manager(systemd: str) -> None:
     """Inside the new mount namespace: prepare /run as a booted host has it, then become systemd."""
+
     def mount(*args: str) -> None:
         subprocess.run(["mount", *args], check=True)
 

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
         if found is None:
             sys.exit(f"without_tools.py: {program} is not installed in the first place")
         subprocess.run(["mount", "--bind", "/dev/null", os.path.realpath(found)], check=True)
-    command = argv[split + 1:]
+    command = argv[split + 1 :]
     os.execvp(command[0], command)
 
 

@@ -48,7 +48,9 @@ def rule_args(i: int) -> list[str]:
 def write_policy(directory: Path, n: int) -> None:
     ports = ", ".join(f'"{BASE_PORT + i}/tcp"' for i in range(n))
     rules = "".join(
-        f'\n[[direct.rule]]\nfamily = "ipv4"\ntable = "filter"\nchain = "INPUT"\npriority = 0\nargs = {rule_args(i)!r}\n'.replace("'", '"')
+        f'\n[[direct.rule]]\nfamily = "ipv4"\ntable = "filter"\nchain = "INPUT"\npriority = 0\nargs = {rule_args(i)!r}\n'.replace(
+            "'", '"'
+        )
         for i in range(n)
     )
     path = directory / "bench.toml"
@@ -144,13 +146,17 @@ def main() -> int:
             raw, our = statistics.median(raws), statistics.median(ours)
             print(f"{n:>6} {2 * n:>6} {raw:>11.3f} {our:>10.3f} {our / raw:>5.2f}x {writes:>7}")
         total, dbus, calls = asyncio.run(noop_dbus_time(bus, policy_dir, state))
-        print(f"no-op apply at N={n} ({2 * n} owned items): {total * 1000:.1f} ms total, "
-              f"{dbus * 1000:.1f} ms in {calls} D-Bus calls (reads only)")
+        print(
+            f"no-op apply at N={n} ({2 * n} owned items): {total * 1000:.1f} ms total, "
+            f"{dbus * 1000:.1f} ms in {calls} D-Bus calls (reads only)"
+        )
         sb.reset()
         per_cmd = firewall_cmd_loop(sb, args.cmd_n) / (2 * args.cmd_n)
         per_ours = our / (2 * n)
-        print(f"firewall-cmd loop: {per_cmd * 1000:.1f} ms per item (N={args.cmd_n}); "
-              f"fwrecon {per_ours * 1000:.2f} ms per item: {per_cmd / per_ours:.0f}x faster")
+        print(
+            f"firewall-cmd loop: {per_cmd * 1000:.1f} ms per item (N={args.cmd_n}); "
+            f"fwrecon {per_ours * 1000:.2f} ms per item: {per_cmd / per_ours:.0f}x faster"
+        )
     finally:
         sb.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)

@@ -162,8 +162,19 @@ def per_rule_loop(n: int) -> float:
     run("iptables", "-N", "LOOP")
     started = time.perf_counter()
     for i in range(n):
-        run("iptables", "-A", "LOOP", "-p", "tcp", "--dport", str(BASE + i % 50000),
-            "-s", f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", "-j", "ACCEPT")
+        run(
+            "iptables",
+            "-A",
+            "LOOP",
+            "-p",
+            "tcp",
+            "--dport",
+            str(BASE + i % 50000),
+            "-s",
+            f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
+            "-j",
+            "ACCEPT",
+        )
     elapsed = time.perf_counter() - started
     run("iptables", "-F", "LOOP")
     run("iptables", "-X", "LOOP")
@@ -209,24 +220,33 @@ def scenario(work: Path, policy_dir: Path, name: str, n: int, repeats: int) -> t
 def report(samples: dict[tuple[str, int], list[Sample]]) -> list[str]:
     """Medians over the rounds; each ratio is taken within its round, then the median."""
     med = statistics.median
-    print(f"{'backend':>17} {'N':>6} {'apply s':>8} {'parse s':>8} {'tools s':>8} {'re-apply s':>10} "
-          f"{'apply':>7} {'w/o parse':>10} {'re-apply':>9} {'tools':>6}   (x faster than the loop)")
+    print(
+        f"{'backend':>17} {'N':>6} {'apply s':>8} {'parse s':>8} {'tools s':>8} {'re-apply s':>10} "
+        f"{'apply':>7} {'w/o parse':>10} {'re-apply':>9} {'tools':>6}   (x faster than the loop)"
+    )
     verdicts = []
     for (name, n), rounds in samples.items():
         apply = med(r.first.seconds for r in rounds)
-        ratios = [med(r.loop / x for r, x in zip(rounds, values, strict=True)) for values in (
-            [r.first.seconds for r in rounds],
-            [r.first.seconds - r.first.parse for r in rounds],
-            [r.again for r in rounds],
-            [r.first.tools for r in rounds],
-        )]
-        print(f"{name:>17} {n:>6} {apply:>8.3f} {med(r.first.parse for r in rounds):>8.3f} "
-              f"{med(r.first.tools for r in rounds):>8.3f} {med(r.again for r in rounds):>10.3f} "
-              f"{ratios[0]:>6.0f}x {ratios[1]:>9.0f}x {ratios[2]:>8.0f}x {ratios[3]:>5.0f}x")
+        ratios = [
+            med(r.loop / x for r, x in zip(rounds, values, strict=True))
+            for values in (
+                [r.first.seconds for r in rounds],
+                [r.first.seconds - r.first.parse for r in rounds],
+                [r.again for r in rounds],
+                [r.first.tools for r in rounds],
+            )
+        ]
+        print(
+            f"{name:>17} {n:>6} {apply:>8.3f} {med(r.first.parse for r in rounds):>8.3f} "
+            f"{med(r.first.tools for r in rounds):>8.3f} {med(r.again for r in rounds):>10.3f} "
+            f"{ratios[0]:>6.0f}x {ratios[1]:>9.0f}x {ratios[2]:>8.0f}x {ratios[3]:>5.0f}x"
+        )
         if name.startswith("iptables") and n == 1000:
             met = "met" if min(ratios[:3]) >= 50 else "MISSED"
-            verdicts.append(f"{name}: target >= 50x the loop at N=1000: {met} (apply {ratios[0]:.0f}x, "
-                            f"{ratios[1]:.0f}x without parse, re-apply {ratios[2]:.0f}x; the tools alone {ratios[3]:.0f}x)")
+            verdicts.append(
+                f"{name}: target >= 50x the loop at N=1000: {met} (apply {ratios[0]:.0f}x, "
+                f"{ratios[1]:.0f}x without parse, re-apply {ratios[2]:.0f}x; the tools alone {ratios[3]:.0f}x)"
+            )
         if name == "nftables" and n == 10000:
             met = "met" if apply < 1.0 else "MISSED"
             verdicts.append(f"target 10,000 nft rules applied in < 1 s (parse included): {met} ({apply:.2f} s)")
@@ -239,8 +259,13 @@ def main() -> int:
     parser.add_argument("--loop-n", type=int, default=1000, help="rules for the one-process-per-rule loop")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; each measures the loop and every scenario")
     parser.add_argument("--repeats", type=int, default=3, help="re-applies per scenario and round (their median counts)")
-    parser.add_argument("--variants", nargs="+", default=["nft", "legacy"], choices=["nft", "legacy"],
-                        help="iptables variants to measure, where installed (the nftables backend runs with the first)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["nft", "legacy"],
+        choices=["nft", "legacy"],
+        help="iptables variants to measure, where installed (the nftables backend runs with the first)",
+    )
     parser.add_argument(INSIDE, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.inside_netns:
@@ -265,8 +290,10 @@ def main() -> int:
                         first, agains = scenario(work, policy_dir, name, n, args.repeats)
                         samples.setdefault((name, n), []).append(Sample(first, agains, per_rule * n))
         for variant, values in loops.items():
-            print(f"iptables ({variant}) loop, one process per rule: {statistics.median(values) * 1000:.2f} ms per rule "
-                  f"(median of {len(values)} rounds of {args.loop_n}; {min(values) * 1000:.2f}-{max(values) * 1000:.2f})")
+            print(
+                f"iptables ({variant}) loop, one process per rule: {statistics.median(values) * 1000:.2f} ms per rule "
+                f"(median of {len(values)} rounds of {args.loop_n}; {min(values) * 1000:.2f}-{max(values) * 1000:.2f})"
+            )
         for line in report(samples):
             print(line)
     finally:

@@ -93,10 +93,27 @@ class Daemon:
         self.log = work / "daemon.log"
         with open(self.log, "w") as log:  # the daemon keeps its own copy
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reconciler", "run", "--bus-address", sb.bus_address,
-                 "--policy-dir", str(self.policy_dir), "--state-file", str(work / "state.json"),
-                 "--log-format", "json", "--metrics-address", "off", "--resync-interval", "0"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "reconciler",
+                    "run",
+                    "--bus-address",
+                    sb.bus_address,
+                    "--policy-dir",
+                    str(self.policy_dir),
+                    "--state-file",
+                    str(work / "state.json"),
+                    "--log-format",
+                    "json",
+                    "--metrics-address",
+                    "off",
+                    "--resync-interval",
+                    "0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
 
     def reconciles(self) -> list[dict]:
@@ -184,7 +201,9 @@ def main() -> int:
                 time.sleep(0.3)  # let the echo of our own change settle
             latencies.sort()
             p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)]
-            print(f"policy event to converged over {len(latencies)} edits: median {statistics.median(latencies):.0f} ms, p95 {p95:.0f} ms")
+            print(
+                f"policy event to converged over {len(latencies)} edits: median {statistics.median(latencies):.0f} ms, p95 {p95:.0f} ms"
+            )
         finally:
             daemon.stop()
     finally:

@@ -89,20 +89,67 @@ def scratch() -> Iterator[Path]:
 
 # Fragments that steer random bytes towards what the TOML parser and the validator look at.
 TOML_FRAGMENTS = [
-    b"[", b"]", b"{", b"}", b"[[", b"]]", b"=", b",", b".", b'"', b"'", b'"""', b"'''", b"\\", b"\n", b"\r\n",
-    b"#", b" ", b"\t", b"\x00", b"\xff", b"\xc3\xa9", b"1", b"-", b"+", b"0x", b"inf", b"nan", b"true",
-    b"1979-05-27T07:32:00Z", b"zone", b"public", b"policy", b"direct", b"nft", b"ports", b"services",
-    b"rich_rules", b"chain", b"rule", b"args", b"priority", b"family", b"ipv4", b'"80/tcp"', b'"http"',
-    b"x = ", b"9" * 5000, b"[" * 600, b"{a = " * 400,  # past int()'s digit limit, past tomllib's recursion
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"[[",
+    b"]]",
+    b"=",
+    b",",
+    b".",
+    b'"',
+    b"'",
+    b'"""',
+    b"'''",
+    b"\\",
+    b"\n",
+    b"\r\n",
+    b"#",
+    b" ",
+    b"\t",
+    b"\x00",
+    b"\xff",
+    b"\xc3\xa9",
+    b"1",
+    b"-",
+    b"+",
+    b"0x",
+    b"inf",
+    b"nan",
+    b"true",
+    b"1979-05-27T07:32:00Z",
+    b"zone",
+    b"public",
+    b"policy",
+    b"direct",
+    b"nft",
+    b"ports",
+    b"services",
+    b"rich_rules",
+    b"chain",
+    b"rule",
+    b"args",
+    b"priority",
+    b"family",
+    b"ipv4",
+    b'"80/tcp"',
+    b'"http"',
+    b"x = ",
+    b"9" * 5000,
+    b"[" * 600,
+    b"{a = " * 400,  # past int()'s digit limit, past tomllib's recursion
 ]
 FRAGMENTS = st.lists(st.sampled_from(TOML_FRAGMENTS), max_size=60).map(b"".join)
 POLICY_BYTES = st.one_of(
     st.binary(max_size=300),
     FRAGMENTS,
     # a valid start, so the parser gets as far as the value made of fragments
-    st.tuples(st.sampled_from([b"", b"description = \"x\"\n", b"[zone.public]\n"]),
-              st.sampled_from([b"x = ", b"ports = ", b"services = [", b"[[direct.rule]]\nargs = "]),
-              FRAGMENTS).map(b"".join),
+    st.tuples(
+        st.sampled_from([b"", b'description = "x"\n', b"[zone.public]\n"]),
+        st.sampled_from([b"x = ", b"ports = ", b"services = [", b"[[direct.rule]]\nargs = "]),
+        FRAGMENTS,
+    ).map(b"".join),
     st.text(max_size=200).map(lambda text: text.encode("utf-8", "surrogatepass")),
 )
 
@@ -197,10 +244,14 @@ OFFSETS = [dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(d
 SCALARS = st.one_of(
     st.text(max_size=30),
     st.integers(),
-    st.sampled_from([2**63 - 1, -(2**63), 2**64, -(2**64), 10**100, 0, -1, Digits(4400)]),  # past TOML's 64 bits and int()'s digit limit
+    st.sampled_from(
+        [2**63 - 1, -(2**63), 2**64, -(2**64), 10**100, 0, -1, Digits(4400)]
+    ),  # past TOML's 64 bits and int()'s digit limit
     st.booleans(),
     st.floats(),
-    st.datetimes(timezones=st.none() | st.sampled_from(OFFSETS)).map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+    st.datetimes(timezones=st.none() | st.sampled_from(OFFSETS)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)
+    ),
     st.dates(),
     st.times().map(lambda t: t.replace(microsecond=0)),
 )
@@ -213,15 +264,19 @@ ANY_VALUE = st.recursive(
 # alone load and yield items, so the round-trip half of the property is exercised.
 STRINGS = {
     "services": (["http", "ssh", "dns"], ["bad name", "", "http\n"]),
-    "ports": (["80/tcp", "8000-8010/udp", "443/tcp", "1-65535/sctp", " 22/tcp "],
-              ["0/tcp", "65536/tcp", "80/tcpx", "90-80/tcp", "٨٠/tcp"]),
+    "ports": (
+        ["80/tcp", "8000-8010/udp", "443/tcp", "1-65535/sctp", " 22/tcp "],
+        ["0/tcp", "65536/tcp", "80/tcpx", "90-80/tcp", "٨٠/tcp"],
+    ),
     "source_ports": (["5353/udp", "1-65535/sctp", "53/dccp"], ["x/udp"]),
     "protocols": (["gre", "6", "255"], ["256", "٦", "bogus", "a\0b"]),
     "icmp_blocks": (["echo-request", "timestamp-reply"], ["echo request"]),
     "rich_rules": (
-        ['rule family="ipv4" source address="10.0.0.0/8" service name="ssh" accept',
-         "rule port port=80 protocol=tcp accept",
-         'rule family="ipv6" source address="2001:db8::/32" log prefix="é\\"x" level="info" limit value="1/m" drop'],
+        [
+            'rule family="ipv4" source address="10.0.0.0/8" service name="ssh" accept',
+            "rule port port=80 protocol=tcp accept",
+            'rule family="ipv6" source address="2001:db8::/32" log prefix="é\\"x" level="info" limit value="1/m" drop',
+        ],
         ["rule", 'rule family="ipv4" EOL accept', 'rule service name="ssh" accept limit value="0/s"'],
     ),
     "sources": (["192.0.2.0/24", "2001:db8::/32", "00:11:22:33:44:aa", "ipset:x"], ["fe80::1%eth0", "ipset:", "300.1.1.1"]),
@@ -268,12 +323,14 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
     def noise(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         return strategy | ANY_VALUE if level >= 2 else strategy
 
-    def table(pools: dict[str, tuple[list[Any], list[Any]]], needs: tuple[str, ...], allows: tuple[str, ...]
-              ) -> st.SearchStrategy[dict[str, Any]]:
+    def table(
+        pools: dict[str, tuple[list[Any], list[Any]]], needs: tuple[str, ...], allows: tuple[str, ...]
+    ) -> st.SearchStrategy[dict[str, Any]]:
         """An entry: at level 0 exactly the keys it needs plus some it allows; above, any of the pools' keys."""
         if level == 0:
-            return st.fixed_dictionaries({key: pick(pools[key]) for key in needs},
-                                         optional={key: pick(pools[key]) for key in allows})
+            return st.fixed_dictionaries(
+                {key: pick(pools[key]) for key in needs}, optional={key: pick(pools[key]) for key in allows}
+            )
         optional = {key: pick(pool) for key, pool in pools.items()}
         if level >= 2:
             optional["junk"] = ANY_VALUE
@@ -297,12 +354,18 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
     scopes = st.dictionaries(names, noise(scope_body(ZONE_KEYS)), max_size=3)
     policies = st.dictionaries(names, noise(scope_body(POLICY_KEYS)), max_size=2)
 
-    def sections(pools: dict[str, tuple[list[Any], list[Any]]], chain: tuple[tuple[str, ...], tuple[str, ...]],
-                 rule: tuple[tuple[str, ...], tuple[str, ...]]) -> st.SearchStrategy[dict[str, Any]]:
-        return st.fixed_dictionaries({}, optional={
-            "chain": noise(st.lists(noise(table(pools, *chain)), max_size=3)),
-            "rule": noise(st.lists(noise(table(pools, *rule)), max_size=3)),
-        })
+    def sections(
+        pools: dict[str, tuple[list[Any], list[Any]]],
+        chain: tuple[tuple[str, ...], tuple[str, ...]],
+        rule: tuple[tuple[str, ...], tuple[str, ...]],
+    ) -> st.SearchStrategy[dict[str, Any]]:
+        return st.fixed_dictionaries(
+            {},
+            optional={
+                "chain": noise(st.lists(noise(table(pools, *chain)), max_size=3)),
+                "rule": noise(st.lists(noise(table(pools, *rule)), max_size=3)),
+            },
+        )
 
     document = st.fixed_dictionaries(
         {},
@@ -310,8 +373,9 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
             "description": noise(st.text(max_size=30)),
             "zone": noise(scopes),
             "policy": noise(policies),
-            "direct": noise(sections(DIRECT_VALUES, (("family", "table", "chain"), ()),
-                                     (("family", "table", "chain", "args"), ("priority",)))),
+            "direct": noise(
+                sections(DIRECT_VALUES, (("family", "table", "chain"), ()), (("family", "table", "chain", "args"), ("priority",)))
+            ),
             "nft": noise(sections(NFT_VALUES, (("family", "chain"), ("hook",)), (("family", "chain", "rule"), ()))),
         },
     )
@@ -326,7 +390,9 @@ POLICY_DOCUMENT = policy_document(0) | policy_document(1) | policy_document(2)
 
 @bounded(250)
 @given(document=POLICY_DOCUMENT, name=st.sampled_from(["web", "a.b-c_d", "bad name", "é"]))
-def test_random_toml_documents_give_a_policy_or_errors_naming_the_file(scratch: Path, document: dict[str, Any], name: str) -> None:
+def test_random_toml_documents_give_a_policy_or_errors_naming_the_file(
+    scratch: Path, document: dict[str, Any], name: str
+) -> None:
     text = toml_document(document)
     path = write_policy(scratch, text.encode("utf-8"), f"{name}.toml")
     verdict = load_or_errors(path)
@@ -367,21 +433,35 @@ FIELD_NAMES = sorted({f.name for cls in ITEM_KINDS.values() for f in fields(cls)
 Z = Scope("zone", "public")
 P = Scope("policy", "int-to-ext")
 REAL_ITEMS: list[Item] = [  # one of every kind
-    Service(Z, "http"), Port(Z, "8000-8010", "tcp"), SourcePort(P, "53", "udp"), Protocol(Z, "gre"),
-    IcmpBlock(Z, "echo-request"), Masquerade(P), ForwardPort(Z, "2222", "tcp", "22", "10.0.0.2"),
+    Service(Z, "http"),
+    Port(Z, "8000-8010", "tcp"),
+    SourcePort(P, "53", "udp"),
+    Protocol(Z, "gre"),
+    IcmpBlock(Z, "echo-request"),
+    Masquerade(P),
+    ForwardPort(Z, "2222", "tcp", "22", "10.0.0.2"),
     RichRule(Z, 'rule family="ipv4" source address="10.0.0.0/8" log prefix="é \\"q\\"" accept'),
-    Source(Z, "ipset:blocked"), Interface(Z, "eth0"), DirectChain("ipv4", "filter", "FWR"),
+    Source(Z, "ipset:blocked"),
+    Interface(Z, "eth0"),
+    DirectChain("ipv4", "filter", "FWR"),
     DirectRule("ipv6", "filter", "FWR", -7, ("-p", "tcp", "-j", "ACCEPT")),
-    NftChain("inet", "input", "filter", "input", -150, "drop"), NftRule("inet", "input", "tcp dport 9000 accept"),
+    NftChain("inet", "input", "filter", "input", -150, "drop"),
+    NftRule("inet", "input", "tcp dport 9000 accept"),
 ]
-FIELD_VALUE = st.sampled_from([["zone", "public"], ["policy", "p"], ["host", "x"], "80", 80, "tcp", ["-j", "ACCEPT"], "abc", True, None]) | ANY_JSON
+FIELD_VALUE = (
+    st.sampled_from([["zone", "public"], ["policy", "p"], ["host", "x"], "80", 80, "tcp", ["-j", "ACCEPT"], "abc", True, None])
+    | ANY_JSON
+)
 ITEM_LIKE = st.one_of(
     st.sampled_from(REAL_ITEMS).map(Item.to_json),
     st.sampled_from(REAL_ITEMS).flatmap(
         lambda item: st.tuples(st.sampled_from(sorted(item.to_json())), FIELD_VALUE).map(
-            lambda change: {**item.to_json(), change[0]: change[1]})),
-    st.fixed_dictionaries({"kind": st.sampled_from(sorted(ITEM_KINDS)) | ANY_JSON},
-                          optional={name: FIELD_VALUE for name in FIELD_NAMES}),
+            lambda change: {**item.to_json(), change[0]: change[1]}
+        )
+    ),
+    st.fixed_dictionaries(
+        {"kind": st.sampled_from(sorted(ITEM_KINDS)) | ANY_JSON}, optional={name: FIELD_VALUE for name in FIELD_NAMES}
+    ),
     ANY_JSON,
 )
 ENTRY_LIKE = st.fixed_dictionaries(
@@ -397,17 +477,27 @@ REAL_STATE = st.fixed_dictionaries(
         "version": st.just(1),
         "owned": st.lists(
             st.fixed_dictionaries(
-                {"item": st.sampled_from(REAL_ITEMS).map(Item.to_json),
-                 "policies": st.lists(st.sampled_from(["web", "api", "db"]), min_size=1, max_size=3, unique=True)},
+                {
+                    "item": st.sampled_from(REAL_ITEMS).map(Item.to_json),
+                    "policies": st.lists(st.sampled_from(["web", "api", "db"]), min_size=1, max_size=3, unique=True),
+                },
                 optional={"backend": st.sampled_from(["firewalld", "iptables", "nftables", None])},
             ),
             max_size=5,
             unique_by=lambda entry: json.dumps(entry["item"], sort_keys=True),
         ),
     },
-    optional={"pending": st.none() | st.fixed_dictionaries({"policy": st.text(max_size=6), "op_count": st.integers(0, 9),
-                                                            "ops": st.lists(st.text(max_size=10), max_size=3),
-                                                            "started": st.floats(0, 2e9)})},
+    optional={
+        "pending": st.none()
+        | st.fixed_dictionaries(
+            {
+                "policy": st.text(max_size=6),
+                "op_count": st.integers(0, 9),
+                "ops": st.lists(st.text(max_size=10), max_size=3),
+                "started": st.floats(0, 2e9),
+            }
+        )
+    },
 )
 STATE_LIKE = st.fixed_dictionaries(
     {},
@@ -490,7 +580,9 @@ def planner_inputs(universe: list[Item]) -> st.SearchStrategy[Inputs]:
     wanters = st.frozensets(st.sampled_from([*POLICIES, "gone"]), min_size=1)
     owned = st.dictionaries(st.sampled_from(universe), wanters, max_size=6)
     others = st.dictionaries(st.sampled_from(universe), wanters, max_size=3)
-    return st.tuples(desired, items, owned, others).map(lambda t: (t[0], t[1], t[2], {i: w for i, w in t[3].items() if i not in t[2]}))
+    return st.tuples(desired, items, owned, others).map(
+        lambda t: (t[0], t[1], t[2], {i: w for i, w in t[3].items() if i not in t[2]})
+    )
 
 
 def firewalld_view(items: frozenset[Item]) -> FirewallView:
@@ -501,8 +593,9 @@ def firewalld_view(items: frozenset[Item]) -> FirewallView:
     return FirewallView(view.items())
 
 
-def run_plans(plans: list[PolicyPlan], actual: FirewallView, owned: Mapping[Item, frozenset[str]],
-              others: Mapping[Item, frozenset[str]]) -> tuple[FirewallView, Ownership, Ownership]:
+def run_plans(
+    plans: list[PolicyPlan], actual: FirewallView, owned: Mapping[Item, frozenset[str]], others: Mapping[Item, frozenset[str]]
+) -> tuple[FirewallView, Ownership, Ownership]:
     """Every plan's ops applied in order, as the backend would, and the records they leave."""
     view = actual.copy()
     ownership: Ownership = dict(owned)
@@ -515,7 +608,9 @@ def run_plans(plans: list[PolicyPlan], actual: FirewallView, owned: Mapping[Item
     return view, ownership, held
 
 
-def check_never_removes_unowned(desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership) -> None:
+def check_never_removes_unowned(
+    desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership
+) -> None:
     for plan in plan_all(desired, firewalld_view(actual), owned, others):
         for op in plan.ops:
             if op.action == "remove":
@@ -523,7 +618,9 @@ def check_never_removes_unowned(desired: dict[str, frozenset[Item]], actual: fro
                 assert plan.policy in owned[op.item], f"{plan.policy} removes {op.item.describe()}, owned by {owned[op.item]}"
 
 
-def check_reaches_desired_and_keeps_foreign(desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership) -> None:
+def check_reaches_desired_and_keeps_foreign(
+    desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership
+) -> None:
     before = firewalld_view(actual)
     after, ownership, _ = run_plans(plan_all(desired, before, owned, others), before, owned, others)
     for policy, items in desired.items():
@@ -536,7 +633,9 @@ def check_reaches_desired_and_keeps_foreign(desired: dict[str, frozenset[Item]],
         assert item not in ownership or item in owned, f"{item.describe()}, held by others, became fwrecon's"
 
 
-def check_second_plan_is_empty(desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership) -> None:
+def check_second_plan_is_empty(
+    desired: dict[str, frozenset[Item]], actual: frozenset[Item], owned: Ownership, others: Ownership
+) -> None:
     before = firewalld_view(actual)
     after, ownership, held = run_plans(plan_all(desired, before, owned, others), before, owned, others)
     again = plan_all(desired, after, ownership, held)

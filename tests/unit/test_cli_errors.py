@@ -23,7 +23,12 @@ def fwrecon(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> su
     base = ["--policy-dir", str(policies), "--state-file", str(tmp_path / "state.json"), "--log-format", "json"]
     return subprocess.run(
         [sys.executable, "-c", "import sys; from reconciler.cli import main; sys.exit(main())", argv[0], *base, *argv[1:]],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -69,9 +74,7 @@ def test_run_with_a_garbage_metrics_address_is_one_line(tmp_path: Path) -> None:
     result = fwrecon(tmp_path, "run", "--metrics-address", "garbage", "--backend", "nftables")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert error_lines(result) == [
-        "error: --metrics-address 'garbage': not HOST:PORT (e.g. 127.0.0.1:9847, or 'off')"
-    ]
+    assert error_lines(result) == ["error: --metrics-address 'garbage': not HOST:PORT (e.g. 127.0.0.1:9847, or 'off')"]
 
 
 def test_run_with_the_metrics_port_in_use_names_the_address(tmp_path: Path) -> None:

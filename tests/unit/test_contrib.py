@@ -38,14 +38,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 def test_alert_rules_pass_promtool() -> None:
     promtool = need("promtool")
-    result = subprocess.run([promtool, "check", "rules", str(ROOT / "contrib/prometheus/alerts.yml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ROOT / "contrib/prometheus/alerts.yml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def test_alert_rules_fire_as_their_unit_tests_expect() -> None:
     promtool = need("promtool")
-    result = subprocess.run([promtool, "test", "rules", str(ROOT / "contrib/prometheus/alerts_test.yml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [promtool, "test", "rules", str(ROOT / "contrib/prometheus/alerts_test.yml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -60,11 +64,7 @@ def dashboard_queries() -> list[str]:
 
 
 def test_dashboard_queries_name_only_metrics_fwrecon_exports() -> None:
-    exported = {
-        family.name + suffix
-        for family in Metrics().registry.collect()
-        for suffix in SAMPLE_SUFFIXES[family.type]
-    }
+    exported = {family.name + suffix for family in Metrics().registry.collect() for suffix in SAMPLE_SUFFIXES[family.type]}
     queries = dashboard_queries()
     used = {name for query in queries for name in re.findall(r"\bfwrecon_[a-z_]+", query)}
     assert len(queries) >= 10 and used, queries
@@ -74,8 +74,10 @@ def test_dashboard_queries_name_only_metrics_fwrecon_exports() -> None:
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     promtool = need("promtool")
     # Grafana's variables as Prometheus would see them once Grafana has filled them in
-    rules = [{"record": f"fwrecon:dashboard_query_{i}", "expr": query.replace("$instance", ".*").replace("$__rate_interval", "5m")}
-             for i, query in enumerate(dashboard_queries())]
+    rules = [
+        {"record": f"fwrecon:dashboard_query_{i}", "expr": query.replace("$instance", ".*").replace("$__rate_interval", "5m")}
+        for i, query in enumerate(dashboard_queries())
+    ]
     (tmp_path / "queries.yml").write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
     result = subprocess.run([promtool, "check", "rules", str(tmp_path / "queries.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -74,7 +74,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def model_of(save_text: str, *items: DirectRule, texts: dict | None = None, family: str = "ipv4", table: str = "filter") -> TableModel:
+def model_of(
+    save_text: str, *items: DirectRule, texts: dict | None = None, family: str = "ipv4", table: str = "filter"
+) -> TableModel:
     by_tag = {item.tag(): item for item in items}
     by_text: dict = {}
     texts = {**{item: PRINTED[item] for item in items if item in PRINTED}, **(texts or {})}
@@ -130,7 +132,7 @@ def test_rule_tags_quoted_unquoted_and_several_comments():
 
 def test_quote_arg_round_trips_through_the_restore_parser_rules():
     assert quote_arg("ACCEPT") == "ACCEPT"
-    assert quote_arg("it's \"x\" y") == '"it\'s \\"x\\" y"'
+    assert quote_arg('it\'s "x" y') == '"it\'s \\"x\\" y"'
     assert quote_arg("") == '""'
     assert quote_arg("a\\b") == '"a\\\\b"'
     assert quote_arg("#x") == '"#x"'
@@ -227,7 +229,12 @@ def test_script_positions_count_foreign_rules_but_never_move_them():
 
 def test_script_is_unchanged_for_present_adds_and_absent_removes():
     model = model_of(SAVE_V4, R0, R10)
-    ops = [Op("add", DirectChain("ipv4", "filter", "FWR_IN")), Op("add", R0), Op("remove", R5), Op("remove", DirectChain("ipv4", "filter", "GONE"))]
+    ops = [
+        Op("add", DirectChain("ipv4", "filter", "FWR_IN")),
+        Op("add", R0),
+        Op("remove", R5),
+        Op("remove", DirectChain("ipv4", "filter", "GONE")),
+    ]
     script = build_script(model, ops)
     assert script.outcomes == [Outcome.UNCHANGED] * 4
     assert not script.changes
@@ -381,8 +388,13 @@ class FakeTool(ToolRunner):
     def which(self, name: str) -> str | None:
         return f"/usr/sbin/{name}"
 
-    async def run(self, argv: list[str], stdin: str | None = None, on_start: Callable[[int], None] | None = None,
-                  on_exit: Callable[[int], None] | None = None) -> ToolResult:
+    async def run(
+        self,
+        argv: list[str],
+        stdin: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> ToolResult:
         self.calls.append((argv, stdin))
         if argv[0].endswith("-save"):
             return ToolResult(0, self.saves.pop(0), "")
@@ -427,7 +439,9 @@ def test_observe_one_save_per_table_and_probe_only_when_untagged_rules_need_it()
 
 
 def test_probe_learns_texts_in_one_restore_one_save_one_cleanup():
-    untagged = EMPTY.replace(":OUTPUT ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n:FWR_IN - [0:0]\n-A FWR_IN -p tcp -m tcp --dport 9005 -j ACCEPT\n")
+    untagged = EMPTY.replace(
+        ":OUTPUT ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n:FWR_IN - [0:0]\n-A FWR_IN -p tcp -m tcp --dport 9005 -j ACCEPT\n"
+    )
     probe_chain = None
 
     class ProbeTool(FakeTool):
@@ -435,7 +449,13 @@ def test_probe_learns_texts_in_one_restore_one_save_one_cleanup():
             nonlocal probe_chain
             if stdin and ":FWRECON-PROBE-" in stdin:
                 probe_chain = stdin.split("\n")[1][1:].split()[0]
-                self.saves.insert(0, untagged.replace("COMMIT", f":{probe_chain} - [0:0]\n-A {probe_chain} -p tcp -m tcp --dport 9001 -j ACCEPT\n-A {probe_chain} -p tcp -m tcp --dport 9005 -j ACCEPT\nCOMMIT"))
+                self.saves.insert(
+                    0,
+                    untagged.replace(
+                        "COMMIT",
+                        f":{probe_chain} - [0:0]\n-A {probe_chain} -p tcp -m tcp --dport 9001 -j ACCEPT\n-A {probe_chain} -p tcp -m tcp --dport 9005 -j ACCEPT\nCOMMIT",
+                    ),
+                )
             return await super().run(argv, stdin)
 
     tool = ProbeTool([untagged], [(0, ""), (0, "")])
@@ -468,7 +488,11 @@ def test_non_atomic_tool_is_undone():
     tool = FakeTool([EMPTY, changed, EMPTY], [(2, NFT_PARSE_ERROR), (0, "")])
     backend = fake_backend(tool)
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", rule(0, "-j", "NOPE", chain="INPUT"))]))
+        run(
+            backend.execute_batch(
+                [Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", rule(0, "-j", "NOPE", chain="INPUT"))]
+            )
+        )
     assert info.value.code == "RESTORE_FAILED"
     assert tool.calls[3][1] == "*filter\n-F INPUT\nCOMMIT\n"
 

@@ -27,7 +27,9 @@ TO_JSON = "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_a
 
 def documents(name: str) -> list[dict]:
     try:
-        result = subprocess.run([SYSTEM_PYTHON, "-c", TO_JSON, str(KUBERNETES / name)], capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [SYSTEM_PYTHON, "-c", TO_JSON, str(KUBERNETES / name)], capture_output=True, text=True, timeout=30
+        )
     except FileNotFoundError:
         skip_or_fail(f"the manifest check needs {SYSTEM_PYTHON}")
     if "No module named 'yaml'" in result.stderr:

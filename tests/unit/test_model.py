@@ -64,7 +64,9 @@ def test_texts_are_exactly_what_json_dumps_makes(item: Item):
 
 # Pinned: these tags are in rule comments on hosts already.
 GOLDEN_TAGS = {
-    DirectRule("ipv4", "filter", "X", -3, ("-p", "tcp", "--dport", "22", "-m", "comment", "--comment", 'é "q" \\')): "fwrecon:05cedfda83822052",
+    DirectRule(
+        "ipv4", "filter", "X", -3, ("-p", "tcp", "--dport", "22", "-m", "comment", "--comment", 'é "q" \\')
+    ): "fwrecon:05cedfda83822052",
     NftRule("inet", "input", "tcp dport 9000 accept"): "fwrecon:5883c8d1a64a736a",
     Service(Scope("zone", "public"), "http"): "fwrecon:a24eee128be0b981",
     ForwardPort(Scope("policy", "p1"), "80", "tcp", "8080", "10.0.0.1"): "fwrecon:2a4eca3b6025c968",
@@ -97,8 +99,13 @@ def test_equal_items_hash_equal_and_cached_values_stay_out_of_eq_and_copies():
 
 
 def test_sort_key_puts_chains_first_and_zone_items_before_direct_rules():
-    items = [NftRule("inet", "c", "accept"), DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT")),
-             Service(Z, "http"), DirectChain("ipv4", "filter", "X"), NftChain("inet", "c")]
+    items = [
+        NftRule("inet", "c", "accept"),
+        DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT")),
+        Service(Z, "http"),
+        DirectChain("ipv4", "filter", "X"),
+        NftChain("inet", "c"),
+    ]
     ordered = sorted(items, key=Item.sort_key)
     assert {type(i) for i in ordered[:2]} == {DirectChain, NftChain}
     assert ordered[-1] == DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
@@ -112,7 +119,10 @@ SVC = {"kind": "service", "scope": ["zone", "public"], "name": "http"}
     ("data", "reason"),
     [
         ({**SVC, "name": 123}, "field 'name': expected a string, got integer"),  # once str(123)
-        ({**DR, "args": "abc"}, "field 'args': expected an array of strings, got 'abc'"),  # tuple("abc") once refused only by luck
+        (
+            {**DR, "args": "abc"},
+            "field 'args': expected an array of strings, got 'abc'",
+        ),  # tuple("abc") once refused only by luck
         ({**DR, "priority": "5"}, "field 'priority': expected an integer, got string"),  # once int("5")
         ({**DR, "priority": 1.0}, "field 'priority': expected an integer, got number"),
         ({**DR, "priority": False}, "field 'priority': expected an integer, got boolean"),
@@ -129,9 +139,25 @@ SVC = {"kind": "service", "scope": ["zone", "public"], "name": "http"}
         (["service", ["zone", "public"], "http"], "expected an object, got array"),
         (None, "expected an object, got null"),
     ],
-    ids=["int-for-str", "str-for-array", "str-for-int", "float-for-int", "bool-for-int", "int-in-array",
-         "tuple-for-array", "tuple-scope", "null-scope-name", "object-scope", "bad-scope-kind", "unknown-field",
-         "missing-field", "list-kind", "no-kind", "array", "null"],
+    ids=[
+        "int-for-str",
+        "str-for-array",
+        "str-for-int",
+        "float-for-int",
+        "bool-for-int",
+        "int-in-array",
+        "tuple-for-array",
+        "tuple-scope",
+        "null-scope-name",
+        "object-scope",
+        "bad-scope-kind",
+        "unknown-field",
+        "missing-field",
+        "list-kind",
+        "no-kind",
+        "array",
+        "null",
+    ],
 )
 def test_from_json_rejects_wrong_json_types_instead_of_coercing(data: object, reason: str):
     """The state file decides what fwrecon removes: what it holds must be exactly what was written."""

@@ -128,7 +128,9 @@ def sample(text: str = INET_SAMPLE) -> str:
     return text.replace("fwrecon:0123456789abcdef", SSH.tag()).replace("fwrecon:fedcba9876543210", WEB.tag())
 
 
-def listing_of(*chains: NftChain, rules: tuple[RuleEntry, ...] = (), others: tuple[str, ...] = (), family: str = "inet") -> TableListing:
+def listing_of(
+    *chains: NftChain, rules: tuple[RuleEntry, ...] = (), others: tuple[str, ...] = (), family: str = "inet"
+) -> TableListing:
     return TableListing(
         family,
         exists=bool(chains or rules or others),
@@ -250,9 +252,18 @@ def test_parse_listing_garbage_is_unavailable():
 
 # How nft lists the statements of a rule text (`nft -s -j`), for the fake's probe.
 FORMS = {
-    "tcp dport 22 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": None}],
-    "tcp dport 80 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}}, {"accept": None}],
-    "udp dport 7002 accept": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 7002}}, {"accept": None}],
+    "tcp dport 22 accept": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}},
+        {"accept": None},
+    ],
+    "tcp dport 80 accept": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
+        {"accept": None},
+    ],
+    "udp dport 7002 accept": [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 7002}},
+        {"accept": None},
+    ],
 }
 
 
@@ -273,8 +284,13 @@ class FakeNftTool(ToolRunner):
     def which(self, name: str) -> str | None:
         return f"/usr/sbin/{name}"
 
-    async def run(self, argv: list[str], stdin: str | None = None, on_start: Callable[[int], None] | None = None,
-                  on_exit: Callable[[int], None] | None = None) -> _Result:
+    async def run(
+        self,
+        argv: list[str],
+        stdin: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> _Result:
         args, input = tuple(argv[1:]), stdin
         self.runs.append((args, input))
         return self.answer(args, input)
@@ -287,9 +303,17 @@ class FakeNftTool(ToolRunner):
             return _Result(0, text, "")
         if args[:4] == ("-s", "-j", "list", "chain"):
             family, chain = args[4], args[6]
-            rules = [{"rule": {"family": family, "table": "fwrecon", "chain": chain, "handle": 100 + n, "expr": FORMS[text]}}
-                     for n, text in enumerate(self.probed)]
-            return _Result(0, json.dumps({"nftables": [{"chain": {"family": family, "table": "fwrecon", "name": chain, "handle": 99}}, *rules]}), "")
+            rules = [
+                {"rule": {"family": family, "table": "fwrecon", "chain": chain, "handle": 100 + n, "expr": FORMS[text]}}
+                for n, text in enumerate(self.probed)
+            ]
+            return _Result(
+                0,
+                json.dumps(
+                    {"nftables": [{"chain": {"family": family, "table": "fwrecon", "name": chain, "handle": 99}}, *rules]}
+                ),
+                "",
+            )
         if input is not None and " fwrecon-probe-" in input and "flush chain" in input:
             return _Result(0, "", "")  # the probe's cleanup
         if input is not None and " fwrecon-probe-" in input and input.startswith("add chain"):
@@ -307,8 +331,7 @@ class FakeNftTool(ToolRunner):
 class FakeNft(NftablesBackend):
     """The nftables backend on a `FakeNftTool` (its public ``tools`` seam)."""
 
-    def __init__(self, listings: dict[str, str] | None = None, fail: str | None = None,
-                 tool: FakeNftTool | None = None) -> None:
+    def __init__(self, listings: dict[str, str] | None = None, fail: str | None = None, tool: FakeNftTool | None = None) -> None:
         self.tool = tool or FakeNftTool(listings, fail)
         super().__init__(tools=self.tool)
 
@@ -335,7 +358,10 @@ def test_observe_reports_remembered_rules_and_all_chains():
     backend = FakeNft({"inet": sample()})
     run(backend.observe((), [SSH, WEB, PRE]))
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
-    assert sorted(backend.lists()) == [("-s", "-j", "list", "table", "inet", "fwrecon"), ("-s", "-j", "list", "table", "ip", "fwrecon")]
+    assert sorted(backend.lists()) == [
+        ("-s", "-j", "list", "table", "inet", "fwrecon"),
+        ("-s", "-j", "list", "table", "ip", "fwrecon"),
+    ]
     assert view.has(SSH) and view.has(WEB)
     assert view.has(INPUT) and view.has(MINE)
     assert view.has(PRE)  # declared without a policy, listed with "accept": the same chain
@@ -357,7 +383,11 @@ def test_observe_ignores_unknown_tags_and_a_tag_in_the_wrong_chain():
 def test_a_copied_tag_proves_nothing():
     """A rule carrying SSH's tag with other statements is foreign: SSH counts as
     absent (drift is not hidden) and removing SSH never deletes it."""
-    forged = sample().replace('"right": 22}}, {"accept": null}', '"right": 7002}}, {"accept": null}').replace('"protocol": "tcp", "field": "dport"}}, "right": 7002', '"protocol": "udp", "field": "dport"}}, "right": 7002')
+    forged = (
+        sample()
+        .replace('"right": 22}}, {"accept": null}', '"right": 7002}}, {"accept": null}')
+        .replace('"protocol": "tcp", "field": "dport"}}, "right": 7002', '"protocol": "udp", "field": "dport"}}, "right": 7002')
+    )
     backend = FakeNft({"inet": forged})
     run(backend.observe((), [SSH, WEB]))
     view = run(backend.observe([("nft", "inet")]))
@@ -366,7 +396,9 @@ def test_a_copied_tag_proves_nothing():
     outcomes = run(backend.execute_batch(removes(SSH)))
     assert outcomes == [Outcome.UNCHANGED] and backend.scripts() == []
     run(backend.execute_batch(adds(SSH)))  # the real rule goes back in; the forged one stays
-    assert backend.scripts() == [f'add table inet fwrecon\nadd rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"\n']
+    assert backend.scripts() == [
+        f'add table inet fwrecon\nadd rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"\n'
+    ]
 
 
 def test_rule_forms_are_learnt_once_with_a_probe_that_leaves_nothing_behind():
@@ -545,7 +577,12 @@ def test_rule_with_its_own_comment_is_refused_before_nft_runs():
 
 @pytest.mark.parametrize(
     "item",
-    [NftChain("inet", "bad name"), NftChain("inet6", "x"), NftChain("inet", "x", "filter", "input", 0, "reject"), NftRule("inet", "9x", "accept")],
+    [
+        NftChain("inet", "bad name"),
+        NftChain("inet6", "x"),
+        NftChain("inet", "x", "filter", "input", 0, "reject"),
+        NftRule("inet", "9x", "accept"),
+    ],
 )
 def test_invalid_names_are_refused(item):
     with pytest.raises(OperationFailed) as info:
@@ -600,7 +637,9 @@ def test_an_error_at_fwrecons_tag_is_said_in_the_policys_terms():
 
 def test_failure_on_a_housekeeping_line_names_no_op():
     script = build_script(adds(INPUT, MINE), {"inet": TableListing("inet")})
-    failure = failure_for(script, "/dev/stdin:1:1-10: Error: Could not process rule: Operation not permitted\nadd table inet fwrecon\n", 1)
+    failure = failure_for(
+        script, "/dev/stdin:1:1-10: Error: Could not process rule: Operation not permitted\nadd table inet fwrecon\n", 1
+    )
     assert failure.op is None and "Operation not permitted" in str(failure)
 
 
@@ -644,7 +683,9 @@ def test_cannot_hold_and_batch_key():
     assert backend.cannot_hold(INPUT) is None and backend.cannot_hold(SSH) is None
     assert backend.cannot_hold(Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
     assert backend.cannot_hold(DirectChain("ipv4", "filter", "X")) == "needs firewalld or the iptables backend"
-    assert backend.cannot_hold(DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))) == "needs firewalld or the iptables backend"
+    assert (
+        backend.cannot_hold(DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))) == "needs firewalld or the iptables backend"
+    )
     assert backend.batch_key(Op("add", INPUT)) == backend.batch_key(Op("remove", SSH)) == "nft"
     assert backend.name == "nftables"
     assert run(backend.known_names()) is None
@@ -652,7 +693,11 @@ def test_cannot_hold_and_batch_key():
 
 def test_netns_prefix():
     argv = NftablesBackend("lab")._argv("-j", "list", "table", "inet", "fwrecon")
-    assert argv[1:4] == ["netns", "exec", "lab"] and argv[4].endswith("nft") and argv[5:] == ["-j", "list", "table", "inet", "fwrecon"]
+    assert (
+        argv[1:4] == ["netns", "exec", "lab"]
+        and argv[4].endswith("nft")
+        and argv[5:] == ["-j", "list", "table", "inet", "fwrecon"]
+    )
     assert NftablesBackend()._argv("monitor")[1:] == ["monitor"]
 
 

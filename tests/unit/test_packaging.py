@@ -60,7 +60,10 @@ def test_lowest_constraints_are_the_declared_lower_bounds() -> None:
         pinned = lowest.get(normal(requirement.name))
         assert pinned is not None, f"{requirement.name} is missing from constraints/lowest.txt"
         # the pin is the bound itself (2.20 and 2.20.0 are one version)
-        assert requirement.specifier.contains(pinned) and Requirement(f"x=={bound}").specifier.contains(pinned), (requirement, pinned)
+        assert requirement.specifier.contains(pinned) and Requirement(f"x=={bound}").specifier.contains(pinned), (
+            requirement,
+            pinned,
+        )
     assert set(lowest) == {normal(r.name) for r in declared()}
 
 
@@ -95,8 +98,13 @@ def test_sdist_and_wheel_build_without_warnings(tmp_path: Path) -> None:
     # PYTHONDONTWRITEBYTECODE (set on some machines) makes setuptools warn that
     # it skips byte-compiling: a warning about the machine, not the package.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    result = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     warnings = [line for line in output.splitlines() if "warn" in line.lower() or "deprecat" in line.lower()]

@@ -32,7 +32,9 @@ def test_unchanged_world_plans_nothing():
 
 
 def test_removes_owned_item_no_longer_wanted():
-    plans = plan_all({"web": frozenset({HTTP})}, FirewallView([HTTP, P8080]), {HTTP: frozenset({"web"}), P8080: frozenset({"web"})})
+    plans = plan_all(
+        {"web": frozenset({HTTP})}, FirewallView([HTTP, P8080]), {HTTP: frozenset({"web"}), P8080: frozenset({"web"})}
+    )
     assert ops_of(plans) == [("web", "- zone public port 8080/tcp")]
 
 
@@ -95,9 +97,7 @@ def test_port_swallowed_into_foreign_range_is_released_not_cut_out():
 
 
 def test_later_policy_sees_earlier_policy_ports():
-    plans = plan_all(
-        {"a": frozenset({Port(PUBLIC, "8000-8100", "tcp")}), "b": frozenset({P8080})}, FirewallView(), {}
-    )
+    plans = plan_all({"a": frozenset({Port(PUBLIC, "8000-8100", "tcp")}), "b": frozenset({P8080})}, FirewallView(), {})
     assert ops_of(plans) == [("a", "+ zone public port 8000-8100/tcp")]
 
 
@@ -160,6 +160,7 @@ def test_items_no_backend_can_reach_are_left_alone():
 
 
 # -- items held by others (another tool, an admin) ------------------------------------
+
 
 def test_an_item_there_before_we_wanted_it_is_recorded_as_held_by_others():
     (plan,) = plan_all({"lab": frozenset({HTTP})}, FirewallView([HTTP]), {})

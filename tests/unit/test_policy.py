@@ -68,6 +68,7 @@ def zone(body: str, name: str = "public") -> str:
 
 def toml_list(values: list[str]) -> str:
     """A TOML array of basic strings (escapes written by hand, not by repr)."""
+
     def quote(value: str) -> str:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\0", "\\u0000")
         return f'"{escaped}"'
@@ -279,8 +280,10 @@ def test_empty_file_is_an_empty_policy(tmp_path: Path) -> None:
     [
         zone("masquerade = false"),
         zone(""),
-        zone("services = []\nports = []\nprotocols = []\nsource_ports = []\nicmp_blocks = []\n"
-             "rich_rules = []\nsources = []\ninterfaces = []\nforward_ports = []"),
+        zone(
+            "services = []\nports = []\nprotocols = []\nsource_ports = []\nicmp_blocks = []\n"
+            "rich_rules = []\nsources = []\ninterfaces = []\nforward_ports = []"
+        ),
         "[policy.p]\nmasquerade = false\nservices = []\nforward_ports = []\n",
         "[direct]\nchain = []\nrule = []\n",
         'description = "nothing managed"\n[zone]\n[policy]\n',
@@ -325,7 +328,9 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 
 # -- unknown keys and wrong types ---------------------------------------------------------
 
-ZONE_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward_ports, sources, interfaces"
+ZONE_KEYS_TEXT = (
+    "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward_ports, sources, interfaces"
+)
 POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward_ports"
 
 
@@ -335,7 +340,10 @@ POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_
         ("foo = 1\n", "t.toml: foo: unknown key (expected one of: description, zone, policy, direct, nft)"),
         (zone("service = []"), f"t.toml: zone.public.service: unknown key (expected one of: {ZONE_KEYS_TEXT})"),
         ('[policy.p]\nsources = ["10.0.0.1"]\n', f"t.toml: policy.p.sources: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
-        ('[policy.p]\ninterfaces = ["eth0"]\n', f"t.toml: policy.p.interfaces: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
+        (
+            '[policy.p]\ninterfaces = ["eth0"]\n',
+            f"t.toml: policy.p.interfaces: unknown key (expected one of: {POLICY_KEYS_TEXT})",
+        ),
         ("[direct]\ntables = []\n", "t.toml: direct.tables: unknown key (expected one of: chain, rule)"),
     ],
     ids=["top-level", "zone", "policy-sources", "policy-interfaces", "direct"],
@@ -357,8 +365,17 @@ def test_unknown_key(tmp_path: Path, text: str, expected: str) -> None:
         ("direct = 5\n", "t.toml: direct: expected a table, got integer"),
         (zone("rich_rules = [true]"), "t.toml: zone.public.rich_rules[0]: expected a string, got boolean"),
     ],
-    ids=["string-not-array", "int-in-array", "masquerade-string", "description-int", "zone-int",
-         "zone-body-int", "policy-array", "direct-int", "bool-in-array"],
+    ids=[
+        "string-not-array",
+        "int-in-array",
+        "masquerade-string",
+        "description-int",
+        "zone-int",
+        "zone-body-int",
+        "policy-array",
+        "direct-int",
+        "bool-in-array",
+    ],
 )
 def test_wrong_type(tmp_path: Path, text: str, expected: str) -> None:
     assert errors(tmp_path, text) == [expected]
@@ -445,8 +462,18 @@ def test_valid_service_names(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["300.1.1.1", "10.0.0.0/33", "not-an-ip", "2001:db8::/129", "ipset:", "ipset:bad name",
-     "00:11:22:33:44:gg", "00:11:22:33:44", "fe80::1%eth0", ""],
+    [
+        "300.1.1.1",
+        "10.0.0.0/33",
+        "not-an-ip",
+        "2001:db8::/129",
+        "ipset:",
+        "ipset:bad name",
+        "00:11:22:33:44:gg",
+        "00:11:22:33:44",
+        "fe80::1%eth0",
+        "",
+    ],
 )
 def test_invalid_source(tmp_path: Path, value: str) -> None:
     assert errors(tmp_path, zone(f'sources = ["{value}"]')) == [f't.toml: zone.public.sources[0]: "{value}" {SOURCE_MSG}']
@@ -480,9 +507,7 @@ def test_invalid_interface(tmp_path: Path, value: str) -> None:
 
 def test_valid_interfaces(tmp_path: Path) -> None:
     names = ("eth0", "br-lan.10", "wg+", "abcdefghijklmno")
-    assert load(tmp_path, zone(f"interfaces = {toml_list(list(names))}")).items == frozenset(
-        Interface(PUBLIC, n) for n in names
-    )
+    assert load(tmp_path, zone(f"interfaces = {toml_list(list(names))}")).items == frozenset(Interface(PUBLIC, n) for n in names)
 
 
 # -- forward ports ---------------------------------------------------------------------------
@@ -492,21 +517,48 @@ def test_valid_interfaces(tmp_path: Path) -> None:
     ("entries", "expected"),
     [
         ('[{ port = "2222", protocol = "tcp" }]', ["forward_ports[0]: needs to_port, to_addr or both"]),
-        ('[{ port = "80", protocol = "tcp", to_addr = "10.0.0.999" }]', ['forward_ports[0].to_addr: "10.0.0.999" is not an IP address']),
-        ('[{ port = "80", protocol = "tcp", to_addr = "fe80::1%eth0" }]', ['forward_ports[0].to_addr: "fe80::1%eth0" is not an IP address']),
-        ('[{ port = "80", protocol = "tcpx", to_port = "8080" }]', ['forward_ports[0].protocol: "tcpx" is not one of tcp|udp|sctp|dccp']),
-        ('[{ port = "80", protocol = "tcp", to_port = "8080", toport = "1" }]',
-         ["forward_ports[0].toport: unknown key (expected one of: port, protocol, to_port, to_addr)"]),
-        ('["80:tcp:8080"]', ['forward_ports[0]: expected a table like { port = "80", protocol = "tcp", to_port = "8080" }, got string']),
+        (
+            '[{ port = "80", protocol = "tcp", to_addr = "10.0.0.999" }]',
+            ['forward_ports[0].to_addr: "10.0.0.999" is not an IP address'],
+        ),
+        (
+            '[{ port = "80", protocol = "tcp", to_addr = "fe80::1%eth0" }]',
+            ['forward_ports[0].to_addr: "fe80::1%eth0" is not an IP address'],
+        ),
+        (
+            '[{ port = "80", protocol = "tcpx", to_port = "8080" }]',
+            ['forward_ports[0].protocol: "tcpx" is not one of tcp|udp|sctp|dccp'],
+        ),
+        (
+            '[{ port = "80", protocol = "tcp", to_port = "8080", toport = "1" }]',
+            ["forward_ports[0].toport: unknown key (expected one of: port, protocol, to_port, to_addr)"],
+        ),
+        (
+            '["80:tcp:8080"]',
+            ['forward_ports[0]: expected a table like { port = "80", protocol = "tcp", to_port = "8080" }, got string'],
+        ),
         ('{ port = "80", protocol = "tcp", to_port = "8080" }', ["forward_ports: expected an array of tables, got table"]),
-        ('[{ protocol = "tcp", to_port = "22" }]', ['forward_ports[0].port: missing']),
-        ('[{ port = 0, protocol = "tcp", to_port = "70000" }]',
-         ['forward_ports[0].port: "0" is not PORT or PORT-PORT', 'forward_ports[0].to_port: "70000" is not PORT or PORT-PORT']),
+        ('[{ protocol = "tcp", to_port = "22" }]', ["forward_ports[0].port: missing"]),
+        (
+            '[{ port = 0, protocol = "tcp", to_port = "70000" }]',
+            ['forward_ports[0].port: "0" is not PORT or PORT-PORT', 'forward_ports[0].to_port: "70000" is not PORT or PORT-PORT'],
+        ),
         ('[{ port = "80", protocol = "tcp", to_port = true }]', ["forward_ports[0].to_port: expected a string, got boolean"]),
         ('[{ port = "80", protocol = 6, to_port = "8080" }]', ["forward_ports[0].protocol: expected a string, got integer"]),
     ],
-    ids=["no-target", "bad-to_addr", "scoped-to_addr", "bad-protocol", "unknown-key", "not-a-table",
-         "table-not-array", "missing-port", "bad-ports", "bool-to_port", "int-protocol"],
+    ids=[
+        "no-target",
+        "bad-to_addr",
+        "scoped-to_addr",
+        "bad-protocol",
+        "unknown-key",
+        "not-a-table",
+        "table-not-array",
+        "missing-port",
+        "bad-ports",
+        "bool-to_port",
+        "int-protocol",
+    ],
 )
 def test_invalid_forward_port(tmp_path: Path, entries: str, expected: list[str]) -> None:
     assert errors(tmp_path, zone(f"forward_ports = {entries}")) == [f"t.toml: zone.public.{e}" for e in expected]
@@ -515,8 +567,10 @@ def test_invalid_forward_port(tmp_path: Path, entries: str, expected: list[str])
 def test_valid_forward_ports(tmp_path: Path) -> None:
     policy = load(
         tmp_path,
-        zone('forward_ports = [{ port = "80-81", protocol = "udp", to_addr = "2001:db8::1" },'
-             ' { port = "443", protocol = "sctp", to_port = "8443", to_addr = "10.0.0.1" }]'),
+        zone(
+            'forward_ports = [{ port = "80-81", protocol = "udp", to_addr = "2001:db8::1" },'
+            ' { port = "443", protocol = "sctp", to_port = "8443", to_addr = "10.0.0.1" }]'
+        ),
     )
     assert policy.items == frozenset(
         {
@@ -554,18 +608,42 @@ def direct(section: str, fields: dict[str, str | None]) -> str:
     ("section", "change", "expected"),
     [
         ("chain", {"family": '"ipv5"'}, 'direct.chain[0].family: "ipv5" is not one of ipv4|ipv6|eb'),
-        ("chain", {"family": '"eb"', "table": '"raw"'}, 'direct.chain[0].table: "raw" is not a table of family eb (filter|nat|broute)'),
-        ("chain", {"table": '"broute"'}, 'direct.chain[0].table: "broute" is not a table of family ipv4 (filter|nat|mangle|raw|security)'),
+        (
+            "chain",
+            {"family": '"eb"', "table": '"raw"'},
+            'direct.chain[0].table: "raw" is not a table of family eb (filter|nat|broute)',
+        ),
+        (
+            "chain",
+            {"table": '"broute"'},
+            'direct.chain[0].table: "broute" is not a table of family ipv4 (filter|nat|mangle|raw|security)',
+        ),
         ("chain", {"chain": None}, "direct.chain[0].chain: missing"),
         ("chain", {"family": None}, "direct.chain[0].family: missing"),
-        ("chain", {"chain": '"' + "C" * 29 + '"'}, f'direct.chain[0].chain: "{"C" * 29}" is not a chain name (1-28 of letters, digits, \'_\', \'.\', \'-\', not starting with \'-\')'),
-        ("chain", {"chain": '"X\\n"'}, 'direct.chain[0].chain: "X\\n" is not a chain name (1-28 of letters, digits, \'_\', \'.\', \'-\', not starting with \'-\')'),
+        (
+            "chain",
+            {"chain": '"' + "C" * 29 + '"'},
+            f"direct.chain[0].chain: \"{'C' * 29}\" is not a chain name (1-28 of letters, digits, '_', '.', '-', not starting with '-')",
+        ),
+        (
+            "chain",
+            {"chain": '"X\\n"'},
+            "direct.chain[0].chain: \"X\\n\" is not a chain name (1-28 of letters, digits, '_', '.', '-', not starting with '-')",
+        ),
         ("chain", {"family": "4"}, "direct.chain[0].family: expected a string, got integer"),
         ("chain", {"priority": "1"}, "direct.chain[0].priority: unknown key (expected one of: family, table, chain)"),
         ("rule", {"family": '"ipv5"'}, 'direct.rule[0].family: "ipv5" is not one of ipv4|ipv6|eb'),
-        ("rule", {"family": '"eb"', "table": '"raw"'}, 'direct.rule[0].table: "raw" is not a table of family eb (filter|nat|broute)'),
+        (
+            "rule",
+            {"family": '"eb"', "table": '"raw"'},
+            'direct.rule[0].table: "raw" is not a table of family eb (filter|nat|broute)',
+        ),
         ("rule", {"chain": None}, "direct.rule[0].chain: missing"),
-        ("rule", {"chain": '"' + "C" * 29 + '"'}, f'direct.rule[0].chain: "{"C" * 29}" is not a chain name (1-28 of letters, digits, \'_\', \'.\', \'-\', not starting with \'-\')'),
+        (
+            "rule",
+            {"chain": '"' + "C" * 29 + '"'},
+            f"direct.rule[0].chain: \"{'C' * 29}\" is not a chain name (1-28 of letters, digits, '_', '.', '-', not starting with '-')",
+        ),
         ("rule", {"priority": '"1"'}, "direct.rule[0].priority: expected an integer, got string"),
         ("rule", {"priority": "true"}, "direct.rule[0].priority: expected an integer, got boolean"),
         ("rule", {"priority": "1.5"}, "direct.rule[0].priority: expected an integer, got float"),
@@ -599,8 +677,16 @@ def test_invalid_direct_structure(tmp_path: Path, text: str, expected: str) -> N
 def test_valid_direct_entries(tmp_path: Path) -> None:
     text = (
         direct("chain", {"family": '"eb"', "table": '"broute"', "chain": '"my.chain-1"'})
-        + direct("rule", {"family": '"ipv6"', "table": '"mangle"', "chain": '"PREROUTING"',
-                          "priority": "-2147483648", "args": '["-j", "MARK", "--set-mark", "1"]'})
+        + direct(
+            "rule",
+            {
+                "family": '"ipv6"',
+                "table": '"mangle"',
+                "chain": '"PREROUTING"',
+                "priority": "-2147483648",
+                "args": '["-j", "MARK", "--set-mark", "1"]',
+            },
+        )
         + direct("rule", {"family": '"ipv4"', "table": '"raw"', "chain": '"' + "C" * 28 + '"', "args": '["-j", "NOTRACK"]'})
     )
     assert load(tmp_path, text).items == frozenset(
@@ -648,9 +734,7 @@ def test_invalid_file_yields_no_policy_and_valid_neighbour_still_loads(tmp_path:
     assert list(result.policies) == ["good"]
     assert result.policies["good"].items == frozenset({Service(Scope("zone", "internal"), "http")})
     assert list(result.errors) == ["bad"]
-    assert [(e.file, e.key, e.message) for e in result.errors["bad"]] == [
-        ("bad.toml", k, m) for k, m in MANY_ERRORS_EXPECTED
-    ]
+    assert [(e.file, e.key, e.message) for e in result.errors["bad"]] == [("bad.toml", k, m) for k, m in MANY_ERRORS_EXPECTED]
 
 
 def test_all_errors_sorted_by_policy_name(tmp_path: Path) -> None:
@@ -762,12 +846,18 @@ KNOWN = KnownNames(
         (zone("", name="nosuch"), ["zone.nosuch: zone 'nosuch' does not exist in firewalld"]),
         ("[policy.nopol]\n", ["policy.nopol: policy 'nopol' does not exist in firewalld"]),
         (zone('services = ["http", "nosvc"]'), ["zone.public.services[1]: service 'nosvc' does not exist in firewalld"]),
-        (zone("rich_rules = ['rule service name=\"ssh\" accept', 'rule family=\"ipv4\" service name=\"ftp\" drop']"),
-         ["zone.public.rich_rules[1]: service 'ftp' does not exist in firewalld"]),
-        (zone('icmp_blocks = ["echo-request", "bogus-type"]'),
-         ["zone.public.icmp_blocks[1]: icmp type 'bogus-type' does not exist in firewalld"]),
-        (zone("rich_rules = ['rule icmp-block name=\"bogus-type\"']"),
-         ["zone.public.rich_rules[0]: icmp type 'bogus-type' does not exist in firewalld"]),
+        (
+            zone('rich_rules = [\'rule service name="ssh" accept\', \'rule family="ipv4" service name="ftp" drop\']'),
+            ["zone.public.rich_rules[1]: service 'ftp' does not exist in firewalld"],
+        ),
+        (
+            zone('icmp_blocks = ["echo-request", "bogus-type"]'),
+            ["zone.public.icmp_blocks[1]: icmp type 'bogus-type' does not exist in firewalld"],
+        ),
+        (
+            zone("rich_rules = ['rule icmp-block name=\"bogus-type\"']"),
+            ["zone.public.rich_rules[0]: icmp type 'bogus-type' does not exist in firewalld"],
+        ),
         ('[policy.allow]\nservices = ["http"]\n[zone.public]\nicmp_blocks = ["echo-request"]\n', []),
     ],
     ids=["zone", "policy", "service", "rich-rule-service", "icmp-block", "rich-rule-icmp", "all-known"],
@@ -781,7 +871,7 @@ def test_check_references_reports_every_unknown_name(tmp_path: Path) -> None:
     policy = load(
         tmp_path,
         '[zone.dmz]\nservices = ["smtp"]\nicmp_blocks = ["timestamp-request"]\n'
-        "rich_rules = ['rule family=\"ipv4\" source address=\"10.0.0.0/8\" service name=\"imap\" accept']\n"
+        'rich_rules = [\'rule family="ipv4" source address="10.0.0.0/8" service name="imap" accept\']\n'
         "[policy.out]\n",
     )
     errs = check_references(policy, KNOWN)
@@ -801,7 +891,9 @@ def test_check_references_reports_every_unknown_name(tmp_path: Path) -> None:
 def test_nft_sections_load(tmp_path: Path) -> None:
     from reconciler.model import NftChain, NftRule
 
-    policy = load(tmp_path, """
+    policy = load(
+        tmp_path,
+        """
 [[nft.chain]]
 family = "inet"
 chain = "input"
@@ -817,7 +909,8 @@ chain = "helper"
 family = "inet"
 chain = "input"
 rule = "  tcp dport { 80, 443 }   accept "
-""")
+""",
+    )
     assert policy.items == {
         NftChain("inet", "input", "filter", "input", -5, "drop"),
         NftChain("ip", "helper", "", "", 0, ""),
@@ -828,19 +921,52 @@ rule = "  tcp dport { 80, 443 }   accept "
 @pytest.mark.parametrize(
     "body,expected",
     [
-        ('[[nft.chain]]\nfamily = "inet6"\nchain = "x"', 'nft.chain[0].family: "inet6" is not one of ip|ip6|inet|arp|bridge|netdev'),
+        (
+            '[[nft.chain]]\nfamily = "inet6"\nchain = "x"',
+            'nft.chain[0].family: "inet6" is not one of ip|ip6|inet|arp|bridge|netdev',
+        ),
         ('[[nft.chain]]\nfamily = "inet"', "nft.chain[0].chain: missing"),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "ingress2"', 'nft.chain[0].hook: "ingress2" is not a inet hook (prerouting|input|forward|output|postrouting)'),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\npolicy = "drop"', "nft.chain[0].policy: only a base chain (one with a hook) has a type, priority or policy"),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\ntype = "mangle"', 'nft.chain[0].type: "mangle" is not one of filter|nat|route'),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npolicy = "reject"', 'nft.chain[0].policy: "reject" is not accept|drop'),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npriority = "0"', "nft.chain[0].priority: expected an integer, got string"),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhooks = "input"', "nft.chain[0].hooks: unknown key (expected one of: family, chain, type, hook, priority, policy)"),
-        ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept; flush ruleset"', "nft.rule[0].rule: rule text contains ';' (one rule per item)"),
-        ('[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npriority = 99999999999999999', "nft.chain[0].priority: 99999999999999999 is out of range (-2147483648 to 2147483647; the kernel keeps 32 bits)"),
-        ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept comment \\"x\\""', 'nft.rule[0].rule: rule has its own comment; fwrecon needs the comment for its ownership tag "fwrecon:<hash>"'),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "ingress2"',
+            'nft.chain[0].hook: "ingress2" is not a inet hook (prerouting|input|forward|output|postrouting)',
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\npolicy = "drop"',
+            "nft.chain[0].policy: only a base chain (one with a hook) has a type, priority or policy",
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\ntype = "mangle"',
+            'nft.chain[0].type: "mangle" is not one of filter|nat|route',
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npolicy = "reject"',
+            'nft.chain[0].policy: "reject" is not accept|drop',
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npriority = "0"',
+            "nft.chain[0].priority: expected an integer, got string",
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhooks = "input"',
+            "nft.chain[0].hooks: unknown key (expected one of: family, chain, type, hook, priority, policy)",
+        ),
+        (
+            '[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept; flush ruleset"',
+            "nft.rule[0].rule: rule text contains ';' (one rule per item)",
+        ),
+        (
+            '[[nft.chain]]\nfamily = "inet"\nchain = "x"\nhook = "input"\npriority = 99999999999999999',
+            "nft.chain[0].priority: 99999999999999999 is out of range (-2147483648 to 2147483647; the kernel keeps 32 bits)",
+        ),
+        (
+            '[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "accept comment \\"x\\""',
+            'nft.rule[0].rule: rule has its own comment; fwrecon needs the comment for its ownership tag "fwrecon:<hash>"',
+        ),
         ('[[nft.rule]]\nfamily = "inet"\nchain = "x"\nrule = "   "', "nft.rule[0].rule: is empty"),
-        ('[[nft.rule]]\nfamily = "inet"\nchain = "bad chain"\nrule = "accept"', 'nft.rule[0].chain: "bad chain" is not a chain name (letters, digits, \'_\', \'.\', \'-\'; up to 64)'),
+        (
+            '[[nft.rule]]\nfamily = "inet"\nchain = "bad chain"\nrule = "accept"',
+            "nft.rule[0].chain: \"bad chain\" is not a chain name (letters, digits, '_', '.', '-'; up to 64)",
+        ),
         ("[nft]\nrules = []", "nft.rules: unknown key (expected one of: chain, rule)"),
     ],
 )
@@ -918,9 +1044,11 @@ def test_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path, monk
 
 def _refuse_if_called(real, marker: str):
     """tomllib.loads that fails the test when handed the text of the file that must not be read."""
+
     def loads(text: str, **kwargs):
         assert "x" * 48 not in text, f"the {marker} file was read and parsed"
         return real(text, **kwargs)
+
     return loads
 
 
@@ -976,10 +1104,14 @@ def test_bug_in_validation_is_one_internal_error_line_with_a_logged_traceback(
     ("exception", "expected"),
     [
         (MemoryError(), "t.toml: out of memory while reading this file"),
-        (RecursionError("maximum recursion depth exceeded"),
-         "t.toml: nested too deeply: arrays and inline tables may nest about 200 levels deep (a policy needs three)"),
-        (TypeError("unhashable type: 'list'"),
-         "t.toml: internal error while validating this file (TypeError: unhashable type: 'list'); please report it with the log"),
+        (
+            RecursionError("maximum recursion depth exceeded"),
+            "t.toml: nested too deeply: arrays and inline tables may nest about 200 levels deep (a policy needs three)",
+        ),
+        (
+            TypeError("unhashable type: 'list'"),
+            "t.toml: internal error while validating this file (TypeError: unhashable type: 'list'); please report it with the log",
+        ),
     ],
     ids=["memory", "recursion", "type"],
 )
@@ -999,7 +1131,11 @@ def test_any_failure_in_validation_is_policy_file_invalid(
     ("name", "text", "expected"),
     [
         ("t.toml", '"a\\nb" = 1\n', "t.toml: a\\nb: unknown key (expected one of: description, zone, policy, direct, nft)"),
-        ("t.toml", '[zone."x\\u2028y"]\n', "t.toml: zone.x\\u2028y: zone name 'x\\u2028y' may only hold letters, digits, '_' and '-'"),
+        (
+            "t.toml",
+            '[zone."x\\u2028y"]\n',
+            "t.toml: zone.x\\u2028y: zone name 'x\\u2028y' may only hold letters, digits, '_' and '-'",
+        ),
         ("x\ny.toml", "", "x\\ny.toml: policy name 'x\\ny' (the file stem) may only hold letters, digits, '_', '.', '-'"),
     ],
     ids=["key", "scope-name", "file-name"],

@@ -46,8 +46,9 @@ def test_a_configmap_volume_is_read_through_its_links(volume: Path) -> None:
 def test_a_link_is_refused_when_its_target_is_writable_by_others(volume: Path) -> None:
     version = AtomicWriter(volume).write({"web.toml": policy(80)}, mode=0o666)
     (error,) = load_policy_dir(volume).errors["web"]
-    assert str(error) == (f"web.toml: refusing file {version}/web.toml (the link's target) writable by group or others "
-                          "(mode 666); chmod go-w it")
+    assert str(error) == (
+        f"web.toml: refusing file {version}/web.toml (the link's target) writable by group or others (mode 666); chmod go-w it"
+    )
 
 
 def test_a_link_is_refused_when_a_directory_on_the_way_is_writable_by_others(volume: Path) -> None:
@@ -101,7 +102,9 @@ def test_a_dangling_link_costs_only_its_policy(volume: Path) -> None:
     assert ports(result) == {"web": {"80"}} and "does not exist" in str(result.errors["gone"][0])
 
 
-def test_a_swap_while_reading_is_read_again_so_no_reconcile_mixes_two_versions(volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_swap_while_reading_is_read_again_so_no_reconcile_mixes_two_versions(
+    volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = AtomicWriter(volume)
     writer.write({"a.toml": policy(1), "b.toml": policy(1)})
     real = policydir.load_policy_file

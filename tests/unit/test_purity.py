@@ -13,8 +13,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = ("reconciler.model", "reconciler.limits", "reconciler.ports", "reconciler.richrule", "reconciler.policy",
-        "reconciler.view", "reconciler.planner")
+CORE = (
+    "reconciler.model",
+    "reconciler.limits",
+    "reconciler.ports",
+    "reconciler.richrule",
+    "reconciler.policy",
+    "reconciler.view",
+    "reconciler.planner",
+)
 IO = ("asyncio", "subprocess", "dbus_fast", "watchdog", "prometheus_client", "structlog")
 
 

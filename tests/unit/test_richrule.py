@@ -23,249 +23,233 @@ from reconciler.richrule import (
 
 # (input, canonical text firewalld 1.3.3 stores and prints)
 GOLDEN = [
-    ('rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept',
-     'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept'),
-    ('rule family=ipv4 source address=192.168.0.0/24 service name=ssh accept',
-     'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept'),
-    ("rule family='ipv4' source address='192.168.0.0/24' service name='ssh' accept",
-     'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept'),
-    ('rule  family=ipv4   source  address=10.0.0.1   service name=http   drop',
-     'rule family="ipv4" source address="10.0.0.1" service name="http" drop'),
-    ('rule family=ipv4 source address=10.0.0.0/255.0.0.0 accept',
-     'rule family="ipv4" source address="10.0.0.0/255.0.0.0" accept'),
-    ('rule family=ipv4 source NOT address=10.0.0.0/8 drop',
-     'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
-    ('rule family=ipv4 source not address=10.0.0.0/8 drop',
-     'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
-    ('rule family=ipv4 source invert=true address=10.0.0.0/8 drop',
-     'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
-    ('rule family=ipv6 source address=2001:db8::/32 service name=dhcpv6-client accept',
-     'rule family="ipv6" source address="2001:db8::/32" service name="dhcpv6-client" accept'),
-    ('rule family=ipv6 source address="[2001:db8::1]" accept',
-     'rule family="ipv6" source address="[2001:db8::1]" accept'),
-    ('rule family=ipv6 source address=2001:DB8::1/128 reject',
-     'rule family="ipv6" source address="2001:DB8::1/128" reject'),
-    ('rule source mac=00:11:22:aa:bb:cc accept',
-     'rule source mac="00:11:22:AA:BB:CC" accept'),
-    ('rule source NOT mac="00:11:22:AA:bb:cc" service name=ssh drop',
-     'rule source NOT mac="00:11:22:AA:BB:CC" service name="ssh" drop'),
-    ('rule source ipset=blocklist drop',
-     'rule source ipset="blocklist" drop'),
-    ('rule source not ipset=allowlist service name=ssh reject',
-     'rule source NOT ipset="allowlist" service name="ssh" reject'),
-    ('rule family=ipv4 destination address=192.0.2.1 service name=http accept',
-     'rule family="ipv4" destination address="192.0.2.1" service name="http" accept'),
-    ('rule family=ipv4 destination not address=192.0.2.0/24 drop',
-     'rule family="ipv4" destination NOT address="192.0.2.0/24" drop'),
-    ('rule family=ipv4 destination ipset=dst-set accept',
-     'rule family="ipv4" destination ipset="dst-set" accept'),
-    ('rule family=ipv4 destination address=192.0.2.1 source address=198.51.100.0/24 accept',
-     'rule family="ipv4" source address="198.51.100.0/24" destination address="192.0.2.1" accept'),
-    ('rule service name=ftp log prefix="ftp " level="info" limit value="1/m" accept',
-     'rule service name="ftp" log prefix="ftp " level="info" limit value="1/m" accept'),
-    ('rule service name="my service" accept',
-     'rule service name="my service" accept'),
-    ('rule port port=8080 protocol=tcp accept',
-     'rule port port="8080" protocol="tcp" accept'),
-    ('rule port protocol=udp port=5000-5100 accept',
-     'rule port port="5000-5100" protocol="udp" accept'),
-    ('rule port port="9000-8000" protocol=sctp drop',
-     'rule port port="9000-8000" protocol="sctp" drop'),
-    ('rule port port=ssh protocol=tcp accept',
-     'rule port port="ssh" protocol="tcp" accept'),
-    ('rule port port=0 protocol=dccp accept',
-     'rule port port="0" protocol="dccp" accept'),
-    ('rule source-port port=53 protocol=udp accept',
-     'rule source-port port="53" protocol="udp" accept'),
-    ('rule source-port port=1024-65535 protocol=tcp drop',
-     'rule source-port port="1024-65535" protocol="tcp" drop'),
-    ('rule protocol value=icmp accept',
-     'rule protocol value="icmp" accept'),
-    ('rule protocol value=gre accept',
-     'rule protocol value="gre" accept'),
-    ('rule protocol value=47 drop',
-     'rule protocol value="47" drop'),
-    ('rule icmp-block name=echo-request',
-     'rule icmp-block name="echo-request"'),
-    ('rule icmp-block name=echo-reply log prefix=icmp',
-     'rule icmp-block name="echo-reply" log prefix="icmp"'),
-    ('rule icmp-type name=echo-request accept',
-     'rule icmp-type name="echo-request" accept'),
-    ('rule icmp-type name=timestamp-request drop',
-     'rule icmp-type name="timestamp-request" drop'),
-    ('rule family=ipv4 source address=10.0.0.0/8 masquerade',
-     'rule family="ipv4" source address="10.0.0.0/8" masquerade'),
-    ('rule family=ipv6 destination not address=fd00::/8 masquerade',
-     'rule family="ipv6" destination NOT address="fd00::/8" masquerade'),
-    ('rule masquerade',
-     'rule masquerade'),
-    ('rule family=ipv4 forward-port port=80 protocol=tcp to-port=8080',
-     'rule family="ipv4" forward-port port="80" protocol="tcp" to-port="8080"'),
-    ('rule family=ipv4 forward-port port=80 protocol=tcp to-addr=192.0.2.10',
-     'rule family="ipv4" forward-port port="80" protocol="tcp" to-addr="192.0.2.10"'),
-    ('rule family=ipv4 forward-port to-addr=192.0.2.10 to-port=8080 protocol=tcp port=80',
-     'rule family="ipv4" forward-port port="80" protocol="tcp" to-port="8080" to-addr="192.0.2.10"'),
-    ('rule family=ipv6 forward-port port=443 protocol=tcp to-port=8443 to-addr=[2001:db8::10]',
-     'rule family="ipv6" forward-port port="443" protocol="tcp" to-port="8443" to-addr="[2001:db8::10]"'),
-    ('rule tcp-mss-clamp',
-     'rule tcp-mss-clamp'),
-    ('rule tcp-mss-clamp value=pmtu',
-     'rule tcp-mss-clamp value="pmtu"'),
-    ('rule tcp-mss-clamp value=1400',
-     'rule tcp-mss-clamp value="1400"'),
-    ('rule family=ipv4 source address=10.0.0.0/8 tcp-mss-clamp value=536',
-     'rule family="ipv4" source address="10.0.0.0/8" tcp-mss-clamp value="536"'),
-    ('rule service name=ssh log',
-     'rule service name="ssh" log'),
-    ('rule service name=ssh log prefix="SSH: " level=warning',
-     'rule service name="ssh" log prefix="SSH: " level="warning"'),
-    ('rule service name=ssh log level=debug prefix=x accept',
-     'rule service name="ssh" log prefix="x" level="debug" accept'),
-    ('rule service name=ssh log limit value=5/minute accept',
-     'rule service name="ssh" log limit value="5/m" accept'),
-    ('rule service name=ssh nflog accept',
-     'rule service name="ssh" nflog accept'),
-    ('rule service name=ssh nflog group=5 prefix=nf queue-size=10 accept',
-     'rule service name="ssh" nflog group="5" prefix="nf" queue-size="10" accept'),
-    ('rule service name=ssh nflog queue-size=10 group=0x10 limit value=2/hour drop',
-     'rule service name="ssh" nflog group="0x10" queue-size="10" limit value="2/h" drop'),
-    ('rule service name=ssh audit accept',
-     'rule service name="ssh" audit accept'),
-    ('rule service name=ssh audit limit value=3/day reject',
-     'rule service name="ssh" audit limit value="3/d" reject'),
-    ('rule service name=ssh log audit drop',
-     'rule service name="ssh" log audit drop'),
-    ('rule service name=ssh accept limit value=10/second',
-     'rule service name="ssh" accept limit value="10/s"'),
-    ('rule service name=ssh drop limit value=2/d',
-     'rule service name="ssh" drop limit value="2/d"'),
-    ('rule service name=ssh reject limit value="1/s"',
-     'rule service name="ssh" reject limit value="1/s"'),
-    ('rule family=ipv4 service name=ssh reject type=icmp-host-prohibited',
-     'rule family="ipv4" service name="ssh" reject type="icmp-host-prohibited"'),
-    ('rule family=ipv4 service name=ssh reject type=tcp-rst',
-     'rule family="ipv4" service name="ssh" reject type="tcp-rst"'),
-    ('rule family=ipv6 service name=ssh reject type=icmp6-adm-prohibited limit value=1/m',
-     'rule family="ipv6" service name="ssh" reject type="icmp6-adm-prohibited" limit value="1/m"'),
-    ('rule service name=ssh mark set=1',
-     'rule service name="ssh" mark set=1'),
-    ('rule service name=ssh mark set=0x10/0xff limit value=5/s',
-     'rule service name="ssh" mark set=0x10/0xff limit value="5/s"'),
-    ('rule priority=10 service name=ssh accept',
-     'rule priority="10" service name="ssh" accept'),
-    ('rule priority=-100 family=ipv4 source address=10.0.0.1 drop',
-     'rule priority="-100" family="ipv4" source address="10.0.0.1" drop'),
-    ('rule family=ipv4 priority=+5 source address=10.0.0.1 drop',
-     'rule priority="5" family="ipv4" source address="10.0.0.1" drop'),
-    ('rule priority=0 service name=ssh accept',
-     'rule service name="ssh" accept'),
-    ('rule priority=32767 drop',
-     'rule priority="32767" drop'),
-    ('rule priority=-32768 log prefix=all',
-     'rule priority="-32768" log prefix="all"'),
-    ('rule priority=1 accept',
-     'rule priority="1" accept'),
-    ('rule priority=1 log limit value=1/m',
-     'rule priority="1" log limit value="1/m"'),
-    ('rule source address=10.0.0.1 family=ipv4 accept',
-     'rule family="ipv4" source address="10.0.0.1" accept'),
-    ('rule service name=ssh accept family=ipv6 priority=3',
-     'rule priority="3" family="ipv6" service name="ssh" accept'),
-    ('rule drop service name=ssh',
-     'rule service name="ssh" drop'),
-    ('rule accept source address=10.0.0.1 family=ipv4',
-     'rule family="ipv4" source address="10.0.0.1" accept'),
-    ('rule service name=ssh audit accept log prefix=p',
-     'rule service name="ssh" log prefix="p" audit accept'),
-    ('rule service name=ssh log prefix=\'say "hi"\' accept',
-     'rule service name="ssh" log prefix="say "hi"" accept'),
-    ('rule service name=ssh log prefix="a\\"b" accept',
-     'rule service name="ssh" log prefix="a"b" accept'),
-    ('rule service name="it\'s" accept',
-     'rule service name="it\'s" accept'),
-    ('rule service name=a\\ b accept',
-     'rule service name="a b" accept'),
-    ('rule "service" "name=ssh" \'accept\'',
-     'rule service name="ssh" accept'),
-    ('rule family=ipv4 family=ipv4 service name=ssh accept',
-     'rule family="ipv4" service name="ssh" accept'),
-    ('rule service name=ssh log limit value=1/s limit value=1/s accept',
-     'rule service name="ssh" log limit value="1/s" accept'),
-    ('rule service name=ssh  log    accept',
-     'rule service name="ssh" log accept'),
+    (
+        'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept',
+        'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept',
+    ),
+    (
+        "rule family=ipv4 source address=192.168.0.0/24 service name=ssh accept",
+        'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept',
+    ),
+    (
+        "rule family='ipv4' source address='192.168.0.0/24' service name='ssh' accept",
+        'rule family="ipv4" source address="192.168.0.0/24" service name="ssh" accept',
+    ),
+    (
+        "rule  family=ipv4   source  address=10.0.0.1   service name=http   drop",
+        'rule family="ipv4" source address="10.0.0.1" service name="http" drop',
+    ),
+    (
+        "rule family=ipv4 source address=10.0.0.0/255.0.0.0 accept",
+        'rule family="ipv4" source address="10.0.0.0/255.0.0.0" accept',
+    ),
+    ("rule family=ipv4 source NOT address=10.0.0.0/8 drop", 'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
+    ("rule family=ipv4 source not address=10.0.0.0/8 drop", 'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
+    ("rule family=ipv4 source invert=true address=10.0.0.0/8 drop", 'rule family="ipv4" source NOT address="10.0.0.0/8" drop'),
+    (
+        "rule family=ipv6 source address=2001:db8::/32 service name=dhcpv6-client accept",
+        'rule family="ipv6" source address="2001:db8::/32" service name="dhcpv6-client" accept',
+    ),
+    ('rule family=ipv6 source address="[2001:db8::1]" accept', 'rule family="ipv6" source address="[2001:db8::1]" accept'),
+    ("rule family=ipv6 source address=2001:DB8::1/128 reject", 'rule family="ipv6" source address="2001:DB8::1/128" reject'),
+    ("rule source mac=00:11:22:aa:bb:cc accept", 'rule source mac="00:11:22:AA:BB:CC" accept'),
+    (
+        'rule source NOT mac="00:11:22:AA:bb:cc" service name=ssh drop',
+        'rule source NOT mac="00:11:22:AA:BB:CC" service name="ssh" drop',
+    ),
+    ("rule source ipset=blocklist drop", 'rule source ipset="blocklist" drop'),
+    ("rule source not ipset=allowlist service name=ssh reject", 'rule source NOT ipset="allowlist" service name="ssh" reject'),
+    (
+        "rule family=ipv4 destination address=192.0.2.1 service name=http accept",
+        'rule family="ipv4" destination address="192.0.2.1" service name="http" accept',
+    ),
+    (
+        "rule family=ipv4 destination not address=192.0.2.0/24 drop",
+        'rule family="ipv4" destination NOT address="192.0.2.0/24" drop',
+    ),
+    ("rule family=ipv4 destination ipset=dst-set accept", 'rule family="ipv4" destination ipset="dst-set" accept'),
+    (
+        "rule family=ipv4 destination address=192.0.2.1 source address=198.51.100.0/24 accept",
+        'rule family="ipv4" source address="198.51.100.0/24" destination address="192.0.2.1" accept',
+    ),
+    (
+        'rule service name=ftp log prefix="ftp " level="info" limit value="1/m" accept',
+        'rule service name="ftp" log prefix="ftp " level="info" limit value="1/m" accept',
+    ),
+    ('rule service name="my service" accept', 'rule service name="my service" accept'),
+    ("rule port port=8080 protocol=tcp accept", 'rule port port="8080" protocol="tcp" accept'),
+    ("rule port protocol=udp port=5000-5100 accept", 'rule port port="5000-5100" protocol="udp" accept'),
+    ('rule port port="9000-8000" protocol=sctp drop', 'rule port port="9000-8000" protocol="sctp" drop'),
+    ("rule port port=ssh protocol=tcp accept", 'rule port port="ssh" protocol="tcp" accept'),
+    ("rule port port=0 protocol=dccp accept", 'rule port port="0" protocol="dccp" accept'),
+    ("rule source-port port=53 protocol=udp accept", 'rule source-port port="53" protocol="udp" accept'),
+    ("rule source-port port=1024-65535 protocol=tcp drop", 'rule source-port port="1024-65535" protocol="tcp" drop'),
+    ("rule protocol value=icmp accept", 'rule protocol value="icmp" accept'),
+    ("rule protocol value=gre accept", 'rule protocol value="gre" accept'),
+    ("rule protocol value=47 drop", 'rule protocol value="47" drop'),
+    ("rule icmp-block name=echo-request", 'rule icmp-block name="echo-request"'),
+    ("rule icmp-block name=echo-reply log prefix=icmp", 'rule icmp-block name="echo-reply" log prefix="icmp"'),
+    ("rule icmp-type name=echo-request accept", 'rule icmp-type name="echo-request" accept'),
+    ("rule icmp-type name=timestamp-request drop", 'rule icmp-type name="timestamp-request" drop'),
+    ("rule family=ipv4 source address=10.0.0.0/8 masquerade", 'rule family="ipv4" source address="10.0.0.0/8" masquerade'),
+    (
+        "rule family=ipv6 destination not address=fd00::/8 masquerade",
+        'rule family="ipv6" destination NOT address="fd00::/8" masquerade',
+    ),
+    ("rule masquerade", "rule masquerade"),
+    (
+        "rule family=ipv4 forward-port port=80 protocol=tcp to-port=8080",
+        'rule family="ipv4" forward-port port="80" protocol="tcp" to-port="8080"',
+    ),
+    (
+        "rule family=ipv4 forward-port port=80 protocol=tcp to-addr=192.0.2.10",
+        'rule family="ipv4" forward-port port="80" protocol="tcp" to-addr="192.0.2.10"',
+    ),
+    (
+        "rule family=ipv4 forward-port to-addr=192.0.2.10 to-port=8080 protocol=tcp port=80",
+        'rule family="ipv4" forward-port port="80" protocol="tcp" to-port="8080" to-addr="192.0.2.10"',
+    ),
+    (
+        "rule family=ipv6 forward-port port=443 protocol=tcp to-port=8443 to-addr=[2001:db8::10]",
+        'rule family="ipv6" forward-port port="443" protocol="tcp" to-port="8443" to-addr="[2001:db8::10]"',
+    ),
+    ("rule tcp-mss-clamp", "rule tcp-mss-clamp"),
+    ("rule tcp-mss-clamp value=pmtu", 'rule tcp-mss-clamp value="pmtu"'),
+    ("rule tcp-mss-clamp value=1400", 'rule tcp-mss-clamp value="1400"'),
+    (
+        "rule family=ipv4 source address=10.0.0.0/8 tcp-mss-clamp value=536",
+        'rule family="ipv4" source address="10.0.0.0/8" tcp-mss-clamp value="536"',
+    ),
+    ("rule service name=ssh log", 'rule service name="ssh" log'),
+    ('rule service name=ssh log prefix="SSH: " level=warning', 'rule service name="ssh" log prefix="SSH: " level="warning"'),
+    ("rule service name=ssh log level=debug prefix=x accept", 'rule service name="ssh" log prefix="x" level="debug" accept'),
+    ("rule service name=ssh log limit value=5/minute accept", 'rule service name="ssh" log limit value="5/m" accept'),
+    ("rule service name=ssh nflog accept", 'rule service name="ssh" nflog accept'),
+    (
+        "rule service name=ssh nflog group=5 prefix=nf queue-size=10 accept",
+        'rule service name="ssh" nflog group="5" prefix="nf" queue-size="10" accept',
+    ),
+    (
+        "rule service name=ssh nflog queue-size=10 group=0x10 limit value=2/hour drop",
+        'rule service name="ssh" nflog group="0x10" queue-size="10" limit value="2/h" drop',
+    ),
+    ("rule service name=ssh audit accept", 'rule service name="ssh" audit accept'),
+    ("rule service name=ssh audit limit value=3/day reject", 'rule service name="ssh" audit limit value="3/d" reject'),
+    ("rule service name=ssh log audit drop", 'rule service name="ssh" log audit drop'),
+    ("rule service name=ssh accept limit value=10/second", 'rule service name="ssh" accept limit value="10/s"'),
+    ("rule service name=ssh drop limit value=2/d", 'rule service name="ssh" drop limit value="2/d"'),
+    ('rule service name=ssh reject limit value="1/s"', 'rule service name="ssh" reject limit value="1/s"'),
+    (
+        "rule family=ipv4 service name=ssh reject type=icmp-host-prohibited",
+        'rule family="ipv4" service name="ssh" reject type="icmp-host-prohibited"',
+    ),
+    ("rule family=ipv4 service name=ssh reject type=tcp-rst", 'rule family="ipv4" service name="ssh" reject type="tcp-rst"'),
+    (
+        "rule family=ipv6 service name=ssh reject type=icmp6-adm-prohibited limit value=1/m",
+        'rule family="ipv6" service name="ssh" reject type="icmp6-adm-prohibited" limit value="1/m"',
+    ),
+    ("rule service name=ssh mark set=1", 'rule service name="ssh" mark set=1'),
+    ("rule service name=ssh mark set=0x10/0xff limit value=5/s", 'rule service name="ssh" mark set=0x10/0xff limit value="5/s"'),
+    ("rule priority=10 service name=ssh accept", 'rule priority="10" service name="ssh" accept'),
+    (
+        "rule priority=-100 family=ipv4 source address=10.0.0.1 drop",
+        'rule priority="-100" family="ipv4" source address="10.0.0.1" drop',
+    ),
+    (
+        "rule family=ipv4 priority=+5 source address=10.0.0.1 drop",
+        'rule priority="5" family="ipv4" source address="10.0.0.1" drop',
+    ),
+    ("rule priority=0 service name=ssh accept", 'rule service name="ssh" accept'),
+    ("rule priority=32767 drop", 'rule priority="32767" drop'),
+    ("rule priority=-32768 log prefix=all", 'rule priority="-32768" log prefix="all"'),
+    ("rule priority=1 accept", 'rule priority="1" accept'),
+    ("rule priority=1 log limit value=1/m", 'rule priority="1" log limit value="1/m"'),
+    ("rule source address=10.0.0.1 family=ipv4 accept", 'rule family="ipv4" source address="10.0.0.1" accept'),
+    ("rule service name=ssh accept family=ipv6 priority=3", 'rule priority="3" family="ipv6" service name="ssh" accept'),
+    ("rule drop service name=ssh", 'rule service name="ssh" drop'),
+    ("rule accept source address=10.0.0.1 family=ipv4", 'rule family="ipv4" source address="10.0.0.1" accept'),
+    ("rule service name=ssh audit accept log prefix=p", 'rule service name="ssh" log prefix="p" audit accept'),
+    ("rule service name=ssh log prefix='say \"hi\"' accept", 'rule service name="ssh" log prefix="say "hi"" accept'),
+    ('rule service name=ssh log prefix="a\\"b" accept', 'rule service name="ssh" log prefix="a"b" accept'),
+    ('rule service name="it\'s" accept', 'rule service name="it\'s" accept'),
+    ("rule service name=a\\ b accept", 'rule service name="a b" accept'),
+    ('rule "service" "name=ssh" \'accept\'', 'rule service name="ssh" accept'),
+    ("rule family=ipv4 family=ipv4 service name=ssh accept", 'rule family="ipv4" service name="ssh" accept'),
+    ("rule service name=ssh log limit value=1/s limit value=1/s accept", 'rule service name="ssh" log limit value="1/s" accept'),
+    ("rule service name=ssh  log    accept", 'rule service name="ssh" log accept'),
 ]
 
 INVALID = [
-    'rule',  # firewalld: FirewallError: INVALID_RULE: no element, no action
-    'rule service name=ssh\tlog\taccept',  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
-    'rule servce name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: unknown element servce
-    'service name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: 'service' outside of rule. Use
-    'family=ipv4 rule service name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: 'family' outside of rule. Use '
-    'rule service name=ssh',  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
-    'rule service name=ssh masquerade accept',  # firewalld: FirewallError: INVALID_RULE: more than one element. There ca
-    'rule service name=ssh accept drop',  # firewalld: FirewallError: INVALID_RULE: more than one 'action' element.
-    'rule service name=ssh service name=http accept',  # firewalld: FirewallError: INVALID_RULE: more than one element. There ca
-    'rule service accept',  # firewalld: FirewallError: INVALID_RULE: invalid 'service' element
-    'rule service name= accept',  # firewalld: FirewallError: INVALID_RULE: internal error in _lexer(): nam
-    'rule service name=a=b accept',  # firewalld: FirewallError: INVALID_RULE: internal error in _lexer(): nam
+    "rule",  # firewalld: FirewallError: INVALID_RULE: no element, no action
+    "rule service name=ssh\tlog\taccept",  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
+    "rule servce name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: unknown element servce
+    "service name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: 'service' outside of rule. Use
+    "family=ipv4 rule service name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: 'family' outside of rule. Use '
+    "rule service name=ssh",  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
+    "rule service name=ssh masquerade accept",  # firewalld: FirewallError: INVALID_RULE: more than one element. There ca
+    "rule service name=ssh accept drop",  # firewalld: FirewallError: INVALID_RULE: more than one 'action' element.
+    "rule service name=ssh service name=http accept",  # firewalld: FirewallError: INVALID_RULE: more than one element. There ca
+    "rule service accept",  # firewalld: FirewallError: INVALID_RULE: invalid 'service' element
+    "rule service name= accept",  # firewalld: FirewallError: INVALID_RULE: internal error in _lexer(): nam
+    "rule service name=a=b accept",  # firewalld: FirewallError: INVALID_RULE: internal error in _lexer(): nam
     'rule service name=ssh accept "',  # firewalld: ValueError: No closing quotation
-    'rule foo=bar service name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: bad attribute 'foo'
-    'rule name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: attribute 'name' outside of any
-    'rule protocol=tcp accept',  # firewalld: FirewallError: INVALID_RULE: wrong 'protocol' usage. Use eit
-    'rule Service name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: unknown element Service
-    'rule family=inet service name=ssh accept',  # firewalld: FirewallError: INVALID_RULE: 'family' attribute cannot have
-    'rule family=ipv4 source address=10.0.0.1',  # firewalld: FirewallError: INVALID_RULE: no element, no action
-    'rule source address=10.0.0.1 accept',  # firewalld: FirewallError: MISSING_FAMILY
-    'rule family=ipv6 source address=10.0.0.1 accept',  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.1
-    'rule family=ipv4 source address=10.0.0.1/33 accept',  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.1/33
-    'rule family=ipv4 source address=10.0.0.256 accept',  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.256
-    'rule family=ipv4 source address=10.0.0.1 mac=00:11:22:33:44:55 accept',  # firewalld: FirewallError: INVALID_RULE: address and mac
-    'rule source mac=00-11-22-33-44-55 accept',  # firewalld: FirewallError: INVALID_MAC: 00-11-22-33-44-55
-    'rule source ipset=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa accept',  # firewalld: FirewallError: INVALID_IPSET: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
-    'rule source accept',  # firewalld: FirewallError: INVALID_RULE: no address, mac and ipset
-    'rule destination ipset=x accept',  # firewalld: FirewallError: MISSING_FAMILY
-    'rule family=ipv4 destination mac=00:11:22:33:44:55 accept',  # firewalld: FirewallError: INVALID_RULE: no address and ipset
-    'rule not source ipset=x accept',  # firewalld: IndexError: list index out of range
-    'rule port port=22 accept',  # firewalld: FirewallError: INVALID_PROTOCOL
-    'rule port port=22 protocol=icmp accept',  # firewalld: FirewallError: INVALID_PROTOCOL: icmp
-    'rule port port=65536 protocol=tcp accept',  # firewalld: FirewallError: INVALID_PORT: 65536
-    'rule port port=nosuchservice protocol=tcp accept',  # firewalld: FirewallError: INVALID_PORT: nosuchservice
-    'rule protocol value=nosuchproto accept',  # firewalld: FirewallError: INVALID_PROTOCOL: nosuchproto
-    'rule protocol value=256 accept',  # firewalld: FirewallError: INVALID_PROTOCOL: 256
-    'rule masquerade accept',  # firewalld: FirewallError: INVALID_RULE: masquerade and action
-    'rule source mac=00:11:22:33:44:55 masquerade',  # firewalld: FirewallError: INVALID_RULE: masquerade and mac source
-    'rule icmp-block name=echo-request accept',  # firewalld: FirewallError: INVALID_RULE: icmp-block and action
-    'rule forward-port port=80 protocol=tcp to-port=8080',  # firewalld: FirewallError: MISSING_FAMILY
-    'rule family=ipv4 forward-port port=80 protocol=tcp',  # firewalld: FirewallError: INVALID_PORT
-    'rule family=ipv4 forward-port port=80 protocol=tcp to-addr=10.0.0.0/8',  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.0/8
-    'rule family=ipv4 forward-port port=80 protocol=tcp to-port=8080 accept',  # firewalld: FirewallError: INVALID_RULE: forward-port and action
-    'rule tcp-mss-clamp value=535',  # firewalld: FirewallError: INVALID_RULE: 535
-    'rule tcp-mss-clamp accept',  # firewalld: FirewallError: INVALID_RULE: tcp-mss-clamp and accept are mu
-    'rule service name=ssh audit',  # firewalld: FirewallError: INVALID_AUDIT_TYPE: <class 'NoneType'>
-    'rule service name=ssh audit mark set=1',  # firewalld: FirewallError: INVALID_AUDIT_TYPE: <class 'firewall.core.ric
-    'rule service name=ssh log level=warn accept',  # firewalld: FirewallError: INVALID_LOG_LEVEL: warn
-    'rule service name=ssh nflog group=65536 accept',  # firewalld: FirewallError: INVALID_NFLOG_GROUP: nflog 'group' must be an
-    'rule service name=ssh nflog queue-size=-1 accept',  # firewalld: FirewallError: INVALID_NFLOG_QUEUE: nflog 'queue-size' must
-    'rule service name=ssh accept limit value=0/s',  # firewalld: FirewallError: INVALID_LIMIT: 0/s
-    'rule service name=ssh accept limit value=1/d',  # firewalld: FirewallError: INVALID_LIMIT: 1/d too slow
-    'rule service name=ssh accept limit value=1/w',  # firewalld: FirewallError: INVALID_LIMIT: 1/w
-    'rule service name=ssh accept limit value=10',  # firewalld: FirewallError: INVALID_LIMIT: 10
-    'rule service name=ssh accept limit value=1/s/s',  # firewalld: FirewallError: INVALID_LIMIT: 1/s/s
-    'rule service name=ssh accept limit',  # firewalld: FirewallError: INVALID_RULE: invalid 'limit' element
-    'rule service name=ssh accept limit value=1/s burst=5',  # firewalld: FirewallError: INVALID_RULE: bad attribute 'burst'
-    'rule service name=ssh reject type=tcp-reset',  # firewalld: FirewallError: INVALID_RULE: When using reject type you must
-    'rule family=ipv4 service name=ssh reject type=icmp6-no-route',  # firewalld: FirewallError: INVALID_RULE: Wrong reject type icmp6-no-rout
-    'rule service name=ssh mark',  # firewalld: FirewallError: INVALID_MARK: no value set
-    'rule service name=ssh mark set=4294967296',  # firewalld: FirewallError: INVALID_MARK: 4294967296
-    'rule service name=ssh mark set=1/2/3',  # firewalld: FirewallError: INVALID_MARK: 1/2/3
-    'rule priority=32768 drop',  # firewalld: FirewallError: INVALID_PRIORITY: 'priority' attribute must b
-    'rule priority=x drop',  # firewalld: FirewallError: INVALID_PRIORITY: invalid 'priority' attribut
-    'rule accept',  # firewalld: FirewallError: INVALID_RULE: no element, no source, no desti
-    'rule family=ipv4 source address=10.0.0.1 log',  # firewalld: FirewallError: INVALID_RULE: no element, no action
-    'rule rule service name=ssh accept',  # firewalld: IndexError: list index out of range
-    '   ',  # firewalld: FirewallError: INVALID_RULE: empty rule
-    'rule service name=ssh\naccept',  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
-    'rule service name=ssh\x85accept',  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
+    "rule foo=bar service name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: bad attribute 'foo'
+    "rule name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: attribute 'name' outside of any
+    "rule protocol=tcp accept",  # firewalld: FirewallError: INVALID_RULE: wrong 'protocol' usage. Use eit
+    "rule Service name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: unknown element Service
+    "rule family=inet service name=ssh accept",  # firewalld: FirewallError: INVALID_RULE: 'family' attribute cannot have
+    "rule family=ipv4 source address=10.0.0.1",  # firewalld: FirewallError: INVALID_RULE: no element, no action
+    "rule source address=10.0.0.1 accept",  # firewalld: FirewallError: MISSING_FAMILY
+    "rule family=ipv6 source address=10.0.0.1 accept",  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.1
+    "rule family=ipv4 source address=10.0.0.1/33 accept",  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.1/33
+    "rule family=ipv4 source address=10.0.0.256 accept",  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.256
+    "rule family=ipv4 source address=10.0.0.1 mac=00:11:22:33:44:55 accept",  # firewalld: FirewallError: INVALID_RULE: address and mac
+    "rule source mac=00-11-22-33-44-55 accept",  # firewalld: FirewallError: INVALID_MAC: 00-11-22-33-44-55
+    "rule source ipset=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa accept",  # firewalld: FirewallError: INVALID_IPSET: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+    "rule source accept",  # firewalld: FirewallError: INVALID_RULE: no address, mac and ipset
+    "rule destination ipset=x accept",  # firewalld: FirewallError: MISSING_FAMILY
+    "rule family=ipv4 destination mac=00:11:22:33:44:55 accept",  # firewalld: FirewallError: INVALID_RULE: no address and ipset
+    "rule not source ipset=x accept",  # firewalld: IndexError: list index out of range
+    "rule port port=22 accept",  # firewalld: FirewallError: INVALID_PROTOCOL
+    "rule port port=22 protocol=icmp accept",  # firewalld: FirewallError: INVALID_PROTOCOL: icmp
+    "rule port port=65536 protocol=tcp accept",  # firewalld: FirewallError: INVALID_PORT: 65536
+    "rule port port=nosuchservice protocol=tcp accept",  # firewalld: FirewallError: INVALID_PORT: nosuchservice
+    "rule protocol value=nosuchproto accept",  # firewalld: FirewallError: INVALID_PROTOCOL: nosuchproto
+    "rule protocol value=256 accept",  # firewalld: FirewallError: INVALID_PROTOCOL: 256
+    "rule masquerade accept",  # firewalld: FirewallError: INVALID_RULE: masquerade and action
+    "rule source mac=00:11:22:33:44:55 masquerade",  # firewalld: FirewallError: INVALID_RULE: masquerade and mac source
+    "rule icmp-block name=echo-request accept",  # firewalld: FirewallError: INVALID_RULE: icmp-block and action
+    "rule forward-port port=80 protocol=tcp to-port=8080",  # firewalld: FirewallError: MISSING_FAMILY
+    "rule family=ipv4 forward-port port=80 protocol=tcp",  # firewalld: FirewallError: INVALID_PORT
+    "rule family=ipv4 forward-port port=80 protocol=tcp to-addr=10.0.0.0/8",  # firewalld: FirewallError: INVALID_ADDR: 10.0.0.0/8
+    "rule family=ipv4 forward-port port=80 protocol=tcp to-port=8080 accept",  # firewalld: FirewallError: INVALID_RULE: forward-port and action
+    "rule tcp-mss-clamp value=535",  # firewalld: FirewallError: INVALID_RULE: 535
+    "rule tcp-mss-clamp accept",  # firewalld: FirewallError: INVALID_RULE: tcp-mss-clamp and accept are mu
+    "rule service name=ssh audit",  # firewalld: FirewallError: INVALID_AUDIT_TYPE: <class 'NoneType'>
+    "rule service name=ssh audit mark set=1",  # firewalld: FirewallError: INVALID_AUDIT_TYPE: <class 'firewall.core.ric
+    "rule service name=ssh log level=warn accept",  # firewalld: FirewallError: INVALID_LOG_LEVEL: warn
+    "rule service name=ssh nflog group=65536 accept",  # firewalld: FirewallError: INVALID_NFLOG_GROUP: nflog 'group' must be an
+    "rule service name=ssh nflog queue-size=-1 accept",  # firewalld: FirewallError: INVALID_NFLOG_QUEUE: nflog 'queue-size' must
+    "rule service name=ssh accept limit value=0/s",  # firewalld: FirewallError: INVALID_LIMIT: 0/s
+    "rule service name=ssh accept limit value=1/d",  # firewalld: FirewallError: INVALID_LIMIT: 1/d too slow
+    "rule service name=ssh accept limit value=1/w",  # firewalld: FirewallError: INVALID_LIMIT: 1/w
+    "rule service name=ssh accept limit value=10",  # firewalld: FirewallError: INVALID_LIMIT: 10
+    "rule service name=ssh accept limit value=1/s/s",  # firewalld: FirewallError: INVALID_LIMIT: 1/s/s
+    "rule service name=ssh accept limit",  # firewalld: FirewallError: INVALID_RULE: invalid 'limit' element
+    "rule service name=ssh accept limit value=1/s burst=5",  # firewalld: FirewallError: INVALID_RULE: bad attribute 'burst'
+    "rule service name=ssh reject type=tcp-reset",  # firewalld: FirewallError: INVALID_RULE: When using reject type you must
+    "rule family=ipv4 service name=ssh reject type=icmp6-no-route",  # firewalld: FirewallError: INVALID_RULE: Wrong reject type icmp6-no-rout
+    "rule service name=ssh mark",  # firewalld: FirewallError: INVALID_MARK: no value set
+    "rule service name=ssh mark set=4294967296",  # firewalld: FirewallError: INVALID_MARK: 4294967296
+    "rule service name=ssh mark set=1/2/3",  # firewalld: FirewallError: INVALID_MARK: 1/2/3
+    "rule priority=32768 drop",  # firewalld: FirewallError: INVALID_PRIORITY: 'priority' attribute must b
+    "rule priority=x drop",  # firewalld: FirewallError: INVALID_PRIORITY: invalid 'priority' attribut
+    "rule accept",  # firewalld: FirewallError: INVALID_RULE: no element, no source, no desti
+    "rule family=ipv4 source address=10.0.0.1 log",  # firewalld: FirewallError: INVALID_RULE: no element, no action
+    "rule rule service name=ssh accept",  # firewalld: IndexError: list index out of range
+    "   ",  # firewalld: FirewallError: INVALID_RULE: empty rule
+    "rule service name=ssh\naccept",  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
+    "rule service name=ssh\x85accept",  # firewalld: FirewallError: INVALID_RULE: no action, no log, no audit
 ]
 
 

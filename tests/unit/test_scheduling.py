@@ -46,8 +46,14 @@ def settings(tmp_path: Path) -> DaemonSettings:
     policies = tmp_path / "policies"
     policies.mkdir(mode=0o755, exist_ok=True)
     return DaemonSettings(
-        policy_dir=policies, state_file=tmp_path / "state.json", resync_interval=0,
-        quiet_window=0.05, max_delay=0.3, backoff_initial=0.05, backoff_max=0.2, shutdown_grace=0.5,
+        policy_dir=policies,
+        state_file=tmp_path / "state.json",
+        resync_interval=0,
+        quiet_window=0.05,
+        max_delay=0.3,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        shutdown_grace=0.5,
     )
 
 

@@ -25,7 +25,7 @@ TOOLS = ("apt-get", "dpkg-query", "systemctl", "update-rc.d", "id", "sudo")
 
 # One program behind every stand-in, dispatching on its name.  The database
 # (db.json) holds the installed packages and each package's files.
-STAND_IN = r'''
+STAND_IN = r"""
 import json, os, subprocess, sys
 from pathlib import Path
 here = Path(__file__).resolve().parent
@@ -62,11 +62,27 @@ elif name == "apt-get":
         record({"tool": name, "args": args})
 else:
     record({"tool": name, "args": args})
-'''
+"""
 
-TEST_PACKAGES = ["firewalld", "nftables", "iptables", "ebtables", "dbus", "iproute2", "python3-venv", "procps",
-                 "prometheus", "systemd", "util-linux", "python3-yaml", "libvirt-daemon", "libvirt-daemon-system",
-                 "libvirt-clients", "dnsmasq-base", "libvirt-daemon-system-sysv"]
+TEST_PACKAGES = [
+    "firewalld",
+    "nftables",
+    "iptables",
+    "ebtables",
+    "dbus",
+    "iproute2",
+    "python3-venv",
+    "procps",
+    "prometheus",
+    "systemd",
+    "util-linux",
+    "python3-yaml",
+    "libvirt-daemon",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "dnsmasq-base",
+    "libvirt-daemon-system-sysv",
+]
 DEMO_ONLY = {"firewalld", "nftables", "iptables", "ebtables", "dbus", "iproute2", "python3-venv"}
 
 
@@ -107,10 +123,15 @@ class Host:
         (self.bin / "db.json").write_text(json.dumps({"installed": installed, "files": files, "pulls_in": pulls_in}))
 
     def setup(self, *args: str, uid: int = 0) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", "FWRECON_POLICY_RC_D": str(self.policy_rc_d),
-               "FAKE_UID": str(uid)}
-        return subprocess.run(["bash", str(self.repo / "contrib" / "setup"), *args], capture_output=True, text=True,
-                              env=env, timeout=60)
+        env = {
+            **os.environ,
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+            "FWRECON_POLICY_RC_D": str(self.policy_rc_d),
+            "FAKE_UID": str(uid),
+        }
+        return subprocess.run(
+            ["bash", str(self.repo / "contrib" / "setup"), *args], capture_output=True, text=True, env=env, timeout=60
+        )
 
     def calls(self, tool: str) -> list[dict]:
         path = self.bin / "calls.jsonl"
@@ -125,8 +146,12 @@ def host(tmp_path: Path) -> Host:
     script = an_init_script()
     files = {
         "prometheus": ["/lib/systemd/system/prometheus.service", "/usr/bin/promtool"],
-        "firewalld": ["/lib/systemd/system/firewalld.service", "/usr/sbin/firewalld",
-                      "/lib/systemd/system/firewalld@.service", *([script] if script else [])],
+        "firewalld": [
+            "/lib/systemd/system/firewalld.service",
+            "/usr/sbin/firewalld",
+            "/lib/systemd/system/firewalld@.service",
+            *([script] if script else []),
+        ],
         "python3-firewall": ["/usr/lib/python3/dist-packages/firewall/__init__.py"],
     }
     installed = [p for p in TEST_PACKAGES if p != "firewalld"]
@@ -192,6 +217,11 @@ def test_as_a_user_without_sudo_it_says_to_run_it_as_root(tmp_path: Path) -> Non
         pytest.skip("sudo is installed here: the machine without sudo cannot be imitated")
     host = Host(tmp_path, [], {}, pulls_in=[])
     (host.bin / "sudo").unlink()
-    env = {**os.environ, "PATH": f"{host.bin}:{os.environ['PATH']}", "FAKE_UID": "1000", "FWRECON_POLICY_RC_D": str(host.policy_rc_d)}
+    env = {
+        **os.environ,
+        "PATH": f"{host.bin}:{os.environ['PATH']}",
+        "FAKE_UID": "1000",
+        "FWRECON_POLICY_RC_D": str(host.policy_rc_d),
+    }
     result = subprocess.run(["bash", str(host.repo / "contrib" / "setup")], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1 and result.stderr == "setup: needs root (and sudo is not installed): run it as root\n", result

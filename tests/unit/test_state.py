@@ -43,8 +43,18 @@ def test_file_is_plain_json_in_plan_order(tmp_path):
         "version": 1,
         "owned": [
             {"item": {"kind": "service", "scope": ["zone", "public"], "name": "ssh"}, "policies": ["a"], "backend": None},
-            {"item": {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0,
-                      "args": ["-j", "ACCEPT"]}, "policies": ["a", "b"], "backend": "iptables"},
+            {
+                "item": {
+                    "kind": "direct_rule",
+                    "family": "ipv4",
+                    "table": "filter",
+                    "chain": "X",
+                    "priority": 0,
+                    "args": ["-j", "ACCEPT"],
+                },
+                "policies": ["a", "b"],
+                "backend": "iptables",
+            },
         ],
         "held_by_others": [],
         "pending": None,
@@ -105,8 +115,12 @@ def test_save_leaves_no_temp_files(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    ["{not json", json.dumps({"version": 99, "owned": []}), json.dumps({"version": 1}),
-     json.dumps({"version": 1, "owned": [{"item": {"kind": "nope"}, "policies": ["a"]}]})],
+    [
+        "{not json",
+        json.dumps({"version": 99, "owned": []}),
+        json.dumps({"version": 1}),
+        json.dumps({"version": 1, "owned": [{"item": {"kind": "nope"}, "policies": ["a"]}]}),
+    ],
 )
 def test_corrupt_file_is_an_error_not_a_reset(tmp_path, content):
     path = tmp_path / "state.json"
@@ -167,8 +181,11 @@ def written_state() -> bytes:
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         (b'{"version": 1, "owned": [], "pending": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001, "nested too deeply"),
         (b'{"version": 1, "owned": [], "pending": {"a": [[[[[[[[[1]]]]]]]]]}}', "'pending' is nested more than 8 levels deep"),
-        (b"9" * 5000, "not JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
-                      "use sys.set_int_max_str_digits() to increase the limit"),
+        (
+            b"9" * 5000,
+            "not JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+            "use sys.set_int_max_str_digits() to increase the limit",
+        ),
         (b"[]", "expected a JSON object, got array"),
         (b"null", "expected a JSON object, got null"),
         (json.dumps({"version": True, "owned": []}).encode(), "unsupported version true"),
@@ -185,10 +202,30 @@ def written_state() -> bytes:
         (state_json(entry(), entry(policies=["api"])), "owned[1]: zone public port 80/tcp is listed twice"),
         (state_json(entry(item="port")), "owned[0].item: malformed item 'port': expected an object, got string"),
     ],
-    ids=["not-utf8", "truncated", "empty", "nested-arrays", "nested-pending", "deep-pending", "huge-int",
-         "array", "null", "version-bool", "version-float", "no-owned", "owned-object", "pending-array",
-         "entry-string", "no-item", "no-policies", "policies-string", "policies-int", "backend-int",
-         "duplicate", "item-string"],
+    ids=[
+        "not-utf8",
+        "truncated",
+        "empty",
+        "nested-arrays",
+        "nested-pending",
+        "deep-pending",
+        "huge-int",
+        "array",
+        "null",
+        "version-bool",
+        "version-float",
+        "no-owned",
+        "owned-object",
+        "pending-array",
+        "entry-string",
+        "no-item",
+        "no-policies",
+        "policies-string",
+        "policies-int",
+        "backend-int",
+        "duplicate",
+        "item-string",
+    ],
 )
 def test_corrupt_content_names_the_file_and_the_reason(tmp_path, content: bytes, reason: str):
     path = tmp_path / "state.json"
@@ -209,15 +246,38 @@ def test_corrupt_content_names_the_file_and_the_reason(tmp_path, content: bytes,
         ({**ITEM, "extra": "x"}, "unknown field 'extra'"),
         ({k: v for k, v in ITEM.items() if k != "protocol"}, "missing field 'protocol'"),
         ({**ITEM, "kind": ["port"]}, "unknown kind ['port']"),
-        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": "5", "args": ["-j", "ACCEPT"]},
-         "field 'priority': expected an integer, got string"),
-        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": True, "args": ["-j", "ACCEPT"]},
-         "field 'priority': expected an integer, got boolean"),
-        ({"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0, "args": "abc"},
-         "field 'args': expected an array of strings, got 'abc'"),
+        (
+            {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": "5", "args": ["-j", "ACCEPT"]},
+            "field 'priority': expected an integer, got string",
+        ),
+        (
+            {
+                "kind": "direct_rule",
+                "family": "ipv4",
+                "table": "filter",
+                "chain": "X",
+                "priority": True,
+                "args": ["-j", "ACCEPT"],
+            },
+            "field 'priority': expected an integer, got boolean",
+        ),
+        (
+            {"kind": "direct_rule", "family": "ipv4", "table": "filter", "chain": "X", "priority": 0, "args": "abc"},
+            "field 'args': expected an array of strings, got 'abc'",
+        ),
     ],
-    ids=["int-port", "scope-string", "scope-int-name", "scope-three", "extra-field", "missing-field", "kind-list",
-         "priority-string", "priority-bool", "args-string"],
+    ids=[
+        "int-port",
+        "scope-string",
+        "scope-int-name",
+        "scope-three",
+        "extra-field",
+        "missing-field",
+        "kind-list",
+        "priority-string",
+        "priority-bool",
+        "args-string",
+    ],
 )
 def test_item_fields_of_the_wrong_json_type_are_corrupt_not_coerced(tmp_path, item: dict, reason: str):
     path = tmp_path / "state.json"

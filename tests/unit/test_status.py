@@ -55,8 +55,17 @@ class Host:
 
 def fwrecon_status(host: Host, *extra: str) -> subprocess.CompletedProcess[str]:
     """The real command, as a process (main() configures logging for the whole process)."""
-    argv = [sys.executable, "-m", "reconciler", "status", "--policy-dir", str(host.policy_dir),
-            "--state-file", str(host.state_file), *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "reconciler",
+        "status",
+        "--policy-dir",
+        str(host.policy_dir),
+        "--state-file",
+        str(host.state_file),
+        *extra,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
 
 
@@ -71,8 +80,13 @@ def test_converged_host_says_what_each_policy_owns_where(tmp_path: Path) -> None
     assert host.reconcile() == "success"
     code, report = host.status()
     assert code == status.CONVERGED and report["converged"] and report["why_not"] == []
-    assert by_name(report)["web"] == {"name": "web", "status": "valid", "reasons": [],
-                                      "owned": {"memory": {"zone": ["zone public port 8080/tcp"]}}, "held_by_others": []}
+    assert by_name(report)["web"] == {
+        "name": "web",
+        "status": "valid",
+        "reasons": [],
+        "owned": {"memory": {"zone": ["zone public port 8080/tcp"]}},
+        "held_by_others": [],
+    }
     last = report["last_reconcile"]
     assert (last["trigger"], last["ops"], last["result"], last["command"]) == ("policy", 2, "success", "run")
     text = status.render_text(report)
