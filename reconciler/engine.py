@@ -516,7 +516,7 @@ class Reconciler:
             old = state.placed.pop(item)
             try:
                 if old not in unanswered:
-                    await self.backend.execute(Op("remove", item, via=old))
+                    await self.backend.apply([Op("remove", item, via=old)])
                 log.info("item_moved", item=item.describe(), source=old, target=self.backend.name_for(item))
             except BackendUnavailable as exc:
                 unanswered.add(old)

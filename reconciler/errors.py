@@ -15,6 +15,11 @@ boundary and re-raised ``from`` the original.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Outcome
+
 
 class FwreconError(Exception):
     """Base of every error fwrecon raises on purpose."""
@@ -39,7 +44,14 @@ class StateError(FwreconError):
 
 
 class BackendError(FwreconError):
-    """Base of firewall-side failures."""
+    """Base of firewall-side failures.
+
+    ``done``: the outcomes of the ops of the failed `Backend.apply` call that
+    took effect before the failure, a prefix of its ops (set by the backend;
+    empty for a batch, which lands all or nothing).  The transaction undoes them.
+    """
+
+    done: tuple[Outcome, ...] = ()
 
 
 class BackendUnavailable(BackendError):

@@ -8,7 +8,8 @@ Modelled on libvirt's virFirewall: build first, apply once.  Usage::
     txn.add_query(hook)            # runs in sequence; may add ops right after itself
     results = await txn.apply(backend)
 
-`apply` runs the steps in order.  If an operation fails, the undo of every
+`apply` runs the steps in order, each run of consecutive ops in one
+`Backend.apply` (the backend batches as it can).  If an operation fails, the undo of every
 operation already applied runs in reverse order and `TransactionFailed` is
 raised (after the rollback) carrying the failing op, the firewall's error and
 any undo that failed too.  A firewall that stopped answering (a timeout, the
@@ -107,33 +108,36 @@ class Transaction:
     async def apply(self, backend: Backend, seen: FirewallView | None = None) -> list[StepResult]:
         """Run every step; on failure roll back and raise TransactionFailed.
 
-        Consecutive ops the backend can batch (same `batch_key`) go to it in
-        one `execute_batch`, which is all or nothing, with ``seen`` (the view
-        the ops were planned on) less the reads of containers written since.
+        Each run of consecutive ops (up to the next query hook or op that may
+        fail) goes to the backend in one `Backend.apply`, which batches as it
+        can, with ``seen`` (the view the ops were planned on) less the reads of
+        containers written since.
         """
         applied: list[StepResult] = []
         index = 0
         while index < len(self._steps):
             step = self._steps[index]
             self._cursor, self._inserted = index, 0
-            batch = self._batch_at(index, backend)
+            run = self._run_at(index)
             try:
                 if step.query is not None:
                     await step.query(self, backend)
-                elif len(batch) > 1 or (batch and seen is not None and batch[0].item.container() in seen.reads):
-                    outcomes = await backend.execute_batch(batch, seen)
-                    applied.extend(StepResult(op, outcome) for op, outcome in zip(batch, outcomes, strict=True))
-                    index += len(batch) - 1
-                elif step.op is not None:
-                    applied.append(StepResult(step.op, await backend.execute(step.op)))
-                if seen is not None and step.op is not None:
-                    seen = seen.without_reads({op.item.container() for op in batch or [step.op]})
+                else:
+                    try:
+                        outcomes = await backend.apply(run, seen)
+                    except BackendError as exc:
+                        applied.extend(StepResult(op, outcome) for op, outcome in zip(run, exc.done, strict=False))
+                        raise
+                    applied.extend(StepResult(op, outcome) for op, outcome in zip(run, outcomes, strict=True))
+                    index += len(run) - 1
+                    if seen is not None:
+                        seen = seen.without_reads({op.item.container() for op in run})
             except BackendError as exc:
                 if step.ignore_failure:
                     log.info("op_failure_ignored", transaction=self.name, op=step.op and step.op.describe(), error=str(exc))
                 else:
                     self._cursor = None
-                    culprit = getattr(exc, "op", None) or step.op
+                    culprit = getattr(exc, "op", None) or (run[len(exc.done)] if len(exc.done) < len(run) else None)
                     raise await self._rollback(backend, applied, culprit, exc) from exc
             except BaseException as exc:  # cancellation or a bug in a hook: still undo
                 self._cursor = None
@@ -143,17 +147,17 @@ class Transaction:
         self._cursor = None
         return applied
 
-    def _batch_at(self, index: int, backend: Backend) -> list[Op]:
-        """The run of plain ops from ``index`` that share one batch key."""
+    def _run_at(self, index: int) -> list[Op]:
+        """The plain ops from ``index`` up to the next query hook; an op whose
+        failure is ignored goes alone (its failure must not undo its neighbours)."""
         first = self._steps[index]
-        if first.op is None or first.ignore_failure:
+        if first.op is None:
             return []
-        key = backend.batch_key(first.op)
-        if key is None:
+        if first.ignore_failure:
             return [first.op]
         run = [first.op]
         for step in self._steps[index + 1 :]:
-            if step.op is None or step.ignore_failure or backend.batch_key(step.op) != key:
+            if step.op is None or step.ignore_failure:
                 break
             run.append(step.op)
         return run
@@ -161,33 +165,38 @@ class Transaction:
     async def _rollback(
         self, backend: Backend, applied: list[StepResult], failed_op: Op | None, cause: BaseException
     ) -> TransactionFailed:
+        """Undo what took effect, newest first, in as few `Backend.apply` calls
+        as the undos allow: an undo the firewall refuses is recorded and the
+        rest is tried again without it."""
         failure = TransactionFailed(self.name, failed_op, cause)
         undos = [result.op.inverse() for result in reversed(applied) if result.outcome is Outcome.APPLIED]
         if isinstance(cause, BackendUnavailable):
             undos, failure.skipped = [], undos  # unreachable: another call would only wait out its timeout again
             failure.rollback_errors.extend((undo, cause) for undo in failure.skipped)
         while undos:
-            key = backend.batch_key(undos[0])
-            size = 1
-            while key is not None and size < len(undos) and backend.batch_key(undos[size]) == key:
-                size += 1
-            group, undos = undos[:size], undos[size:]
             try:
-                if len(group) > 1:
-                    await backend.execute_batch(group)
-                else:
-                    await backend.execute(group[0])
-                failure.undone.extend(group)
+                await backend.apply(undos)
+                failure.undone.extend(undos)
+                undos = []
             except BackendUnavailable as exc:
                 # Stop here; the firewall's answer on what landed is unknown now.
-                failure.skipped = group + undos
+                failure.undone.extend(undos[: len(exc.done)])
+                failure.skipped = undos[len(exc.done) :]
                 failure.rollback_errors.extend((undo, exc) for undo in failure.skipped)
                 undos = []
                 if not isinstance(cause, (BackendUnavailable, asyncio.CancelledError, KeyboardInterrupt)):
                     failure.cause = BackendUnavailable(f"{exc} (while rolling back after: {cause})")
                     failure.cause.__cause__ = exc
             except BackendError as exc:
-                failure.rollback_errors.extend((undo, exc) for undo in group)
+                failure.undone.extend(undos[: len(exc.done)])
+                rest = undos[len(exc.done) :]
+                culprit = getattr(exc, "op", None)
+                if culprit not in rest:  # a batch that could not tell which: none of it was undone
+                    failure.rollback_errors.extend((undo, exc) for undo in rest)
+                    break
+                failure.rollback_errors.append((culprit, exc))
+                rest.remove(culprit)
+                undos = rest
         log.warning(
             "transaction_rolled_back",
             transaction=self.name,

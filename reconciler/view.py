@@ -35,7 +35,7 @@ class FirewallView:
         # Each batch backend's own record of a container's read (its -save,
         # its nft listing), so a write right after planning can be built on
         # the read the plan was made on instead of reading again: handed back
-        # to `execute_batch` as ``seen``, and dropped (`without`) for a
+        # to `Backend.apply` as ``seen``, and dropped (`without_reads`) for a
         # container once something was written there.
         self.reads: dict[tuple[str, ...], object] = dict(reads or {})
         # Containers that were asked for but do not exist (an unknown zone).

@@ -1,7 +1,7 @@
 """The one interface every firewall backend implements.
 
 A backend reads containers (zones, policies, direct tables) into a
-`FirewallView` and executes single operations.  It translates its own errors
+`FirewallView` and applies lists of operations in order.  It translates its own errors
 into `BackendUnavailable` / `OperationFailed` and reports idempotent cases
 (adding what is there, removing what is gone) as `Outcome.UNCHANGED` rather
 than as errors, so the transaction engine needs no backend knowledge.
@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 
+from ..errors import BackendError, OperationFailed
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
 
@@ -51,7 +52,7 @@ EventCallback = Callable[[BackendEvent], None]
 
 
 class Backend(ABC):
-    """observe / execute / close; see module docstring."""
+    """observe / apply / close; see module docstring."""
 
     name: str = "backend"
 
@@ -67,23 +68,19 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def execute(self, op: Op) -> Outcome:
-        """Apply one operation; raise OperationFailed if the firewall refuses it."""
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        """Apply ``ops`` in their order: one outcome per op.
 
-    def batch_key(self, op: Op) -> Hashable | None:
-        """Consecutive ops with the same non-None key go to `execute_batch` together."""
-        return None
-
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
-        """Apply ``ops`` all or nothing (``*-restore``, ``nft -f``).
-
-        Raises OperationFailed (with ``op`` set to the culprit when known) and
-        then nothing of the batch took effect.  Only called for ops that
-        `batch_key` groups.  ``seen``: the view the ops were planned on, whose
-        `FirewallView.reads` a backend may build the batch on instead of
-        reading again (a batch it refuses is built again on a fresh read).
+        Batching is the backend's business (one ``*-restore`` per table, one
+        ``nft -f``, one D-Bus call per op).  On failure it raises a
+        `BackendError` whose ``done`` holds the outcomes of the ops that took
+        effect before it, always a prefix of ``ops`` (none of a batch that
+        failed), and an `OperationFailed` names the culprit ``op`` when known.
+        A backend never undoes ``done`` itself: the transaction does, in one
+        place.  ``seen``: the view the ops were planned on, whose
+        `FirewallView.reads` a backend may build a batch on instead of reading
+        again (its own writes make a read stale: it drops it, see `in_runs`).
         """
-        return [await self.execute(op) for op in ops]
 
     def cannot_hold(self, item: Item) -> str | None:
         """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""
@@ -123,14 +120,55 @@ class Backend(ABC):
         """Release connections; the default has none."""
 
 
-class BatchBackend(Backend):
-    """A backend whose every write is a batch (``*-restore``, ``nft -f``):
-    a single op is a batch of one."""
+async def one_by_one(ops: Sequence[Op], execute: Callable[[Op], Awaitable[Outcome]]) -> list[Outcome]:
+    """`Backend.apply` for a backend that writes one op per call (firewalld)."""
+    done: list[Outcome] = []
+    for op in ops:
+        try:
+            done.append(await execute(op))
+        except BackendError as exc:
+            exc.done = (*done, *exc.done)
+            if isinstance(exc, OperationFailed) and exc.op is None:
+                exc.op = op
+            raise
+    return done
 
-    @abstractmethod
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
-        """See `Backend.execute_batch`; must be all or nothing."""
 
-    async def execute(self, op: Op) -> Outcome:
-        (outcome,) = await self.execute_batch([op])
-        return outcome
+async def in_runs(
+    ops: Sequence[Op],
+    key: Callable[[Op], Hashable],
+    batch: Callable[[Sequence[Op], FirewallView | None], Awaitable[list[Outcome]]],
+    seen: FirewallView | None,
+) -> list[Outcome]:
+    """`Backend.apply` for a backend that writes a run of consecutive ops with
+    one ``key`` in one all-or-nothing ``batch`` (a table's ``*-restore``).
+
+    After a run, ``seen`` no longer stands for the containers it wrote."""
+    done: list[Outcome] = []
+    for run in consecutive_runs(ops, key):
+        try:
+            done.extend(await batch(run, seen))
+        except BackendError as exc:
+            exc.done = (*done, *exc.done)
+            raise
+        if seen is not None:
+            seen = seen.without_reads({op.item.container() for op in run})
+    return done
+
+
+def by_container(op: Op) -> tuple[str, ...]:
+    """`in_runs` key of a backend that writes one container per batch."""
+    return op.item.container()
+
+
+def consecutive_runs(ops: Sequence[Op], key: Callable[[Op], Hashable]) -> list[list[Op]]:
+    """``ops`` cut where ``key`` changes, order kept."""
+    runs: list[list[Op]] = []
+    last: Hashable = object()
+    for op in ops:
+        current = key(op)
+        if not runs or current != last:
+            runs.append([])
+            last = current
+        runs[-1].append(op)
+    return runs

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -45,7 +45,7 @@ from ..model import (
 )
 from ..ports import canonical_port
 from ..view import FirewallView
-from .base import Backend, BackendEvent, EventCallback
+from .base import Backend, BackendEvent, EventCallback, one_by_one
 
 T = TypeVar("T")
 
@@ -325,7 +325,11 @@ class FirewalldBackend(Backend):
 
     # -- execute ---------------------------------------------------------------
 
-    async def execute(self, op: Op) -> Outcome:
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        """One D-Bus call per op (firewalld has no batch for runtime items)."""
+        return await one_by_one(ops, self._execute)
+
+    async def _execute(self, op: Op) -> Outcome:
         item = op.item
         try:
             if isinstance(item, DirectChain):

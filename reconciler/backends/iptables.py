@@ -36,7 +36,7 @@ import structlog
 from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..model import DirectChain, DirectRule, Item, Op, Outcome
 from ..view import FirewallView
-from .base import BatchBackend, kind_refused
+from .base import Backend, by_container, in_runs, kind_refused
 from .iptables_text import (
     COMMANDS,
     MISSING_CHAIN,
@@ -84,7 +84,7 @@ class TableRead:
     knowledge: int  # IptablesBackend.knowledge when it was tied
 
 
-class IptablesBackend(BatchBackend):
+class IptablesBackend(Backend):
     """See module docstring.  ``netns``: run every command inside that namespace."""
 
     name = "iptables"
@@ -153,9 +153,6 @@ class IptablesBackend(BatchBackend):
             names = (COMMANDS[family] + suffix for suffix in ("-save", "-restore"))
             self._tools_missing[family] = next((name for name in names if self._tools.which(name) is None), None)
         return self._tools_missing[family]
-
-    def batch_key(self, op: Op) -> Hashable | None:
-        return op.item.container()
 
     async def is_up(self) -> bool:
         needed = ["iptables", "iptables-save", "iptables-restore"] + (["ip"] if self.netns else [])
@@ -367,7 +364,11 @@ class IptablesBackend(BatchBackend):
 
     # -- execute -------------------------------------------------------------------------
 
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        """Each run of consecutive ops of one table in one ``-restore --noflush``."""
+        return await in_runs(ops, by_container, self._apply_table, seen)
+
+    async def _apply_table(self, ops: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         """All ops of one table in one ``-restore --noflush``: all or nothing."""
         if not ops:
             return []
@@ -380,7 +381,7 @@ class IptablesBackend(BatchBackend):
             if problem:
                 raise refusal(op, "INVALID_ARGUMENT", problem)
             if op.item.container() != first.item.container():
-                raise ValueError("execute_batch takes the ops of one table only (see batch_key)")
+                raise ValueError("_apply_table takes the ops of one table only")
         self._know(op.item for op in ops)
         async with self._lock(family, table):
             observed = self._usable_read(seen, family, table)

@@ -9,12 +9,12 @@ to refuse an item or to fail the Nth write call.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from ..errors import OperationFailed
 from ..model import Item, Op, Outcome
 from ..view import FirewallView
-from .base import Backend
+from .base import Backend, by_container, in_runs, one_by_one
 
 
 class MemoryBackend(Backend):
@@ -35,10 +35,12 @@ class MemoryBackend(Backend):
         self.calls: list[str] = []  # every write, as "+ zone public port 80/tcp"
         self.reads: list[tuple[str, ...]] = []
 
-    def batch_key(self, op: Op) -> Hashable | None:
-        return op.item.container() if self.batches else None
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        if self.batches:
+            return await in_runs(ops, by_container, self._batch, seen)
+        return await one_by_one(ops, self._execute)
 
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+    async def _batch(self, ops: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         self.calls.append("batch: " + "; ".join(op.describe() for op in ops))
         saved = self.state.copy()
         try:
@@ -52,7 +54,7 @@ class MemoryBackend(Backend):
         wanted = set(containers)
         return FirewallView((i for i in self.state.items() if i.container() in wanted), containers)
 
-    async def execute(self, op: Op) -> Outcome:
+    async def _execute(self, op: Op) -> Outcome:
         self.calls.append(op.describe())
         return self._apply(op)
 

@@ -18,7 +18,7 @@ Identity and ownership
     (they would smuggle a second command into the script, or swallow the tag).
 
 Batches
-    Every op has the same `batch_key`: a transaction's nft ops become one
+    The ops of one `apply` call (a transaction's run of nft ops) become one
     ``nft -f -`` script, which the kernel commits all or nothing.  It is built
     on the listing of each family involved that the plan was made on (the
     ``seen`` view's reads, dropped once the family was written), else on a

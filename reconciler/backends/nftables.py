@@ -34,7 +34,7 @@ import structlog
 from ..errors import BackendUnavailable, OperationFailed
 from ..model import NFT_TABLE, Item, NftChain, NftRule, Op, Outcome
 from ..view import FirewallView
-from .base import BackendEvent, BatchBackend, EventCallback, kind_refused
+from .base import Backend, BackendEvent, EventCallback, kind_refused
 from .nft_text import (
     FAMILIES,
     PROBE_PREFIX,
@@ -59,7 +59,6 @@ from .process import ToolResult, ToolRunner, kill, process_gone
 
 log = structlog.get_logger(__name__)
 
-BATCH_KEY = "nft"
 _MISSING_TABLE_MARK = "No such file or directory"  # nft list table: no such table
 _NOT_PERMITTED = "Operation not permitted"  # nft without CAP_NET_ADMIN
 DEFAULT_TIMEOUT = 10.0
@@ -74,7 +73,7 @@ OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ig
 # -- the backend ------------------------------------------------------------------------
 
 
-class NftablesBackend(BatchBackend):
+class NftablesBackend(Backend):
     """See module docstring."""
 
     name = "nftables"
@@ -141,9 +140,6 @@ class NftablesBackend(BatchBackend):
         if self._missing is None:
             self._missing = self._nft_path() is None
         return self._missing
-
-    def batch_key(self, op: Op) -> Hashable | None:
-        return BATCH_KEY
 
     # -- running nft --------------------------------------------------------------------
 
@@ -294,7 +290,7 @@ class NftablesBackend(BatchBackend):
 
     # -- execute ------------------------------------------------------------------------
 
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """List each family once, then one atomic ``nft -f -``; see module docstring."""
         if not ops:
             return []

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
+from ..errors import BackendError
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
-from .base import NO_BACKEND, Backend, EventCallback, kind_refused
+from .base import NO_BACKEND, Backend, EventCallback, consecutive_runs, kind_refused
 
 
 class Router(Backend):
@@ -86,25 +87,32 @@ class Router(Backend):
             skipped.extend(view.unreachable)  # e.g. a family whose tools are not installed
         return FirewallView(items, containers, missing, users, unreachable=skipped, reads=reads)
 
-    async def execute(self, op: Op) -> Outcome:
-        if op.via is None:
-            return await self._route(op.item).execute(op)
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        """Each run of consecutive ops with one target to that backend, in order."""
+        done: list[Outcome] = []
+        for run in consecutive_runs(ops, self._target):
+            try:
+                done.extend(await self._apply_run(run, seen))
+            except BackendError as exc:
+                exc.done = (*done, *exc.done)
+                raise
+            if seen is not None:
+                seen = seen.without_reads({op.item.container() for op in run})
+        return done
+
+    def _target(self, op: Op) -> Hashable:
+        return ("via", op.via) if op.via is not None else ("route", id(self.backend_for(op.item)))
+
+    async def _apply_run(self, run: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
+        via = run[0].via
+        if via is None:
+            return await self._route(run[0].item).apply(run, seen)
         # Out of a backend no longer in charge (a switch): one that is gone
         # (firewalld stopped) holds nothing to take out.
-        source = self.by_name(op.via)
+        source = self.by_name(via)
         if source is None or not await source.is_up():
-            return Outcome.UNCHANGED
-        return await source.execute(op._replace(via=None))
-
-    def batch_key(self, op: Op) -> Hashable | None:
-        if op.via is not None:
-            return None
-        backend = self.backend_for(op.item)
-        inner = backend.batch_key(op) if backend else None
-        return None if inner is None else (id(backend), inner)
-
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
-        return await self._route(ops[0].item).execute_batch(ops, seen)
+            return [Outcome.UNCHANGED] * len(run)
+        return await source.apply([op._replace(via=None) for op in run])
 
     async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
         groups: dict[int, tuple[Backend, list[Item]]] = {}

@@ -6,14 +6,14 @@ import os
 import signal
 from collections.abc import Collection, Hashable, Iterable, Sequence
 
-from reconciler.backends.base import Backend
+from reconciler.backends.base import Backend, in_runs
 from reconciler.errors import OperationFailed
 from reconciler.model import Item, KnownNames, Op, Outcome
 from reconciler.view import FirewallView
 
 
 class FaultyBackend(Backend):
-    """Passes everything to ``inner``, batches as batches (one write each);
+    """Passes everything to ``inner``, in writes as the backend in charge makes them;
     the Nth write fails, or the process is killed right after the Nth write,
     or process ``stop_pid`` (firewalld) is frozen with SIGSTOP right after it."""
 
@@ -49,21 +49,19 @@ class FaultyBackend(Backend):
     def name_for(self, item: Item) -> str:
         return self.inner.name_for(item)
 
-    def batch_key(self, op: Op) -> Hashable | None:
-        return self.inner.batch_key(op)
+    async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
+        """One write per op for firewalld, one per container run for a batch
+        backend (the tools write a table per restore), counted as they go."""
+        return await in_runs(ops, self._write_unit, self._write, seen)
 
-    async def execute(self, op: Op) -> Outcome:
-        (outcome,) = await self._write([op], batch=False)
-        return outcome
+    def _write_unit(self, op: Op) -> Hashable:
+        return op if self.inner.name_for(op.item) == "firewalld" else op.item.container()
 
-    async def execute_batch(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
-        return await self._write(ops, batch=True, seen=seen)
-
-    async def _write(self, ops: Sequence[Op], *, batch: bool, seen: FirewallView | None = None) -> list[Outcome]:
+    async def _write(self, ops: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         self.writes += 1
         if self.writes == self.fail_on_write:
             raise OperationFailed(f"injected failure on write {self.writes}", "INJECTED", ops[0])
-        outcomes = await self.inner.execute_batch(ops, seen) if batch else [await self.inner.execute(ops[0])]
+        outcomes = await self.inner.apply(ops, seen)
         if self.writes == self.kill_after_writes:
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after this write: nothing recorded it yet
         if self.writes == self.stop_after_writes and self.stop_pid is not None:

@@ -176,7 +176,7 @@ def items_for(family: str) -> tuple[DirectChain, DirectRule, DirectRule, DirectR
 def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend, ns: str, family: str):
     items = items_for(family)
     run(backend.observe((), items))
-    assert run(backend.execute_batch([Op("add", i) for i in items])) == [Outcome.APPLIED] * 4
+    assert run(backend.apply([Op("add", i) for i in items])) == [Outcome.APPLIED] * 4
     lines = table_lines(ns, family)
     assert any(line.startswith("-A INPUT ") and line.endswith(" -j FWR_IN") for line in lines)
     assert len(chain_rules(ns, family, "FWR_IN")) == 2
@@ -187,7 +187,7 @@ def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend,
     fresh = IptablesBackend(ns)  # a restarted daemon: only what the engine tells it
     run(fresh.observe((), items))
     assert set(items) <= run(fresh.observe({("direct", family, "filter")})).items()
-    assert run(fresh.execute_batch([Op("add", i) for i in items])) == [Outcome.UNCHANGED] * 4
+    assert run(fresh.apply([Op("add", i) for i in items])) == [Outcome.UNCHANGED] * 4
     assert table_lines(ns, family) == lines
     assert not any("FWRECON-PROBE" in line for line in table_lines(ns, family))
 
@@ -196,17 +196,17 @@ def test_apply_observe_and_apply_again_changes_nothing(backend: IptablesBackend,
 def test_remove_takes_out_exactly_what_was_added(backend: IptablesBackend, ns: str, family: str):
     baseline = table_lines(ns, family)
     chain, rule_a, rule_b, jump = items = items_for(family)
-    run(backend.execute_batch([Op("add", i) for i in items]))
+    run(backend.apply([Op("add", i) for i in items]))
     removals = [Op("remove", jump), Op("remove", rule_b), Op("remove", rule_a), Op("remove", chain)]
-    assert run(backend.execute_batch(removals)) == [Outcome.APPLIED] * 4
+    assert run(backend.apply(removals)) == [Outcome.APPLIED] * 4
     assert table_lines(ns, family) == baseline
-    assert run(backend.execute_batch(removals)) == [Outcome.UNCHANGED] * 4
+    assert run(backend.apply(removals)) == [Outcome.UNCHANGED] * 4
     assert run(backend.observe({("direct", family, "filter")})).items() == frozenset()
 
 
 def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
     for family in FAMILIES:
-        run(backend.execute_batch([Op("add", i) for i in items_for(family)]))
+        run(backend.apply([Op("add", i) for i in items_for(family)]))
     tables = {("direct", f, "filter") for f in FAMILIES}
     backend.runs = 0
     run(backend.observe(tables))
@@ -219,9 +219,9 @@ def test_observe_is_one_save_per_table(backend: IptablesBackend, ns: str):
     assert backend.runs == 3  # one save per table, nothing left to learn
     assert all(set(items_for(f)) <= view.items() for f in FAMILIES)
     backend.runs = 0
-    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")], view))
+    run(backend.apply([Op("add", i) for i in items_for("ipv4")], view))
     assert backend.runs == 0  # everything there, as the plan's view read: no process at all
-    run(backend.execute_batch([Op("add", i) for i in items_for("ipv4")]))
+    run(backend.apply([Op("add", i) for i in items_for("ipv4")]))
     assert backend.runs == 1  # no view to build on: one save, no restore
 
 
@@ -238,11 +238,11 @@ def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: 
         return DirectRule(family, "filter", "FWR_IN", priority, args)
 
     chain = DirectChain(family, "filter", "FWR_IN")
-    run(backend.execute_batch([Op("add", chain), Op("add", rule(10, 10)), Op("add", rule(0, 1))]))
+    run(backend.apply([Op("add", chain), Op("add", rule(10, 10)), Op("add", rule(0, 1))]))
     # someone else's rule lands at the end, after our priority-10 rule
     foreign = ["-p", "IPv4", "-j", "DROP"] if family == "eb" else ["-p", "icmp", "-j", "DROP"]
     sh(ns, CMD[family], "-A", "FWR_IN", *foreign)
-    run(backend.execute_batch([Op("add", rule(5, 5)), Op("add", rule(5, 6)), Op("add", rule(-1, 0)), Op("add", rule(20, 20))]))
+    run(backend.apply([Op("add", rule(5, 5)), Op("add", rule(5, 6)), Op("add", rule(-1, 0)), Op("add", rule(20, 20))]))
     ports = []
     for text in chain_rules(ns, family, "FWR_IN"):
         words = text.split()
@@ -258,7 +258,7 @@ def test_priorities_order_our_rules_and_foreign_rules_keep_their_place(backend: 
 def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, _ = items_for(family)
     run(backend.observe((), [chain, rule_a, rule_b]))
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)]))
+    run(backend.apply([Op("add", chain), Op("add", rule_a)]))
     if family == "eb":
         foreign = [["-p", "IPv6", "-j", "DROP"], ["-p", "IPv4", "--ip-src", "198.18.0.9", "-j", "DROP"]]
     else:
@@ -268,14 +268,14 @@ def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBack
         ]
     sh(ns, CMD[family], "-I", "FWR_IN", "1", *foreign[0])
     sh(ns, CMD[family], "-A", "FWR_IN", *foreign[1])
-    run(backend.execute_batch([Op("add", rule_b)]))
+    run(backend.apply([Op("add", rule_b)]))
     before = chain_rules(ns, family, "FWR_IN")
     assert len(before) == 4
 
     view = run(backend.observe({("direct", family, "filter")}))
     assert {i for i in view.items() if isinstance(i, DirectRule)} == {rule_a, rule_b}
 
-    outcomes = run(backend.execute_batch([Op("remove", rule_b), Op("remove", rule_a)]))
+    outcomes = run(backend.apply([Op("remove", rule_b), Op("remove", rule_a)]))
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
     after = chain_rules(ns, family, "FWR_IN")
     assert after == [before[0], before[2]]  # exactly the two foreign rules, in their order
@@ -286,17 +286,17 @@ def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBack
     plans = plan_all({"p": frozenset()}, view, {chain: frozenset({"p"})})
     assert plans[0].ops == ()
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute(Op("remove", chain)))
+        run(backend.apply([Op("remove", chain)]))[0]
     assert info.value.code == "CHAIN_IN_USE"
     assert chain_rules(ns, family, "FWR_IN") == after
 
 
 def test_chain_jumped_to_by_a_foreign_rule_is_not_removed(backend: IptablesBackend, ns: str):
     chain = DirectChain("ipv4", "filter", "FWR_IN")
-    run(backend.execute(Op("add", chain)))
+    run(backend.apply([Op("add", chain)]))[0]
     sh(ns, "iptables", "-A", "INPUT", "-j", "FWR_IN")
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute(Op("remove", chain)))
+        run(backend.apply([Op("remove", chain)]))[0]
     assert info.value.code == "CHAIN_IN_USE" and "-A INPUT -j FWR_IN" in str(info.value)
     assert ":FWR_IN - [0:0]" in table_lines(ns, "ipv4")
 
@@ -307,13 +307,13 @@ def test_chain_jumped_to_by_a_foreign_rule_is_not_removed(backend: IptablesBacke
 @pytest.mark.families(*FAMILIES)
 def test_batch_with_one_bad_rule_changes_nothing(backend: IptablesBackend, ns: str, family: str):
     chain, rule_a, rule_b, jump = items_for(family)
-    run(backend.execute(Op("add", DirectChain(family, "filter", "KEEP"))))
+    run(backend.apply([Op("add", DirectChain(family, "filter", "KEEP"))]))[0]
     baseline = table_lines(ns, family)
     bad = DirectRule(family, "filter", "FWR_IN", 5, BAD_ARGS[family])
     # script lines: *filter, -N FWR_IN, -A bad (line 3), -I rule_a, -I rule_b, -A INPUT jump, COMMIT
     ops = [Op("add", chain), Op("add", bad), Op("add", rule_a), Op("add", rule_b), Op("add", jump)]
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch(ops))
+        run(backend.apply(ops))
     assert info.value.code == "RESTORE_FAILED"
     assert info.value.op == Op("add", bad)
     assert CMD[family] + "-restore" in str(info.value)
@@ -327,16 +327,16 @@ def test_jump_to_missing_chain_fails_at_commit_and_names_the_rule(backend: Iptab
     baseline = table_lines(ns, family)
     dangling = DirectRule(family, "filter", "FWR_IN", 2, ("-j", "NO_SUCH_CHAIN"))
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch([Op("add", chain), Op("add", dangling), Op("add", rule_a)]))
+        run(backend.apply([Op("add", chain), Op("add", dangling), Op("add", rule_a)]))
     assert info.value.op == Op("add", dangling)
     assert table_lines(ns, family) == baseline
 
 
 def test_removing_a_rule_someone_deleted_meanwhile_is_unchanged(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
+    run(backend.apply([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
     sh(ns, "iptables", "-D", "FWR_IN", "1")
-    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert run(backend.apply([Op("remove", rule_a), Op("remove", rule_b)])) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
 
 
@@ -348,7 +348,7 @@ def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
     run(backend.observe((), [chain, rule_a, rule_b]))
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     before = backend.runs
-    assert run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)], view)) == [Outcome.APPLIED] * 3
+    assert run(backend.apply([Op("add", chain), Op("add", rule_a), Op("add", rule_b)], view)) == [Outcome.APPLIED] * 3
     assert backend.runs == before + 1  # the restore; no second save
     assert [r.split(" -m comment")[0] for r in chain_rules(ns, "ipv4", "FWR_IN")] == [
         "-p tcp -m tcp --dport 9000",
@@ -356,35 +356,35 @@ def test_batch_after_observe_is_one_process(backend: IptablesBackend, ns: str):
     ]
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     before = backend.runs
-    assert run(backend.execute_batch([Op("remove", rule_a)], view)) == [Outcome.APPLIED]  # on the view's read
+    assert run(backend.apply([Op("remove", rule_a)], view)) == [Outcome.APPLIED]  # on the view's read
     stale = view.without_reads({("direct", "ipv4", "filter")})  # what a transaction hands on after that write
-    assert run(backend.execute_batch([Op("remove", rule_b)], stale)) == [Outcome.APPLIED]  # reads again
+    assert run(backend.apply([Op("remove", rule_b)], stale)) == [Outcome.APPLIED]  # reads again
     assert backend.runs == before + 3
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
 
 
 def test_change_between_observe_and_batch_is_judged_on_a_fresh_read(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
+    run(backend.apply([Op("add", chain), Op("add", rule_a), Op("add", rule_b)]))
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     sh(ns, "iptables", "-D", "FWR_IN", "1")  # someone deletes rule_a after we looked
     before = backend.runs
-    assert run(backend.execute_batch([Op("remove", rule_a), Op("remove", rule_b)], view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert run(backend.apply([Op("remove", rule_a), Op("remove", rule_b)], view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert backend.runs == before + 3  # refused restore, save, restore
     assert chain_rules(ns, "ipv4", "FWR_IN") == []
 
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     sh(ns, "iptables", "-X", "FWR_IN")  # and the chain, which we saw
     sh(ns, "iptables", "-N", "FWR_IN")  # ... then someone creates it again
-    assert run(backend.execute_batch([Op("remove", chain), Op("add", chain)], view)) == [Outcome.APPLIED, Outcome.APPLIED]
+    assert run(backend.apply([Op("remove", chain), Op("add", chain)], view)) == [Outcome.APPLIED, Outcome.APPLIED]
 
 
 def test_rule_placed_by_position_reads_the_table_first(backend: IptablesBackend, ns: str):
     chain, rule_a, rule_b, _ = items_for("ipv4")
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_b)]))
+    run(backend.apply([Op("add", chain), Op("add", rule_b)]))
     run(backend.observe({("direct", "ipv4", "filter")}))
     sh(ns, "iptables", "-I", "FWR_IN", "1", "-s", "192.0.2.1/32", "-j", "RETURN")  # foreign, after we looked
-    assert run(backend.execute(Op("add", rule_a))) is Outcome.APPLIED  # priority 0: before rule_b
+    assert run(backend.apply([Op("add", rule_a)]))[0] is Outcome.APPLIED  # priority 0: before rule_b
     rules = chain_rules(ns, "ipv4", "FWR_IN")
     assert rules[0] == "-s 192.0.2.1/32 -j RETURN"  # the foreign rule keeps its place
     assert rule_a.tag() in rules[1] and rule_b.tag() in rules[2]
@@ -395,7 +395,7 @@ def test_a_read_made_before_learning_an_item_is_not_trusted(backend: IptablesBac
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     run(backend.observe((), [chain, rule_a]))  # the read could not tell rule_a's copies apart from foreign rules
     before = backend.runs
-    run(backend.execute_batch([Op("add", chain), Op("add", rule_a)], view))
+    run(backend.apply([Op("add", chain), Op("add", rule_a)], view))
     assert backend.runs == before + 2  # save, restore
 
 
@@ -414,10 +414,10 @@ def test_untagged_copy_is_recognised_and_removed(backend: IptablesBackend, ns: s
     view = run(backend.observe({("direct", family, "filter")}))
     assert {i for i in view.items() if isinstance(i, DirectRule)} == {rule_a}
     before = table_lines(ns, family)
-    assert run(backend.execute(Op("add", rule_a))) is Outcome.UNCHANGED  # never a duplicate
+    assert run(backend.apply([Op("add", rule_a)]))[0] is Outcome.UNCHANGED  # never a duplicate
     assert table_lines(ns, family) == before
 
-    assert run(backend.execute(Op("remove", rule_a))) is Outcome.APPLIED
+    assert run(backend.apply([Op("remove", rule_a)]))[0] is Outcome.APPLIED
     remaining = chain_rules(ns, family, "FWR_IN")
     assert len(remaining) == 1 and rule_a.tag() not in remaining[0]  # only rule_b, foreign, is left
     assert run(backend.observe({("direct", family, "filter")})).items() == {chain}
@@ -513,19 +513,19 @@ def test_traffic_follows_the_rules_and_their_priorities(backend: IptablesBackend
     accept = DirectRule("ipv4", "filter", "GATE", 10, ("-p", "tcp", "--dport", str(PORT), "-j", "ACCEPT"))
     drop = DirectRule("ipv4", "filter", "GATE", 0, ("-p", "tcp", "--dport", str(PORT), "-j", "DROP"))
     assert DirectChain("ipv4", "filter", "GATE") in run(backend.observe({("direct", "ipv4", "filter")})).items()
-    run(backend.execute(Op("add", accept)))
+    run(backend.apply([Op("add", accept)]))[0]
     assert connect(client) == "accepted"
 
-    run(backend.execute(Op("add", drop)))
+    run(backend.apply([Op("add", drop)]))[0]
     assert chain_rules(ns, "ipv4", "GATE")[0].startswith("-p tcp -m tcp --dport 9400 -m comment")
     assert " -j DROP" in chain_rules(ns, "ipv4", "GATE")[0]
     started = time.monotonic()
     assert connect(client) == "timeout"
     assert time.monotonic() - started >= 0.9
 
-    run(backend.execute(Op("remove", drop)))
+    run(backend.apply([Op("remove", drop)]))[0]
     assert connect(client) == "accepted"
-    run(backend.execute(Op("remove", accept)))
+    run(backend.apply([Op("remove", accept)]))[0]
     assert connect(client) == "refused"
     assert chain_rules(ns, "ipv4", "INPUT") == ["-j GATE", f"-p tcp -m tcp --dport {PORT} -j REJECT --reject-with tcp-reset"]
 

@@ -105,7 +105,7 @@ def test_apply_then_observe_finds_exactly_the_items(netns):
     async def go():
         backend = NftablesBackend(netns)
         await backend.observe((), ITEMS)
-        outcomes = await backend.execute_batch(adds(*ITEMS))
+        outcomes = await backend.apply(adds(*ITEMS))
         assert outcomes == [Outcome.APPLIED] * len(ITEMS)
         view = await backend.observe([("nft", "inet"), ("nft", "ip"), ("nft", "ip6")])
         for item in ITEMS:
@@ -121,7 +121,7 @@ def test_apply_then_observe_finds_exactly_the_items(netns):
 
 
 def test_a_fresh_backend_sees_rules_only_for_tags_it_was_told(netns):
-    run(NftablesBackend(netns).execute_batch(adds(*ITEMS)))
+    run(NftablesBackend(netns).apply(adds(*ITEMS)))
 
     async def go():
         backend = NftablesBackend(netns)
@@ -137,30 +137,30 @@ def test_a_fresh_backend_sees_rules_only_for_tags_it_was_told(netns):
 
 def test_second_identical_batch_changes_nothing(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(*ITEMS)))
+    run(backend.apply(adds(*ITEMS)))
     before = ruleset(netns)
     writes = backend.writes
-    assert run(backend.execute_batch(adds(*ITEMS))) == [Outcome.UNCHANGED] * len(ITEMS)
+    assert run(backend.apply(adds(*ITEMS))) == [Outcome.UNCHANGED] * len(ITEMS)
     assert backend.writes == writes  # no nft -f at all
     assert ruleset(netns) == before
-    assert run(backend.execute(Op("add", SSH))) is Outcome.UNCHANGED
+    assert run(backend.apply([Op("add", SSH)]))[0] is Outcome.UNCHANGED
 
 
 def test_removal_takes_everything_and_then_is_unchanged(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(*ITEMS)))
-    outcomes = run(backend.execute_batch(ordered_removal(ITEMS)))
+    run(backend.apply(adds(*ITEMS)))
+    outcomes = run(backend.apply(ordered_removal(ITEMS)))
     assert outcomes == [Outcome.APPLIED] * len(ITEMS)
     assert "fwrecon" not in nft(netns, "list", "tables").stdout  # empty tables go too
-    assert run(backend.execute_batch(ordered_removal(ITEMS))) == [Outcome.UNCHANGED] * len(ITEMS)
+    assert run(backend.apply(ordered_removal(ITEMS))) == [Outcome.UNCHANGED] * len(ITEMS)
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     assert view.items() == frozenset()
 
 
 def test_single_rule_removal_keeps_the_rest(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(*ITEMS)))
-    assert run(backend.execute(Op("remove", SSH))) is Outcome.APPLIED
+    run(backend.apply(adds(*ITEMS)))
+    assert run(backend.apply([Op("remove", SSH)]))[0] is Outcome.APPLIED
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     assert not view.has(SSH)
     assert all(view.has(item) for item in ITEMS if item != SSH)
@@ -171,21 +171,21 @@ def test_batch_after_observe_is_one_nft_process(netns):
     run(backend.observe((), ITEMS))
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     calls = backend.calls
-    assert run(backend.execute_batch(adds(*ITEMS), view)) == [Outcome.APPLIED] * len(ITEMS)
+    assert run(backend.apply(adds(*ITEMS), view)) == [Outcome.APPLIED] * len(ITEMS)
     assert backend.calls == calls + 1  # nft -f, on the view's listings
     view = run(backend.observe([("nft", "inet"), ("nft", "ip")]))
     # Two listings; each family's tagged rules, new to this process, are proven
     # once with a probe (add to a scratch chain, list it, drop it).
     assert backend.calls == calls + 1 + 2 + 2 * 3
-    assert run(backend.execute_batch([Op("remove", SSH)], view)) == [Outcome.APPLIED]
-    assert run(backend.execute(Op("remove", JUMP))) is Outcome.APPLIED  # no view handed on: lists again
+    assert run(backend.apply([Op("remove", SSH)], view)) == [Outcome.APPLIED]
+    assert run(backend.apply([Op("remove", JUMP)]))[0] is Outcome.APPLIED  # no view handed on: lists again
     assert backend.calls == calls + 1 + 2 + 2 * 3 + 1 + 2
     assert "tcp dport 22" not in ruleset(netns) and "jump mine" not in ruleset(netns)
 
 
 def test_rule_deleted_by_hand_after_observe_is_judged_on_a_fresh_listing(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(*ITEMS)))
+    run(backend.apply(adds(*ITEMS)))
     view = run(backend.observe([("nft", "inet")]))
     handle = next(
         line.split("# handle ")[1]
@@ -194,19 +194,19 @@ def test_rule_deleted_by_hand_after_observe_is_judged_on_a_fresh_listing(netns):
     )
     nft(netns, "delete", "rule", "inet", "fwrecon", "input", "handle", handle)  # someone, after we looked
     calls = backend.calls
-    assert run(backend.execute_batch(removes(SSH, JUMP), view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
+    assert run(backend.apply(removes(SSH, JUMP), view)) == [Outcome.UNCHANGED, Outcome.APPLIED]
     assert backend.calls == calls + 3  # refused nft -f (stale handle), fresh listing, nft -f
     assert "jump mine" not in ruleset(netns) and "tcp dport 22" not in ruleset(netns)
 
 
 def test_policy_change_in_place_and_redefinition_keep_our_rules(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(INPUT, SSH)))
+    run(backend.apply(adds(INPUT, SSH)))
     drop = NftChain("inet", "input", "filter", "input", 0, "drop")
-    assert run(backend.execute_batch(removes(INPUT) + adds(drop))) == [Outcome.APPLIED] * 2
+    assert run(backend.apply(removes(INPUT) + adds(drop))) == [Outcome.APPLIED] * 2
     assert "policy drop;" in ruleset(netns)
     later = NftChain("inet", "input", "filter", "input", 10, "drop")
-    assert run(backend.execute_batch(removes(drop) + adds(later))) == [Outcome.APPLIED] * 2
+    assert run(backend.apply(removes(drop) + adds(later))) == [Outcome.APPLIED] * 2
     view = run(backend.observe([("nft", "inet")]))
     assert view.has(later) and view.has(SSH) and not view.has(drop)
     assert ruleset(netns).count("fwrecon:") == 1
@@ -232,14 +232,14 @@ def test_foreign_tables_and_untagged_rules_are_never_touched(netns):
     other_before = nft(netns, "list", "table", "inet", "other").stdout
     backend = NftablesBackend(netns)
     run(backend.observe((), ITEMS))
-    assert run(backend.execute_batch(adds(*ITEMS)))[0] is Outcome.UNCHANGED  # INPUT was there
+    assert run(backend.apply(adds(*ITEMS)))[0] is Outcome.UNCHANGED  # INPUT was there
     view = run(backend.observe([("nft", "inet")]))
     assert {i for i in view.items() if isinstance(i, NftRule)} == {SSH, SET_RULE, JUMP}
     assert NftChain("inet", "theirs") in view.items()
     rules = [r for r in ITEMS if isinstance(r, NftRule)]
-    run(backend.execute_batch(removes(*rules) + removes(MINE, NAT)))
+    run(backend.apply(removes(*rules) + removes(MINE, NAT)))
     with pytest.raises(OperationFailed) as info:  # their udp rule is in our input chain
-        run(backend.execute_batch(removes(INPUT)))
+        run(backend.apply(removes(INPUT)))
     assert info.value.code == IN_USE_CODE and info.value.op == Op("remove", INPUT)
     assert nft(netns, "list", "table", "inet", "other").stdout == other_before
     mine = nft(netns, "list", "table", "inet", "fwrecon").stdout
@@ -259,11 +259,11 @@ def test_foreign_tables_and_untagged_rules_are_never_touched(netns):
 )
 def test_one_bad_rule_leaves_nothing(netns, bad, error):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(INPUT, SSH)))
+    run(backend.apply(adds(INPUT, SSH)))
     before = ruleset(netns)
     batch = adds(MINE, NAT, SET_RULE, bad, DNAT) + removes(SSH)
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch(batch))
+        run(backend.apply(batch))
     assert info.value.op == Op("add", bad)
     assert error in str(info.value) and info.value.code == "NFT_ERROR"
     assert ruleset(netns) == before
@@ -283,7 +283,7 @@ def test_transaction_reports_the_culprit(netns):
 
 def test_check_validates_without_committing(netns):
     backend = NftablesBackend(netns)
-    run(backend.execute_batch(adds(INPUT)))
+    run(backend.apply(adds(INPUT)))
     before = ruleset(netns)
     bad_port = NftRule("inet", "input", "tcp dport 99999 accept")
     nowhere = NftRule("inet", "input", "jump nowhere")
@@ -422,8 +422,8 @@ def test_monitor_reports_deletions_by_hand_but_not_our_own(netns):
         await subscribed(backend, events)
         try:
             events.clear()
-            await backend.execute_batch(adds(*ITEMS))
-            await backend.execute_batch(removes(SSH))
+            await backend.apply(adds(*ITEMS))
+            await backend.apply(removes(SSH))
             assert await events.wait(1.5) is None, "our own batches must not echo"
 
             handle = next(line for line in ruleset(netns).splitlines() if "jump mine" in line).split("# handle ")[1]
@@ -457,7 +457,7 @@ def test_monitor_reports_a_policy_changed_by_hand(netns):
         events = Events()
         await subscribed(backend, events)
         try:
-            await backend.execute_batch(adds(INPUT))
+            await backend.apply(adds(INPUT))
             events.clear()
             await by_hand(netns, "add", "chain", "inet", "fwrecon", "input", "{ policy drop; }")
             assert await events.wait(2) is not None
@@ -473,7 +473,7 @@ def test_monitor_is_restarted_when_it_dies(netns):
         events = Events()
         await subscribed(backend, events)
         try:
-            await backend.execute_batch(adds(INPUT, SSH))
+            await backend.apply(adds(INPUT, SSH))
             first = backend._monitor_proc
             assert first is not None
             await asyncio.sleep(1.2)  # a monitor that worked for a while (not one that fails at once)
@@ -554,12 +554,12 @@ def test_traffic_follows_the_rules(link):
         backend = NftablesBackend(server)
         closed = NftChain("inet", "input", "filter", "input", 0, "drop")
         established = NftRule("inet", "input", "ct state established,related accept")
-        run(backend.execute_batch(adds(closed, established)))
+        run(backend.apply(adds(closed, established)))
         assert not connects(client), "policy drop: the connection must time out"
         allow = NftRule("inet", "input", f"tcp dport {PORT} accept")
-        assert run(backend.execute(Op("add", allow))) is Outcome.APPLIED
+        assert run(backend.apply([Op("add", allow)]))[0] is Outcome.APPLIED
         assert connects(client)
-        run(backend.execute(Op("remove", allow)))
+        run(backend.apply([Op("remove", allow)]))[0]
         assert not connects(client)
     finally:
         listener.terminate()

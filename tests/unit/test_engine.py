@@ -109,10 +109,10 @@ def test_intent_is_recorded_before_each_op(tmp_path):
     seen = []
 
     class Spy(MemoryBackend):
-        async def execute(self, op):
+        async def apply(self, ops, seen_view=None):
             state = store.load()
-            seen.append((op.item in state.owned, state.pending["policy"]))
-            return await super().execute(op)
+            seen.extend((op.item in state.owned, state.pending["policy"]) for op in ops)
+            return await super().apply(ops, seen_view)
 
     reconcile(Spy(), store, policies(web={HTTP, P8080}))
     assert seen == [(True, "web"), (True, "web")]
@@ -162,9 +162,9 @@ def test_intent_note_names_a_few_ops_and_counts_them_all(tmp_path):
     notes = []
 
     class Spy(MemoryBackend):
-        async def execute(self, op):
-            notes.append(StateStore(store.path).load().pending)  # as written to disk
-            return await super().execute(op)
+        async def apply(self, ops, seen=None):
+            notes.extend(StateStore(store.path).load().pending for _ in ops)  # as written to disk
+            return await super().apply(ops, seen)
 
     ports = {Port(Z, str(8000 + 2 * i), "tcp") for i in range(30)}  # 2 apart: firewalld merges neighbours
     reconcile(Spy(), store, policies(web=ports))
@@ -199,10 +199,13 @@ def test_interrupted_transaction_converges(tmp_path):
         pass
 
     class DiesOnSecondWrite(MemoryBackend):
-        async def execute(self, op):
-            if self.calls:
-                raise Killed
-            return await super().execute(op)
+        async def apply(self, ops, seen=None):
+            done = []
+            for op in ops:  # one write per op, as firewalld's
+                if self.calls:
+                    raise Killed
+                done += await super().apply([op], seen)
+            return done
 
     crashing = DiesOnSecondWrite()
     with contextlib.suppress(Killed):

@@ -409,7 +409,7 @@ def fake_backend(tool: FakeTool) -> IptablesBackend:
 def test_batch_is_one_save_and_one_restore():
     tool = FakeTool([EMPTY], [(0, "")])
     backend = fake_backend(tool)
-    outcomes = run(backend.execute_batch([Op("add", CHAIN), Op("add", R0)]))
+    outcomes = run(backend.apply([Op("add", CHAIN), Op("add", R0)]))
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
     assert [c[0] for c in tool.calls] == [
         ["/usr/sbin/iptables-save", "-t", "filter"],
@@ -423,7 +423,7 @@ def test_batch_with_nothing_to_do_runs_no_restore():
     backend = fake_backend(tool)
     run(backend.observe((), [R0]))
     backend._canon[R0] = "-p tcp -m tcp --dport 9001 -j ACCEPT"  # learnt before: no probe
-    assert run(backend.execute(Op("add", R0))) is Outcome.UNCHANGED
+    assert run(backend.apply([Op("add", R0)]))[0] is Outcome.UNCHANGED
     assert len(tool.calls) == 1
 
 
@@ -476,7 +476,7 @@ def test_failed_batch_names_culprit_and_checks_atomicity():
     backend = fake_backend(tool)
     bad = rule(0, "-p", "tcp", "--dport", "99999", "-j", "ACCEPT", chain="INPUT")
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", bad)]))
+        run(backend.apply([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", bad)]))
     assert info.value.code == "RESTORE_FAILED"
     assert info.value.op == Op("add", bad)
     assert "invalid port/service `99999'" in str(info.value)
@@ -488,11 +488,7 @@ def test_non_atomic_tool_is_undone():
     tool = FakeTool([EMPTY, changed, EMPTY], [(2, NFT_PARSE_ERROR), (0, "")])
     backend = fake_backend(tool)
     with pytest.raises(OperationFailed) as info:
-        run(
-            backend.execute_batch(
-                [Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", rule(0, "-j", "NOPE", chain="INPUT"))]
-            )
-        )
+        run(backend.apply([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT")), Op("add", rule(0, "-j", "NOPE", chain="INPUT"))]))
     assert info.value.code == "RESTORE_FAILED"
     assert tool.calls[3][1] == "*filter\n-F INPUT\nCOMMIT\n"
 
@@ -502,20 +498,25 @@ def test_non_atomic_tool_whose_undo_fails_says_so():
     tool = FakeTool([EMPTY, changed, changed], [(2, NFT_PARSE_ERROR), (1, "no")])
     backend = fake_backend(tool)
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT"))]))
+        run(backend.apply([Op("add", rule(0, "-j", "ACCEPT", chain="INPUT"))]))
     assert info.value.code == "RESTORE_PARTIAL"
 
 
-def test_mixed_tables_in_one_batch_is_a_caller_bug():
-    backend = fake_backend(FakeTool([], []))
-    with pytest.raises(ValueError):
-        run(backend.execute_batch([Op("add", CHAIN), Op("add", DirectChain("ipv6", "filter", "X"))]))
+def test_one_restore_per_table_in_order_and_a_failure_names_what_landed_before_it():
+    tool = FakeTool([EMPTY, EMPTY, EMPTY], [(0, ""), (1, "iptables-restore: no")])
+    backend = fake_backend(tool)
+    v6 = DirectChain("ipv6", "filter", "X")
+    with pytest.raises(OperationFailed) as info:
+        run(backend.apply([Op("add", CHAIN), Op("add", R0), Op("add", v6)]))
+    assert info.value.done == (Outcome.APPLIED, Outcome.APPLIED)  # the ipv4 table's batch took effect
+    restores = [argv[0] for argv, _ in tool.calls if argv[0].endswith("-restore")]
+    assert restores == ["/usr/sbin/iptables-restore", "/usr/sbin/ip6tables-restore"]
 
 
 # -- what the backend holds, and processes ----------------------------------------------
 
 
-def test_cannot_hold_and_batch_key():
+def test_cannot_hold():
     backend = IptablesBackend()
     assert backend.cannot_hold(CHAIN) is None
     assert backend.cannot_hold(R0) is None
@@ -523,7 +524,6 @@ def test_cannot_hold_and_batch_key():
     assert backend.cannot_hold(NftRule("inet", "input", "accept")) == "needs the nftables backend"
     assert "family" in backend.cannot_hold(DirectChain("arp", "filter", "X"))
     assert "chain" in backend.cannot_hold(DirectChain("ipv4", "filter", "A B"))
-    assert backend.batch_key(Op("add", R0)) == ("direct", "ipv4", "filter")
     assert backend.name == "iptables" and backend.name_for(R0) == "iptables"
 
 
@@ -541,7 +541,7 @@ def test_missing_tools_make_their_family_unreachable_and_say_why(monkeypatch):
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     assert view.unreachable == {("direct", "ipv4", "filter")} and backend.runs == 0
     with pytest.raises(OperationFailed, match="needs iptables-save, which is not installed"):
-        run(backend.execute(Op("add", rule)))
+        run(backend.apply([Op("add", rule)]))[0]
     assert run(backend.is_up()) is False
 
     monkeypatch.undo()

@@ -393,9 +393,9 @@ def test_a_copied_tag_proves_nothing():
     view = run(backend.observe([("nft", "inet")]))
     assert not view.has(SSH) and view.has(WEB)
     assert backend.handles(SSH) == []
-    outcomes = run(backend.execute_batch(removes(SSH)))
+    outcomes = run(backend.apply(removes(SSH)))
     assert outcomes == [Outcome.UNCHANGED] and backend.scripts() == []
-    run(backend.execute_batch(adds(SSH)))  # the real rule goes back in; the forged one stays
+    run(backend.apply(adds(SSH)))  # the real rule goes back in; the forged one stays
     assert backend.scripts() == [
         f'add table inet fwrecon\nadd rule inet fwrecon input tcp dport 22 accept comment "{SSH.tag()}"\n'
     ]
@@ -428,7 +428,7 @@ def test_observe_missing_table_is_empty():
 
 def test_batch_into_an_empty_table_is_one_script():
     backend = FakeNft()
-    outcomes = run(backend.execute_batch(adds(INPUT, MINE, SSH, WEB)))
+    outcomes = run(backend.apply(adds(INPUT, MINE, SSH, WEB)))
     assert outcomes == [Outcome.APPLIED] * 4
     assert [args for args, _ in backend.runs] == [("-s", "-j", "list", "table", "inet", "fwrecon"), ("-f", "-")]
     assert backend.scripts() == [
@@ -442,7 +442,7 @@ def test_batch_into_an_empty_table_is_one_script():
 
 def test_batch_of_what_is_there_runs_no_script():
     backend = FakeNft({"inet": sample()})
-    outcomes = run(backend.execute_batch(adds(INPUT, PRE, MINE, SSH, WEB)))
+    outcomes = run(backend.apply(adds(INPUT, PRE, MINE, SSH, WEB)))
     assert outcomes == [Outcome.UNCHANGED] * 5
     assert backend.scripts() == []
 
@@ -451,7 +451,7 @@ def test_batch_with_two_families_lists_each_once_and_runs_once():
     backend = FakeNft()
     ip_chain = NftChain("ip", "input", "filter", "input", 0, "accept")
     ip_rule = NftRule("ip", "input", "tcp dport 22 accept")
-    run(backend.execute_batch(adds(INPUT, ip_chain, SSH, ip_rule)))
+    run(backend.apply(adds(INPUT, ip_chain, SSH, ip_rule)))
     assert [args[:5] for args in backend.lists()].count(("-s", "-j", "list", "table", "inet")) == 1
     assert [args[:5] for args in backend.lists()].count(("-s", "-j", "list", "table", "ip")) == 1
     (script,) = backend.scripts()
@@ -463,7 +463,7 @@ def test_batch_with_two_families_lists_each_once_and_runs_once():
 def test_removal_deletes_by_handle_and_gone_is_unchanged():
     backend = FakeNft({"inet": sample()})
     gone = NftRule("inet", "input", "udp dport 53 accept")
-    outcomes = run(backend.execute_batch(removes(SSH, gone)))
+    outcomes = run(backend.apply(removes(SSH, gone)))
     assert outcomes == [Outcome.APPLIED, Outcome.UNCHANGED]
     assert backend.scripts() == ["delete rule inet fwrecon input handle 5\n"]
 
@@ -477,7 +477,7 @@ def test_removing_a_copied_rule_deletes_every_copy():
 def test_chain_with_foreign_rules_is_never_deleted():
     backend = FakeNft({"inet": sample()})
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch(removes(WEB, MINE)))  # "someone else"'s rule stays in mine
+        run(backend.apply(removes(WEB, MINE)))  # "someone else"'s rule stays in mine
     assert info.value.code == IN_USE_CODE
     assert info.value.op == Op("remove", MINE)
     assert backend.scripts() == []
@@ -570,7 +570,7 @@ def test_rule_with_its_own_comment_is_refused_before_nft_runs():
     bad = NftRule("inet", "input", 'tcp dport 22 accept comment "mine"')
     backend = FakeNft()
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch(adds(SSH, bad)))
+        run(backend.apply(adds(SSH, bad)))
     assert info.value.code == INVALID_CODE and info.value.op == Op("add", bad)
     assert backend.runs == []
 
@@ -647,7 +647,7 @@ def test_failed_batch_raises_with_culprit():
     bad = NftRule("inet", "input", "tcp dport 99999 accept")
     backend = FakeNft(fail="/dev/stdin:4:39-43: Error: Service out of range\nx\n   ^\n")
     with pytest.raises(OperationFailed) as info:
-        run(backend.execute_batch(adds(INPUT, SSH, bad)))
+        run(backend.apply(adds(INPUT, SSH, bad)))
     # line 1 is "add table", 2 the chain, 3 SSH, 4 the bad rule
     assert info.value.op == Op("add", bad)
 
@@ -678,7 +678,7 @@ def test_check_maps_errors_to_items_and_retries_the_rest():
 # -- small things -----------------------------------------------------------------------
 
 
-def test_cannot_hold_and_batch_key():
+def test_cannot_hold():
     backend = NftablesBackend()
     assert backend.cannot_hold(INPUT) is None and backend.cannot_hold(SSH) is None
     assert backend.cannot_hold(Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
@@ -686,7 +686,6 @@ def test_cannot_hold_and_batch_key():
     assert (
         backend.cannot_hold(DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))) == "needs firewalld or the iptables backend"
     )
-    assert backend.batch_key(Op("add", INPUT)) == backend.batch_key(Op("remove", SSH)) == "nft"
     assert backend.name == "nftables"
     assert run(backend.known_names()) is None
 
@@ -710,7 +709,7 @@ def test_without_nft_its_sections_are_refused_and_left_alone():
     view = run(backend.observe([("nft", "inet")]))
     assert view.unreachable == {("nft", "inet")} and backend.calls == 0
     with pytest.raises(BackendUnavailable):
-        run(backend.execute(Op("add", rule)))
+        run(backend.apply([Op("add", rule)]))[0]
     assert run(backend.is_up()) is False
 
 

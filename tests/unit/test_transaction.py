@@ -94,6 +94,18 @@ def test_rollback_failure_is_reported():
     assert "rollback incomplete" in str(info.value)
 
 
+def test_an_undo_refused_mid_rollback_does_not_stop_the_undos_after_it():
+    D = Service(Z, "d")
+    # calls: +a +b +c +d (refused), then -c, -b (call 6, refused), -a
+    backend = MemoryBackend(refuse=[D], fail_on_call=6)
+    with pytest.raises(TransactionFailed) as info:
+        run(txn_of(Op("add", A), Op("add", B), Op("add", C), Op("add", D)).apply(backend))
+    assert backend.calls[4:] == ["- zone public service c", "- zone public service b", "- zone public service a"]
+    assert info.value.undone == [Op("remove", C), Op("remove", A)]
+    assert [op for op, _ in info.value.rollback_errors] == [Op("remove", B)]
+    assert backend.state.items() == {B}  # what could not be undone is all that is left
+
+
 def test_ignore_failure_continues():
     backend = MemoryBackend(refuse=[B])
     txn = Transaction("t")
@@ -182,9 +194,9 @@ def test_a_batch_is_handed_the_plans_reads_until_its_container_was_written():
     handed: list[set[tuple[str, ...]]] = []
 
     class Recording(MemoryBackend):
-        async def execute_batch(self, ops, seen=None):  # type: ignore[no-untyped-def]
+        async def _batch(self, ops, seen):  # type: ignore[no-untyped-def]
             handed.append(set(seen.reads) if seen is not None else set())
-            return await super().execute_batch(ops, seen)
+            return await super()._batch(ops, seen)
 
     async def nothing(txn: Transaction, backend: object) -> None:
         return None
@@ -195,6 +207,8 @@ def test_a_batch_is_handed_the_plans_reads_until_its_container_was_written():
     txn.add(Op("add", rule))
     backend = Recording(batches=True)
     run(txn.apply(backend, seen))
-    assert handed == [{table, zone}, {zone}]  # the rule's table was written: no read left to hand on,
-    assert backend.calls[-1] == "+ direct ipv4 filter X priority 0 rule -j ACCEPT"  # so it goes alone
+    # each batch is handed the reads of containers not written yet: the chain's
+    # batch both, the zone's the zone's, the rule's (its table written) none
+    assert handed == [{table, zone}, {zone}, set()]
+    assert backend.calls[-1] == "batch: + direct ipv4 filter X priority 0 rule -j ACCEPT"
     assert seen.reads.keys() == {table, zone}  # the caller's view is left as it was
