@@ -31,7 +31,7 @@ from . import __version__, status
 from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet, connect_firewalld
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
-from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors
+from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors, tool_verdicts
 from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
@@ -185,7 +185,7 @@ async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncItera
     """A Reconciler on the backends ``--backend`` selects; closed afterwards."""
     backends, router = await select_backends(args.backend, args.bus_address, args.timeout)
     try:
-        yield Reconciler(router, store)
+        yield Reconciler(router, store, names=router.known_names)
     finally:
         await backends.close()
 
@@ -223,17 +223,12 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
         return {}
     backends = BackendSet(args.backend, timeout=args.timeout)
     try:
-        verdicts = await backends.offline().verdicts(wanted)
+        return await tool_verdicts(backends.offline(), wanted)
     except BackendUnavailable as exc:
         print(f"note: nft rules not checked by nft ({exc})", file=sys.stderr)
         return {}
     finally:
         await backends.close()
-    found: dict[str, list[PolicyError]] = {}
-    for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
-        policy = wanted[item]
-        found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
-    return found
 
 
 async def cmd_plan(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ from pathlib import Path
 import structlog
 
 from . import status as status_record  # (`status` is a local name below)
-from .backends.base import NO_BACKEND, Backend, BackendEvent
+from .backends.base import NO_BACKEND, BackendEvent, ServiceBackend
+from .backends.router import Router
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, connect_firewalld
 from .engine import Reconciler, ReconcileReport, RefusalMemo, gc_paused, log_policy_errors
 from .errors import BackendUnavailable, FwreconError, PolicyError
@@ -70,7 +71,7 @@ _LABEL_ORDER = (
     Trigger.RESYNC,
 )
 
-Connect = Callable[[str | None], Awaitable[Backend]]
+Connect = Callable[[str | None], Awaitable[ServiceBackend]]
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Controller:
         self._connect = connect
         self.store = StateStore(settings.state_file)
         self.backends = backends or BackendSet(settings.backend_mode)
-        self.backend: Backend | None = None  # the routing in force; None while it cannot work
+        self.backend: Router | None = None  # the routing in force; None while it cannot work
         self.firewalld_up = False
         self.last_good: dict[str, frozenset[Item]] = {}
         self._policy_cache = PolicyCache()
@@ -446,7 +447,7 @@ class Controller:
         try:
             with gc_paused():
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
-                reconciler = Reconciler(self.backend, self.store, memo=self._refusal_memo)
+                reconciler = Reconciler(self.backend, self.store, names=self.backend.known_names, memo=self._refusal_memo)
                 report = await reconciler.reconcile(loaded, self.last_good, settling=self._settling())
             if report.deferred:
                 self._come_back_after_settling()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .backends.base import NO_BACKEND, Backend
+from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendError, BackendUnavailable, PolicyError
 from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
 from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
@@ -79,17 +79,26 @@ def section_key(item: Item) -> str:
     return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
 
 
-def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
+async def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
     """One error per section the backend in charge cannot express."""
     found: dict[str, str] = {}
-    for item in policy.items:
-        reason = backend.cannot_hold(item)
-        if reason:
-            section = section_key(item)
-            found[section] = min(found.get(section, reason), reason)  # deterministic whatever the set order
+    for item, reason in (await backend.refusals(policy.items)).items():
+        section = section_key(item)
+        found[section] = min(found.get(section, reason), reason)  # deterministic whatever the set order
     return [
         PolicyError(policy.file, section, f"{found[section]} (backend in charge: {backend.name})") for section in sorted(found)
     ]
+
+
+async def tool_verdicts(backend: Backend, wanted: Mapping[Item, Policy]) -> dict[str, list[PolicyError]]:
+    """What ``backend`` refuses of ``wanted`` (item -> its policy), asking the
+    tools too (``nft -c``), as errors by policy name naming file and key."""
+    found: dict[str, list[PolicyError]] = {}
+    verdicts = await backend.refusals(wanted, ask_tools=True)
+    for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
+        policy = wanted[item]
+        found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
+    return found
 
 
 class RefusalMemo:
@@ -103,11 +112,11 @@ class RefusalMemo:
     def __init__(self) -> None:
         self._answers: dict[Policy, tuple[Hashable, list[PolicyError]]] = {}
 
-    def refusals(self, policy: Policy, backend: Backend, key: Hashable) -> list[PolicyError]:
+    async def refusals(self, policy: Policy, backend: Backend, key: Hashable) -> list[PolicyError]:
         judged_by = (backend.name, key)
         seen = self._answers.get(policy)
         if seen is None or seen[0] != judged_by:
-            seen = self._answers[policy] = (judged_by, refusals(policy, backend))
+            seen = self._answers[policy] = (judged_by, await refusals(policy, backend))
         return list(seen[1])
 
     def keep_only(self, policies: Iterable[Policy]) -> None:
@@ -121,29 +130,25 @@ def desired_state(
     state: State,
     known: KnownNames | None,
     last_good: Mapping[str, frozenset[Item]] | None = None,
-    backend: Backend | None = None,
-    memo: RefusalMemo | None = None,
+    refused: Mapping[str, list[PolicyError]] | None = None,
 ) -> Desired:
     """Valid policies want their items; an invalid one keeps its last good items.
 
     The last good items are what the caller remembers (the daemon keeps them in
     memory) or, failing that, what the policy owns according to the state file.
-    A policy with items the backend in charge cannot express is invalid too.
+    A policy with items the backend in charge cannot express (``refused``, by
+    policy name) is invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     items: dict[str, frozenset[Item]] = {}
-    key = backend.refusal_key() if backend is not None else None
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
-        if backend is not None:
-            problems += memo.refusals(policy, backend, key) if memo is not None else refusals(policy, backend)
+        problems += (refused or {}).get(name, [])
         if problems:
             invalid[name] = problems
         else:
             items[name] = policy.items
     held_names = set(invalid)
-    if memo is not None and not loaded.unreadable:
-        memo.keep_only(loaded.policies.values())
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     for name in held_names - items.keys():
@@ -253,16 +258,34 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
 class Reconciler:
     """Runs reconciles against one backend and one state file."""
 
-    def __init__(self, backend: Backend, store: StateStore, *, check_names: bool = True, memo: RefusalMemo | None = None) -> None:
-        """``memo``: refusals judged by earlier reconciles of the same process (the daemon's)."""
+    def __init__(
+        self, backend: Backend, store: StateStore, *, names: NameSource | None = None, memo: RefusalMemo | None = None
+    ) -> None:
+        """``names``: what firewall names policies may use (the router's
+        `known_names`), None to check none.  ``memo``: refusals judged by
+        earlier reconciles of the same process (the daemon's)."""
         self.backend = backend
         self.store = store
-        self.check_names = check_names
+        self.names = names
         self.memo = memo
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
-        known = await self.backend.known_names() if self.check_names else None
-        return desired_state(loaded, state, known, last_good, self.backend, self.memo)
+        known = await self.names() if self.names is not None else None
+        return desired_state(loaded, state, known, last_good, await self.refused(loaded))
+
+    async def refused(self, loaded: LoadResult) -> dict[str, list[PolicyError]]:
+        """What the backend in charge refuses of each policy, by policy name."""
+        key = self.backend.refusal_key()
+        found = {}
+        for name, policy in loaded.policies.items():
+            errors = await (
+                self.memo.refusals(policy, self.backend, key) if self.memo is not None else refusals(policy, self.backend)
+            )
+            if errors:
+                found[name] = errors
+        if self.memo is not None and not loaded.unreadable:
+            self.memo.keep_only(loaded.policies.values())
+        return found
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
         """Read what desired or owned state mentions (and tell labelling backends those items)."""
@@ -319,11 +342,7 @@ class Reconciler:
         wanted = {
             item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items
         }
-        found: dict[str, list[PolicyError]] = {}
-        for item, message in sorted((await self.backend.verdicts(wanted)).items(), key=lambda pair: pair[0].sort_key()):
-            policy = wanted[item]
-            found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
-        return found
+        return await tool_verdicts(self.backend, wanted)
 
     async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome) -> None:
         """A policy the firewall refused may be one `check` would have refused:

@@ -9,7 +9,6 @@ than as errors, so the transaction engine needs no backend knowledge.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
@@ -49,10 +48,15 @@ class BackendEvent(enum.Enum):
 
 
 EventCallback = Callable[[BackendEvent], None]
+# What firewall names policies may use, asked once per reconcile (`router.Router.known_names`).
+NameSource = Callable[[], Awaitable[KnownNames | None]]
 
 
 class Backend(ABC):
-    """observe / apply / close; see module docstring."""
+    """observe, apply, refusals, events, close; see module docstring.
+
+    Every method is required: a wrapper or a new backend says what it does
+    for each, and none falls back to a default that hides what it lacks."""
 
     name: str = "backend"
 
@@ -82,42 +86,56 @@ class Backend(ABC):
         again (its own writes make a read stale: it drops it, see `in_runs`).
         """
 
-    def cannot_hold(self, item: Item) -> str | None:
-        """Why this backend cannot express ``item`` (e.g. "needs firewalld"), or None."""
-        return None
+    @abstractmethod
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """The items among ``items`` this backend would refuse, with why.
 
-    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
-        """The firewall tools' own verdict on ``items`` without applying them
-        (``nft -c``): item -> why it would be refused.  For ``check`` and ``plan``."""
-        return {}
+        Always what it cannot express (a kind it does not hold: `kind_refused`;
+        a name its tools reject; a tool not installed), which is cheap and is
+        what `apply` and the daemon judge policies by.  With ``ask_tools``
+        (``check`` and ``plan``) also the tools' own verdict without applying
+        anything (``nft -c``); BackendUnavailable when they cannot run here.
+        """
 
+    @abstractmethod
     def refusal_key(self) -> Hashable:
-        """A value that changes whenever `cannot_hold` may answer differently
-        (a tool installed or removed); answers are kept while it stays equal.
-        Called once per reconcile, so it may look at the host."""
-        return None
+        """A value that changes whenever `refusals` may answer differently
+        without ``ask_tools`` (a tool installed or removed); answers are kept
+        while it stays equal.  Called once per reconcile, so it may look at
+        the host."""
 
+    @abstractmethod
     def name_for(self, item: Item) -> str:
-        """The name of the backend in charge of ``item`` (for metrics and state), or NO_BACKEND."""
-        return self.name
+        """The name of the backend in charge of ``item`` (for metrics and state),
+        or NO_BACKEND: a single backend answers its own name."""
 
-    async def known_names(self) -> KnownNames | None:
-        """Names to validate against, or None when the backend has no such notion."""
-        return None
+    @abstractmethod
+    async def subscribe(self, callback: EventCallback) -> None:
+        """Deliver the firewall's events to ``callback`` from now on (a backend
+        without change events says so in its docstring: its drift is found by
+        the periodic resync)."""
 
-    async def subscribe(self, callback: EventCallback) -> None:  # noqa: B027 (a default, not abstract)
-        """Deliver firewall events to ``callback``; the default has none."""
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections and processes; the backend is not used again."""
 
+
+class ServiceBackend(Backend):
+    """A backend behind a service that comes and goes on a bus (firewalld):
+    what the daemon's connection loop and name validation need besides."""
+
+    @abstractmethod
     async def is_up(self) -> bool:
         """Whether the firewall service is there to talk to now."""
-        return True
 
+    @abstractmethod
     async def wait_closed(self) -> None:
-        """Return when the connection is lost; the default never loses it."""
-        await asyncio.Event().wait()
+        """Return when the connection is lost."""
 
-    async def close(self) -> None:  # noqa: B027 (a default, not abstract)
-        """Release connections; the default has none."""
+    @abstractmethod
+    async def known_names(self) -> KnownNames | None:
+        """The zones, policies, services, ... the service knows, to validate
+        policies against (None: it cannot tell, check none)."""
 
 
 async def one_by_one(ops: Sequence[Op], execute: Callable[[Op], Awaitable[Outcome]]) -> list[Outcome]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -45,7 +45,7 @@ from ..model import (
 )
 from ..ports import canonical_port
 from ..view import FirewallView
-from .base import Backend, BackendEvent, EventCallback, one_by_one
+from .base import BackendEvent, EventCallback, ServiceBackend, kind_refused, one_by_one
 
 T = TypeVar("T")
 
@@ -64,6 +64,7 @@ IDEMPOTENT_CODES = {
     "remove": frozenset({"NOT_ENABLED", "UNKNOWN_SOURCE", "UNKNOWN_INTERFACE"}),
 }
 MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})
+CONTAINER_KINDS = frozenset({"zone", "policy", "direct"})  # what firewalld holds (`Item.container()[0]`)
 UNAVAILABLE_ERRORS = frozenset(
     {
         "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -192,7 +193,7 @@ def _items_from_settings(scope: Scope, settings: dict[str, Variant], member: str
     return items
 
 
-class FirewalldBackend(Backend):
+class FirewalldBackend(ServiceBackend):
     """See module docstring.  Use `connect()`; call `close()` when done."""
 
     name = "firewalld"
@@ -328,6 +329,18 @@ class FirewalldBackend(Backend):
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """One D-Bus call per op (firewalld has no batch for runtime items)."""
         return await one_by_one(ops, self._execute)
+
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """Only nft sections: every zone, policy and direct item is firewalld's
+        to judge when it is applied (names it does not know are checked
+        against `known_names` before that)."""
+        return {item: kind_refused(item) for item in items if item.container()[0] not in CONTAINER_KINDS}
+
+    def refusal_key(self) -> Hashable:
+        return None  # what firewalld refuses does not depend on the host
+
+    def name_for(self, item: Item) -> str:
+        return self.name
 
     async def _execute(self, op: Op) -> Outcome:
         item = op.item

@@ -36,7 +36,7 @@ import structlog
 from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..model import DirectChain, DirectRule, Item, Op, Outcome
 from ..view import FirewallView
-from .base import Backend, by_container, in_runs, kind_refused
+from .base import Backend, EventCallback, by_container, in_runs, kind_refused
 from .iptables_text import (
     COMMANDS,
     MISSING_CHAIN,
@@ -134,7 +134,12 @@ class IptablesBackend(Backend):
             elif isinstance(item, DirectChain):
                 self._chains[(item.family, item.table)].add(item.chain)
 
-    def cannot_hold(self, item: Item) -> str | None:
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """Names the tools reject, families whose tools are missing, kinds
+        it does not hold (the tools have no dry run: ``ask_tools`` adds nothing)."""
+        return {item: reason for item in items if (reason := self._cannot_hold(item))}
+
+    def _cannot_hold(self, item: Item) -> str | None:
         if isinstance(item, (DirectChain, DirectRule)):
             problem = check_names(item)
             tool = None if problem else self._missing_tool(item.family)
@@ -154,9 +159,14 @@ class IptablesBackend(Backend):
             self._tools_missing[family] = next((name for name in names if self._tools.which(name) is None), None)
         return self._tools_missing[family]
 
-    async def is_up(self) -> bool:
-        needed = ["iptables", "iptables-save", "iptables-restore"] + (["ip"] if self.netns else [])
-        return all(self._tools.which(name) for name in needed)
+    def name_for(self, item: Item) -> str:
+        return self.name
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        """The tools have no change events: drift is found by the periodic resync."""
+
+    async def close(self) -> None:
+        """Nothing stays open: every tool run ends with its batch."""
 
     # -- processes -----------------------------------------------------------------
 
@@ -374,10 +384,10 @@ class IptablesBackend(Backend):
             return []
         first = ops[0]
         if not isinstance(first.item, (DirectChain, DirectRule)):
-            raise refusal(first, "UNSUPPORTED", self.cannot_hold(first.item) or "not a direct item")
+            raise refusal(first, "UNSUPPORTED", self._cannot_hold(first.item) or "not a direct item")
         family, table = first.item.family, first.item.table
         for op in ops:
-            problem = self.cannot_hold(op.item)
+            problem = self._cannot_hold(op.item)
             if problem:
                 raise refusal(op, "INVALID_ARGUMENT", problem)
             if op.item.container() != first.item.container():

@@ -9,12 +9,12 @@ to refuse an item or to fail the Nth write call.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 
 from ..errors import OperationFailed
 from ..model import Item, Op, Outcome
 from ..view import FirewallView
-from .base import Backend, by_container, in_runs, one_by_one
+from .base import Backend, EventCallback, by_container, in_runs, one_by_one
 
 
 class MemoryBackend(Backend):
@@ -39,6 +39,22 @@ class MemoryBackend(Backend):
         if self.batches:
             return await in_runs(ops, by_container, self._batch, seen)
         return await one_by_one(ops, self._execute)
+
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """None: it holds every kind (``refuse`` fails the write instead, as a firewall would)."""
+        return {}
+
+    def refusal_key(self) -> Hashable:
+        return None
+
+    def name_for(self, item: Item) -> str:
+        return self.name
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        """No events: nothing but its own writes changes it."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
     async def _batch(self, ops: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         self.calls.append("batch: " + "; ".join(op.describe() for op in ops))

@@ -124,7 +124,17 @@ class NftablesBackend(Backend):
         listing = self._listings.get(rule.family)
         return listing.handles(rule.family, rule.chain, rule.tag()) if listing else []
 
-    def cannot_hold(self, item: Item) -> str | None:
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """Kinds it does not hold and nft not installed; with ``ask_tools``
+        also nft's own verdict (``nft -c``, see `check`)."""
+        found = {item: reason for item in items if (reason := self._cannot_hold(item))}
+        if ask_tools:
+            rejected = await self.check(item for item in items if item not in found)
+            for item, message in rejected.items():
+                found[item] = f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
+        return found
+
+    def _cannot_hold(self, item: Item) -> str | None:
         if isinstance(item, (NftChain, NftRule)):
             return f"needs {self.nft}, which is not installed (the nftables package)" if self._nft_missing() else None
         return kind_refused(item)
@@ -262,7 +272,7 @@ class NftablesBackend(Backend):
         if known is not None:
             self._know(known, only=True)
         families = sorted({c[1] for c in containers if len(c) == 2 and c[0] == "nft" and c[1] in FAMILIES}, key=FAMILIES.index)
-        if families and self._nft_missing():  # nothing to read or write: the items wait (see cannot_hold)
+        if families and self._nft_missing():  # nothing to read or write: the items wait (see refusals)
             return FirewallView((), containers, unreachable=[("nft", family) for family in families])
         listings = await asyncio.gather(*(self._list(family) for family in families))
         items: list[Item] = []
@@ -336,14 +346,6 @@ class NftablesBackend(Backend):
 
     # -- check ----------------------------------------------------------------------------
 
-    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
-        """`check`'s findings as refusal texts; BackendUnavailable when nft -c cannot run here."""
-        found = await self.check(items)
-        return {
-            item: f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
-            for item, message in found.items()
-        }
-
     async def check(self, items: Iterable[Item]) -> dict[Item, str]:
         """Validate chains and rules with ``nft -c`` (commits nothing): item → error.
 
@@ -405,8 +407,8 @@ class NftablesBackend(Backend):
             self._closing = False
             self._monitor_task = asyncio.create_task(self._monitor_loop(), name="fwrecon-nft-monitor")
 
-    async def is_up(self) -> bool:
-        return self._nft_path() is not None
+    def name_for(self, item: Item) -> str:
+        return self.name
 
     async def close(self) -> None:
         self._closing = True

@@ -17,7 +17,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from ..errors import BackendError
 from ..model import Item, KnownNames, Op, Outcome
 from ..view import FirewallView
-from .base import NO_BACKEND, Backend, EventCallback, consecutive_runs, kind_refused
+from .base import NO_BACKEND, Backend, EventCallback, ServiceBackend, consecutive_runs, kind_refused
 
 
 class Router(Backend):
@@ -46,12 +46,23 @@ class Router(Backend):
     def _route(self, item: Item) -> Backend:
         backend = self.backend_for(item)
         if backend is None:
-            raise ValueError(f"no backend for {item.describe()}: {self.cannot_hold(item)}")
+            raise ValueError(f"no backend for {item.describe()}: {kind_refused(item)}")
         return backend
 
-    def cannot_hold(self, item: Item) -> str | None:
-        backend = self.backend_for(item)
-        return kind_refused(item) if backend is None else backend.cannot_hold(item)
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        """Each item judged by the backend in charge of it; one of a kind no
+        backend in charge holds is refused with `kind_refused`."""
+        found: dict[Item, str] = {}
+        groups: dict[int, tuple[Backend, list[Item]]] = {}
+        for item in items:
+            backend = self.backend_for(item)
+            if backend is None:
+                found[item] = kind_refused(item)
+            else:
+                groups.setdefault(id(backend), (backend, []))[1].append(item)
+        for backend, wanted in groups.values():
+            found.update(await backend.refusals(wanted, ask_tools=ask_tools))
+        return found
 
     def refusal_key(self) -> Hashable:
         return tuple(backend.refusal_key() for backend in self.backends)
@@ -107,31 +118,37 @@ class Router(Backend):
         via = run[0].via
         if via is None:
             return await self._route(run[0].item).apply(run, seen)
-        # Out of a backend no longer in charge (a switch): one that is gone
-        # (firewalld stopped) holds nothing to take out.
+        # Out of a backend no longer in charge (a switch): one that is not
+        # reachable (firewalld stopped), or that cannot hold the item now (its
+        # tools uninstalled), holds nothing of it to take out.
         source = self.by_name(via)
-        if source is None or not await source.is_up():
+        if source is None:
             return [Outcome.UNCHANGED] * len(run)
-        return await source.apply([op._replace(via=None) for op in run])
-
-    async def verdicts(self, items: Collection[Item]) -> dict[Item, str]:
-        groups: dict[int, tuple[Backend, list[Item]]] = {}
-        for item in items:
-            backend = self.backend_for(item)
-            if backend is not None:
-                groups.setdefault(id(backend), (backend, []))[1].append(item)
-        found: dict[Item, str] = {}
-        for backend, wanted in groups.values():
-            found.update(await backend.verdicts(wanted))
-        return found
+        refused = await source.refusals([op.item for op in run])
+        done: list[Outcome] = []
+        for op in run:  # one by one: a move is rare, and each is its own
+            if op.item in refused:
+                done.append(Outcome.UNCHANGED)
+                continue
+            try:
+                done.extend(await source.apply([op._replace(via=None)]))
+            except BackendError as exc:
+                exc.done = (*done, *exc.done)
+                raise
+        return done
 
     async def known_names(self) -> KnownNames | None:
+        """What the service in charge of zones knows (firewalld), for
+        validating names; None when no such service is in charge."""
         zone_backend = self.routes.get("zone")
-        return await zone_backend.known_names() if zone_backend else None
+        return await zone_backend.known_names() if isinstance(zone_backend, ServiceBackend) else None
 
     async def subscribe(self, callback: EventCallback) -> None:
         for backend in self.backends:
             await backend.subscribe(callback)
+
+    async def close(self) -> None:
+        """The backends are not the router's: whoever made them closes them (`select.BackendSet`)."""
 
 
 def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Backend | None) -> Router:

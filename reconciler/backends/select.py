@@ -19,7 +19,7 @@ from typing import Literal
 import structlog
 
 from ..errors import BackendUnavailable
-from .base import Backend
+from .base import ServiceBackend
 from .firewalld import FirewalldBackend
 from .iptables import IptablesBackend
 from .nftables import NftablesBackend
@@ -36,7 +36,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds for one D-Bus call or one tool run (``--timeou
 class BackendSet:
     """The backends one fwrecon process can reach, and the routing in force."""
 
-    def __init__(self, mode: BackendMode, firewalld: Backend | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, mode: BackendMode, firewalld: ServiceBackend | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """``timeout``: for each tool run (the firewalld connection brings its own)."""
         self.mode = mode
         self.firewalld = firewalld
@@ -71,7 +71,7 @@ class BackendSet:
                 await backend.close()
 
 
-async def connect_firewalld(bus_address: str | None, timeout: float = DEFAULT_TIMEOUT) -> Backend:
+async def connect_firewalld(bus_address: str | None, timeout: float = DEFAULT_TIMEOUT) -> ServiceBackend:
     """A firewalld backend on the bus at ``bus_address`` (the daemon's
     connection loop calls this again whenever the bus comes back)."""
     return await FirewalldBackend.connect(bus_address, timeout=timeout)

@@ -23,7 +23,7 @@ from reconciler.state import StateStore
 async def main(mode: str, bus: str, policy_dir: str, state_file: str, kill_after: int) -> None:
     _, router = await connect(mode, bus)  # type: ignore[arg-type]
     backend = FaultyBackend(router, kill_after_writes=kill_after)
-    await Reconciler(backend, StateStore(state_file)).reconcile(load_policy_dir(policy_dir))
+    await Reconciler(backend, StateStore(state_file), names=backend.known_names).reconcile(load_policy_dir(policy_dir))
     raise SystemExit("reconcile finished without reaching the kill point")
 
 

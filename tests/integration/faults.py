@@ -6,7 +6,7 @@ import os
 import signal
 from collections.abc import Collection, Hashable, Iterable, Sequence
 
-from reconciler.backends.base import Backend, in_runs
+from reconciler.backends.base import Backend, EventCallback, in_runs
 from reconciler.errors import OperationFailed
 from reconciler.model import Item, KnownNames, Op, Outcome
 from reconciler.view import FirewallView
@@ -37,17 +37,22 @@ class FaultyBackend(Backend):
     async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
         return await self.inner.observe(containers, known)
 
-    async def known_names(self) -> KnownNames | None:
-        return await self.inner.known_names()
-
-    def cannot_hold(self, item: Item) -> str | None:
-        return self.inner.cannot_hold(item)
+    async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
+        return await self.inner.refusals(items, ask_tools=ask_tools)
 
     def refusal_key(self) -> Hashable:
         return self.inner.refusal_key()
 
     def name_for(self, item: Item) -> str:
         return self.inner.name_for(item)
+
+    async def known_names(self) -> KnownNames | None:
+        """What the wrapped router or firewalld knows (the cli validates names with it)."""
+        names = getattr(self.inner, "known_names", None)
+        return await names() if names is not None else None
+
+    async def subscribe(self, callback: EventCallback) -> None:
+        await self.inner.subscribe(callback)
 
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """One write per op for firewalld, one per container run for a batch

@@ -76,7 +76,8 @@ def test_second_apply_makes_zero_write_calls(fwrecon: Fwrecon) -> None:
     async def again() -> tuple[int, int]:
         backend = await FirewalldBackend.connect(fwrecon.sandbox.bus_address)
         try:
-            report = await Reconciler(backend, StateStore(fwrecon.state_file)).reconcile(load_policy_dir(fwrecon.policy_dir))
+            reconciler = Reconciler(backend, StateStore(fwrecon.state_file), names=backend.known_names)
+            report = await reconciler.reconcile(load_policy_dir(fwrecon.policy_dir))
             assert report.converged
             return backend.writes, backend.calls
         finally:
@@ -159,7 +160,8 @@ def test_failure_injected_on_nth_call_leaves_nothing_of_the_policy(fwrecon: Fwre
     async def apply_with_fault() -> list[tuple[str, str]]:
         backend = FaultyBackend(await FirewalldBackend.connect(sb.bus_address), fail_on_write=5)
         try:
-            report = await Reconciler(backend, StateStore(fwrecon.state_file)).reconcile(load_policy_dir(fwrecon.policy_dir))
+            reconciler = Reconciler(backend, StateStore(fwrecon.state_file), names=backend.known_names)
+            report = await reconciler.reconcile(load_policy_dir(fwrecon.policy_dir))
             return [(o.policy, o.status) for o in report.outcomes]
         finally:
             await backend.close()

@@ -544,7 +544,7 @@ def test_reconciler_applies_keeps_a_chain_with_foreign_rules_and_removes_the_res
 
     def reconcile(**wanted: frozenset):
         loaded = LoadResult(policies={n: Policy(n, f"{n}.toml", "", frozenset(i)) for n, i in wanted.items()})
-        return run(Reconciler(backend, store, check_names=False).reconcile(loaded))
+        return run(Reconciler(backend, store).reconcile(loaded))
 
     report = reconcile(web=frozenset(items))
     assert report.converged and report.write_ops == 4

@@ -76,7 +76,7 @@ async def fwrecon_apply(bus: str, policy_dir: Path, state: Path) -> tuple[float,
     backend = await FirewalldBackend.connect(bus)
     try:
         started = time.perf_counter()
-        report = await Reconciler(backend, StateStore(state)).reconcile(load_policy_dir(policy_dir))
+        report = await Reconciler(backend, StateStore(state), names=backend.known_names).reconcile(load_policy_dir(policy_dir))
         elapsed = time.perf_counter() - started
         assert report.converged, report.failed
         return elapsed, backend.writes, backend.calls
@@ -101,7 +101,7 @@ async def noop_dbus_time(bus: str, policy_dir: Path, state: Path) -> tuple[float
     backend.call = timed_call  # type: ignore[method-assign]
     try:
         started = time.perf_counter()
-        report = await Reconciler(backend, StateStore(state)).reconcile(load_policy_dir(policy_dir))
+        report = await Reconciler(backend, StateStore(state), names=backend.known_names).reconcile(load_policy_dir(policy_dir))
         total = time.perf_counter() - started
         assert report.write_ops == 0 and backend.writes == 0
         return total, spent, backend.calls

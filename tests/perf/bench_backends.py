@@ -124,7 +124,7 @@ class Daemon:
         with gc_paused():  # as the daemon does
             loaded = load_policy_dir(self.policy_dir, self.cache)
             parsed = time.perf_counter()
-            report = await Reconciler(self.router, self.store).reconcile(loaded)
+            report = await Reconciler(self.router, self.store, names=self.router.known_names).reconcile(loaded)
         elapsed = time.perf_counter() - started
         assert report.converged, [o.error for o in report.failed]
         return Run(elapsed, parsed - started, ToolClock.seconds, report.write_ops)

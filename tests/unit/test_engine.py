@@ -23,7 +23,7 @@ def policies(**items: set[Item]) -> LoadResult:
 
 
 def reconcile(backend, store, loaded, last_good=None):
-    return asyncio.run(Reconciler(backend, store, check_names=False).reconcile(loaded, last_good))
+    return asyncio.run(Reconciler(backend, store).reconcile(loaded, last_good))
 
 
 def test_apply_then_noop(tmp_path):
@@ -141,8 +141,9 @@ def test_a_refusal_is_judged_again_when_the_host_changes(tmp_path):
     class NeedsATool(MemoryBackend):
         installed = False
 
-        def cannot_hold(self, item):
-            return None if self.installed or item.container()[0] != "direct" else "needs iptables-save, which is not installed"
+        async def refusals(self, items, *, ask_tools=False):
+            reason = "needs iptables-save, which is not installed"
+            return {} if self.installed else {item: reason for item in items if item.container()[0] == "direct"}
 
         def refusal_key(self):
             return self.installed
@@ -255,9 +256,9 @@ def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
     asked = []
 
     class Counting(MemoryBackend):
-        def cannot_hold(self, item):
-            asked.append(item)
-            return None
+        async def refusals(self, items, *, ask_tools=False):
+            asked.extend(items)
+            return {}
 
     fw, ipt = Counting(), named("iptables")
     store = StateStore(tmp_path / "s.json")
@@ -265,7 +266,7 @@ def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
     memo = RefusalMemo()
 
     def again(backend):
-        return asyncio.run(Reconciler(backend, store, check_names=False, memo=memo).reconcile(loaded))
+        return asyncio.run(Reconciler(backend, store, memo=memo).reconcile(loaded))
 
     with_firewalld = routes_for(fw, ipt, None)
     again(with_firewalld)
@@ -341,7 +342,7 @@ def test_a_rule_in_a_chain_nobody_declares_is_invalid_and_the_rest_applies(tmp_p
     assert set(report.invalid) == {"a"}  # c's rule is in d's chain: fine
     assert backend.state.items() == {builtin, HTTP, CHAIN, RULE}
     backend.calls.clear()
-    plans, desired = asyncio.run(Reconciler(backend, store, check_names=False).plan(policies(a={stray})))
+    plans, desired = asyncio.run(Reconciler(backend, store).plan(policies(a={stray})))
     assert set(desired.invalid) == {"a"} and not any(p.ops and p.policy == "a" for p in plans)
 
 
@@ -368,7 +369,7 @@ def test_an_item_held_by_others_stays_theirs_across_reloads(tmp_path):
 
 def test_new_items_wait_while_a_reload_settles(tmp_path):
     backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
-    report = asyncio.run(Reconciler(backend, store, check_names=False).reconcile(policies(web={HTTP}), settling=True))
+    report = asyncio.run(Reconciler(backend, store).reconcile(policies(web={HTTP}), settling=True))
     assert report.write_ops == 0 and report.deferred == 1 and not backend.state.has(HTTP)
     report = reconcile(backend, store, policies(web={HTTP}))
     assert report.write_ops == 1 and store.load().owned == {HTTP: frozenset({"web"})}

@@ -29,7 +29,7 @@ from reconciler.backends.iptables_text import (
 )
 from reconciler.backends.process import ToolResult, ToolRunner
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule, NftRule, Op, Outcome, Port, Scope
+from reconciler.model import DirectChain, DirectRule, Item, NftRule, Op, Outcome, Port, Scope
 from reconciler.planner import plan_all
 from reconciler.view import FirewallView
 
@@ -402,6 +402,11 @@ class FakeTool(ToolRunner):
         return ToolResult(rc, "", err)
 
 
+def refused(backend: IptablesBackend, item: Item) -> str | None:
+    """Why ``backend`` refuses ``item``, or None."""
+    return run(backend.refusals([item])).get(item)
+
+
 def fake_backend(tool: FakeTool) -> IptablesBackend:
     return IptablesBackend(tools=tool)
 
@@ -516,14 +521,14 @@ def test_one_restore_per_table_in_order_and_a_failure_names_what_landed_before_i
 # -- what the backend holds, and processes ----------------------------------------------
 
 
-def test_cannot_hold():
+def test_refusals():
     backend = IptablesBackend()
-    assert backend.cannot_hold(CHAIN) is None
-    assert backend.cannot_hold(R0) is None
-    assert backend.cannot_hold(Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
-    assert backend.cannot_hold(NftRule("inet", "input", "accept")) == "needs the nftables backend"
-    assert "family" in backend.cannot_hold(DirectChain("arp", "filter", "X"))
-    assert "chain" in backend.cannot_hold(DirectChain("ipv4", "filter", "A B"))
+    assert refused(backend, CHAIN) is None
+    assert refused(backend, R0) is None
+    assert refused(backend, Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
+    assert refused(backend, NftRule("inet", "input", "accept")) == "needs the nftables backend"
+    assert "family" in refused(backend, DirectChain("arp", "filter", "X"))
+    assert "chain" in refused(backend, DirectChain("ipv4", "filter", "A B"))
     assert backend.name == "iptables" and backend.name_for(R0) == "iptables"
 
 
@@ -537,15 +542,14 @@ def test_missing_tools_make_their_family_unreachable_and_say_why(monkeypatch):
     backend = IptablesBackend()
     rule = DirectRule("ipv4", "filter", "INPUT", 0, ("-j", "ACCEPT"))
     key = backend.refusal_key()
-    assert backend.cannot_hold(rule) == "needs iptables-save, which is not installed (the iptables package)"
+    assert refused(backend, rule) == "needs iptables-save, which is not installed (the iptables package)"
     view = run(backend.observe({("direct", "ipv4", "filter")}))
     assert view.unreachable == {("direct", "ipv4", "filter")} and backend.runs == 0
     with pytest.raises(OperationFailed, match="needs iptables-save, which is not installed"):
         run(backend.apply([Op("add", rule)]))[0]
-    assert run(backend.is_up()) is False
 
     monkeypatch.undo()
-    assert backend.refusal_key() != key and backend.cannot_hold(rule) is None
+    assert backend.refusal_key() != key and refused(backend, rule) is None
 
 
 def test_a_hanging_tool_is_unavailable_within_the_timeout(tmp_path):

@@ -678,16 +678,16 @@ def test_check_maps_errors_to_items_and_retries_the_rest():
 # -- small things -----------------------------------------------------------------------
 
 
-def test_cannot_hold():
+def test_refusals_name_the_backend_each_kind_needs():
     backend = NftablesBackend()
-    assert backend.cannot_hold(INPUT) is None and backend.cannot_hold(SSH) is None
-    assert backend.cannot_hold(Port(Scope("zone", "public"), "80", "tcp")) == "needs firewalld"
-    assert backend.cannot_hold(DirectChain("ipv4", "filter", "X")) == "needs firewalld or the iptables backend"
-    assert (
-        backend.cannot_hold(DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))) == "needs firewalld or the iptables backend"
-    )
-    assert backend.name == "nftables"
-    assert run(backend.known_names()) is None
+    port = Port(Scope("zone", "public"), "80", "tcp")
+    chain, rule = DirectChain("ipv4", "filter", "X"), DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    assert run(backend.refusals([INPUT, SSH, port, chain, rule])) == {
+        port: "needs firewalld",
+        chain: "needs firewalld or the iptables backend",
+        rule: "needs firewalld or the iptables backend",
+    }
+    assert backend.name == "nftables" and backend.name_for(SSH) == "nftables"
 
 
 def test_netns_prefix():
@@ -705,12 +705,11 @@ def test_without_nft_its_sections_are_refused_and_left_alone():
     backend = NftablesBackend(nft="/nonexistent/nft")
     rule = NftRule("inet", "input", "tcp dport 22 accept")
     assert backend.refusal_key() is True
-    assert backend.cannot_hold(rule) == "needs /nonexistent/nft, which is not installed (the nftables package)"
+    assert run(backend.refusals([rule])) == {rule: "needs /nonexistent/nft, which is not installed (the nftables package)"}
     view = run(backend.observe([("nft", "inet")]))
     assert view.unreachable == {("nft", "inet")} and backend.calls == 0
     with pytest.raises(BackendUnavailable):
         run(backend.apply([Op("add", rule)]))[0]
-    assert run(backend.is_up()) is False
 
 
 def test_without_nft_the_monitor_says_so_once_and_keeps_looking(monkeypatch):

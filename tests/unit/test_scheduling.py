@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from reconciler.backends.base import BackendEvent
+from reconciler.backends.base import BackendEvent, ServiceBackend
 from reconciler.backends.memory import MemoryBackend
 from reconciler.daemon import Controller, DaemonSettings, Trigger
 from reconciler.errors import BackendUnavailable
@@ -14,8 +14,9 @@ from reconciler.metrics import Metrics
 from reconciler.model import Port, Scope
 
 
-class FakeFirewall(MemoryBackend):
-    """MemoryBackend plus the event side of the interface."""
+class FakeFirewall(MemoryBackend, ServiceBackend):
+    """MemoryBackend plus the service side of the interface (events, up/down;
+    no names to check policies against)."""
 
     def __init__(self, up: bool = True) -> None:
         super().__init__()
@@ -40,6 +41,9 @@ class FakeFirewall(MemoryBackend):
 
     async def wait_closed(self) -> None:
         await self.closed.wait()
+
+    async def known_names(self) -> None:
+        return None
 
 
 def settings(tmp_path: Path) -> DaemonSettings:

@@ -44,7 +44,7 @@ class Host:
 
     def reconcile(self, trigger: str = "policy") -> str:
         loaded = load_policy_dir(self.policy_dir)
-        report = asyncio.run(Reconciler(self.backend, StateStore(self.state_file), check_names=False).reconcile(loaded))
+        report = asyncio.run(Reconciler(self.backend, StateStore(self.state_file)).reconcile(loaded))
         result = "success" if report.converged and not report.invalid else "degraded"
         status.record_reconcile(self.state_file, trigger, result, loaded, report, report.duration)
         return result
