@@ -489,6 +489,8 @@ class Controller:
         return False
 
     def _name_for(self, op: Op) -> str:
+        if op.via is not None:  # out of the backend that held it before a switch
+            return op.via
         return self.backend.name_for(op.item) if self.backend else NO_BACKEND
 
     def _record(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import itertools
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
-from .errors import BackendError, BackendUnavailable, PolicyError
+from .errors import BackendUnavailable, PolicyError
 from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
 from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, unresolved_chains
@@ -199,10 +200,11 @@ def containers_for(desired: Mapping[str, frozenset[Item]], owned: Mapping[Item, 
 
 
 def build_transaction(plan: PolicyPlan) -> Transaction:
-    """The plan's ops in order; a chain is removed only if still empty when its turn comes."""
+    """The plan's ops in order; a chain is removed only if still empty when its
+    turn comes (out of a backend no longer in charge, the router sees to that)."""
     txn = Transaction(plan.policy)
     for op in plan.ops:
-        if op.action == "remove" and isinstance(op.item, DirectChain):
+        if op.action == "remove" and isinstance(op.item, DirectChain) and op.via is None:
             txn.add_query(_remove_chain_if_empty(op.item))
         else:
             txn.add(op)
@@ -253,6 +255,13 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
         if owners is None or plan.policy not in owners:
             intent[item] = mine if owners is None else owners | mine
     return intent
+
+
+def with_moves(plan: PolicyPlan, moves: dict[str, list[Op]]) -> PolicyPlan:
+    """``plan`` with the moves of its policy first (taken out of ``moves``: a
+    policy planned again after another failed gets them only once)."""
+    mine = moves.pop(plan.policy, [])
+    return dataclasses.replace(plan, ops=(*mine, *plan.ops)) if mine else plan
 
 
 class Reconciler:
@@ -374,7 +383,8 @@ class Reconciler:
         """Validate thoroughly, observe and plan without changing anything (``fwrecon plan``)."""
         state = self.store.load()
         desired, view = await self.validate(loaded, state, last_good, thorough=True)
-        return plan_all(desired.items, view, state.owned, state.others), desired
+        moves = self._moves(state)
+        return [with_moves(plan, moves) for plan in plan_all(desired.items, view, state.owned, state.others)], desired
 
     async def reconcile(
         self,
@@ -389,13 +399,13 @@ class Reconciler:
         state = self.store.load()
         if state.pending:
             log.warning("interrupted_transaction_found", pending=state.pending)
-        await self._migrate(state)
+        moves = self._moves(state)
         desired, view = await self.validate(loaded, state, last_good)
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         wanted = dict(desired.items)
         while plans:
-            plan = plans.pop(0)
+            plan = with_moves(plans.pop(0), moves)
             outcome = await self._run_plan(plan, state, view)
             outcomes.append(outcome)
             # What this policy wrote was read before it: later writes there read again.
@@ -490,12 +500,15 @@ class Reconciler:
         added_new = frozenset(r.op.item for r in results if r.op.action == "add" and r.outcome is Outcome.APPLIED)
         state.owned = settle_ownership(before, plan, [r.op for r in results], added_new)
         in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
-        for item in added_new & state.owned.keys():
+        moved = {r.op.item for r in results if r.op.via is not None}
+        for item in (added_new | moved) & state.owned.keys():
             kind = item.container()[0]
             if kind not in in_charge:
                 in_charge[kind] = self.backend.name_for(item)
             state.placed[item] = in_charge[kind]
-        for item in itertools.chain(plan.releases, (op.item for op in plan.ops if op.action == "remove")):
+        for item in moved:
+            log.info("item_moved", item=item.describe(), target=state.placed.get(item), policy=plan.policy)
+        for item in itertools.chain(plan.releases, (op.item for op in plan.ops if op.action == "remove" and op.via is None)):
             if item not in state.owned:
                 state.placed.pop(item, None)
         state.pending = None
@@ -519,30 +532,22 @@ class Reconciler:
                 moved.append(item)
         return moved
 
-    async def _migrate(self, state: State) -> None:
-        """Take owned items out of the backend that held them before a switch.
+    def _moves(self, state: State) -> dict[str, list[Op]]:
+        """Per policy, the ops that take its moved items out of the backend
+        that held them before a switch: ``Op("remove", item, via=OLD)``.
 
-        The backend now in charge then adds them like any missing item.  If the
-        old backend is gone (firewalld stopped), there is nothing to take out;
-        if it left rules behind (firewalld killed), the new backend sees them
-        as present and adopts them, so nothing is doubled either way.
+        They run first in the transaction of the item's first owner, before
+        the adds the planner makes on the backend now in charge (it sees the
+        item missing there), so a failure rolls both back like any op, and
+        the report, the metrics and the log show them.  If the old backend is
+        gone (firewalld stopped) there is nothing to take out; if it left
+        rules behind (firewalld killed), the new backend sees them as present
+        and adopts them, so nothing is doubled either way.
         """
-        moved = sorted(self._moved(state), key=lambda item: (-item.layer, item.sort_key()))
-        if not moved:
-            return
-        unanswered: set[str] = set()  # sources that timed out: no call to them per further item
-        for item in moved:
-            old = state.placed.pop(item)
-            try:
-                if old not in unanswered:
-                    await self.backend.apply([Op("remove", item, via=old)])
-                log.info("item_moved", item=item.describe(), source=old, target=self.backend.name_for(item))
-            except BackendUnavailable as exc:
-                unanswered.add(old)
-                log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
-            except BackendError as exc:
-                log.warning("item_move_failed", item=item.describe(), source=old, error=str(exc))
-        self.store.save(state)
+        moves: dict[str, list[Op]] = {}
+        for item in sorted(self._moved(state), key=lambda item: (-item.layer, item.sort_key())):
+            moves.setdefault(min(state.owned[item]), []).append(Op("remove", item, via=state.placed[item]))
+        return moves
 
     def _restore_after_failure(
         self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None

@@ -203,6 +203,8 @@ def settle_ownership(
     for item in plan.releases:
         _drop_owner(result, item, policy)
     for op in applied:
+        if op.via is not None:
+            continue  # out of a backend no longer in charge: a move, not a release
         if op.action == "remove":
             result.pop(op.item, None)
         elif op.item in plan.foreign_adds:

@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 
+import structlog
+
 from ..errors import BackendError
-from ..model import Item, KnownNames, Op, Outcome
+from ..model import DirectChain, Item, KnownNames, NftChain, Op, Outcome
 from ..view import FirewallView
 from .base import NO_BACKEND, Backend, EventCallback, ServiceBackend, consecutive_runs, kind_refused
+
+log = structlog.get_logger(__name__)
 
 
 class Router(Backend):
@@ -127,7 +131,7 @@ class Router(Backend):
         refused = await source.refusals([op.item for op in run])
         done: list[Outcome] = []
         for op in run:  # one by one: a move is rare, and each is its own
-            if op.item in refused:
+            if op.item in refused or await _kept_for_others(source, op):
                 done.append(Outcome.UNCHANGED)
                 continue
             try:
@@ -149,6 +153,17 @@ class Router(Backend):
 
     async def close(self) -> None:
         """The backends are not the router's: whoever made them closes them (`select.BackendSet`)."""
+
+
+async def _kept_for_others(source: Backend, op: Op) -> bool:
+    """A chain to take out of ``source`` that still holds or is jumped to by
+    rules fwrecon does not own there stays (`FirewallView.chain_users`)."""
+    if op.action != "remove" or not isinstance(op.item, (DirectChain, NftChain)):
+        return False
+    users = (await source.observe({op.item.container()})).chain_users(op.item)
+    if users:
+        log.warning("chain_kept", chain=op.item.describe(), backend=source.name, reason="it holds rules fwrecon does not own")
+    return bool(users)
 
 
 def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Backend | None) -> Router:

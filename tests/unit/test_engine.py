@@ -304,6 +304,53 @@ def test_switching_backends_moves_owned_items_without_duplicates(tmp_path):
     assert store.load().owned_by("d") == {CHAIN, RULE}
 
 
+def test_a_move_is_part_of_its_policys_transaction_and_rolls_back_with_it(tmp_path):
+    """Taking items out of the old backend and adding them to the new one is
+    one transaction: shown by plan, reported as ops, undone together."""
+    from reconciler.backends.router import routes_for
+
+    fw, ipt = named("firewalld"), named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    wanted = policies(d={CHAIN, RULE})
+    reconcile(routes_for(None, ipt, None), store, wanted)  # iptables first
+    assert ipt.state.items() == {CHAIN, RULE}
+
+    fw.refuse = {RULE}  # firewalld appears, but refuses the rule
+    plans, _ = asyncio.run(Reconciler(routes_for(fw, ipt, None), store).plan(wanted))
+    assert [op.describe() for op in plans[0].ops] == [
+        "- direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT (on iptables)",
+        "- direct ipv4 filter chain FWRECON_IN (on iptables)",
+        "+ direct ipv4 filter chain FWRECON_IN",
+        "+ direct ipv4 filter FWRECON_IN priority 0 rule -j ACCEPT",
+    ]
+    report = reconcile(routes_for(fw, ipt, None), store, wanted)
+    assert [o.status for o in report.outcomes] == ["failed"]
+    assert ipt.state.items() == {CHAIN, RULE} and fw.state.items() == frozenset()  # both sides undone
+    assert set(store.load().placed.values()) == {"iptables"}  # still there, so moved again next time
+
+    fw.refuse = set()
+    report = reconcile(routes_for(fw, ipt, None), store, wanted)
+    assert report.write_ops == 4 and report.converged
+    assert ipt.state.items() == frozenset() and fw.state.items() == {CHAIN, RULE}
+    assert set(store.load().placed.values()) == {"firewalld"}
+
+
+def test_a_chain_with_foreign_rules_stays_in_the_old_backend(tmp_path):
+    from reconciler.backends.router import routes_for
+
+    foreign = DirectRule("ipv4", "filter", "FWRECON_IN", 5, ("-s", "192.0.2.1", "-j", "DROP"))
+    fw, ipt = named("firewalld"), named("iptables")
+    store = StateStore(tmp_path / "s.json")
+    reconcile(routes_for(None, ipt, None), store, policies(d={CHAIN, RULE}))
+    ipt.state.add(foreign)  # someone else's rule in our chain
+
+    report = reconcile(routes_for(fw, ipt, None), store, policies(d={CHAIN, RULE}))
+    assert report.converged
+    assert ipt.state.items() == {CHAIN, foreign}  # our rule left; the chain stays for the foreign one
+    assert fw.state.items() == {CHAIN, RULE}
+    assert set(store.load().placed.values()) == {"firewalld"}
+
+
 def test_zone_items_wait_while_firewalld_is_away(tmp_path):
     """A policy with zones and direct rules: when firewalld goes away its
     direct rules move to iptables; its zone items can go nowhere, so they are
