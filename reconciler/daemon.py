@@ -25,16 +25,16 @@ import contextlib
 import enum
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from . import status as status_record  # (`status` is a local name below)
-from .backends.base import NO_BACKEND, BackendEvent, ServiceBackend
+from .backends.base import NO_BACKEND, BackendEvent
 from .backends.router import Router
-from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, connect_firewalld
+from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, Connect, connect_firewalld
 from .engine import Reconciler, ReconcileReport, RefusalMemo, gc_paused, log_policy_errors
 from .errors import BackendUnavailable, FwreconError, PolicyError
 from .metrics import Metrics
@@ -70,8 +70,6 @@ _LABEL_ORDER = (
     Trigger.DRIFT,
     Trigger.RESYNC,
 )
-
-Connect = Callable[[str | None], Awaitable[ServiceBackend]]
 
 
 @dataclass
@@ -111,8 +109,6 @@ class Controller:
         self._connect = connect
         self.store = StateStore(settings.state_file)
         self.backends = backends or BackendSet(settings.backend_mode)
-        self.backend: Router | None = None  # the routing in force; None while it cannot work
-        self.firewalld_up = False
         self.last_good: dict[str, frozenset[Item]] = {}
         self._policy_cache = PolicyCache()
         self._refusal_memo = RefusalMemo()
@@ -123,7 +119,6 @@ class Controller:
         self._backoff = settings.backoff_initial
         self._retry: asyncio.TimerHandle | None = None
         self._retry_batch: dict[Trigger, float] = {}
-        self._connected_before = False
         self._ready_sent = False
         self._last_reload = -float("inf")  # monotonic time of the last reload or firewalld return
         self._reloads = 0  # reloads and returns seen so far
@@ -191,10 +186,14 @@ class Controller:
         delay = max(0.0, self._last_reload + self.settings.reload_settle - time.monotonic()) + 0.05
         self._settle_handle = asyncio.get_running_loop().call_later(delay, self.request, Trigger.SETTLE)
 
+    @property
+    def backend(self) -> Router | None:
+        """The routing in force; None while the mode cannot work (firewalld mode, firewalld away)."""
+        return self.backends.in_charge
+
     def _set_up(self, up: bool) -> None:
-        self.firewalld_up = up
         self.metrics.firewalld_up.set(1 if up and not self._unresponsive else 0)
-        self._route()
+        self._route(up)
         if up and self._retry is not None:
             # firewalld is back: retry now rather than at the end of a long backoff
             self._backoff = self.settings.backoff_initial
@@ -224,15 +223,12 @@ class Controller:
             self.metrics.firewalld_up.set(0)
         else:
             log.info("firewalld_responsive")
-            self.metrics.firewalld_up.set(1 if self.firewalld_up else 0)
+            self.metrics.firewalld_up.set(1 if self.backends.firewalld_up else 0)
 
-    def _route(self) -> None:
-        """Pick the backends in charge for the mode and firewalld's presence."""
-        previous = self.backend.name if self.backend else None
-        self.backend = self.backends.router(self.firewalld_up)
-        current = self.backend.name if self.backend else None
-        if current != previous:
-            log.info("backend_selected", mode=self.backends.mode, backend=current, firewalld_up=self.firewalld_up)
+    def _route(self, firewalld_up: bool) -> None:
+        """Put the backends for the mode and firewalld's presence in charge."""
+        if self.backends.route(firewalld_up):
+            current = self.backend.name if self.backend else None
             for name in BACKEND_NAMES:
                 self.metrics.active_backend.labels(backend=name).set(1 if name == current else 0)
 
@@ -257,8 +253,8 @@ class Controller:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             log.info("fwrecon_started", policy_dir=str(self.settings.policy_dir), state_file=str(self.settings.state_file))
             self.request(Trigger.STARTUP)
-            if self.backends.mode not in ("auto", "firewalld"):
-                self._route()  # with firewalld in play, the first bus connection decides
+            if not self.backends.uses_firewalld:
+                self._route(False)  # with firewalld in play, the first bus connection decides
             if self.backends.nftables is not None:
                 await self.backends.nftables.subscribe(self.on_backend_event)
             background = [
@@ -325,54 +321,21 @@ class Controller:
     # -- background loops ----------------------------------------------------------
 
     async def _connection_loop(self) -> None:
-        """Keep one bus connection; reconnect with backoff if the bus goes away."""
-        if self.backends.mode not in ("auto", "firewalld"):
+        """The bus connection to firewalld, kept by the backend selection."""
+        if not self.backends.uses_firewalld:
             return
-        delay = self.settings.backoff_initial
-        reported = False  # this outage was logged at info/warning already
-        while not self._stopping.is_set():
-            try:
-                backend = await self._connect(self.settings.bus_address)
-                await backend.subscribe(self.on_backend_event)
-                up = await backend.is_up()
-            except BackendUnavailable as exc:
-                self._set_up(False)
-                # In auto mode a host without a system bus (a minimal server) is
-                # normal: say it once, not every 30 s; firewalld mode cannot work.
-                if self.backends.mode == "firewalld":
-                    log.warning("bus_unavailable", error=str(exc), retry_in=delay)
-                else:
-                    (log.debug if reported else log.info)(
-                        "bus_unavailable",
-                        error=str(exc),
-                        retry_in=delay,
-                        hint="iptables/nftables in charge until firewalld appears",
-                    )
-                reported = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.backoff_max)
-                continue
-            delay = self.settings.backoff_initial
-            reported = False
-            self.backends.firewalld = backend
-            self._set_up(up)
-            log.info("bus_connected", firewalld_up=up)
-            if up and self._connected_before:
-                self.request(Trigger.OWNER)
-            self._connected_before = True
-            if not up:  # (in auto mode a host without firewalld is a normal one)
-                (log.warning if self.backends.mode == "firewalld" else log.info)(
-                    "firewalld_not_running", hint="waiting for it to appear on the bus"
-                )
-            try:
-                await backend.wait_closed()
-            except Exception as exc:  # dbus-fast re-raises the error that closed the bus
-                log.warning("bus_disconnected", error=str(exc))
-            else:
-                log.warning("bus_disconnected")
-            await backend.close()
-            self.backends.firewalld = None
-            self._set_up(False)
+        await self.backends.keep_connected(
+            self._connect,
+            self.settings.bus_address,
+            backoff=(self.settings.backoff_initial, self.settings.backoff_max),
+            on_event=self.on_backend_event,
+            on_presence=self._on_presence,
+        )
+
+    def _on_presence(self, up: bool, back: bool) -> None:
+        self._set_up(up)
+        if back:  # what firewalld holds may have changed while the bus was away
+            self.request(Trigger.OWNER)
 
     async def _resync_loop(self) -> None:
         if self.settings.resync_interval <= 0:

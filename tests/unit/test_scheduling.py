@@ -8,6 +8,7 @@ from pathlib import Path
 
 from reconciler.backends.base import BackendEvent, ServiceBackend
 from reconciler.backends.memory import MemoryBackend
+from reconciler.backends.select import BackendSet
 from reconciler.daemon import Controller, DaemonSettings, Trigger
 from reconciler.errors import BackendUnavailable
 from reconciler.metrics import Metrics
@@ -79,20 +80,16 @@ async def eventually(condition, timeout: float = 5.0) -> None:  # type: ignore[n
         await asyncio.sleep(0.01)
 
 
-class FakeBackends:
-    """Stands in for BackendSet in firewalld mode: the fake firewall is the routing."""
-
-    mode = "firewalld"
-    nftables = None
+class FakeBackends(BackendSet):
+    """BackendSet in firewalld mode (its connection loop and routing as they
+    are) whose routing is the fake firewall alone: no tool backend, no nft monitor."""
 
     def __init__(self) -> None:
-        self.firewalld = None
+        super().__init__("firewalld")
+        self.iptables = self.nftables = None
 
     def router(self, firewalld_up: bool):  # type: ignore[no-untyped-def]
         return self.firewalld if firewalld_up else None
-
-    async def close(self) -> None:
-        pass
 
 
 def make(tmp_path: Path, firewall: FakeFirewall) -> tuple[Controller, Metrics]:
