@@ -18,6 +18,8 @@ by someone else in between costs a re-read, never a wrong write.  ebtables
 always reads again first: only iptables-restore and ip6tables-restore are
 atomic per table in both their legacy and nf_tables variants, and a refused
 script must be known to have changed nothing before it is tried again.
+Our ``-restore`` runs in one namespace go one at a time, and an
+ebtables-restore the kernel refused whole is run again (`_restore`).
 
 Which rules are ours, in what order, and the scripts: `iptables_text`.
 """
@@ -39,6 +41,7 @@ from ..view import FirewallView
 from .base import Backend, EventCallback, by_container, in_runs, kind_refused
 from .iptables_text import (
     COMMANDS,
+    KERNEL_REFUSED_BATCH,
     MISSING_CHAIN,
     PACKAGES,
     PROBE_PREFIX,
@@ -70,6 +73,8 @@ log = structlog.get_logger(__name__)
 # What the nf_tables variant's *-save prints on stderr when the legacy variant has tables too.
 LEGACY_TABLES_PRESENT = "-legacy tables present"
 DEFAULT_TIMEOUT = 30.0
+# Waits before running a kernel-refused ebtables-restore again (see `_restore`).
+EB_RETRY_DELAYS = (0.05, 0.2)
 
 
 # -- the backend -----------------------------------------------------------------
@@ -217,24 +222,41 @@ class IptablesBackend(Backend):
         )
 
     async def _restore(self, family: str, script: str) -> tuple[int, str]:
+        """Run one ``-restore --noflush`` script: (returncode, stderr).
+
+        Our restores in one namespace run one at a time, whatever their family:
+        ebtables-restore (nf_tables variant) fails when another nft commit lands
+        while it runs (`KERNEL_REFUSED_BATCH`), and ours would otherwise race
+        each other whenever observe reads the families side by side.  Someone
+        else's commit can still land in between: a script the kernel refused
+        whole is run again, at most ``len(EB_RETRY_DELAYS)`` times.
+        """
         argv = [self._tool(family, "-restore")]
         if family != "eb":
             argv += ["-w", str(max(1, int(self.timeout / 3)))]  # legacy: wait for the xtables lock
         argv.append("--noflush")
-        rc, _, err = await self._run(argv, script)
-        return rc, err
+        delays = iter(EB_RETRY_DELAYS if family == "eb" else ())
+        while True:
+            async with self._lock("restore"):
+                rc, _, err = await self._run(argv, script)
+            delay = next(delays, None) if rc != 0 and KERNEL_REFUSED_BATCH.search(err) else None
+            if delay is None:
+                return rc, err
+            log.info("ebtables_restore_retried", error=error_text(err), retry_in=delay)
+            await asyncio.sleep(delay)
 
-    # One lock per (netns, table) for the whole process, so a probe or batch
-    # never interleaves with another of ours (even of another instance).
-    _locks: ClassVar[dict[tuple[str | None, str, str], asyncio.Lock]] = {}
+    # One lock per (netns, key) for the whole process, so a probe or batch never
+    # interleaves with another of ours (even of another instance): keys are
+    # (family, table) for a table's read-and-write, "restore" for any -restore run.
+    _locks: ClassVar[dict[tuple[str | None, ...], asyncio.Lock]] = {}
     _locks_loop: ClassVar[asyncio.AbstractEventLoop | None] = None
 
-    def _lock(self, family: str, table: str) -> asyncio.Lock:
+    def _lock(self, *key: str) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         cls = type(self)
         if loop is not cls._locks_loop:  # a lock belongs to one loop (tests run several)
             cls._locks, cls._locks_loop = {}, loop
-        return cls._locks.setdefault((self.netns, family, table), asyncio.Lock())
+        return cls._locks.setdefault((self.netns, *key), asyncio.Lock())
 
     # -- canonical texts -------------------------------------------------------------
 

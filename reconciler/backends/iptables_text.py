@@ -64,6 +64,11 @@ _LINE_PATTERNS = (
     re.compile(r"\bline (\d+)\b"),
 )
 MISSING_CHAIN = re.compile(r"Chain '([^']+)' does not exist")
+# The kernel refused an nf_tables variant's whole transaction ("line 3: RULE_DELETE
+# failed (No such file or directory)"): nothing of it was applied.  ebtables-nft
+# (1.8.9) answers so when another nft commit lands while it runs, instead of
+# reading the ruleset again as iptables-nft does; run again, it succeeds.
+KERNEL_REFUSED_BATCH = re.compile(r"\b[A-Z]+_[A-Z]+ failed \(")
 
 
 # -- the text of *-save --------------------------------------------------------

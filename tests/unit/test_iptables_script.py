@@ -518,6 +518,74 @@ def test_one_restore_per_table_in_order_and_a_failure_names_what_landed_before_i
     assert restores == ["/usr/sbin/iptables-restore", "/usr/sbin/ip6tables-restore"]
 
 
+EB_EMPTY = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\n"
+EB_CHAIN = DirectChain("eb", "filter", "FWR_EB")
+# What ebtables-restore 1.8.9 (nf_tables) says when another nft commit landed while it ran.
+EB_RACE = "ebtables-restore v1.8.9 (nf_tables): \nline 3: RULE_DELETE failed (No such file or directory): rule in chain FWR_EB\n"
+
+
+@pytest.fixture
+def no_retry_wait(monkeypatch):
+    monkeypatch.setattr("reconciler.backends.iptables.EB_RETRY_DELAYS", (0.0, 0.0))
+
+
+def test_ebtables_restore_the_kernel_refused_whole_is_run_again(no_retry_wait):
+    tool = FakeTool([EB_EMPTY], [(1, EB_RACE), (0, "")])
+    backend = fake_backend(tool)
+    assert run(backend.apply([Op("add", EB_CHAIN)])) == [Outcome.APPLIED]
+    restores = [stdin for argv, stdin in tool.calls if argv[0].endswith("-restore")]
+    assert len(restores) == 2 and restores[0] == restores[1]  # the same script, once more
+
+
+def test_ebtables_restore_refused_every_time_fails_after_two_retries(no_retry_wait):
+    tool = FakeTool([EB_EMPTY, EB_EMPTY], [(1, EB_RACE)] * 3)
+    backend = fake_backend(tool)
+    with pytest.raises(OperationFailed) as info:
+        run(backend.apply([Op("add", EB_CHAIN)]))
+    assert "RULE_DELETE failed" in str(info.value)
+    assert sum(argv[0].endswith("-restore") for argv, _ in tool.calls) == 3
+    assert tool.restores == []
+
+
+@pytest.mark.parametrize(
+    ("chain", "save", "err"),
+    [
+        (EB_CHAIN, EB_EMPTY, "ebtables-restore: line 2: Bad table name 'nope'"),  # a real refusal
+        (CHAIN, EMPTY, "iptables-restore: line 3: RULE_DELETE failed (No such file or directory)"),  # retries itself
+    ],
+)
+def test_other_restore_failures_are_not_run_again(no_retry_wait, chain, save, err):
+    tool = FakeTool([save, save], [(1, err)])
+    backend = fake_backend(tool)
+    with pytest.raises(OperationFailed):
+        run(backend.apply([Op("add", chain)]))
+    assert sum(argv[0].endswith("-restore") for argv, _ in tool.calls) == 1
+
+
+def test_restores_of_one_namespace_never_overlap_whatever_their_family():
+    class SlowRestores(FakeTool):
+        running = peak = 0
+
+        async def run(self, argv, stdin=None, on_start=None, on_exit=None):
+            if argv[0].endswith("-save"):
+                return await super().run(argv, stdin)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            await asyncio.sleep(0.01)
+            self.running -= 1
+            return await super().run(argv, stdin)
+
+    tool = SlowRestores([EMPTY, EMPTY, EB_EMPTY], [(0, "")] * 3)
+    backend = fake_backend(tool)
+    v6 = DirectChain("ipv6", "filter", "FWR_IN")
+
+    async def both():
+        return await asyncio.gather(*(backend.apply([Op("add", c)]) for c in (CHAIN, v6, EB_CHAIN)))
+
+    assert run(both()) == [[Outcome.APPLIED]] * 3
+    assert tool.peak == 1
+
+
 # -- what the backend holds, and processes ----------------------------------------------
 
 
