@@ -354,6 +354,20 @@ class Masquerade(ScopedItem):
 
 
 @dataclass(frozen=True, order=True)
+class Forward(ScopedItem):
+    """Intra-zone forwarding (``firewall-cmd --add-forward``): packets may pass
+    between the zone's own interfaces and sources.  Zones only."""
+
+    kind: ClassVar[str] = "forward"
+
+    def value_text(self) -> str:
+        return "on"
+
+    def describe(self) -> str:
+        return f"{self.scope} forward"
+
+
+@dataclass(frozen=True, order=True)
 class ForwardPort(ScopedItem):
     """Empty ``to_port`` / ``to_addr`` mean "unchanged", as in firewalld."""
 
@@ -481,6 +495,7 @@ ITEM_KINDS: dict[str, type[Item]] = {
         Protocol,
         IcmpBlock,
         Masquerade,
+        Forward,
         ForwardPort,
         RichRule,
         Source,

@@ -45,6 +45,7 @@ from .model import (
     TAG_PREFIX,
     DirectChain,
     DirectRule,
+    Forward,
     ForwardPort,
     IcmpBlock,
     Interface,
@@ -77,7 +78,7 @@ TOP_KEYS = ("description", "zone", "policy", "direct", "nft")
 NFT_CHAIN_KEYS = ("family", "chain", "type", "hook", "priority", "policy")
 NFT_RULE_KEYS = ("family", "chain", "rule")
 SCOPE_LIST_KEYS = ("services", "ports", "protocols", "source_ports", "icmp_blocks", "rich_rules")
-ZONE_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports", "sources", "interfaces")
+ZONE_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward", "forward_ports", "sources", "interfaces")
 POLICY_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports")
 FORWARD_PORT_KEYS = ("port", "protocol", "to_port", "to_addr")
 DIRECT_CHAIN_KEYS = ("family", "table", "chain")
@@ -378,12 +379,14 @@ class _PolicyParser:
                     item = build(path, value)
                     if item is not None:
                         self.add(item, path)
-        if "masquerade" in body:
-            value = body["masquerade"]
-            if not isinstance(value, bool):
-                self.error(f"{prefix}.masquerade", f"expected true or false, got {_type_name(value)}")
-            elif value:
-                self.add(Masquerade(scope), f"{prefix}.masquerade")
+        switches: dict[str, Callable[[Scope], Item]] = {"masquerade": Masquerade, "forward": Forward}
+        for key, build_switch in switches.items():
+            if key in body and key in allowed:
+                value = body[key]
+                if not isinstance(value, bool):
+                    self.error(f"{prefix}.{key}", f"expected true or false, got {_type_name(value)}")
+                elif value:
+                    self.add(build_switch(scope), f"{prefix}.{key}")
         if "forward_ports" in body:
             self.forward_ports(f"{prefix}.forward_ports", body["forward_ports"], scope)
 

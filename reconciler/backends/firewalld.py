@@ -26,6 +26,7 @@ from ..errors import BackendUnavailable, OperationFailed
 from ..model import (
     DirectChain,
     DirectRule,
+    Forward,
     ForwardPort,
     IcmpBlock,
     Interface,
@@ -90,6 +91,7 @@ _KINDS: dict[type[Item], tuple[str, str, str]] = {
     SourcePort: ("source_ports", "SourcePort", "ss"),
     IcmpBlock: ("icmp_blocks", "IcmpBlock", "s"),
     Masquerade: ("masquerade", "Masquerade", ""),
+    Forward: ("forward", "Forward", ""),  # (no add/remove methods: written with setZoneSettings2)
     ForwardPort: ("forward_ports", "ForwardPort", "ssss"),
     RichRule: ("rich_rules", "RichRule", "s"),
     Source: ("sources", "Source", "s"),
@@ -97,6 +99,9 @@ _KINDS: dict[type[Item], tuple[str, str, str]] = {
 }
 # These zone add-methods take a trailing timeout argument (0 = permanent runtime).
 _TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
+# Switches (a boolean settings key, present or not); a policy cannot hold the zone-only ones.
+_SWITCHES: dict[type[ScopedItem], str] = {Masquerade: "masquerade", Forward: "forward"}
+_ZONE_ONLY = frozenset({"sources", "interfaces", "forward"})
 # Zones report rich rules under "rules_str"; policies under "rich_rules".
 _ZONE_KEY_ALIASES = {"rich_rules": "rules_str"}
 _ZONE_KEY_ALIASES_BACK = {v: k for k, v in _ZONE_KEY_ALIASES.items()}
@@ -110,7 +115,7 @@ class MalformedReply(BackendUnavailable):
 
 def _settings_signature(key: str) -> str:
     """The D-Bus signature of a settings key fwrecon reads (``masquerade``: b)."""
-    if key == "masquerade":
+    if key in _SWITCHES.values():
         return "b"
     item_sig = next(sig for k, _, sig in _KINDS.values() if k == key)
     return f"a({item_sig})" if len(item_sig) > 1 else "as"
@@ -143,7 +148,7 @@ def _item_args(item: ScopedItem) -> list[str]:
             return [item.port, item.protocol]
         case ForwardPort():
             return [item.port, item.protocol, item.to_port, item.to_addr]
-        case Masquerade():
+        case Masquerade() | Forward():
             return []
     raise TypeError(f"not a zone item: {item!r}")
 
@@ -188,8 +193,7 @@ def _items_from_settings(scope: Scope, settings: dict[str, Variant], member: str
                 raise MalformedReply(
                     f"firewalld's {member} reply for {scope.kind} {scope.name}: {key} entry {_short(v)} is not valid: {exc}"
                 ) from exc
-    if _settings_value(scope, settings, "masquerade", member):
-        items.append(Masquerade(scope))
+    items.extend(cls(scope) for cls, key in _SWITCHES.items() if _settings_value(scope, settings, key, member))
     return items
 
 
@@ -350,8 +354,8 @@ class FirewalldBackend(ServiceBackend):
             elif isinstance(item, DirectRule):
                 args = [item.family, item.table, item.chain, item.priority, list(item.args)]
                 await self._write(IFACE_DIRECT, f"{op.action}Rule", "sssias", args)
-            elif isinstance(item, ScopedItem) and item.scope.kind == "policy":
-                return await self._execute_policy_item(op, item)
+            elif isinstance(item, ScopedItem) and (item.scope.kind == "policy" or isinstance(item, Forward)):
+                return await self._execute_by_settings(op, item)
             elif isinstance(item, ScopedItem):
                 await self._execute_zone_item(op, item)
             else:
@@ -375,14 +379,21 @@ class FirewalldBackend(ServiceBackend):
             signature += "i"
         await self._write(IFACE_ZONE, f"{op.action}{suffix}", signature, body)
 
-    async def _execute_policy_item(self, op: Op, item: ScopedItem) -> Outcome:
-        """Read the one settings key, change it, write it back."""
+    async def _execute_by_settings(self, op: Op, item: ScopedItem) -> Outcome:
+        """Read the one settings key, change it, write it back: how a policy's
+        items are written, and a zone's forward (firewalld has no add/remove
+        call for either)."""
         key, _, item_sig = _KINDS[type(item)]
-        if key in ("sources", "interfaces"):
-            raise OperationFailed(f"a firewalld policy cannot hold {key}", "INVALID_SETTING")
-        (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [item.scope.name], returns="a{sv}")
-        if isinstance(item, Masquerade):
-            current = bool(_settings_value(item.scope, settings, "masquerade", "getPolicySettings"))
+        if item.scope.kind == "policy":
+            if key in _ZONE_ONLY:
+                raise OperationFailed(f"a firewalld policy cannot hold {key}", "INVALID_SETTING")
+            interface, get, put = IFACE_POLICY, "getPolicySettings", "setPolicySettings"
+        else:
+            interface, get, put = IFACE_ZONE, "getZoneSettings2", "setZoneSettings2"
+            key = _ZONE_KEY_ALIASES.get(key, key)
+        (settings,) = await self.call(interface, get, "s", [item.scope.name], returns="a{sv}")
+        if type(item) in _SWITCHES:
+            current = bool(_settings_value(item.scope, settings, _SWITCHES[type(item)], get))
             wanted = op.action == "add"
             if current == wanted:
                 return Outcome.UNCHANGED
@@ -390,7 +401,7 @@ class FirewalldBackend(ServiceBackend):
         else:
             present = [
                 tuple(v) if isinstance(v, list) else v
-                for v in _settings_value(item.scope, settings, key, "getPolicySettings") or []
+                for v in _settings_value(item.scope, settings, _KINDS[type(item)][0], get) or []
             ]
             args = _item_args(item)
             value: Any = tuple(args) if len(args) > 1 else args[0]
@@ -399,7 +410,7 @@ class FirewalldBackend(ServiceBackend):
             values = [*present, value] if op.action == "add" else [v for v in present if v != value]
             signature = f"a({item_sig})" if len(item_sig) > 1 else "as"
             new = Variant(signature, [list(v) if isinstance(v, tuple) else v for v in values])
-        await self._write(IFACE_POLICY, "setPolicySettings", "sa{sv}", [item.scope.name, {key: new}])
+        await self._write(interface, put, "sa{sv}", [item.scope.name, {key: new}])
         return Outcome.APPLIED
 
     # -- events ----------------------------------------------------------------

@@ -333,3 +333,35 @@ def test_firewalld_policy_object_items(fwrecon: Fwrecon) -> None:
     fwrecon.remove_policy("pol")
     assert fwrecon.apply().returncode == 0
     assert firewalld_snapshot(sb) == before
+
+
+def test_zone_forward_is_switched_on_and_off_through_zone_settings(fwrecon: Fwrecon) -> None:
+    """firewalld has no addForward call: fwrecon writes the zone's "forward" setting."""
+    sb = fwrecon.sandbox
+    sb.firewall_cmd("--zone=internal", "--remove-forward", check=True)
+    before = firewalld_snapshot(sb)
+
+    def forwards() -> str:
+        return sb.firewall_cmd("--zone=internal", "--query-forward").stdout.strip()
+
+    fwrecon.write_policy("fwd", '[zone.internal]\nforward = true\ninterfaces = ["dummy0"]\n')
+    result = fwrecon.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert forwards() == "yes"
+    assert re.search(r'chain filter_FWD_internal_allow \{[^}]*oifname "dummy0" accept', sb.ruleset())
+    assert fwrecon.run("plan").returncode == 0  # observed back as the same item
+    fwrecon.remove_policy("fwd")
+    assert fwrecon.apply().returncode == 0
+    assert forwards() == "no"
+    assert firewalld_snapshot(sb) == before
+
+
+def test_zone_forward_already_on_is_not_claimed(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    assert sb.firewall_cmd("--zone=public", "--query-forward").stdout.strip() == "yes"  # firewalld's own default
+    fwrecon.write_policy("fwd", "[zone.public]\nforward = true\n")
+    assert fwrecon.apply().returncode == 0
+    assert fwrecon.owned() == []
+    fwrecon.remove_policy("fwd")
+    assert fwrecon.apply().returncode == 0
+    assert sb.firewall_cmd("--zone=public", "--query-forward").stdout.strip() == "yes"

@@ -34,6 +34,7 @@ from reconciler.model import (
     ITEM_KINDS,
     DirectChain,
     DirectRule,
+    Forward,
     ForwardPort,
     IcmpBlock,
     Interface,
@@ -338,7 +339,9 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
 
     def scope_body(keys: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
         optional = {key: noise(st.lists(pick(STRINGS[key], text=True), max_size=4)) for key in keys if key in STRINGS}
-        optional["masquerade"] = pick(([True, False], ["yes"]))
+        for switch in ("masquerade", "forward"):  # a policy's forward is a near miss (zones only)
+            if switch in keys or level >= 1:
+                optional[switch] = pick(([True, False], ["yes"]))
         forward_port = st.fixed_dictionaries(
             {"port": pick(FORWARD_PORT_VALUES["port"]), "protocol": pick(FORWARD_PORT_VALUES["protocol"])},
             optional={"to_port": pick(FORWARD_PORT_VALUES["to_port"]), "to_addr": pick(FORWARD_PORT_VALUES["to_addr"])},
@@ -439,6 +442,7 @@ REAL_ITEMS: list[Item] = [  # one of every kind
     Protocol(Z, "gre"),
     IcmpBlock(Z, "echo-request"),
     Masquerade(P),
+    Forward(Z),
     ForwardPort(Z, "2222", "tcp", "22", "10.0.0.2"),
     RichRule(Z, 'rule family="ipv4" source address="10.0.0.0/8" log prefix="é \\"q\\"" accept'),
     Source(Z, "ipset:blocked"),

@@ -18,9 +18,11 @@ from reconciler.errors import PolicyError
 from reconciler.model import (
     DirectChain,
     DirectRule,
+    Forward,
     ForwardPort,
     IcmpBlock,
     Interface,
+    Item,
     KnownNames,
     Masquerade,
     Port,
@@ -279,6 +281,7 @@ def test_empty_file_is_an_empty_policy(tmp_path: Path) -> None:
     "text",
     [
         zone("masquerade = false"),
+        zone("forward = false"),
         zone(""),
         zone(
             "services = []\nports = []\nprotocols = []\nsource_ports = []\nicmp_blocks = []\n"
@@ -288,14 +291,23 @@ def test_empty_file_is_an_empty_policy(tmp_path: Path) -> None:
         "[direct]\nchain = []\nrule = []\n",
         'description = "nothing managed"\n[zone]\n[policy]\n',
     ],
-    ids=["masquerade-false", "empty-zone", "empty-arrays", "policy-false-and-empty", "empty-direct", "empty-tables"],
+    ids=[
+        "masquerade-false",
+        "forward-false",
+        "empty-zone",
+        "empty-arrays",
+        "policy-false-and-empty",
+        "empty-direct",
+        "empty-tables",
+    ],
 )
 def test_false_absent_and_empty_produce_no_items(tmp_path: Path, text: str) -> None:
     assert load(tmp_path, text).items == frozenset()
 
 
-def test_masquerade_true_adds_one_item(tmp_path: Path) -> None:
-    assert load(tmp_path, zone("masquerade = true")).items == frozenset({Masquerade(PUBLIC)})
+@pytest.mark.parametrize(("key", "item"), [("masquerade", Masquerade(PUBLIC)), ("forward", Forward(PUBLIC))])
+def test_a_switch_set_to_true_adds_one_item(tmp_path: Path, key: str, item: Item) -> None:
+    assert load(tmp_path, zone(f"{key} = true")).items == frozenset({item})
 
 
 # -- TOML syntax and encoding ----------------------------------------------------------
@@ -329,7 +341,7 @@ def test_non_utf8_file(tmp_path: Path) -> None:
 # -- unknown keys and wrong types ---------------------------------------------------------
 
 ZONE_KEYS_TEXT = (
-    "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward_ports, sources, interfaces"
+    "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward, forward_ports, sources, interfaces"
 )
 POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_rules, masquerade, forward_ports"
 
@@ -344,9 +356,10 @@ POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_
             '[policy.p]\ninterfaces = ["eth0"]\n',
             f"t.toml: policy.p.interfaces: unknown key (expected one of: {POLICY_KEYS_TEXT})",
         ),
+        ("[policy.p]\nforward = true\n", f"t.toml: policy.p.forward: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
         ("[direct]\ntables = []\n", "t.toml: direct.tables: unknown key (expected one of: chain, rule)"),
     ],
-    ids=["top-level", "zone", "policy-sources", "policy-interfaces", "direct"],
+    ids=["top-level", "zone", "policy-sources", "policy-interfaces", "policy-forward", "direct"],
 )
 def test_unknown_key(tmp_path: Path, text: str, expected: str) -> None:
     assert errors(tmp_path, text) == [expected]
@@ -358,6 +371,7 @@ def test_unknown_key(tmp_path: Path, text: str, expected: str) -> None:
         (zone('services = "http"'), "t.toml: zone.public.services: expected an array of strings, got string"),
         (zone('ports = ["80/tcp", 80]'), "t.toml: zone.public.ports[1]: expected a string, got integer"),
         (zone('masquerade = "yes"'), "t.toml: zone.public.masquerade: expected true or false, got string"),
+        (zone("forward = 1"), "t.toml: zone.public.forward: expected true or false, got integer"),
         ("description = 3\n", "t.toml: description: expected a string, got integer"),
         ("zone = 5\n", "t.toml: zone: expected a table, got integer"),
         ("[zone]\npublic = 5\n", "t.toml: zone.public: expected a table, got integer"),
@@ -369,6 +383,7 @@ def test_unknown_key(tmp_path: Path, text: str, expected: str) -> None:
         "string-not-array",
         "int-in-array",
         "masquerade-string",
+        "forward-int",
         "description-int",
         "zone-int",
         "zone-body-int",
