@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -35,8 +36,8 @@ from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors, to
 from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
-from .model import Item, NftChain, NftRule
-from .policy import LoadResult, Policy, unresolved_chains
+from .model import NFT_ITEMS, NFT_TABLE, Item, NftElement, Op
+from .policy import LoadResult, Policy, conflicting_sets, unresolved_references
 from .policydir import load_policy_dir
 from .state import State, StateStore
 
@@ -206,7 +207,9 @@ async def cmd_check(args: argparse.Namespace) -> int:
             extra.setdefault(name, []).extend(errors)
         declared = [item for policy in loaded.policies.values() for item in policy.items]
         for name, policy in loaded.policies.items():
-            extra.setdefault(name, []).extend(unresolved_chains(policy, declared, None))
+            extra.setdefault(name, []).extend(unresolved_references(policy, declared, None))
+        for name, errors in conflicting_sets(loaded.policies).items():
+            extra.setdefault(name, []).extend(errors)
     count = _print_errors(loaded, extra)
     if count == 0:
         print(f"{len(loaded.policies)} policies valid")
@@ -217,7 +220,7 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
     """nft's own verdict on nft sections (``nft -c``: checks, commits nothing),
     through the same backend selection as every other command."""
     wanted: dict[Item, Policy] = {
-        item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, (NftChain, NftRule))
+        item: policy for policy in loaded.policies.values() for item in policy.items if isinstance(item, NFT_ITEMS)
     }
     if not wanted:
         return {}
@@ -229,6 +232,34 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
         return {}
     finally:
         await backends.close()
+
+
+ELEMENTS_LISTED = 20  # more element changes than this to one set, and `plan`/`apply` print one line for them
+
+
+def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:
+    """One line per op (with its note, e.g. "unchanged"), except that many
+    element changes to one set become one line: ``~ nft inet fwrecon set
+    blocklist: 9,812 elements added, 14 removed  [policy]`` (``--json`` lists them all)."""
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for op, note in ops:
+        if isinstance(op.item, NftElement):
+            counts.setdefault((op.item.family, op.item.set), Counter())[note or op.action] += 1
+    big = {key for key, count in counts.items() if count.total() > ELEMENTS_LISTED}
+    lines: list[str] = []
+    for op, note in ops:
+        item = op.item
+        if isinstance(item, NftElement) and (key := (item.family, item.set)) in big:
+            count = counts.pop(key, None)
+            if count is not None:
+                sign = "+" if not count["remove"] else "-" if not count["add"] else "~"
+                parts = [f"{count['add']:,} elements added"] if count["add"] else []
+                parts += [f"{count['remove']:,} removed"] if count["remove"] else []
+                parts += [f"{n:,} {what}" for what, n in sorted(count.items()) if what not in ("add", "remove")]
+                lines.append(f"{sign} nft {item.family} {NFT_TABLE} set {item.set}: {', '.join(parts)}  [{policy}]")
+            continue
+        lines.append(f"{op.describe()}  [{policy}]" + (f"  ({note})" if note else ""))
+    return lines
 
 
 async def cmd_plan(args: argparse.Namespace) -> int:
@@ -259,8 +290,9 @@ async def cmd_plan(args: argparse.Namespace) -> int:
             )
         )
     else:
-        for policy, op in changes:
-            print(f"{op.describe()}  [{policy}]")
+        for plan in plans:
+            for line in change_lines(plan.policy, [(op, "") for op in plan.ops]):
+                print(line)
         for policy, item in held:
             print(f"= {item.describe()}  [{policy}] held by others")
         for line in errors:
@@ -288,8 +320,9 @@ async def cmd_apply(args: argparse.Namespace) -> int:
     outcome_of_all = "success" if report.converged and not report.invalid else "degraded"
     status.record_reconcile(args.state_file, "apply", outcome_of_all, loaded, report, report.duration, command="apply")
     for outcome in report.outcomes:
-        for op, result in outcome.ops:
-            print(f"{op.describe()}  [{outcome.policy}]" + ("" if result.value == "applied" else f"  ({result.value})"))
+        done = [(op, "" if result.value == "applied" else result.value) for op, result in outcome.ops]
+        for line in change_lines(outcome.policy, done):
+            print(line)
         if outcome.status == "failed":
             print(f"FAILED {outcome.policy}: {outcome.error} (rolled back)")
     for name in sorted(report.invalid):

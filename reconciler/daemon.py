@@ -481,6 +481,9 @@ class Controller:
         m.policies.labels(state="invalid").set(invalid)
         m.policies.labels(state="valid").set(len(loaded.policies.keys() - report.invalid.keys()))
         m.owned_items.set(report.owned_items)
+        m.set_elements.clear()  # (a set fwrecon no longer owns elements in goes from the output)
+        for (family, name), count in report.set_elements.items():
+            m.set_elements.labels(family=family, set=name).set(count)
         if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops and self._reloads == self._reloads_at_last_start:
             m.drift_repairs.inc(report.write_ops)
         now = time.monotonic()

@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import itertools
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -23,9 +24,9 @@ import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, PolicyError
-from .model import DirectChain, Item, KnownNames, Op, Outcome, Ownership
-from .planner import PolicyPlan, chain_in_use, owners_of, plan_all, settle_others, settle_ownership
-from .policy import LoadResult, Policy, check_references, unresolved_chains
+from .model import DirectChain, Item, KnownNames, NftElement, Op, Outcome, Ownership
+from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
+from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
 from .transaction import QueryHook, Transaction, TransactionFailed
 from .view import FirewallView
@@ -64,6 +65,7 @@ class ReconcileReport:
     duration: float
     write_ops: int = 0
     deferred: int = 0  # adds that wait for a reload to settle (the daemon comes back for them)
+    set_elements: dict[tuple[str, str], int] = field(default_factory=dict)  # (family, set) -> elements fwrecon owns in it
 
     @property
     def failed(self) -> list[PolicyOutcome]:
@@ -138,13 +140,15 @@ def desired_state(
     The last good items are what the caller remembers (the daemon keeps them in
     memory) or, failing that, what the policy owns according to the state file.
     A policy with items the backend in charge cannot express (``refused``, by
-    policy name) is invalid too.
+    policy name), or with an nft set another policy declares otherwise, is
+    invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     items: dict[str, frozenset[Item]] = {}
+    clashes = conflicting_sets(loaded.policies)
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
-        problems += (refused or {}).get(name, [])
+        problems += (refused or {}).get(name, []) + clashes.get(name, [])
         if problems:
             invalid[name] = problems
         else:
@@ -214,7 +218,7 @@ def build_transaction(plan: PolicyPlan) -> Transaction:
 def _remove_chain_if_empty(chain: DirectChain) -> QueryHook:
     async def hook(txn: Transaction, backend: Backend) -> None:
         view = await backend.observe({chain.container()})
-        if chain_in_use(view, chain):
+        if in_use(view, chain):
             log.warning("chain_kept", chain=chain.describe(), reason="it holds rules fwrecon does not own")
         else:
             txn.add(Op("remove", chain))
@@ -322,25 +326,25 @@ class Reconciler:
         items, like any invalid one.
         """
         desired = await self.desired(loaded, state, last_good)
-        if thorough:
-            try:
-                verdicts = await self.verdict_errors(loaded, desired)
-            except BackendUnavailable as exc:
-                desired.notes.append(f"nft rules not checked by nft ({exc})")
-                verdicts = {}
-            for name, errors in verdicts.items():
-                self._hold(desired, name, errors, state, last_good)
         view = await self.observe(desired.items, state)
         while True:
             declared = [item for items in desired.items.values() for item in items]
             found = {
                 name: errors
                 for name, policy in loaded.policies.items()
-                if name not in desired.invalid and (errors := unresolved_chains(policy, declared, view.items()))
+                if name not in desired.invalid and (errors := unresolved_references(policy, declared, view.items()))
             }
             if not found:
                 break
             for name, errors in found.items():
+                self._hold(desired, name, errors, state, last_good)
+        if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
+            try:
+                verdicts = await self.verdict_errors(loaded, desired)
+            except BackendUnavailable as exc:
+                desired.notes.append(f"nft rules not checked by nft ({exc})")
+                verdicts = {}
+            for name, errors in verdicts.items():
                 self._hold(desired, name, errors, state, last_good)
         if containers_for(desired.items, state.owned) - view.containers:
             view = await self.observe(desired.items, state)  # a held version needs containers not read yet
@@ -432,6 +436,7 @@ class Reconciler:
             duration=time.monotonic() - started,
             write_ops=sum(len(o.ops) for o in outcomes),
             deferred=sum(len(o.deferred) for o in outcomes),
+            set_elements=dict(Counter((i.family, i.set) for i in state.owned if isinstance(i, NftElement))),
         )
         log.info(
             "reconcile_done",

@@ -31,10 +31,11 @@ NFT_CHAIN_POLICIES = ("accept", "drop")
 # silently wraps anything beyond, and the chain would then never match its item.
 NFT_PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 # A subset of what nft's scanner takes (no '/', 64 characters at most), the
-# same for fwrecon's own table, chains and (later) sets.
+# same for fwrecon's own table, chains and sets.
 NFT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 NFT_NAME_TEXT = "letters, digits, '_', '.', '-'; up to 64"
 NFT_JUMP_RE = re.compile(r"\b(?:jump|goto)\s+([A-Za-z_][A-Za-z0-9_.-]*)")
+NFT_SET_REF_RE = re.compile(r"@([A-Za-z_][A-Za-z0-9_.-]*)")
 
 
 def nft_rule_problem(rule: str) -> str | None:
@@ -65,6 +66,12 @@ def nft_jump_targets(rule: str) -> set[str]:
     """Chains an nft rule text jumps or goes to (outside quoted strings)."""
     bare = " ".join(rule.split('"')[::2])
     return set(NFT_JUMP_RE.findall(bare))
+
+
+def nft_set_references(rule: str) -> set[str]:
+    """Named sets an nft rule text uses (``@name``, outside quoted strings)."""
+    bare = " ".join(rule.split('"')[::2])
+    return set(NFT_SET_REF_RE.findall(bare))
 
 
 # -- direct rules (iptables, ip6tables, ebtables) --------------------------------------

@@ -58,6 +58,9 @@ class Metrics:
         self.firewalld_up = Gauge("fwrecon_firewalld_up", "1 while firewalld is on the bus", registry=r)
         self.policies = Gauge("fwrecon_policies", "Policy files by state", ["state"], registry=r)
         self.owned_items = Gauge("fwrecon_owned_items", "Firewall items fwrecon added and owns", registry=r)
+        self.set_elements = Gauge(
+            "fwrecon_nft_set_elements", "Elements fwrecon owns in each nft set of its table", ["family", "set"], registry=r
+        )
         self.last_success = Gauge("fwrecon_last_success_timestamp_seconds", "When the last reconcile converged", registry=r)
         self.last_queued = Gauge(
             "fwrecon_last_queued_timestamp_seconds",

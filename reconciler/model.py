@@ -486,6 +486,46 @@ class NftRule(Item):
         return f"nft {self.family} {NFT_TABLE} {self.chain} rule {self.rule}"
 
 
+@dataclass(frozen=True, order=True)
+class NftSet(Item):
+    """A named set in fwrecon's table; its elements are items of their own
+    (`NftElement`), so two policies can share a set and an edit is a diff."""
+
+    kind: ClassVar[str] = "nft_set"
+    layer: ClassVar[int] = 0  # before the rules that use it and the elements in it
+    family: str
+    name: str
+    type: str
+    flags: tuple[str, ...] = ()  # sorted
+
+    def container(self) -> tuple[str, ...]:
+        return ("nft", self.family)
+
+    def describe(self) -> str:
+        flags = f" flags {','.join(self.flags)};" if self.flags else ""
+        return f"nft {self.family} {NFT_TABLE} set {self.name} {{ type {self.type};{flags} }}"
+
+
+@dataclass(frozen=True, order=True)
+class NftElement(Item):
+    """One element of a set in fwrecon's table, in nft's printed form (`nftsets`)."""
+
+    kind: ClassVar[str] = "nft_element"
+    family: str
+    set: str
+    element: str
+
+    def container(self) -> tuple[str, ...]:
+        return ("nft", self.family)
+
+    def describe(self) -> str:
+        return f"nft {self.family} {NFT_TABLE} set {self.set} element {self.element}"
+
+
+# Every item kind that lives in fwrecon's nft tables (the nftables backend's).
+NFT_ITEMS = (NftChain, NftRule, NftSet, NftElement)
+
+
 ITEM_KINDS: dict[str, type[Item]] = {
     cls.kind: cls
     for cls in (
@@ -504,6 +544,8 @@ ITEM_KINDS: dict[str, type[Item]] = {
         DirectRule,
         NftChain,
         NftRule,
+        NftSet,
+        NftElement,
     )
 }
 

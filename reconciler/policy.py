@@ -19,7 +19,7 @@ import re
 import socket
 import sys
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from .limits import (
     NFT_PRIORITY_RANGE,
     nft_jump_targets,
     nft_rule_problem,
+    nft_set_references,
 )
 from .model import (
     TAG_PREFIX,
@@ -53,7 +54,9 @@ from .model import (
     KnownNames,
     Masquerade,
     NftChain,
+    NftElement,
     NftRule,
+    NftSet,
     Port,
     Protocol,
     RichRule,
@@ -63,6 +66,7 @@ from .model import (
     Source,
     SourcePort,
 )
+from .nftsets import REFUSED_FLAGS, SET_FLAGS, SET_TYPES, canonical_element, conflicts
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
 
@@ -77,6 +81,7 @@ APPROX_MAX_NESTING = 200
 TOP_KEYS = ("description", "zone", "policy", "direct", "nft")
 NFT_CHAIN_KEYS = ("family", "chain", "type", "hook", "priority", "policy")
 NFT_RULE_KEYS = ("family", "chain", "rule")
+NFT_SET_KEYS = ("family", "name", "type", "flags", "elements")
 SCOPE_LIST_KEYS = ("services", "ports", "protocols", "source_ports", "icmp_blocks", "rich_rules")
 ZONE_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward", "forward_ports", "sources", "interfaces")
 POLICY_KEYS = (*SCOPE_LIST_KEYS, "masquerade", "forward_ports")
@@ -222,44 +227,93 @@ def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:
     ]
 
 
-def unresolved_chains(policy: Policy, declared: Iterable[Item], held: Iterable[Item] | None) -> list[PolicyError]:
-    """Errors for rules in (or nft rules jumping to) a chain that is not built in,
-    that no applying policy declares (``declared``: every item that will be
-    applied) and that the backend does not hold (``held``: what it lists; None
-    when it could not be asked, and then only declarations count).
+def unresolved_references(policy: Policy, declared: Iterable[Item], held: Iterable[Item] | None) -> list[PolicyError]:
+    """Errors for rules in (or nft rules jumping to) a chain that is not built
+    in, and nft rules using a set (``@name``), that no applying policy
+    declares (``declared``: every item that will be applied) and that the
+    backend does not hold (``held``: what it lists; None when it could not be
+    asked, and then only declarations count); and for a set the backend holds
+    with another type or flags.
 
-    Such a rule would pass every offline check and fail at apply.
+    Each would pass every offline check and fail at apply.
     """
-    chains: set[tuple[str, ...]] = set()
+    names: set[tuple[str, ...]] = set()
+    held_sets = {(item.family, item.name): item for item in held or () if isinstance(item, NftSet)}
     for item in (*declared, *(held or ())):
         if isinstance(item, NftChain):
-            chains.add(("nft", item.family, item.chain))
+            names.add(("nft", item.family, item.chain))
+        elif isinstance(item, NftSet):
+            names.add(("nft set", item.family, item.name))
         elif isinstance(item, DirectChain):
-            chains.add(("direct", item.family, item.table, item.chain))
+            names.add(("direct", item.family, item.table, item.chain))
     where = "" if held is None else " and the backend in charge does not hold it"
     errors: list[PolicyError] = []
+
+    def missing(item: Item, message: str) -> None:
+        errors.append(PolicyError(policy.file, policy.key_of(item), message + where))
+
     for item in sorted(policy.items, key=Item.sort_key):
         if isinstance(item, NftRule):
             for chain in sorted({item.chain, *nft_jump_targets(item.rule)}):
-                if ("nft", item.family, chain) not in chains:
+                if ("nft", item.family, chain) not in names:
                     what = "rule's chain" if chain == item.chain else "chain it jumps to"
-                    errors.append(
-                        PolicyError(
-                            policy.file,
-                            policy.key_of(item),
-                            f"the {what} {chain!r} ({item.family}) is declared by no [[nft.chain]]{where}",
-                        )
-                    )
+                    missing(item, f"the {what} {chain!r} ({item.family}) is declared by no [[nft.chain]]")
+            for name in sorted(nft_set_references(item.rule)):
+                if ("nft set", item.family, name) not in names:
+                    missing(item, f"the set @{name} ({item.family}) is declared by no [[nft.set]]")
+        elif isinstance(item, NftSet) and held_sets.get((item.family, item.name), item) != item:
+            errors.append(
+                PolicyError(
+                    policy.file,
+                    policy.key_of(item),
+                    f"the set exists as {held_sets[item.family, item.name].describe()}; nft cannot change a set's type "
+                    "or flags in place: give the set a new name, or drop it from every policy first",
+                )
+            )
         elif isinstance(item, DirectRule):
             builtin = DIRECT_BUILTIN_CHAINS.get(item.family, {}).get(item.table, frozenset())
-            if item.chain not in builtin and ("direct", item.family, item.table, item.chain) not in chains:
-                errors.append(
-                    PolicyError(
-                        policy.file,
-                        policy.key_of(item),
-                        f"chain {item.chain!r} ({item.family} {item.table}) is not built in and declared by no [[direct.chain]]{where}",
-                    )
+            if item.chain not in builtin and ("direct", item.family, item.table, item.chain) not in names:
+                missing(
+                    item, f"chain {item.chain!r} ({item.family} {item.table}) is not built in and declared by no [[direct.chain]]"
                 )
+    return errors
+
+
+def conflicting_sets(policies: Mapping[str, Policy]) -> dict[str, list[PolicyError]]:
+    """Errors, by policy name, for an nft set that policies declare alike in
+    name but not in type or flags, or whose elements overlap another
+    policy's in an interval set (nft refuses both at apply).
+
+    The policy first in name order keeps its declaration; the others are told.
+    """
+    first: dict[tuple[str, str], tuple[str, NftSet]] = {}  # (family, name) -> first declaring policy, its set
+    spans: dict[tuple[str, str], dict[str, str]] = {}  # -> element -> the policy it came from
+    errors: dict[str, list[PolicyError]] = {}
+    for name in sorted(policies):
+        policy = policies[name]
+        sets = sorted((item for item in policy.items if isinstance(item, NftSet)), key=Item.sort_key)
+        for nft_set in sets:
+            key = (nft_set.family, nft_set.name)
+            owner, declared = first.setdefault(key, (name, nft_set))
+            if declared != nft_set:
+                message = f"policy {owner!r} declares the set {nft_set.name!r} ({nft_set.family}) as {declared.describe()}"
+                errors.setdefault(name, []).append(PolicyError(policy.file, policy.key_of(nft_set), message))
+        for nft_set in sets:
+            key = (nft_set.family, nft_set.name)
+            if first[key][1] != nft_set or "interval" not in nft_set.flags:
+                continue
+            theirs = spans.setdefault(key, {})
+            mine = {item.element for item in policy.items if isinstance(item, NftElement) and (item.family, item.set) == key}
+            mine -= theirs.keys()  # (the same element in two policies is one shared element)
+            for pair in conflicts(nft_set.type, [*theirs, *mine]):
+                ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]
+                if ours and other:
+                    where = policy.key_of(NftElement(nft_set.family, nft_set.name, ours[0]))
+                    message = (
+                        f"{ours[0]!r} overlaps {other[0]!r} of policy {theirs[other[0]]!r}; nft refuses overlapping intervals"
+                    )
+                    errors.setdefault(name, []).append(PolicyError(policy.file, where, message))
+            theirs.update(dict.fromkeys(mine, name))
     return errors
 
 
@@ -598,6 +652,7 @@ class _PolicyParser:
             {
                 "chain": (NFT_CHAIN_KEYS, self.nft_chain),
                 "rule": (NFT_RULE_KEYS, self.nft_rule),
+                "set": (NFT_SET_KEYS, self.nft_set),
             },
         )
 
@@ -661,6 +716,47 @@ class _PolicyParser:
         if len(self.errors) > errors_before or names is None or rule is None:
             return None
         return NftRule(names[0], names[1], folded)
+
+    def nft_set(self, path: str, entry: dict[str, Any]) -> Item | None:
+        """The set, and each of its elements as an item of its own (added here)."""
+        errors_before = len(self.errors)
+        family = self.required_string(path, entry, "family")
+        name = self.required_string(path, entry, "name")
+        set_type = self.required_string(path, entry, "type")
+        if family is not None and family not in NFT_FAMILIES:
+            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
+        if name is not None and not NFT_NAME_RE.fullmatch(name):
+            self.error(f"{path}.name", f"{_show(name)} is not a set name ({NFT_NAME_TEXT})")
+        if set_type is not None and set_type not in SET_TYPES:
+            self.error(f"{path}.type", f"{_show(set_type)} is not one of {'|'.join(SET_TYPES)}")
+        flags: set[str] = set()
+        for key, flag in self.strings(f"{path}.flags", entry.get("flags", [])):
+            if flag in REFUSED_FLAGS:
+                self.error(key, f"{_show(flag)} is not supported: {REFUSED_FLAGS[flag]}")
+            elif flag not in SET_FLAGS:
+                self.error(key, f"{_show(flag)} is not one of {'|'.join(SET_FLAGS)}")
+            flags.add(flag)
+        if len(self.errors) > errors_before or family is None or name is None or set_type is None:
+            return None
+        interval = "interval" in flags
+        elements: dict[str, str] = {}  # canonical element -> its key
+        for key, text in self.strings(f"{path}.elements", entry.get("elements", [])):
+            try:
+                element = canonical_element(set_type, interval, text)
+            except ValueError as exc:
+                self.error(key, str(exc))
+                continue
+            elements.setdefault(element, key)
+        if interval:
+            for first, second in conflicts(set_type, elements):
+                self.error(
+                    elements[second], f"{second!r} overlaps {first!r} ({elements[first]}); nft refuses overlapping intervals"
+                )
+        if len(self.errors) > errors_before:
+            return None
+        for element, key in elements.items():
+            self.add(NftElement(family, name, element), key)
+        return NftSet(family, name, set_type, tuple(sorted(flags)))
 
     def required_string(self, path: str, entry: dict[str, Any], key: str) -> str | None:
         if key not in entry:

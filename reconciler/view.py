@@ -12,11 +12,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import cast
 
-from .model import DirectChain, DirectRule, Item, NftChain, NftRule, Port, Scope, SourcePort
+from .model import DirectChain, DirectRule, Item, NftChain, NftElement, NftRule, NftSet, Port, Scope, SourcePort
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
 _RANGED = frozenset({Port, SourcePort})  # exact types: cheaper than isinstance on ABCs
 _RangeKey = tuple[type[Port] | type[SourcePort], Scope, str]
+# Items that hold others (a chain its rules, a set its elements): removing
+# one takes everything in it along, so it goes only when nothing uses it.
+Holder = DirectChain | NftChain | NftSet
+HOLDERS = (DirectChain, NftChain, NftSet)
 
 
 class FirewallView:
@@ -43,8 +47,9 @@ class FirewallView:
         # Containers no backend in charge can read or write (zones while
         # firewalld is away): the planner leaves their items alone.
         self.unreachable: frozenset[tuple[str, ...]] = frozenset(unreachable)
-        # What else uses a chain: foreign rules in it (text) or our rules
-        # elsewhere jumping to it (items, in use while present).
+        # What else uses a chain or set: foreign rules or elements in it, rules
+        # using it (text), or our rules elsewhere jumping to it or matching on
+        # it (items, in use while present).
         self.users: dict[Item, tuple[Item | str, ...]] = {k: tuple(v) for k, v in (users or {}).items()}
         self._items: set[Item] = set()
         self._ranges: dict[_RangeKey, frozenset[Range]] = defaultdict(frozenset)
@@ -90,24 +95,28 @@ class FirewallView:
             return rng in self._ranges.get(key, frozenset())
         return item in self._items
 
-    def chain_users(self, chain: DirectChain | NftChain) -> list[str]:
-        """Everything that still uses ``chain``: its rules, foreign rules, jumps to it."""
-        found = [rule.describe() for rule in self.rules_in_chain(chain)]
-        for user in self.users.get(chain, ()):
+    def users_of(self, holder: Holder) -> list[str]:
+        """Everything that still uses ``holder``: what is in it, foreign rules, rules that use it."""
+        found = [member.describe() for member in self.members_of(holder)]
+        for user in self.users.get(holder, ()):
             if isinstance(user, str):
                 found.append(user)
             elif self.has(user):
                 found.append(user.describe())
         return found
 
-    def rules_in_chain(self, chain: DirectChain | NftChain) -> list[Item]:
-        """Rules the view knows in ``chain`` (a direct or an nft chain)."""
-        if isinstance(chain, NftChain):
-            return [i for i in self._items if isinstance(i, NftRule) and (i.family, i.chain) == (chain.family, chain.chain)]
+    def members_of(self, holder: Holder) -> list[Item]:
+        """Items the view knows in ``holder``: a direct or nft chain's rules, a set's elements."""
+        if isinstance(holder, NftSet):
+            key = (holder.family, holder.name)
+            return [i for i in self._items if isinstance(i, NftElement) and (i.family, i.set) == key]
+        if isinstance(holder, NftChain):
+            return [i for i in self._items if isinstance(i, NftRule) and (i.family, i.chain) == (holder.family, holder.chain)]
         return [
             item
             for item in self._items
-            if isinstance(item, DirectRule) and (item.family, item.table, item.chain) == (chain.family, chain.table, chain.chain)
+            if isinstance(item, DirectRule)
+            and (item.family, item.table, item.chain) == (holder.family, holder.table, holder.chain)
         ]
 
     def add(self, item: Item) -> None:

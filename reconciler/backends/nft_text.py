@@ -51,7 +51,8 @@ from typing import Any
 
 from ..errors import BackendUnavailable, OperationFailed
 from ..limits import NFT_FAMILIES, NFT_NAME_RE, NFT_NAME_TEXT, NFT_PRIORITY_RANGE, nft_rule_problem
-from ..model import NFT_TABLE, TAG_PREFIX, TAG_RE, Item, NftChain, NftRule, Op, Outcome
+from ..model import NFT_ITEMS, NFT_TABLE, TAG_PREFIX, TAG_RE, Item, NftChain, NftElement, NftRule, NftSet, Op, Outcome
+from ..nftsets import SET_FLAGS, SET_TYPES, listed_element
 
 FAMILIES = NFT_FAMILIES
 ERROR_CODE = "NFT_ERROR"  # nft refused the script
@@ -60,6 +61,9 @@ CONFLICT_CODE = "NFT_CHAIN_CONFLICT"  # a chain of that name exists with another
 IN_USE_CODE = "NFT_CHAIN_IN_USE"  # deleting the chain would delete rules that stay
 
 WORD_RE = re.compile(r"[a-z]+")
+# What an element's text may hold (addresses, networks, ranges, ports, MACs): nothing that ends a statement.
+ELEMENT_RE = re.compile(r"[0-9A-Fa-f.:/-]{1,100}")
+ELEMENTS_PER_LINE = 4096  # one "add element" statement per this many (nft takes any number; errors stay short)
 ERROR_LINE_RE = re.compile(r"^(?P<file>\S+?):(?P<line>\d+):(?P<cols>\d+(?:-\d+)?): Error: (?P<text>.*)$")
 GENERATION_RE = re.compile(r"^# new generation (?P<gen>\d+) by process (?P<pid>\d+)")
 
@@ -111,10 +115,20 @@ rule_problem = nft_rule_problem
 @functools.lru_cache(maxsize=1 << 16)
 def item_problem(item: Item) -> str | None:
     """Why ``item`` cannot go into an nft script as is (bad family, name, words, rule text)."""
-    if not isinstance(item, (NftChain, NftRule)):
+    if not isinstance(item, NFT_ITEMS):
         return f"the nftables backend cannot hold {item.describe()}"
     if item.family not in FAMILIES:
         return f"unknown nftables family {item.family!r} (one of {', '.join(FAMILIES)})"
+    if isinstance(item, (NftSet, NftElement)):
+        name = item.name if isinstance(item, NftSet) else item.set
+        if not NFT_NAME_RE.fullmatch(name):
+            return f"invalid nft set name {name!r} ({NFT_NAME_TEXT})"
+        if isinstance(item, NftElement):
+            return None if ELEMENT_RE.fullmatch(item.element) else f"invalid set element {item.element!r}"
+        if item.type not in SET_TYPES:
+            return f"unsupported set type {item.type!r} (one of {', '.join(SET_TYPES)})"
+        unknown = [flag for flag in item.flags if flag not in SET_FLAGS]
+        return f"unsupported set flag {unknown[0]!r} (any of {', '.join(SET_FLAGS)})" if unknown else None
     if not NFT_NAME_RE.fullmatch(item.chain):
         return f"invalid nft chain name {item.chain!r} ({NFT_NAME_TEXT})"
     if isinstance(item, NftChain):
@@ -156,7 +170,7 @@ def trusted(listing: TableListing, proven: Callable[[RuleEntry], bool]) -> Table
     any untagged rule (never an item's presence, never deleted for it).
     """
     rules = [entry if entry.tag is None or proven(entry) else replace(entry, comment=None) for entry in listing.rules]
-    return TableListing(listing.family, listing.exists, listing.chains, rules, listing.others)
+    return replace(listing, rules=rules)
 
 
 @dataclass
@@ -167,7 +181,10 @@ class TableListing:
     exists: bool = False
     chains: dict[str, NftChain] = field(default_factory=dict)  # canonical, in listing order
     rules: list[RuleEntry] = field(default_factory=list)  # in listing (= chain) order
-    others: list[str] = field(default_factory=list)  # sets, maps, ... ("set foo")
+    others: list[str] = field(default_factory=list)  # maps, flowtables, ... ("map foo")
+    sets: dict[str, NftSet] = field(default_factory=dict)  # by name
+    elements: dict[str, list[str]] = field(default_factory=dict)  # set name -> its elements in canonical form
+    odd_elements: dict[str, int] = field(default_factory=dict)  # set name -> elements of forms fwrecon never writes
 
     def handles(self, family: str, chain: str, tag: str) -> list[int]:
         return [r.handle for r in self.rules if r.chain == chain and r.tag == tag] if family == self.family else []
@@ -218,6 +235,8 @@ def parse_listing(family: str, text: str) -> TableListing:
                         str(body["chain"]), int(body["handle"]), None if comment is None else str(comment), body.get("expr")
                     )
                 )
+            elif kind == "set":
+                _parse_set(listing, family, body)
             else:
                 listing.others.append(f"{kind} {body.get('name', '?')}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON, but not nft's
@@ -225,6 +244,40 @@ def parse_listing(family: str, text: str) -> TableListing:
             f"nft -j list table {family} {NFT_TABLE} printed JSON that is not an nft listing: {exc!r}"
         ) from exc
     return listing
+
+
+def _parse_set(listing: TableListing, family: str, body: dict[str, Any]) -> None:
+    """One listed set: the set item, its elements in canonical form, and a
+    count of those in forms fwrecon never writes (they are someone else's)."""
+    name = str(body["name"])
+    raw_type = body["type"]
+    set_type = " . ".join(map(str, raw_type)) if isinstance(raw_type, list) else str(raw_type)
+    raw_flags = body.get("flags", [])
+    flags = tuple(sorted(map(str, [raw_flags] if isinstance(raw_flags, str) else raw_flags)))
+    listing.sets[name] = NftSet(family, name, set_type, flags)
+    elements = listing.elements.setdefault(name, [])
+    raw_elements = body.get("elem", [])
+    for value in raw_elements if isinstance(raw_elements, list) else [raw_elements]:
+        element = listed_element(set_type, value)
+        if element is None:
+            listing.odd_elements[name] = listing.odd_elements.get(name, 0) + 1
+        else:
+            elements.append(element)
+
+
+def set_references(expr: Any) -> set[str]:
+    """Named sets a listed rule's statements use (``"@name"`` anywhere in the ``nft -j`` form)."""
+    found: set[str] = set()
+    pending = [expr]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str) and value.startswith("@"):
+            found.add(value[1:])
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return found
 
 
 # -- building the script ------------------------------------------------------------
@@ -237,6 +290,12 @@ def chain_statement(chain: NftChain, table: str = NFT_TABLE) -> str:
     if not chain.hook:
         return head
     return f"{head} {{ type {chain.type} hook {chain.hook} priority {chain.priority}; policy {chain.policy}; }}"
+
+
+def set_statement(nft_set: NftSet, table: str = NFT_TABLE) -> str:
+    """``add set`` for ``nft_set`` (its elements are statements of their own)."""
+    flags = f" flags {','.join(nft_set.flags)};" if nft_set.flags else ""
+    return f"add set {nft_set.family} {table} {nft_set.name} {{ type {nft_set.type};{flags} }}"
 
 
 def untagged(statement: str) -> str:
@@ -252,20 +311,53 @@ def rule_statement(rule: NftRule, table: str = NFT_TABLE) -> str:
 
 @dataclass
 class Script:
-    """An nft script plus, per line, the op it came from (None: housekeeping)."""
+    """An nft script plus, per line, the op it came from (None: housekeeping),
+    and for a line of many elements each element's op by its first column."""
 
     lines: list[str] = field(default_factory=list)
     ops: list[Op | None] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    columns: dict[int, list[tuple[int, Op]]] = field(default_factory=dict)  # 0-based line -> (1-based column, op)
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
 
-    def op_at(self, line_number: int) -> Op | None:
-        """The op behind 1-based ``line_number`` of the script."""
-        if 1 <= line_number <= len(self.ops):
-            return self.ops[line_number - 1]
-        return None
+    def append(self, line: str, op: Op | None) -> None:
+        self.lines.append(line)
+        self.ops.append(op)
+
+    def op_at(self, line_number: int, column: int | None = None) -> Op | None:
+        """The op behind 1-based ``line_number`` (and ``column``) of the script."""
+        if not 1 <= line_number <= len(self.ops):
+            return None
+        parts = self.columns.get(line_number - 1)
+        if parts and column is not None:
+            return next((op for start, op in reversed(parts) if start <= column), parts[0][1])
+        return self.ops[line_number - 1]
+
+    def append_elements(self, run: _Elements) -> None:
+        """One statement per `ELEMENTS_PER_LINE` elements, each element's column kept."""
+        for start in range(0, len(run.members), ELEMENTS_PER_LINE):
+            chunk = run.members[start : start + ELEMENTS_PER_LINE]
+            line = f"{run.verb} element {run.family} {NFT_TABLE} {run.set} {{ "
+            parts: list[tuple[int, Op]] = []
+            for position, (element, op) in enumerate(chunk):
+                if position:
+                    line += ", "
+                parts.append((len(line) + 1, op))
+                line += element
+            self.columns[len(self.lines)] = parts
+            self.append(line + " }", chunk[0][1])
+
+
+@dataclass
+class _Elements:
+    """Consecutive element ops of one set and verb: one statement in the script."""
+
+    verb: str  # add | delete
+    family: str
+    set: str
+    members: list[tuple[str, Op]] = field(default_factory=list)
 
 
 @dataclass
@@ -277,8 +369,10 @@ class _FamilyState:
     # Indexed by (chain, tag) so that a batch of N rules costs O(N), not O(N^2).
     live: dict[tuple[str, str | None], list[RuleEntry]]  # listed rules not yet deleted by the batch
     added: dict[tuple[str, str], None] = field(default_factory=dict)  # (chain, tag) added by the batch, in order
-    statements: list[tuple[str, Op | None]] = field(default_factory=list)
+    statements: list[tuple[str, Op | None] | _Elements] = field(default_factory=list)
     readd: dict[str, list[NftRule]] = field(default_factory=dict)  # chain -> our rules to re-add
+    sets: dict[str, NftSet] = field(default_factory=dict)  # as the batch leaves them
+    elements: dict[str, set[str]] = field(default_factory=dict)  # set -> its elements as the batch leaves them
 
 
 def _index(rules: Sequence[RuleEntry]) -> dict[tuple[str, str | None], list[RuleEntry]]:
@@ -306,18 +400,30 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
     """
     known = known or {}
     validate(ops)
-    states = {family: _FamilyState(listing, dict(listing.chains), _index(listing.rules)) for family, listing in listings.items()}
+    states = {
+        family: _FamilyState(
+            listing,
+            dict(listing.chains),
+            _index(listing.rules),
+            sets=dict(listing.sets),
+            elements={name: set(elements) for name, elements in listing.elements.items()},
+        )
+        for family, listing in listings.items()
+    }
     outcomes: list[Outcome] = []
     for index, op in enumerate(ops):
         item = op.item
-        assert isinstance(item, (NftChain, NftRule))  # validate() refused anything else
+        assert isinstance(item, NFT_ITEMS)  # validate() refused anything else
         state = states.get(item.family)
         if state is None:
             raise OperationFailed(f"nft: {item.family} {NFT_TABLE} was not listed", ERROR_CODE, op)
         if isinstance(item, NftChain):
             outcome = _plan_chain(op, item, state, ops[index + 1 :], known)
+        elif isinstance(item, NftSet):
+            outcome = _plan_set(op, item, state)
+        elif isinstance(item, NftElement):
+            outcome = _plan_element(op, item, state)
         else:
-            assert isinstance(item, NftRule)
             outcome = _plan_rule(op, item, state)
         outcomes.append(outcome)
     script = Script(outcomes=outcomes)
@@ -325,16 +431,74 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
         state = states[family]
         if not state.statements:
             continue
-        if any(text.startswith("add ") for text, _ in state.statements):
-            script.lines.append(f"add table {family} {NFT_TABLE}")
-            script.ops.append(None)
-        for text, line_op in state.statements:
-            script.lines.append(text)
-            script.ops.append(line_op)
-        if not state.chains and not state.listing.others and not state.live and not state.added:
-            script.lines.append(f"delete table {family} {NFT_TABLE}")
-            script.ops.append(None)
+        if any(
+            statement.verb == "add" if isinstance(statement, _Elements) else statement[0].startswith("add ")
+            for statement in state.statements
+        ):
+            script.append(f"add table {family} {NFT_TABLE}", None)
+        for statement in state.statements:
+            if isinstance(statement, _Elements):
+                script.append_elements(statement)
+            else:
+                script.append(*statement)
+        if not (state.chains or state.sets or state.listing.others or state.live or state.added):
+            script.append(f"delete table {family} {NFT_TABLE}", None)
     return script
+
+
+def _plan_set(op: Op, nft_set: NftSet, state: _FamilyState) -> Outcome:
+    current = state.sets.get(nft_set.name)
+    if op.action == "add":
+        if current == nft_set:
+            return Outcome.UNCHANGED
+        if current is not None:
+            raise OperationFailed(
+                f"nft: {nft_set.describe()}: a set {nft_set.name!r} exists as {current.describe()}; "
+                "nftables cannot change a set's type or flags in place",
+                CONFLICT_CODE,
+                op,
+            )
+        state.statements.append((set_statement(nft_set), op))
+        state.sets[nft_set.name] = nft_set
+        state.elements[nft_set.name] = set()
+        return Outcome.APPLIED
+    if current != nft_set:
+        return Outcome.UNCHANGED  # gone, or it is some other set now
+    left = len(state.elements.get(nft_set.name, ())) + state.listing.odd_elements.get(nft_set.name, 0)
+    users = [r for rules in state.live.values() for r in rules if nft_set.name in set_references(r.expr)]
+    if left or users:
+        what = f"{left} element(s)" if left else f"{len(users)} rule(s) use it"
+        raise OperationFailed(
+            f"nft: {nft_set.describe()}: the set still holds {what}; deleting it would take them along", IN_USE_CODE, op
+        )
+    # Deleting the set deletes its elements: the batch's own deletions of them are moot.
+    state.statements = [
+        s for s in state.statements if not (isinstance(s, _Elements) and s.verb == "delete" and s.set == nft_set.name)
+    ]
+    state.statements.append((f"delete set {nft_set.family} {NFT_TABLE} {nft_set.name}", op))
+    del state.sets[nft_set.name]
+    return Outcome.APPLIED
+
+
+def _plan_element(op: Op, element: NftElement, state: _FamilyState) -> Outcome:
+    present = state.elements.get(element.set)
+    if element.set not in state.sets or present is None:
+        if op.action == "remove":
+            return Outcome.UNCHANGED
+        raise OperationFailed(f"nft: {element.describe()}: the set {element.set!r} does not exist", ERROR_CODE, op)
+    if (element.element in present) == (op.action == "add"):
+        return Outcome.UNCHANGED
+    if op.action == "add":
+        present.add(element.element)
+    else:
+        present.discard(element.element)
+    verb = "add" if op.action == "add" else "delete"
+    last = state.statements[-1] if state.statements else None
+    if not (isinstance(last, _Elements) and (last.verb, last.set) == (verb, element.set)):
+        last = _Elements(verb, element.family, element.set)
+        state.statements.append(last)
+    last.members.append((element.element, op))
+    return Outcome.APPLIED
 
 
 def _plan_chain(op: Op, chain: NftChain, state: _FamilyState, later: Sequence[Op], known: dict[str, NftRule]) -> Outcome:
@@ -415,7 +579,7 @@ def _plan_rule(op: Op, rule: NftRule, state: _FamilyState) -> Outcome:
     if (rule.chain, tag) in state.added:  # added earlier in this very batch: drop that statement
         del state.added[(rule.chain, tag)]
         text = rule_statement(rule)
-        position = max(i for i, (line, _) in enumerate(state.statements) if line == text)
+        position = max(i for i, statement in enumerate(state.statements) if isinstance(statement, tuple) and statement[0] == text)
         del state.statements[position]
         return Outcome.APPLIED
     if rule in readd:  # taken out with its redefined chain: just do not put it back
@@ -470,28 +634,34 @@ def probe_script(family: str, chain: str, rules: Sequence[NftRule]) -> str:
 
 
 def check_script(items: Sequence[Item], table: str) -> tuple[list[str], list[Item | None]]:
-    """An ``nft -c`` script adding ``items`` into ``table``, and each line's item."""
+    """An ``nft -c`` script adding ``items`` into ``table``, and each line's item.
+
+    Set elements are left out: `nftsets` already judged each against its set's
+    type as nft would, and a list of 100,000 would cost nft seconds here."""
     lines: list[str] = []
     owners: list[Item | None] = []
-    families = sorted({i.family for i in items if isinstance(i, (NftChain, NftRule))}, key=FAMILIES.index)
-    declared = {(i.family, i.chain) for i in items if isinstance(i, NftChain)}
+
+    def add(line: str, owner: Item | None) -> None:
+        lines.append(line)
+        owners.append(owner)
+
+    nft_items = [i for i in items if isinstance(i, NFT_ITEMS)]
+    families = sorted({i.family for i in nft_items}, key=FAMILIES.index)
+    declared = {(i.family, i.chain) for i in nft_items if isinstance(i, NftChain)}
     for family in families:
-        lines.append(f"add table {family} {table}")
-        owners.append(None)
-        for item in items:
-            if isinstance(item, NftChain) and item.family == family:
-                lines.append(chain_statement(item, table))
-                owners.append(item)
-        placeholders = sorted(
-            {i.chain for i in items if isinstance(i, NftRule) and i.family == family and (family, i.chain) not in declared}
-        )
-        for chain in placeholders:
-            lines.append(f"add chain {family} {table} {chain}")
-            owners.append(None)
-        for item in items:
-            if isinstance(item, NftRule) and item.family == family:
-                lines.append(rule_statement(item, table))
-                owners.append(item)
+        mine = [i for i in nft_items if i.family == family]
+        add(f"add table {family} {table}", None)
+        for item in mine:
+            if isinstance(item, NftSet):
+                add(set_statement(item, table), item)
+        for item in mine:
+            if isinstance(item, NftChain):
+                add(chain_statement(item, table), item)
+        for chain in sorted({i.chain for i in mine if isinstance(i, NftRule) and (family, i.chain) not in declared}):
+            add(f"add chain {family} {table} {chain}", None)
+        for item in mine:
+            if isinstance(item, NftRule):
+                add(rule_statement(item, table), item)
     return lines, owners
 
 
@@ -548,10 +718,13 @@ def failure_for(script: Script, stderr: str, returncode: int) -> OperationFailed
         return OperationFailed(f"nft: {detail}", ERROR_CODE, culprit)
     located = [e for e in errors if e.line is not None and script.op_at(e.line) is not None]
     first = located[0] if located else errors[0]
-    culprit = script.op_at(first.line) if first.line is not None else None
-    statement = (
-        script.lines[first.line - 1] if first.line is not None and 1 <= first.line <= len(script.lines) else first.statement
-    )
+    culprit = script.op_at(first.line, first.column) if first.line is not None else None
+    if first.line is not None and first.line - 1 in script.columns and culprit is not None:
+        statement = culprit.item.describe()  # one element, not a line of thousands
+    elif first.line is not None and 1 <= first.line <= len(script.lines):
+        statement = script.lines[first.line - 1]
+    else:
+        statement = first.statement
     message = f"nft: {first.explained()}"
     if statement:
         message += f" (in: {untagged(statement)})"
@@ -564,6 +737,9 @@ def failure_for(script: Script, stderr: str, returncode: int) -> OperationFailed
 
 
 _DRIFT_VERBS = frozenset({"delete", "destroy", "flush", "replace"})
+# nft monitor (1.0.6) drops a set from its cache when a rule using it is deleted,
+# then warns for each of its element events instead of printing them.
+_MONITOR_WARNING = "W: "
 
 
 def monitor_line_table(line: str) -> tuple[str, str, str, str] | None:
@@ -585,8 +761,11 @@ def is_drift_line(line: str) -> bool:
 
     Deletions and flushes in a ``fwrecon`` table count (``nft flush ruleset``
     shows up as one deletion per object), and so does an ``add chain`` with a
-    spec there: that is how a base chain's policy is changed in place.
+    spec there: that is how a base chain's policy is changed in place.  So
+    does nft's warning about an event it could not print.
     """
+    if line.startswith(_MONITOR_WARNING):
+        return True  # an event nft could not print (a set it lost track of): assume the worst
     parsed = monitor_line_table(line)
     if parsed is None:
         return False

@@ -23,6 +23,7 @@ Events
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import time
@@ -32,7 +33,7 @@ from typing import Any
 import structlog
 
 from ..errors import BackendUnavailable, OperationFailed
-from ..model import NFT_TABLE, Item, NftChain, NftRule, Op, Outcome
+from ..model import NFT_ITEMS, NFT_TABLE, Item, NftChain, NftElement, NftRule, NftSet, Op, Outcome
 from ..view import FirewallView
 from .base import Backend, BackendEvent, EventCallback, kind_refused
 from .nft_text import (
@@ -52,6 +53,7 @@ from .nft_text import (
     parse_errors,
     parse_listing,
     probe_script,
+    set_references,
     trusted,
     validate,
 )
@@ -71,6 +73,13 @@ OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ig
 
 
 # -- the backend ------------------------------------------------------------------------
+
+
+def _what(item: Item) -> str:
+    """How a refusal names ``item``."""
+    if isinstance(item, NftRule):
+        return repr(item.rule)
+    return "the set" if isinstance(item, (NftSet, NftElement)) else "the chain"
 
 
 class NftablesBackend(Backend):
@@ -98,6 +107,7 @@ class NftablesBackend(Backend):
         self._monitor_task: asyncio.Task[None] | None = None
         self._monitor_proc: asyncio.subprocess.Process | None = None
         self._own_pids: dict[int, float] = {}  # pid -> ignore its generations until (monotonic)
+        self._monitor_tail: collections.deque[str] = collections.deque(maxlen=5)  # the monitor's last lines, for its exit
         self._closing = False
         self._missing: bool | None = None  # nft not installed (None: not looked up this reconcile)
 
@@ -131,11 +141,11 @@ class NftablesBackend(Backend):
         if ask_tools:
             rejected = await self.check(item for item in items if item not in found)
             for item, message in rejected.items():
-                found[item] = f"nft rejects {repr(item.rule) if isinstance(item, NftRule) else 'the chain'}: {message}"
+                found[item] = f"nft rejects {_what(item)}: {message}"
         return found
 
     def _cannot_hold(self, item: Item) -> str | None:
-        if isinstance(item, (NftChain, NftRule)):
+        if isinstance(item, NFT_ITEMS):
             return f"needs {self.nft}, which is not installed (the nftables package)" if self._nft_missing() else None
         return kind_refused(item)
 
@@ -292,10 +302,23 @@ class NftablesBackend(Backend):
             items.extend(forms)
             if name in foreign:
                 users.update((form, tuple(foreign[name])) for form in forms)
+        family = listing.family
+        set_users: dict[str, list[Item | str]] = {}
         for entry in listing.rules:
             rule = self._rules.get(entry.tag) if entry.tag else None
-            if rule is not None and rule.family == listing.family and rule.chain == entry.chain:
+            ours = rule is not None and rule.family == family and rule.chain == entry.chain
+            if rule is not None and ours:
                 items.append(rule)
+            for name in set_references(entry.expr):
+                user = rule if rule is not None and ours else f"foreign rule in {entry.chain} (handle {entry.handle}) using it"
+                set_users.setdefault(name, []).append(user)
+        for name, nft_set in listing.sets.items():
+            items.append(nft_set)
+            items.extend(NftElement(family, name, element) for element in listing.elements.get(name, ()))
+            odd = listing.odd_elements.get(name, 0)
+            found = [*set_users.get(name, ()), *([f"{odd} element(s) of a form fwrecon does not write"] if odd else [])]
+            if found:
+                users[nft_set] = tuple(found)
         return items
 
     # -- execute ------------------------------------------------------------------------
@@ -307,7 +330,7 @@ class NftablesBackend(Backend):
         validate(ops)  # before listing anything
         self._know(op.item for op in ops)
         async with self._lock:
-            families = sorted({op.item.family for op in ops if isinstance(op.item, (NftChain, NftRule))}, key=FAMILIES.index)
+            families = sorted({op.item.family for op in ops if isinstance(op.item, NFT_ITEMS)}, key=FAMILIES.index)
             reads = seen.reads if seen is not None else {}
             observed = {f: listing for f in families if isinstance(listing := reads.get(("nft", f)), TableListing)}
             if len(observed) == len(families):
@@ -354,7 +377,7 @@ class NftablesBackend(Backend):
         stops evaluating at some errors, so failing items are taken out and the
         rest checked again until nft accepts them.
         """
-        items = sorted({i for i in items if isinstance(i, (NftChain, NftRule))}, key=lambda i: (i.layer, i.sort_key()))
+        items = sorted({i for i in items if isinstance(i, NFT_ITEMS)}, key=lambda i: (i.layer, i.sort_key()))
         errors: dict[Item, str] = {}
         for item in items:
             problem = item_problem(item)
@@ -441,7 +464,10 @@ class NftablesBackend(Backend):
                     [self.nft, "monitor"],
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
+                    # One stream, in order: nft warns on stderr about events it cannot
+                    # print ("W: Received event for an unknown set."), and a pipe
+                    # nobody reads would fill up and stall the monitor.
+                    stderr=asyncio.subprocess.STDOUT,
                     limit=1 << 20,
                     start_new_session=True,  # a Ctrl-C for the daemon is not one for the monitor
                     die_with_parent=True,  # ... but its death is, even by SIGKILL
@@ -471,10 +497,6 @@ class NftablesBackend(Backend):
                     if settled is not None:
                         settled.cancel()
                     await kill(proc)
-                    stderr = b""
-                    if proc.stderr is not None:
-                        with contextlib.suppress(Exception):
-                            stderr = await asyncio.wait_for(proc.stderr.read(4096), 1)
                     if self._monitor_proc is proc:
                         self._monitor_proc = None
                 ran = time.monotonic() - started
@@ -487,7 +509,7 @@ class NftablesBackend(Backend):
                 log.warning(
                     "nft_monitor_exited",
                     returncode=proc.returncode,
-                    stderr=stderr.decode(errors="replace").strip()[:500],
+                    last_output=" | ".join(self._monitor_tail)[:500],
                     ran_seconds=round(ran, 1),
                     retry_in=delay,
                 )
@@ -517,6 +539,7 @@ class NftablesBackend(Backend):
                     self._judge(pending, None)
                 return  # EOF: the monitor ended
             line = raw.decode(errors="replace").rstrip("\n")
+            self._monitor_tail.append(line)
             pid = generation_pid(line)
             if pid is not None:
                 self._judge(pending, pid)

@@ -17,8 +17,8 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 import structlog
 
 from ..errors import BackendError
-from ..model import DirectChain, Item, KnownNames, NftChain, Op, Outcome
-from ..view import FirewallView
+from ..model import Item, KnownNames, Op, Outcome
+from ..view import HOLDERS, FirewallView
 from .base import NO_BACKEND, Backend, EventCallback, ServiceBackend, consecutive_runs, kind_refused
 
 log = structlog.get_logger(__name__)
@@ -156,13 +156,15 @@ class Router(Backend):
 
 
 async def _kept_for_others(source: Backend, op: Op) -> bool:
-    """A chain to take out of ``source`` that still holds or is jumped to by
-    rules fwrecon does not own there stays (`FirewallView.chain_users`)."""
-    if op.action != "remove" or not isinstance(op.item, (DirectChain, NftChain)):
+    """A chain or set to take out of ``source`` that still holds or is used by
+    something fwrecon does not own there stays (`FirewallView.users_of`)."""
+    if op.action != "remove" or not isinstance(op.item, HOLDERS):
         return False
-    users = (await source.observe({op.item.container()})).chain_users(op.item)
+    users = (await source.observe({op.item.container()})).users_of(op.item)
     if users:
-        log.warning("chain_kept", chain=op.item.describe(), backend=source.name, reason="it holds rules fwrecon does not own")
+        log.warning(
+            "chain_kept", chain=op.item.describe(), backend=source.name, reason="it holds or is used by what fwrecon does not own"
+        )
     return bool(users)
 
 

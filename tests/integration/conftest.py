@@ -115,6 +115,14 @@ def fwrecon(fw: Sandbox, tmp_path: Path) -> Fwrecon:
     return Fwrecon(fw, policy_dir, tmp_path / "state" / "state.json")
 
 
+@pytest.fixture
+def bare(fwrecon: Fwrecon) -> Fwrecon:
+    """The sandbox namespace with firewalld stopped: a host without firewalld."""
+    fwrecon.sandbox.stop_firewalld()
+    fwrecon.in_netns = True
+    return fwrecon
+
+
 def firewalld_snapshot(sandbox: Sandbox) -> dict[str, str]:
     """Everything of the runtime config a test may touch, via firewall-cmd."""
     return {

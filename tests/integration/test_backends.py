@@ -65,14 +65,6 @@ NFT_POLICY = """
 """
 
 
-@pytest.fixture
-def bare(fwrecon: Fwrecon) -> Fwrecon:
-    """The sandbox namespace with firewalld stopped: a host without firewalld."""
-    fwrecon.sandbox.stop_firewalld()
-    fwrecon.in_netns = True
-    return fwrecon
-
-
 def save(fwrecon: Fwrecon, tool: str = "iptables") -> str:
     return fwrecon.sandbox.netns_exec([f"{tool}-save"], check=True).stdout
 

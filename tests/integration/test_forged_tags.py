@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import Fwrecon
 
 WANTED = """
@@ -34,14 +33,6 @@ NFT_WANTED = """
     chain = "input"
     rule = "tcp dport 9300 accept"
 """
-
-
-@pytest.fixture
-def bare(fwrecon: Fwrecon) -> Fwrecon:
-    """The sandbox namespace with firewalld stopped: a host without firewalld."""
-    fwrecon.sandbox.stop_firewalld()
-    fwrecon.in_netns = True
-    return fwrecon
 
 
 def input_rules(fwrecon: Fwrecon) -> list[str]:

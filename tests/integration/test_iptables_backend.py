@@ -282,7 +282,7 @@ def test_foreign_rules_are_never_ours_and_survive_removals(backend: IptablesBack
 
     # The chain still holds foreign rules: the planner keeps it, and a forced removal is refused.
     view = run(backend.observe({("direct", family, "filter")}))
-    assert view.chain_users(chain)
+    assert view.users_of(chain)
     plans = plan_all({"p": frozenset()}, view, {chain: frozenset({"p"})})
     assert plans[0].ops == ()
     with pytest.raises(OperationFailed) as info:

@@ -174,14 +174,6 @@ def test_a_burst_of_reloads_is_never_counted_as_drift(fwrecon: Fwrecon, daemon_f
     wait_until(lambda: daemon.value("fwrecon_drift_repairs") == 1, 10, "the drift repair")
 
 
-@pytest.fixture
-def bare(fwrecon: Fwrecon) -> Fwrecon:
-    """The sandbox namespace with firewalld stopped: a host without firewalld."""
-    fwrecon.sandbox.stop_firewalld()
-    fwrecon.in_netns = True
-    return fwrecon
-
-
 def test_iptables_rule_another_tool_also_holds_survives_a_flush_and_the_policy_dropping_it(bare: Fwrecon) -> None:
     sb = bare.sandbox
     bare.backend = "iptables"

@@ -144,13 +144,6 @@ def test_daemon_marks_frozen_firewalld_down_keeps_it_in_charge_and_recovers(
 # -- tools that hang, die or print garbage (no firewalld: a host on iptables/nftables) ------------
 
 
-@pytest.fixture
-def bare(fwrecon: Fwrecon) -> Fwrecon:
-    fwrecon.sandbox.stop_firewalld()
-    fwrecon.in_netns = True
-    return fwrecon
-
-
 def fake_tool(directory: Path, name: str, body: str) -> None:
     """An executable ``name`` in ``directory``, put first on fwrecon's PATH."""
     directory.mkdir(exist_ok=True)

@@ -41,7 +41,9 @@ from reconciler.model import (
     Item,
     Masquerade,
     NftChain,
+    NftElement,
     NftRule,
+    NftSet,
     Ownership,
     Port,
     Protocol,
@@ -451,6 +453,8 @@ REAL_ITEMS: list[Item] = [  # one of every kind
     DirectRule("ipv6", "filter", "FWR", -7, ("-p", "tcp", "-j", "ACCEPT")),
     NftChain("inet", "input", "filter", "input", -150, "drop"),
     NftRule("inet", "input", "tcp dport 9000 accept"),
+    NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
+    NftElement("inet", "blocklist", "192.0.2.0/24"),
 ]
 FIELD_VALUE = (
     st.sampled_from([["zone", "public"], ["policy", "p"], ["host", "x"], "80", 80, "tcp", ["-j", "ACCEPT"], "abc", True, None])

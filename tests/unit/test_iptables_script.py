@@ -333,12 +333,12 @@ def test_culprit_op_by_line_and_by_missing_chain_at_commit():
 def test_view_reports_chains_with_foreign_rules_in_use_so_the_planner_keeps_them():
     model = model_of(SAVE_V4, R0, R10)
     view = FirewallView(model.items(), [("direct", "ipv4", "filter")], users=chain_users(model))
-    assert any(u.startswith("foreign rule: -A ") for u in view.chain_users(CHAIN))
+    assert any(u.startswith("foreign rule: -A ") for u in view.users_of(CHAIN))
     owned = {CHAIN: frozenset({"p"}), R0: frozenset({"p"}), R10: frozenset({"p"})}
     plans = plan_all({"p": frozenset()}, view, owned)
     assert sorted(op.describe() for op in plans[0].ops) == sorted([f"- {R10.describe()}", f"- {R0.describe()}"])  # not the chain
     copied = view.copy()
-    assert copied.chain_users(CHAIN) == view.chain_users(CHAIN)
+    assert copied.users_of(CHAIN) == view.users_of(CHAIN)
 
 
 def test_view_chain_jumped_to_by_our_rule_is_in_use_until_that_rule_goes():
@@ -346,9 +346,9 @@ def test_view_chain_jumped_to_by_our_rule_is_in_use_until_that_rule_goes():
     text = f'*filter\n:INPUT ACCEPT [0:0]\n:FWR_IN - [0:0]\n-A INPUT -m comment --comment "{jump.tag()}" -j FWR_IN\nCOMMIT\n'
     model = model_of(text, jump, texts={jump: "-j FWR_IN"})
     view = FirewallView(model.items(), users=chain_users(model))
-    assert view.chain_users(CHAIN) == [jump.describe()]
+    assert view.users_of(CHAIN) == [jump.describe()]
     view.remove(jump)
-    assert view.chain_users(CHAIN) == []
+    assert view.users_of(CHAIN) == []
 
 
 # -- undo for a tool that is not atomic ---------------------------------------------

@@ -21,7 +21,9 @@ from reconciler.model import (
     Item,
     Masquerade,
     NftChain,
+    NftElement,
     NftRule,
+    NftSet,
     Port,
     Protocol,
     RichRule,
@@ -51,6 +53,8 @@ EVERY_KIND = [
     DirectRule("ipv6", "filter", "FWR_IN", -7, ("-p", "tcp", "-m", "comment", "--comment", ODD, "-j", "ACCEPT")),
     NftChain("inet", "input", "filter", "input", -150, "drop"),
     NftRule("inet", "input", "tcp dport 9000 accept"),
+    NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
+    NftElement("inet", "blocklist", "192.0.2.0/24"),
 ]
 
 

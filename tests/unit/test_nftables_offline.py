@@ -41,7 +41,7 @@ from reconciler.backends.nftables import NftablesBackend
 from reconciler.backends.process import ToolResult as _Result
 from reconciler.backends.process import ToolRunner
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, Op, Outcome, Port, Scope
+from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, NftSet, Op, Outcome, Port, Scope
 
 # `nft -j list table inet fwrecon` (one line in reality), after:
 #   add chain inet fwrecon input { type filter hook input priority 0; policy drop; }
@@ -233,7 +233,9 @@ def test_parse_listing_of_a_real_sample():
         RuleEntry("mine", 8, WEB.tag()),
     ]
     assert [r.tag for r in listing.rules] == [SSH.tag(), None, None, WEB.tag()]
-    assert listing.others == ["set blocked"]
+    assert listing.others == []
+    assert listing.sets == {"blocked": NftSet("inet", "blocked", "ipv4_addr")}
+    assert listing.elements == {"blocked": []}
     assert listing.handles("inet", "input", SSH.tag()) == [5]
 
 
@@ -497,7 +499,7 @@ def test_removing_every_chain_removes_the_table_in_the_same_script():
 
 def test_table_stays_while_it_holds_anything_else():
     assert build_script(removes(MINE), {"inet": listing_of(MINE, INPUT)}).lines == ["delete chain inet fwrecon mine"]
-    assert build_script(removes(MINE), {"inet": listing_of(MINE, others=("set blocked",))}).lines == [
+    assert build_script(removes(MINE), {"inet": listing_of(MINE, others=("map blocked",))}).lines == [
         "delete chain inet fwrecon mine"
     ]
 

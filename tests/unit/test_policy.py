@@ -982,7 +982,7 @@ rule = "  tcp dport { 80, 443 }   accept "
             '[[nft.rule]]\nfamily = "inet"\nchain = "bad chain"\nrule = "accept"',
             "nft.rule[0].chain: \"bad chain\" is not a chain name (letters, digits, '_', '.', '-'; up to 64)",
         ),
-        ("[nft]\nrules = []", "nft.rules: unknown key (expected one of: chain, rule)"),
+        ("[nft]\nrules = []", "nft.rules: unknown key (expected one of: chain, rule, set)"),
     ],
 )
 def test_nft_section_errors(tmp_path: Path, body: str, expected: str) -> None:

@@ -17,6 +17,7 @@ CORE = (
     "reconciler.model",
     "reconciler.limits",
     "reconciler.ports",
+    "reconciler.nftsets",
     "reconciler.richrule",
     "reconciler.policy",
     "reconciler.view",

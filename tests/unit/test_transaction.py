@@ -123,7 +123,7 @@ def test_query_hook_adds_ops_that_run_next():
 
     async def flush_chain(txn, backend):
         view = await backend.observe({chain.container()})
-        for found in sorted(view.rules_in_chain(chain), key=lambda r: r.priority):
+        for found in sorted(view.members_of(chain), key=lambda r: r.priority):
             txn.add(Op("remove", found))
         txn.add(Op("remove", chain))
 

@@ -1,0 +1,201 @@
+"""nft sets end to end: `fwrecon apply --backend nftables` in the sandbox namespace.
+
+Each element is an item of its own: sets grow and shrink by the difference,
+two policies share one set, elements and rules fwrecon did not add stay, hand
+deletions are repaired, and a rule matching on the set filters real traffic
+(the sandbox's peer is 198.18.0.2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from conftest import Daemon, Fwrecon, wait_until
+
+PEER = "198.18.0.2"
+PORT = 8443
+
+
+def set_policy(elements: list[str], *, name: str = "blocklist", rule: bool = True, flags: str = '["interval"]') -> str:
+    text = f"""
+        [[nft.set]]
+        family = "inet"
+        name = "{name}"
+        type = "ipv4_addr"
+        flags = {flags}
+        elements = {json.dumps(elements)}
+    """
+    if rule:
+        text += f"""
+        [[nft.chain]]
+        family = "inet"
+        chain = "input"
+        hook = "input"
+
+        [[nft.rule]]
+        family = "inet"
+        chain = "input"
+        rule = "ip saddr @{name} tcp dport {PORT} drop"
+    """
+    return text
+
+
+def elements(fwrecon: Fwrecon, name: str = "blocklist") -> list[str] | None:
+    """The set's elements as nft prints them; None when there is no such set."""
+    listed = fwrecon.sandbox.nft("-j", "list", "set", "inet", "fwrecon", name)
+    if listed.returncode != 0:
+        return None
+    (body,) = [obj["set"] for obj in json.loads(listed.stdout)["nftables"] if "set" in obj]
+    found = []
+    for value in body.get("elem", []):
+        if isinstance(value, dict) and "prefix" in value:
+            value = f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        elif isinstance(value, dict) and "range" in value:
+            value = "-".join(map(str, value["range"]))
+        found.append(str(value))
+    return sorted(found)
+
+
+def applied(fwrecon: Fwrecon) -> str:
+    result = fwrecon.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_a_set_grows_and_shrinks_by_the_difference_and_filters_traffic(bare: Fwrecon) -> None:
+    sb = bare.sandbox
+    bare.backend = "nftables"
+    bare.write_policy("bl", set_policy(["192.0.2.0/24"]))
+    applied(bare)
+    assert elements(bare) == ["192.0.2.0/24"]
+    assert sb.tcp_probe(PORT) == "accepted"
+    # Someone else's element in our set: never owned, never removed.
+    sb.nft("add", "element", "inet", "fwrecon", "blocklist", "{ 203.0.113.9 }", check=True)
+
+    bare.write_policy("bl", set_policy(["192.0.2.0/24", f"{PEER}/32", "10.0.0.1-10.0.0.5"]))
+    out = applied(bare)
+    assert out.count("element") == 2, out  # the two new elements, nothing else
+    assert elements(bare) == sorted(["10.0.0.1-10.0.0.5", "192.0.2.0/24", "203.0.113.9", PEER])
+    assert sb.tcp_probe(PORT) == "timeout", "the peer is in the blocklist now"
+    assert "0 operations" in applied(bare)  # nft prints what the policy wrote: no churn
+
+    bare.write_policy("bl", set_policy(["10.0.0.1-10.0.0.5"]))
+    out = applied(bare)
+    assert "- nft inet fwrecon set blocklist element 192.0.2.0/24" in out and f"element {PEER}" in out, out
+    assert elements(bare) == ["10.0.0.1-10.0.0.5", "203.0.113.9"]
+    assert sb.tcp_probe(PORT) == "accepted"
+
+    bare.remove_policy("bl")
+    applied(bare)
+    # The set stays while it holds someone else's element; the rule and our elements are gone.
+    assert elements(bare) == ["203.0.113.9"]
+    assert "@blocklist" not in sb.ruleset()
+    sb.nft("delete", "element", "inet", "fwrecon", "blocklist", "{ 203.0.113.9 }", check=True)
+    applied(bare)
+    assert elements(bare) is None and "fwrecon" not in sb.ruleset()
+    assert bare.owned() == []
+
+
+def test_two_policies_share_a_set(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    bare.write_policy("a", set_policy(["192.0.2.1", "192.0.2.2"], rule=False, flags="[]"))
+    bare.write_policy("b", set_policy(["192.0.2.2", "192.0.2.3"], rule=False, flags="[]"))
+    applied(bare)
+    assert elements(bare) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    bare.remove_policy("a")
+    applied(bare)
+    assert elements(bare) == ["192.0.2.2", "192.0.2.3"]  # the shared one stays for b
+    bare.remove_policy("b")
+    applied(bare)
+    assert elements(bare) is None
+
+
+def test_an_element_already_there_is_not_owned(bare: Fwrecon) -> None:
+    sb = bare.sandbox
+    bare.backend = "nftables"
+    sb.netns_exec(["nft", "add table inet fwrecon; add set inet fwrecon blocklist { type ipv4_addr; }"], check=True)
+    sb.nft("add", "element", "inet", "fwrecon", "blocklist", "{ 192.0.2.7 }", check=True)
+    bare.write_policy("bl", set_policy(["192.0.2.7", "192.0.2.8"], rule=False, flags="[]"))
+    plan = bare.run("plan")
+    assert "+ nft inet fwrecon set blocklist element 192.0.2.8  [bl]" in plan.stdout, plan.stdout
+    assert "= nft inet fwrecon set blocklist element 192.0.2.7  [bl] held by others" in plan.stdout, plan.stdout
+    applied(bare)
+    bare.remove_policy("bl")
+    applied(bare)
+    assert elements(bare) == ["192.0.2.7"]  # the set and its element were there before: both stay
+
+
+def test_a_bad_element_applies_nothing_of_that_policy(bare: Fwrecon) -> None:
+    sb = bare.sandbox
+    bare.backend = "nftables"
+    bare.write_policy("good", set_policy(["192.0.2.1"], name="good", rule=False, flags="[]"))
+    bare.write_policy("bad", set_policy(["192.0.2.9", "192.0.2.300", "198.51.100.0/24"], name="bad", rule=False, flags="[]"))
+    result = bare.apply()
+    assert result.returncode == 1
+    assert "bad.toml: nft.set[0].elements[1]: '192.0.2.300' is not an IPv4 address, network or range" in result.stdout
+    assert (
+        "bad.toml: nft.set[0].elements[2]: '198.51.100.0/24' is a range or network: the set needs flags = [\"interval\"]"
+        in result.stdout
+    )
+    assert elements(bare, "good") == ["192.0.2.1"]
+    assert elements(bare, "bad") is None and "192.0.2.9" not in sb.ruleset()
+    check = bare.run("check")
+    assert check.returncode == 1 and "elements[1]" in check.stdout
+
+
+def test_overlaps_and_conflicting_declarations_are_policy_errors(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    bare.write_policy("a", set_policy(["10.0.0.0/8"], rule=False))
+    bare.write_policy("b", set_policy(["10.1.0.0/16"], rule=False))
+    bare.write_policy("c", set_policy(["192.0.2.1"], rule=False, flags="[]"))
+    result = bare.apply()
+    assert result.returncode == 1
+    assert "b.toml: nft.set[0].elements[0]: '10.1.0.0/16' overlaps '10.0.0.0/8' of policy 'a'" in result.stdout, result.stdout
+    assert "c.toml: nft.set[0]: policy 'a' declares the set 'blocklist' (inet) as" in result.stdout, result.stdout
+    assert elements(bare) == ["10.0.0.0/8"]
+
+
+def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")
+    bare.write_policy("r", policy)
+    for command in ("check", "apply"):
+        result = bare.run(command)
+        assert result.returncode == 1
+        assert "the set @nosuchset (inet) is declared by no [[nft.set]]" in result.stdout, result.stdout
+    assert "fwrecon" not in bare.sandbox.ruleset()
+
+
+def test_many_elements_print_as_one_line_and_json_lists_them(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    many = [f"10.{i // 256}.{i % 256}.1" for i in range(3000)]
+    bare.write_policy("big", set_policy(many, rule=False, flags="[]"))
+    plan = bare.run("plan")
+    assert plan.returncode == 2
+    assert "+ nft inet fwrecon set blocklist: 3,000 elements added  [big]" in plan.stdout, plan.stdout
+    assert len(plan.stdout.splitlines()) == 2  # the set, and its elements in one line
+    listed = json.loads(bare.run("plan", "--json").stdout)["changes"]
+    assert len([c for c in listed if c["item"]["kind"] == "nft_element"]) == 3000
+    applied(bare)
+    assert len(elements(bare) or []) == 3000
+    bare.write_policy("big", set_policy([*many[1:], "192.0.2.1"], rule=False, flags="[]"))
+    out = applied(bare)
+    assert "+ nft inet fwrecon set blocklist element 192.0.2.1  [big]" in out
+    assert "- nft inet fwrecon set blocklist element 10.0.0.1  [big]" in out
+    assert "2 operations" in out
+
+
+def test_deleted_elements_and_a_flushed_set_are_repaired(bare: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+    sb = bare.sandbox
+    bare.backend = "nftables"
+    bare.write_policy("bl", set_policy(["192.0.2.1", "192.0.2.2"], flags="[]"))
+    daemon = daemon_factory(resync=3600)
+    wait_until(lambda: elements(bare) == ["192.0.2.1", "192.0.2.2"], 5, "the set")
+    daemon.settled()
+    sb.nft("delete", "element", "inet", "fwrecon", "blocklist", "{ 192.0.2.1 }", check=True)
+    wait_until(lambda: elements(bare) == ["192.0.2.1", "192.0.2.2"], 3, "the element put back")
+    sb.nft("flush", "set", "inet", "fwrecon", "blocklist", check=True)
+    wait_until(lambda: elements(bare) == ["192.0.2.1", "192.0.2.2"], 3, "the flushed set refilled")
+    assert daemon.value("fwrecon_nft_set_elements", family="inet", set="blocklist") == 2
+    assert daemon.stop() == 0
