@@ -467,10 +467,8 @@ def _plan_set(op: Op, nft_set: NftSet, state: _FamilyState) -> Outcome:
     left = len(state.elements.get(nft_set.name, ())) + state.listing.odd_elements.get(nft_set.name, 0)
     users = [r for rules in state.live.values() for r in rules if nft_set.name in set_references(r.expr)]
     if left or users:
-        what = f"{left} element(s)" if left else f"{len(users)} rule(s) use it"
-        raise OperationFailed(
-            f"nft: {nft_set.describe()}: the set still holds {what}; deleting it would take them along", IN_USE_CODE, op
-        )
+        what = f"still holds {left} element(s)" if left else f"is still used by {len(users)} rule(s)"
+        raise OperationFailed(f"nft: {nft_set.describe()}: the set {what}; deleting it would take them along", IN_USE_CODE, op)
     # Deleting the set deletes its elements: the batch's own deletions of them are moot.
     state.statements = [
         s for s in state.statements if not (isinstance(s, _Elements) and s.verb == "delete" and s.set == nft_set.name)

@@ -305,7 +305,20 @@ NFT_VALUES = {
     "type": (["filter"], ["nat", "bogus"]),
     "priority": ([0, -150], ["x"]),
     "policy": (["accept", "drop"], ["reject"]),
-    "rule": (["tcp dport 9000 accept", "counter"], ["accept; drop", 'counter comment "x"', " "]),
+    "rule": (
+        ["tcp dport 9000 accept", "counter", "ip saddr @blocklist drop"],
+        ["accept; drop", 'counter comment "x"', " ", "ip saddr @ drop"],
+    ),
+}
+NFT_SET_VALUES = {
+    "family": (["inet", "ip"], ["ipv4"]),
+    "name": (["blocklist", "allow"], ["9bad", "a/b"]),
+    "type": (["ipv4_addr"], ["ipv6_addr", "inet_service", "ether_addr", "bogus"]),
+    "flags": ([["interval"], []], [["constant"], ["bogus"], "interval"]),
+    "elements": (
+        [["192.0.2.1"], ["192.0.2.0/24", "198.51.100.7"], []],
+        [["10.0.0.0/8", "10.1.0.0/16"], ["300.1.1.1"], ["::1", "10.0.0.1-10.0.0.0"], [22, "aa:bb:cc:dd:ee:ff"], "192.0.2.1"],
+    ),
 }
 SCOPE_NAMES = (["public", "internal"], ["bad name", "", "x.y"])
 
@@ -363,14 +376,16 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
         pools: dict[str, tuple[list[Any], list[Any]]],
         chain: tuple[tuple[str, ...], tuple[str, ...]],
         rule: tuple[tuple[str, ...], tuple[str, ...]],
+        extra: dict[str, st.SearchStrategy[dict[str, Any]]] | None = None,
     ) -> st.SearchStrategy[dict[str, Any]]:
-        return st.fixed_dictionaries(
-            {},
-            optional={
-                "chain": noise(st.lists(noise(table(pools, *chain)), max_size=3)),
-                "rule": noise(st.lists(noise(table(pools, *rule)), max_size=3)),
-            },
-        )
+        optional = {
+            "chain": noise(st.lists(noise(table(pools, *chain)), max_size=3)),
+            "rule": noise(st.lists(noise(table(pools, *rule)), max_size=3)),
+        }
+        optional.update({key: noise(st.lists(noise(entry), max_size=2)) for key, entry in (extra or {}).items()})
+        return st.fixed_dictionaries({}, optional=optional)
+
+    nft_set = table(NFT_SET_VALUES, ("family", "name", "type"), ("flags", "elements"))
 
     document = st.fixed_dictionaries(
         {},
@@ -381,7 +396,9 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
             "direct": noise(
                 sections(DIRECT_VALUES, (("family", "table", "chain"), ()), (("family", "table", "chain", "args"), ("priority",)))
             ),
-            "nft": noise(sections(NFT_VALUES, (("family", "chain"), ("hook",)), (("family", "chain", "rule"), ()))),
+            "nft": noise(
+                sections(NFT_VALUES, (("family", "chain"), ("hook",)), (("family", "chain", "rule"), ()), {"set": nft_set})
+            ),
         },
     )
     if level < 2:
