@@ -20,10 +20,12 @@ from typing import Any
 # other types are left to hand-made sets.
 SET_TYPES = ("ipv4_addr", "ipv6_addr", "inet_service", "ether_addr")
 # Flags a policy may give a set.  Without "interval" a set holds single values.
-SET_FLAGS = ("interval", "timeout", "dynamic")
+SET_FLAGS = ("interval", "timeout")
 REFUSED_FLAGS = {
     "constant": "a constant set cannot change while a rule uses it, and fwrecon edits elements one by one",
     "auto-merge": "nft would merge elements into forms no policy wrote, so the plan would never settle",
+    # (nft 1.0.6 does not list it back for hash sets: the set would never look like the policy's)
+    "dynamic": "nft does not report it back, so fwrecon could not tell its set is there",
 }
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _PORT_RE = re.compile(r"\d{1,5}")

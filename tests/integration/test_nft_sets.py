@@ -9,6 +9,7 @@ deletions are repaired, and a rule matching on the set filters real traffic
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 
 from conftest import Daemon, Fwrecon, wait_until
@@ -199,3 +200,36 @@ def test_deleted_elements_and_a_flushed_set_are_repaired(bare: Fwrecon, daemon_f
     wait_until(lambda: elements(bare) == ["192.0.2.1", "192.0.2.2"], 3, "the flushed set refilled")
     assert daemon.value("fwrecon_nft_set_elements", family="inet", set="blocklist") == 2
     assert daemon.stop() == 0
+
+
+def odd_forms(rng: random.Random) -> dict[str, list[str]]:
+    """Disjoint elements per set type, each in a form nft prints differently."""
+    v4, v6, ports = [], [], []
+    for block in rng.sample(range(1, 250), 60):
+        base = f"10.{block}"
+        v4 += [f"{base}.0.7/32", f"{base}.1.0-{base}.1.255", f"{base}.2.5-{base}.2.9", f"{base}.3.77/24"]
+        v6 += [f"2001:DB8:{block:x}::/48", f"2001:db9:{block:x}:1::1-2001:db9:{block:x}:1::1", f"::ffff:10.{block}.0.1"]
+    for base in rng.sample(range(1, 600), 60):
+        ports += [str(base * 100), f"{base * 100 + 10}-{base * 100 + 20}", f"{base * 100 + 50}-{base * 100 + 50}"]
+    return {"ipv4_addr": v4, "ipv6_addr": v6, "inet_service": ports}
+
+
+def test_elements_in_any_form_never_churn(bare: Fwrecon) -> None:
+    """Whatever form a policy writes, the next plan finds it present: nothing to do."""
+    bare.backend = "nftables"
+    forms = odd_forms(random.Random(1306))
+    text = ""
+    for set_type, elements_of_type in forms.items():
+        for flags in ('["interval"]', '["interval", "timeout"]'):
+            name = f"{set_type}_{len(flags)}"
+            text += set_policy(elements_of_type, name=name, rule=False, flags=flags).replace(
+                'type = "ipv4_addr"', f'type = "{set_type}"'
+            )
+    text += set_policy(["AA-BB-CC-DD-EE-01", "aa:bb:cc:dd:ee:02"], name="macs", rule=False, flags='["timeout"]').replace(
+        'type = "ipv4_addr"', 'type = "ether_addr"'
+    )
+    bare.write_policy("forms", text)
+    applied(bare)
+    plan = bare.run("plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "0 operations" in applied(bare)
