@@ -56,6 +56,8 @@ def listed_element(set_type: str, value: Any) -> str | None:
     """An element of ``nft -j`` output in the same form, or None when it is
     not a plain element of a type fwrecon manages (a concatenation, a
     verdict map entry): such an element is someone else's and never ours."""
+    if type(value) is str and set_type == "ipv4_addr" and _IPV4_RE.fullmatch(value):
+        return value  # the common case, as nft prints it
     if isinstance(value, dict) and set(value) == {"elem"} and isinstance(value["elem"], dict):
         value = value["elem"].get("val")  # an element with a timeout or counter
     try:
@@ -115,9 +117,13 @@ def _port(text: str) -> int:
 
 def _address_bounds(set_type: str, text: str) -> list[int]:
     if set_type == "ipv4_addr" and _IPV4_RE.fullmatch(text):
-        a, b, c, d = map(int, text.split("."))
-        value = (a << 24) | (b << 16) | (c << 8) | d
+        value = _ipv4_value(text)
         return [value, value]
+    address, slash, length = text.partition("/")
+    if set_type == "ipv4_addr" and slash and _IPV4_RE.fullmatch(address) and length.isdigit() and int(length) <= 32:
+        size = 1 << (32 - int(length))
+        low = _ipv4_value(address) & ~(size - 1)  # host bits dropped, as nft does
+        return [low, low + size - 1]
     if "%" in text:  # ipaddress takes a scope ("fe80::1%eth0"); nft does not
         raise ValueError(f"{text!r} is not an IPv{4 if set_type == 'ipv4_addr' else 6} address, network or range")
     version = 4 if set_type == "ipv4_addr" else 6
@@ -150,8 +156,13 @@ def _text(set_type: str, low: int, high: int) -> str:
     return f"{_address(set_type, low)}-{_address(set_type, high)}"
 
 
+def _ipv4_value(text: str) -> int:
+    a, b, c, d = map(int, text.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
 def _address(set_type: str, value: int) -> str:
     if set_type == "ipv4_addr":
-        return str(ipaddress.IPv4Address(value))
+        return f"{value >> 24}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
     # nft prints with inet_ntop, whose forms (e.g. "::ffff:192.0.2.1") Python's differ from.
     return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))

@@ -384,8 +384,16 @@ def _index(rules: Sequence[RuleEntry]) -> dict[tuple[str, str | None], list[Rule
 
 def validate(ops: Sequence[Op]) -> None:
     """Raise OperationFailed (code NFT_INVALID) for the first op nft must not see."""
+    sets_seen: set[tuple[str, str]] = set()  # (family, set) of elements whose names were judged
     for op in ops:
-        problem = item_problem(op.item)
+        item = op.item
+        if type(item) is NftElement and (item.family, item.set) in sets_seen:
+            # (the common case of a long list: the element's own text is all there is to judge)
+            problem = None if ELEMENT_RE.fullmatch(item.element) else f"invalid set element {item.element!r}"
+        else:
+            problem = item_problem(item)
+            if type(item) is NftElement and problem is None:
+                sets_seen.add((item.family, item.set))
         if problem:
             raise OperationFailed(f"nft: {op.item.describe()}: {problem}", INVALID_CODE, op)
 
