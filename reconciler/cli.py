@@ -36,7 +36,7 @@ from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors, to
 from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
-from .model import NFT_ITEMS, NFT_TABLE, Item, NftElement, Op
+from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, Item, NftElement, Op
 from .policy import LoadResult, Policy, conflicting_sets, unresolved_references
 from .policydir import load_policy_dir
 from .state import State, StateStore
@@ -232,9 +232,6 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
         return {}
     finally:
         await backends.close()
-
-
-ELEMENTS_LISTED = 20  # more element changes than this to one set, and `plan`/`apply` print one line for them
 
 
 def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:

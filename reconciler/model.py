@@ -522,6 +522,10 @@ class NftElement(Item):
         return f"nft {self.family} {NFT_TABLE} set {self.set} element {self.element}"
 
 
+# More elements of one set than this (changed by a plan, owned by a policy) and
+# the text output of plan, apply and status says them in one line (--json lists them all).
+ELEMENTS_LISTED = 20
+
 # Every item kind that lives in fwrecon's nft tables (the nftables backend's).
 NFT_ITEMS = (NftChain, NftRule, NftSet, NftElement)
 

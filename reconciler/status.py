@@ -21,15 +21,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .model import Item
+from .model import ELEMENTS_LISTED, Item
 from .policydir import is_policy_file, load_policy_dir
 from .state import StateStore
 
@@ -344,10 +346,27 @@ def render_text(report: dict[str, Any]) -> str:
         lines.extend(f"  {reason}" for reason in policy["reasons"])
         for backend, sections in policy["owned"].items():
             for items in sections.values():
-                lines.extend(f"  owns on {backend}: {item}" for item in items)
+                lines.extend(f"  owns on {backend}: {item}" for item in _elements_counted(items))
         lines.extend(f"  held by others: {item}" for item in policy["held_by_others"])
     if report["converged"]:
         lines.append("converged")
     else:
         lines.append("not converged: " + "; ".join(report["why_not"]))
     return "\n".join(lines)
+
+
+_ELEMENT = re.compile(r"(nft \S+ \S+ set \S+) element ")
+
+
+def _elements_counted(items: list[str]) -> list[str]:
+    """``items`` (descriptions), a set's elements as one line when there are many."""
+    counts = Counter(match[1] for item in items if (match := _ELEMENT.match(item)))
+    many = {name for name, count in counts.items() if count > ELEMENTS_LISTED}
+    lines = []
+    for item in items:
+        match = _ELEMENT.match(item)
+        if match is None or match[1] not in many:
+            lines.append(item)
+        elif match[1] in counts:
+            lines.append(f"{match[1]}: {counts.pop(match[1]):,} elements")
+    return lines

@@ -102,6 +102,21 @@ class Fwrecon:
     def apply(self) -> subprocess.CompletedProcess[str]:
         return self.run("apply")
 
+    def status(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`fwrecon status`: files only, so no bus address, no backend, no namespace."""
+        argv = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "status",
+            "--policy-dir",
+            str(self.policy_dir),
+            "--state-file",
+            str(self.state_file),
+            *extra,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
     def owned(self) -> list[dict]:
         if not self.state_file.exists():
             return []

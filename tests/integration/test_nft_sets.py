@@ -180,6 +180,9 @@ def test_many_elements_print_as_one_line_and_json_lists_them(bare: Fwrecon) -> N
     assert len([c for c in listed if c["item"]["kind"] == "nft_element"]) == 3000
     applied(bare)
     assert len(elements(bare) or []) == 3000
+    status = bare.status().stdout
+    assert "  owns on nftables: nft inet fwrecon set blocklist: 3,000 elements" in status, status
+    assert len(status.splitlines()) < 10
     bare.write_policy("big", set_policy([*many[1:], "192.0.2.1"], rule=False, flags="[]"))
     out = applied(bare)
     assert "+ nft inet fwrecon set blocklist element 192.0.2.1  [big]" in out

@@ -4,27 +4,13 @@ the daemon writes after each reconcile, and works the same once it stopped."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 
-from conftest import ROOT, Daemon, Fwrecon, wait_until
+from conftest import Daemon, Fwrecon, wait_until
 
 
 def status(fwrecon: Fwrecon) -> tuple[int, dict]:
-    """`fwrecon status --json`: files only, so no bus address, no namespace."""
-    argv = [
-        sys.executable,
-        "-m",
-        "reconciler",
-        "status",
-        "--json",
-        "--policy-dir",
-        str(fwrecon.policy_dir),
-        "--state-file",
-        str(fwrecon.state_file),
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = fwrecon.status("--json")
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout)
 
