@@ -153,10 +153,23 @@ def _plan_policy(
     held: set[Item] = set()
     foreign_adds: set[Item] = set()
     deferred: set[Item] = set()
-    for item in sorted(desired, key=Item.sort_key):
+
+    def judge_present(item: Item) -> None:
+        if item not in owned and policy not in others.get(item, ()):
+            held.add(item)  # there before we wanted it, and not ours: someone else's
+
+    # Present items are judged unsorted (adds only ever make more present, so
+    # their verdict cannot depend on the order): only the missing ones pay a
+    # sort, which a set of 100,000 elements with one new element needs.
+    missing = []
+    for item in desired:
         if view.has(item):  # the common case first: one lookup when it is ours
-            if item not in owned and policy not in others.get(item, ()):
-                held.add(item)  # there before we wanted it, and not ours: someone else's
+            judge_present(item)
+        else:
+            missing.append(item)
+    for item in sorted(missing, key=Item.sort_key):
+        if view.has(item):  # covered by what an earlier add put there (a port range)
+            judge_present(item)
         elif item in foreign_items and item not in owned:
             ops.append(Op("add", item))  # put back what someone else holds; it stays theirs
             view.add(item)
