@@ -117,3 +117,10 @@ def test_sdist_and_wheel_build_without_warnings(tmp_path: Path) -> None:
     assert "License-Expression: MIT" in metadata.splitlines()
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert sdist.name.startswith("firewall_reconciler-")
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """pytest imports test modules by basename (rootdir, no packages): a
+    second tests/*/test_x.py stops the whole run at collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []
