@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 
 from conftest import Daemon, Fwrecon, wait_until
+from test_backends import crash_after_writes
 
 PEER = "198.18.0.2"
 PORT = 8443
@@ -236,3 +237,18 @@ def test_elements_in_any_form_never_churn(bare: Fwrecon) -> None:
     plan = bare.run("plan")
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "0 operations" in applied(bare)
+
+
+def test_kill_9_after_an_edit_lands_then_apply_converges(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    bare.write_policy("d", set_policy(["192.0.2.1", "192.0.2.2"], flags="[]"))
+    applied(bare)
+    bare.write_policy("d", set_policy(["192.0.2.2", "192.0.2.3"], flags="[]"))
+    crash_after_writes(bare, 1)  # in the kernel, not yet settled in the state file
+    assert elements(bare) == ["192.0.2.2", "192.0.2.3"]
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 operations" in result.stdout  # the new element adopted (the intent said so), not added again
+    bare.remove_policy("d")
+    applied(bare)
+    assert elements(bare) is None and bare.owned() == []  # nothing orphaned, nothing foreign left claimed
