@@ -663,13 +663,19 @@ class _PolicyParser:
             },
         )
 
-    def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
+    def nft_family(self, path: str, entry: dict[str, Any]) -> str | None:
+        """The entry's nft family, or None (missing or unknown: said)."""
         family = self.required_string(path, entry, "family")
-        chain = self.required_string(path, entry, "chain")
-        ok = True
         if family is not None and family not in NFT_FAMILIES:
             self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
-            ok = False
+            return None
+        return family
+
+    def nft_family_and_chain(self, path: str, entry: dict[str, Any]) -> tuple[str, str] | None:
+        errors_before = len(self.errors)
+        family = self.nft_family(path, entry)
+        chain = self.required_string(path, entry, "chain")
+        ok = len(self.errors) == errors_before
         if chain is not None and not NFT_NAME_RE.fullmatch(chain):
             self.error(f"{path}.chain", f"{_show(chain)} is not a chain name ({NFT_NAME_TEXT})")
             ok = False
@@ -727,11 +733,9 @@ class _PolicyParser:
     def nft_set(self, path: str, entry: dict[str, Any]) -> Item | None:
         """The set, and each of its elements as an item of its own (added here)."""
         errors_before = len(self.errors)
-        family = self.required_string(path, entry, "family")
+        family = self.nft_family(path, entry)
         name = self.required_string(path, entry, "name")
         set_type = self.required_string(path, entry, "type")
-        if family is not None and family not in NFT_FAMILIES:
-            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(NFT_FAMILIES)}")
         if name is not None and not NFT_NAME_RE.fullmatch(name):
             self.error(f"{path}.name", f"{_show(name)} is not a set name ({NFT_NAME_TEXT})")
         if set_type is not None and set_type not in SET_TYPES:
