@@ -32,11 +32,11 @@ from . import __version__, status
 from .backends.select import BACKEND_MODES, DEFAULT_TIMEOUT, BackendSet, connect_firewalld
 from .backends.select import connect as select_backends
 from .daemon import Controller, DaemonSettings
-from .engine import Reconciler, gc_paused, held_by_others, log_policy_errors, tool_verdicts
+from .engine import PERSIST_MODES, Reconciler, gc_paused, held_by_others, log_policy_errors, tool_verdicts
 from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
-from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, Item, NftElement, Op
+from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, Item, NftElement, Op, Permanent
 from .policy import LoadResult, Policy, conflicting_sets, unresolved_references
 from .policydir import load_policy_dir
 from .state import State, StateStore
@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         "until the next reconcile",
     )
 
+    writes = argparse.ArgumentParser(add_help=False, parents=[common])  # ... and those that plan or write
+    writes.add_argument(
+        "--persist",
+        choices=PERSIST_MODES,
+        default="runtime",
+        help="runtime (default): firewalld items in firewalld's runtime only, re-added after each reload; "
+        "permanent: in its permanent configuration too (/etc/firewalld), so a reload, restart or boot "
+        "restores them with no gap and no re-apply",
+    )
+
     parser = argparse.ArgumentParser(
         prog="fwrecon",
         description="Keep the host firewall (firewalld over D-Bus, else iptables/ebtables and nftables) equal to a directory of TOML policy files.",
@@ -115,20 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan = sub.add_parser(
         "plan",
-        parents=[common],
+        parents=[writes],
         help="print the operations apply would run",
         description="Print the operations 'apply' would run, one per line with the policy that wants it.",
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser(
         "apply",
-        parents=[common],
+        parents=[writes],
         help="reconcile once",
         description="Reconcile once: apply what is missing, remove what fwrecon owns and no policy wants.",
     )
     run = sub.add_parser(
         "run",
-        parents=[common],
+        parents=[writes],
         help="run the daemon",
         description="Watch the policy directory and firewalld; keep the firewall equal to the policies. "
         "Re-applies after firewalld reloads or restarts, repairs drift, serves Prometheus metrics. "
@@ -186,7 +196,7 @@ async def _reconciler(args: argparse.Namespace, store: StateStore) -> AsyncItera
     """A Reconciler on the backends ``--backend`` selects; closed afterwards."""
     backends, router = await select_backends(args.backend, args.bus_address, args.timeout)
     try:
-        yield Reconciler(router, store, names=router.known_names)
+        yield Reconciler(router, store, names=router.known_names, persist=getattr(args, "persist", "runtime"))
     finally:
         await backends.close()
 
@@ -243,9 +253,15 @@ def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:
         if isinstance(op.item, NftElement):
             counts.setdefault((op.item.family, op.item.set), Counter())[note or op.action] += 1
     big = {key for key, count in counts.items() if count.total() > ELEMENTS_LISTED}
+    # An op on an item and the same op on its permanent copy are one line, "runtime+permanent".
+    copies = {(op.action, op.item.item, note) for op, note in ops if isinstance(op.item, Permanent)}
+    runtime = {(op.action, op.item, note) for op, note in ops if not isinstance(op.item, Permanent)}
     lines: list[str] = []
     for op, note in ops:
         item = op.item
+        if isinstance(item, Permanent) and (op.action, item.item, note) in runtime:
+            continue
+        layers = "  runtime+permanent" if (op.action, item, note) in copies else ""
         if isinstance(item, NftElement) and (key := (item.family, item.set)) in big:
             count = counts.pop(key, None)
             if count is not None:
@@ -255,7 +271,7 @@ def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:
                 parts += [f"{n:,} {what}" for what, n in sorted(count.items()) if what not in ("add", "remove")]
                 lines.append(f"{sign} nft {item.family} {NFT_TABLE} set {item.set}: {', '.join(parts)}  [{policy}]")
             continue
-        lines.append(f"{op.describe()}  [{policy}]" + (f"  ({note})" if note else ""))
+        lines.append(f"{op.describe()}  [{policy}]{layers}" + (f"  ({note})" if note else ""))
     return lines
 
 
@@ -277,7 +293,13 @@ async def cmd_plan(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "changes": [
-                        {"policy": p, "action": op.action, "item": op.item.to_json(), "text": op.item.describe()}
+                        {
+                            "policy": p,
+                            "action": op.action,
+                            "layer": "permanent" if isinstance(op.item, Permanent) else "runtime",
+                            "item": op.item.to_json(),
+                            "text": op.item.describe(),
+                        }
                         for p, op in changes
                     ],
                     "held_by_others": [{"policy": p, "item": item.to_json(), "text": item.describe()} for p, item in held],
@@ -339,6 +361,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
         resync_interval=args.resync_interval,
         backend_mode=args.backend,
+        persist=args.persist,
     )
     try:
         if settings.metrics_address is not None:

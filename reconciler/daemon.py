@@ -85,6 +85,7 @@ class DaemonSettings:
     backoff_max: float = 30.0
     shutdown_grace: float = 2.0
     backend_mode: BackendMode = "auto"
+    persist: str = "runtime"  # engine.PERSIST_MODES
     # After a reload or firewalld's return: change signals in this window are
     # the reload's, not drift, and items no record mentions wait this long
     # before fwrecon adds (and so owns) them, so tools that hold the same item
@@ -112,6 +113,7 @@ class Controller:
         self.last_good: dict[str, frozenset[Item]] = {}
         self._policy_cache = PolicyCache()
         self._refusal_memo = RefusalMemo()
+        self._made_permanent_said: set[Item] = set()
         self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -410,7 +412,14 @@ class Controller:
         try:
             with gc_paused():
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)
-                reconciler = Reconciler(self.backend, self.store, names=self.backend.known_names, memo=self._refusal_memo)
+                reconciler = Reconciler(
+                    self.backend,
+                    self.store,
+                    names=self.backend.known_names,
+                    memo=self._refusal_memo,
+                    persist=self.settings.persist,
+                    said=self._made_permanent_said,
+                )
                 report = await reconciler.reconcile(loaded, self.last_good, settling=self._settling())
             if report.deferred:
                 self._come_back_after_settling()

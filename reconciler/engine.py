@@ -24,7 +24,7 @@ import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, PolicyError
-from .model import DirectChain, Item, KnownNames, NftElement, Op, Outcome, Ownership
+from .model import PERSISTABLE, DirectChain, Item, KnownNames, NftElement, Op, Outcome, Ownership, Permanent, runtime_of
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -33,7 +33,11 @@ from .view import FirewallView
 
 log = structlog.get_logger(__name__)
 
-PENDING_OPS_SHOWN = 20  # ops named in the state file's intent note (and the warning after a crash)
+PENDING_OPS_SHOWN = 20
+# --persist: where fwrecon keeps the firewalld items it owns.  runtime: only in
+# firewalld's runtime (re-added after each reload); permanent: in its
+# permanent configuration too, which a reload restores by itself.
+PERSIST_MODES = ("runtime", "permanent")  # ops named in the state file's intent note (and the warning after a crash)
 
 
 @dataclass
@@ -78,7 +82,7 @@ class ReconcileReport:
 
 def section_key(item: Item) -> str:
     """The policy-file section an item comes from, for error messages."""
-    container = item.container()
+    container = runtime_of(item).container()
     return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
 
 
@@ -203,6 +207,16 @@ def containers_for(desired: Mapping[str, frozenset[Item]], owned: Mapping[Item, 
     return found
 
 
+def with_permanent_copies(items: frozenset[Item], backend: Backend) -> frozenset[Item]:
+    """``items`` and, where a backend in charge keeps them (firewalld), the
+    `Permanent` copy of each firewalld item; with firewalld away, none: the
+    copies fwrecon owns wait in their unreachable containers, untouched."""
+    copies = frozenset(Permanent(item) for item in items if isinstance(item, PERSISTABLE))
+    if not copies or backend.name_for(next(iter(copies))) == NO_BACKEND:
+        return items
+    return items | copies
+
+
 def build_transaction(plan: PolicyPlan) -> Transaction:
     """The plan's ops in order; a chain is removed only if still empty when its
     turn comes (out of a backend no longer in charge, the router sees to that)."""
@@ -272,19 +286,38 @@ class Reconciler:
     """Runs reconciles against one backend and one state file."""
 
     def __init__(
-        self, backend: Backend, store: StateStore, *, names: NameSource | None = None, memo: RefusalMemo | None = None
+        self,
+        backend: Backend,
+        store: StateStore,
+        *,
+        names: NameSource | None = None,
+        memo: RefusalMemo | None = None,
+        persist: str = "runtime",
+        said: set[Item] | None = None,
     ) -> None:
         """``names``: what firewall names policies may use (the router's
         `known_names`), None to check none.  ``memo``: refusals judged by
-        earlier reconciles of the same process (the daemon's)."""
+        earlier reconciles of the same process (the daemon's).  ``persist``:
+        one of `PERSIST_MODES`.  ``said``: owned items already logged as made
+        permanent by someone else (the daemon keeps it across reconciles)."""
+        if persist not in PERSIST_MODES:
+            raise ValueError(f"persist must be one of {PERSIST_MODES}, not {persist!r}")
         self.backend = backend
         self.store = store
         self.names = names
         self.memo = memo
+        self.persist = persist
+        self.said = said if said is not None else set()  # (`_note_made_permanent`)
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.names() if self.names is not None else None
-        return desired_state(loaded, state, known, last_good, await self.refused(loaded))
+        return self._add_copies(desired_state(loaded, state, known, last_good, await self.refused(loaded)))
+
+    def _add_copies(self, desired: Desired) -> Desired:
+        """In permanent mode, every policy wants the permanent copies of its firewalld items too."""
+        if self.persist == "permanent":
+            desired.items = {name: with_permanent_copies(items, self.backend) for name, items in desired.items.items()}
+        return desired
 
     async def refused(self, loaded: LoadResult) -> dict[str, list[PolicyError]]:
         """What the backend in charge refuses of each policy, by policy name."""
@@ -301,10 +334,42 @@ class Reconciler:
         return found
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
-        """Read what desired or owned state mentions (and tell labelling backends those items)."""
-        return await self.backend.observe(
-            containers_for(desired, state.owned), [*state.owned, *itertools.chain(*desired.values())]
+        """Read what desired or owned state mentions (and tell labelling backends those items).
+
+        In runtime mode also the permanent layer of the owned firewalld items,
+        to see when someone made them permanent (`_note_made_permanent`)."""
+        containers = containers_for(desired, state.owned)
+        if self.persist == "runtime":
+            copies = [Permanent(item) for item in state.owned if isinstance(item, PERSISTABLE)]
+            if copies and self.backend.name_for(copies[0]) != NO_BACKEND:
+                containers.update(copy.container() for copy in copies)
+        view = await self.backend.observe(containers, [*state.owned, *itertools.chain(*desired.values())])
+        if self.persist == "runtime":
+            self._note_made_permanent(view, state)
+        return view
+
+    def _note_made_permanent(self, view: FirewallView, state: State) -> None:
+        """Log once (``owned_items_made_permanent``) the owned runtime items
+        that showed up in the permanent configuration without fwrecon writing
+        them there (``firewall-cmd --runtime-to-permanent``): those copies are
+        not fwrecon's, so they stay when fwrecon removes the runtime item, and
+        a reload brings the item back."""
+        found = frozenset(
+            item
+            for item in state.owned
+            if isinstance(item, PERSISTABLE) and Permanent(item) not in state.owned and view.has_exact(Permanent(item))
         )
+        new = found - self.said
+        self.said.intersection_update(found)  # said again if it goes and comes back
+        self.said.update(found)
+        if new:
+            log.warning(
+                "owned_items_made_permanent",
+                items=sorted(item.describe() for item in new)[:PENDING_OPS_SHOWN],
+                count=len(new),
+                detail="someone copied items fwrecon owns into firewalld's permanent configuration; those copies are "
+                "not fwrecon's: removing a policy removes the runtime items only, and a reload brings them back",
+            )
 
     async def validate(
         self,
@@ -346,8 +411,9 @@ class Reconciler:
                 verdicts = {}
             for name, errors in verdicts.items():
                 self._hold(desired, name, errors, state, last_good)
+        self._add_copies(desired)  # (again: for the versions held above)
         if containers_for(desired.items, state.owned) - view.containers:
-            view = await self.observe(desired.items, state)  # a held version needs containers not read yet
+            view = await self.observe(desired.items, state)  # a held version or a copy needs containers not read yet
         return desired, view
 
     async def verdict_errors(self, loaded: LoadResult, desired: Desired) -> dict[str, list[PolicyError]]:

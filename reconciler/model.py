@@ -145,7 +145,8 @@ def _field_names(cls: type[Item]) -> tuple[str, ...]:
 
 
 def _field_hash(item: Item) -> int:
-    return hash(_field_values(type(item))(item))
+    # The kind too: a `Permanent` copy must not collide with the item it wraps.
+    return hash((item.kind, _field_values(type(item))(item)))
 
 
 @functools.cache
@@ -156,8 +157,9 @@ def _field_values(cls: type[Item]) -> Callable[[Any], Any]:
 
 def _sort_key(item: Item) -> tuple[Any, ...]:
     container = item.container()
+    permanent = container[0] == PERMANENT  # after the runtime items: firewalld names a bad item there first
     # The JSON text starts with the kind and orders items of one kind by value.
-    return (item.layer, container[0] == "direct", container, item.json_text())
+    return (item.layer, permanent, container[permanent] == "direct", container, item.json_text())
 
 
 # fwrecon's ownership tags: "fwrecon:" and 16 hex digits.  Anything in that
@@ -190,6 +192,8 @@ _ENCODERS: dict[str, Callable[[Any, str], str]] = {
     "int": lambda value, sep: int.__repr__(value),
     "tuple[str, ...]": lambda value, sep: "[" + sep.join(map(_quote, value)) + "]",
     "Scope": lambda value, sep: f"[{_quote(value.kind)}{sep}{_quote(value.name)}]",
+    # (the separator tells which of the two layouts is being built)
+    "Item": lambda value, sep: value.json_text() if sep == "," else _encode(value, sort_keys=True),
 }
 _Piece = tuple[str, str, Callable[[Any, str], str] | None]
 
@@ -249,9 +253,27 @@ def _short(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {"Scope": _scope, "tuple[str, ...]": _strings, "int": _integer, "str": _string}
+def _persisted(value: Any) -> Item:
+    """The item a `Permanent` copy holds: a firewalld item, never a copy itself
+    (checked before decoding, so a forged file cannot nest them without end)."""
+    if type(value) is dict and value.get("kind") == Permanent.kind:
+        raise ValueError("a permanent copy cannot hold another")
+    item = Item.from_json(value)
+    if not isinstance(item, PERSISTABLE):
+        raise ValueError(f"{item.kind} items have no permanent copy")
+    return item
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "Scope": _scope,
+    "tuple[str, ...]": _strings,
+    "int": _integer,
+    "str": _string,
+    "Item": _persisted,
+}
 _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
     "Scope": lambda scope: [scope.kind, scope.name],
+    "Item": lambda item: item.to_json(),
     "tuple[str, ...]": list,
     "int": None,
     "str": None,
@@ -522,6 +544,46 @@ class NftElement(Item):
         return f"nft {self.family} {NFT_TABLE} set {self.set} element {self.element}"
 
 
+# The first part of a permanent copy's container (`Permanent.container`).
+PERMANENT = "permanent"
+# What firewalld can keep in its permanent configuration too.
+PERSISTABLE = (ScopedItem, DirectChain, DirectRule)
+
+
+@dataclass(frozen=True, order=True)
+class Permanent(Item):
+    """A firewalld item's copy in firewalld's permanent configuration
+    (``--persist permanent``), which a reload or restart puts back by itself.
+
+    An item of its own, in a container of its own, so that ownership,
+    reference counting, "never touch what is not ours" and the diff all work
+    per layer with no special case: an item already in the permanent
+    configuration is someone else's there even when fwrecon owns its runtime copy.
+    """
+
+    kind: ClassVar[str] = "permanent"
+    item: Item
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.item, PERSISTABLE):
+            raise TypeError(f"{self.item.kind} items have no permanent copy")
+
+    @property
+    def layer(self) -> int:  # type: ignore[override]  # a copy is added and removed in its item's order
+        return self.item.layer
+
+    def container(self) -> tuple[str, ...]:
+        return (PERMANENT, *self.item.container())
+
+    def describe(self) -> str:
+        return f"{self.item.describe()} (permanent)"
+
+
+def runtime_of(item: Item) -> Item:
+    """The runtime item ``item`` is a copy of, or ``item`` itself."""
+    return item.item if isinstance(item, Permanent) else item
+
+
 # More elements of one set than this (changed by a plan, owned by a policy) and
 # the text output of plan, apply and status says them in one line (--json lists them all).
 ELEMENTS_LISTED = 20
@@ -550,6 +612,7 @@ ITEM_KINDS: dict[str, type[Item]] = {
         NftRule,
         NftSet,
         NftElement,
+        Permanent,
     )
 }
 

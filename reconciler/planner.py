@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .model import Item, Op, Ownership
-from .view import HOLDERS, FirewallView, Holder
+from .view import FirewallView, is_holder
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class PolicyPlan:
         return not (self.ops or self.claims or self.releases or self.held or self.unheld)
 
 
-def in_use(view: FirewallView, holder: Holder) -> bool:
+def in_use(view: FirewallView, holder: Item) -> bool:
     """A chain that still holds rules, or a set elements, cannot be removed without taking them along."""
     return bool(view.users_of(holder))
 
@@ -118,7 +118,7 @@ def _needs_second_look(wanted: frozenset[Item], view: FirewallView, owned: Mappi
     reachable = not view.unreachable
     if any(not view.has(item) and (reachable or item.container() not in view.unreachable) for item in wanted):
         return True
-    return any(isinstance(item, HOLDERS) and policy in owners and item not in wanted for item, owners in owned.items())
+    return any(is_holder(item) and policy in owners and item not in wanted for item, owners in owned.items())
 
 
 def _plan_policy(
@@ -144,7 +144,7 @@ def _plan_policy(
     for item in mine:
         if owned[item] - {policy} or not view.has_exact(item):
             releases.add(item)
-        elif isinstance(item, HOLDERS) and in_use(view, item):
+        elif is_holder(item) and in_use(view, item):
             continue  # keep owning it; it goes once its foreign rules are gone
         else:
             ops.append(Op("remove", item))

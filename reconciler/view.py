@@ -12,15 +12,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import cast
 
-from .model import DirectChain, DirectRule, Item, NftChain, NftElement, NftRule, NftSet, Port, Scope, SourcePort
+from .model import DirectChain, DirectRule, Item, NftChain, NftElement, NftRule, NftSet, Permanent, Port, Scope, SourcePort
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
 _RANGED = frozenset({Port, SourcePort})  # exact types: cheaper than isinstance on ABCs
 _RangeKey = tuple[type[Port] | type[SourcePort], Scope, str]
 # Items that hold others (a chain its rules, a set its elements): removing
 # one takes everything in it along, so it goes only when nothing uses it.
-Holder = DirectChain | NftChain | NftSet
 HOLDERS = (DirectChain, NftChain, NftSet)
+
+
+def is_holder(item: Item) -> bool:
+    """One of `HOLDERS`, or the permanent copy of one (a direct chain holds the permanent copies of its rules)."""
+    return isinstance(item.item if isinstance(item, Permanent) else item, HOLDERS)
 
 
 class FirewallView:
@@ -95,7 +99,7 @@ class FirewallView:
             return rng in self._ranges.get(key, frozenset())
         return item in self._items
 
-    def users_of(self, holder: Holder) -> list[str]:
+    def users_of(self, holder: Item) -> list[str]:
         """Everything that still uses ``holder``: what is in it, foreign rules, rules that use it."""
         found = [member.describe() for member in self.members_of(holder)]
         for user in self.users.get(holder, ()):
@@ -105,13 +109,19 @@ class FirewallView:
                 found.append(user.describe())
         return found
 
-    def members_of(self, holder: Holder) -> list[Item]:
-        """Items the view knows in ``holder``: a direct or nft chain's rules, a set's elements."""
+    def members_of(self, holder: Item) -> list[Item]:
+        """Items the view knows in ``holder`` (`is_holder`): a direct or nft
+        chain's rules, a set's elements; of a permanent copy, permanent copies."""
+        if isinstance(holder, Permanent):
+            inner = holder.item
+            return [Permanent(i) for i in FirewallView(runtime_copies(self._items)).members_of(inner)]
         if isinstance(holder, NftSet):
             key = (holder.family, holder.name)
             return [i for i in self._items if isinstance(i, NftElement) and (i.family, i.set) == key]
         if isinstance(holder, NftChain):
             return [i for i in self._items if isinstance(i, NftRule) and (i.family, i.chain) == (holder.family, holder.chain)]
+        if not isinstance(holder, DirectChain):
+            raise TypeError(f"{holder.describe()} holds nothing")
         return [
             item
             for item in self._items
@@ -132,6 +142,11 @@ class FirewallView:
             self._ranges[key] = remove_range(self._ranges[key], rng)
         else:
             self._items.discard(item)
+
+
+def runtime_copies(items: Iterable[Item]) -> list[Item]:
+    """The items the permanent copies among ``items`` are copies of."""
+    return [item.item for item in items if isinstance(item, Permanent)]
 
 
 def _key_and_range(item: Item) -> tuple[_RangeKey, Range]:

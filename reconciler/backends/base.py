@@ -29,6 +29,7 @@ NEEDS_BACKEND = {
     "policy": "needs firewalld",
     "direct": "needs firewalld or the iptables backend",
     "nft": "needs the nftables backend",
+    "permanent": "needs firewalld (--persist permanent)",
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -24,36 +24,47 @@ from dbus_fast.aio import MessageBus
 
 from ..errors import BackendUnavailable, OperationFailed
 from ..model import (
+    PERMANENT,
     DirectChain,
     DirectRule,
     Forward,
     ForwardPort,
     IcmpBlock,
-    Interface,
     Item,
     KnownNames,
     Masquerade,
     Op,
     Outcome,
+    Permanent,
     Port,
     Protocol,
     RichRule,
     Scope,
     ScopedItem,
     Service,
-    Source,
     SourcePort,
 )
-from ..ports import canonical_port
 from ..view import FirewallView
-from .base import BackendEvent, EventCallback, ServiceBackend, kind_refused, one_by_one
+from .base import BackendEvent, EventCallback, ServiceBackend, in_runs, kind_refused, one_by_one
+from .firewalld_permanent import CONFIG_INTERFACES, PermanentLayer
+from .firewalld_settings import (
+    BUS_NAME,
+    KINDS,
+    OBJECT_PATH,
+    SWITCHES,
+    ZONE_KEY_ALIASES,
+    ZONE_ONLY,
+    MalformedReply,
+    item_args,
+    items_from_settings,
+    settings_value,
+    short,
+)
 
 T = TypeVar("T")
 
-BUS_NAME = "org.fedoraproject.FirewallD1"
 # The system bus when neither --bus-address nor $DBUS_SYSTEM_BUS_ADDRESS names one (the D-Bus spec's default).
 DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
-OBJECT_PATH = "/org/fedoraproject/FirewallD1"
 IFACE_MAIN = BUS_NAME
 IFACE_ZONE = BUS_NAME + ".zone"
 IFACE_POLICY = BUS_NAME + ".policy"
@@ -65,7 +76,7 @@ IDEMPOTENT_CODES = {
     "remove": frozenset({"NOT_ENABLED", "UNKNOWN_SOURCE", "UNKNOWN_INTERFACE"}),
 }
 MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})
-CONTAINER_KINDS = frozenset({"zone", "policy", "direct"})  # what firewalld holds (`Item.container()[0]`)
+CONTAINER_KINDS = frozenset({"zone", "policy", "direct", PERMANENT})  # what firewalld holds (`Item.container()[0]`)
 UNAVAILABLE_ERRORS = frozenset(
     {
         "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -83,42 +94,8 @@ DBUS_PATH = "/org/freedesktop/DBus"
 _DRIFT_SIGNALS = frozenset({"ZoneUpdated", "PolicyUpdated", "ZoneOfInterfaceChanged", "ZoneOfSourceChanged"})
 _DRIFT_INTERFACES = frozenset({IFACE_ZONE, IFACE_POLICY, IFACE_DIRECT})
 
-# item kind -> (settings key, zone method suffix, D-Bus signature of the item args)
-_KINDS: dict[type[Item], tuple[str, str, str]] = {
-    Service: ("services", "Service", "s"),
-    Port: ("ports", "Port", "ss"),
-    Protocol: ("protocols", "Protocol", "s"),
-    SourcePort: ("source_ports", "SourcePort", "ss"),
-    IcmpBlock: ("icmp_blocks", "IcmpBlock", "s"),
-    Masquerade: ("masquerade", "Masquerade", ""),
-    Forward: ("forward", "Forward", ""),  # (no add/remove methods: written with setZoneSettings2)
-    ForwardPort: ("forward_ports", "ForwardPort", "ssss"),
-    RichRule: ("rich_rules", "RichRule", "s"),
-    Source: ("sources", "Source", "s"),
-    Interface: ("interfaces", "Interface", "s"),
-}
 # These zone add-methods take a trailing timeout argument (0 = permanent runtime).
 _TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
-# Switches (a boolean settings key, present or not); a policy cannot hold the zone-only ones.
-_SWITCHES: dict[type[ScopedItem], str] = {Masquerade: "masquerade", Forward: "forward"}
-_ZONE_ONLY = frozenset({"sources", "interfaces", "forward"})
-# Zones report rich rules under "rules_str"; policies under "rich_rules".
-_ZONE_KEY_ALIASES = {"rich_rules": "rules_str"}
-_ZONE_KEY_ALIASES_BACK = {v: k for k, v in _ZONE_KEY_ALIASES.items()}
-
-
-class MalformedReply(BackendUnavailable):
-    """firewalld answered, but not in the shape of its API (a broken or fake
-    service on its bus name).  Nothing it says can be trusted, so it counts as
-    unavailable: no further calls in the transaction, intent kept, retried."""
-
-
-def _settings_signature(key: str) -> str:
-    """The D-Bus signature of a settings key fwrecon reads (``masquerade``: b)."""
-    if key in _SWITCHES.values():
-        return "b"
-    item_sig = next(sig for k, _, sig in _KINDS.values() if k == key)
-    return f"a({item_sig})" if len(item_sig) > 1 else "as"
 
 
 async def _all(*calls: Awaitable[T]) -> list[T]:
@@ -134,67 +111,16 @@ async def _all(*calls: Awaitable[T]) -> list[T]:
         raise
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _read_unit(container: tuple[str, ...]) -> tuple[str, ...]:
+    """The read that covers ``container``: one for every direct table of a layer."""
+    if container[0] == PERMANENT:
+        return (PERMANENT, "direct") if container[1] == "direct" else container
+    return ("direct",) if container[0] == "direct" else container
 
 
-def _item_args(item: ScopedItem) -> list[str]:
-    """The item's own arguments, in firewalld's order."""
-    match item:
-        case Service(name=v) | Protocol(name=v) | IcmpBlock(name=v) | Interface(name=v) | RichRule(rule=v) | Source(source=v):
-            return [v]
-        case Port() | SourcePort():
-            return [item.port, item.protocol]
-        case ForwardPort():
-            return [item.port, item.protocol, item.to_port, item.to_addr]
-        case Masquerade() | Forward():
-            return []
-    raise TypeError(f"not a zone item: {item!r}")
-
-
-def _settings_value(scope: Scope, settings: dict[str, Variant], key: str, member: str) -> Any:
-    """The value of one settings key (None when absent), checked against the API's type."""
-    if scope.kind == "zone":
-        key = _ZONE_KEY_ALIASES.get(key, key)
-    variant = settings.get(key)
-    if variant is None:
-        return None
-    expected = _settings_signature(_ZONE_KEY_ALIASES_BACK.get(key, key))
-    if not isinstance(variant, Variant) or variant.signature != expected:
-        found = variant.signature if isinstance(variant, Variant) else type(variant).__name__
-        raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name}: {key!r} is {found}, not {expected}")
-    return variant.value
-
-
-def _items_from_settings(scope: Scope, settings: dict[str, Variant], member: str = "settings") -> list[Item]:
-    """Turn a getZoneSettings2/getPolicySettings reply into items (MalformedReply if it is not one)."""
-    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
-        raise MalformedReply(f"firewalld's {member} reply for {scope.kind} {scope.name} is not a{{sv}}: {_short(settings)}")
-
-    builders: dict[type[Item], Callable[[Any], Item]] = {
-        Service: lambda v: Service(scope, v),
-        Port: lambda v: Port(scope, canonical_port(v[0]), v[1]),
-        Protocol: lambda v: Protocol(scope, v),
-        SourcePort: lambda v: SourcePort(scope, canonical_port(v[0]), v[1]),
-        IcmpBlock: lambda v: IcmpBlock(scope, v),
-        ForwardPort: lambda v: ForwardPort(scope, v[0], v[1], v[2], v[3]),
-        RichRule: lambda v: RichRule(scope, v),
-        Source: lambda v: Source(scope, v),
-        Interface: lambda v: Interface(scope, v),
-    }
-    items: list[Item] = []
-    for cls, build in builders.items():
-        key = _KINDS[cls][0]
-        for v in _settings_value(scope, settings, key, member) or ():
-            try:
-                items.append(build(v))
-            except (ValueError, TypeError, IndexError) as exc:  # e.g. a port that is not one
-                raise MalformedReply(
-                    f"firewalld's {member} reply for {scope.kind} {scope.name}: {key} entry {_short(v)} is not valid: {exc}"
-                ) from exc
-    items.extend(cls(scope) for cls, key in _SWITCHES.items() if _settings_value(scope, settings, key, member))
-    return items
+def _write_unit(op: Op) -> Hashable:
+    """Runtime ops go one by one; permanent ones by container."""
+    return op.item.container() if isinstance(op.item, Permanent) else "runtime"
 
 
 class FirewalldBackend(ServiceBackend):
@@ -210,6 +136,7 @@ class FirewalldBackend(ServiceBackend):
         self.writes = 0  # calls that change firewalld
         self.responsive = True  # False from a call timing out until the next reply
         self._stalls = 0  # calls timed out so far (see `call`)
+        self.permanent = PermanentLayer(self)
 
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> FirewalldBackend:
@@ -235,7 +162,14 @@ class FirewalldBackend(ServiceBackend):
     # -- raw calls -------------------------------------------------------------
 
     async def call(
-        self, interface: str, member: str, signature: str = "", body: list[Any] | None = None, returns: str | None = None
+        self,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        returns: str | None = None,
+        *,
+        path: str = OBJECT_PATH,
     ) -> list[Any]:
         """One method call on firewalld; errors translated to fwrecon's types.
 
@@ -249,7 +183,7 @@ class FirewalldBackend(ServiceBackend):
         """
         message = Message(
             destination=BUS_NAME,
-            path=OBJECT_PATH,
+            path=path,
             interface=interface,
             member=member,
             signature=signature,
@@ -283,17 +217,18 @@ class FirewalldBackend(ServiceBackend):
             raise OperationFailed(f"{member}: {reply.error_name}: {text}", reply.error_name)
         if returns is not None and reply.signature != returns:
             raise MalformedReply(
-                f"firewalld answered {member} with signature {reply.signature!r} instead of {returns!r}: {_short(reply.body)}"
+                f"firewalld answered {member} with signature {reply.signature!r} instead of {returns!r}: {short(reply.body)}"
             )
         return list(reply.body)
 
     # -- observe ---------------------------------------------------------------
 
     async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
-        """One read per zone and policy; one getAllChains + getAllRules for every direct table.
+        """One read per zone and policy; one getAllChains + getAllRules for
+        every direct table; the same per container in the permanent layer.
         (firewalld reports items as themselves: ``known`` is not needed.)"""
         wanted = set(containers)
-        reads = sorted({("direct",) if c[0] == "direct" else c for c in wanted})
+        reads = sorted({_read_unit(c) for c in wanted})
         results = await _all(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
@@ -307,12 +242,14 @@ class FirewalldBackend(ServiceBackend):
     async def _read(self, container: tuple[str, ...]) -> list[Item] | None:
         try:
             match container:
+                case (layer, *runtime) if layer == PERMANENT:
+                    return await self.permanent.read(tuple(runtime))
                 case ("zone", name):
                     (settings,) = await self.call(IFACE_ZONE, "getZoneSettings2", "s", [name], returns="a{sv}")
-                    return _items_from_settings(Scope("zone", name), settings, "getZoneSettings2")
+                    return items_from_settings(Scope("zone", name), settings, "getZoneSettings2")
                 case ("policy", name):
                     (settings,) = await self.call(IFACE_POLICY, "getPolicySettings", "s", [name], returns="a{sv}")
-                    return _items_from_settings(Scope("policy", name), settings, "getPolicySettings")
+                    return items_from_settings(Scope("policy", name), settings, "getPolicySettings")
                 case ("direct",):
                     # The reply signatures fix the tuples' shapes and types.
                     (chains,), (rules,) = await _all(
@@ -331,8 +268,14 @@ class FirewalldBackend(ServiceBackend):
     # -- execute ---------------------------------------------------------------
 
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
-        """One D-Bus call per op (firewalld has no batch for runtime items)."""
-        return await one_by_one(ops, self._execute)
+        """One D-Bus call per runtime op (firewalld has no batch for runtime
+        items); one per run of permanent ops on one container (`PermanentLayer.write`)."""
+        return await in_runs(ops, _write_unit, self._write_run, None)
+
+    async def _write_run(self, run: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
+        if isinstance(run[0].item, Permanent):
+            return await self.permanent.write(run)
+        return await one_by_one(run, self._execute)
 
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         """Only nft sections: every zone, policy and direct item is firewalld's
@@ -371,8 +314,8 @@ class FirewalldBackend(ServiceBackend):
         await self.call(interface, member, signature, body)
 
     async def _execute_zone_item(self, op: Op, item: ScopedItem) -> None:
-        _, suffix, item_sig = _KINDS[type(item)]
-        body: list[Any] = [item.scope.name, *_item_args(item)]
+        _, suffix, item_sig = KINDS[type(item)]
+        body: list[Any] = [item.scope.name, *item_args(item)]
         signature = "s" + item_sig
         if op.action == "add" and type(item) in _TAKES_TIMEOUT:
             body.append(0)
@@ -383,17 +326,17 @@ class FirewalldBackend(ServiceBackend):
         """Read the one settings key, change it, write it back: how a policy's
         items are written, and a zone's forward (firewalld has no add/remove
         call for either)."""
-        key, _, item_sig = _KINDS[type(item)]
+        key, _, item_sig = KINDS[type(item)]
         if item.scope.kind == "policy":
-            if key in _ZONE_ONLY:
+            if key in ZONE_ONLY:
                 raise OperationFailed(f"a firewalld policy cannot hold {key}", "INVALID_SETTING")
             interface, get, put = IFACE_POLICY, "getPolicySettings", "setPolicySettings"
         else:
             interface, get, put = IFACE_ZONE, "getZoneSettings2", "setZoneSettings2"
-            key = _ZONE_KEY_ALIASES.get(key, key)
+            key = ZONE_KEY_ALIASES.get(key, key)
         (settings,) = await self.call(interface, get, "s", [item.scope.name], returns="a{sv}")
-        if type(item) in _SWITCHES:
-            current = bool(_settings_value(item.scope, settings, _SWITCHES[type(item)], get))
+        if type(item) in SWITCHES:
+            current = bool(settings_value(item.scope, settings, SWITCHES[type(item)], get))
             wanted = op.action == "add"
             if current == wanted:
                 return Outcome.UNCHANGED
@@ -401,9 +344,9 @@ class FirewalldBackend(ServiceBackend):
         else:
             present = [
                 tuple(v) if isinstance(v, list) else v
-                for v in _settings_value(item.scope, settings, _KINDS[type(item)][0], get) or []
+                for v in settings_value(item.scope, settings, KINDS[type(item)][0], get) or []
             ]
-            args = _item_args(item)
+            args = item_args(item)
             value: Any = tuple(args) if len(args) > 1 else args[0]
             if (value in present) == (op.action == "add"):
                 return Outcome.UNCHANGED
@@ -427,6 +370,8 @@ class FirewalldBackend(ServiceBackend):
                     callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
             elif message.interface == IFACE_MAIN and message.member == "Reloaded":
                 callback(BackendEvent.RELOADED)
+            elif message.interface in CONFIG_INTERFACES and message.member in ("Updated", "Removed"):
+                callback(BackendEvent.CHANGED)  # the permanent layer (our own writes echo once: a reconcile with no writes)
             elif (
                 message.interface in _DRIFT_INTERFACES
                 and message.member is not None
@@ -439,6 +384,7 @@ class FirewalldBackend(ServiceBackend):
             f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',member='NameOwnerChanged',arg0='{BUS_NAME}'",
             f"type='signal',sender='{BUS_NAME}',interface='{IFACE_MAIN}',member='Reloaded'",
             *(f"type='signal',sender='{BUS_NAME}',interface='{iface}'" for iface in sorted(_DRIFT_INTERFACES)),
+            *(f"type='signal',sender='{BUS_NAME}',interface='{iface}'" for iface in CONFIG_INTERFACES),
         ):
             await self._bus_call("AddMatch", "s", [rule])
 

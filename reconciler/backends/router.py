@@ -17,7 +17,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 import structlog
 
 from ..errors import BackendError
-from ..model import Item, KnownNames, Op, Outcome
+from ..model import PERMANENT, Item, KnownNames, Op, Outcome
 from ..view import HOLDERS, FirewallView
 from .base import NO_BACKEND, Backend, EventCallback, ServiceBackend, consecutive_runs, kind_refused
 
@@ -173,6 +173,7 @@ def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Ba
     routes: dict[str, Backend] = {}
     if firewalld is not None:
         routes.update(zone=firewalld, policy=firewalld, direct=firewalld)
+        routes[PERMANENT] = firewalld  # the permanent copies (--persist permanent)
     elif iptables is not None:
         routes["direct"] = iptables
     if nftables is not None:

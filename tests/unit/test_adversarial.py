@@ -42,6 +42,7 @@ from reconciler.model import (
     Masquerade,
     NftChain,
     NftElement,
+    Permanent,
     NftRule,
     NftSet,
     Ownership,
@@ -472,6 +473,7 @@ REAL_ITEMS: list[Item] = [  # one of every kind
     NftRule("inet", "input", "tcp dport 9000 accept"),
     NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
     NftElement("inet", "blocklist", "192.0.2.0/24"),
+    Permanent(RichRule(Z, 'rule family="ipv4" source address="10.0.0.0/8" drop')),
 ]
 FIELD_VALUE = (
     st.sampled_from([["zone", "public"], ["policy", "p"], ["host", "x"], "80", 80, "tcp", ["-j", "ACCEPT"], "abc", True, None])

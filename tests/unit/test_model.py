@@ -24,6 +24,7 @@ from reconciler.model import (
     NftElement,
     NftRule,
     NftSet,
+    Permanent,
     Port,
     Protocol,
     RichRule,
@@ -55,6 +56,7 @@ EVERY_KIND = [
     NftRule("inet", "input", "tcp dport 9000 accept"),
     NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
     NftElement("inet", "blocklist", "192.0.2.0/24"),
+    Permanent(DirectRule("ipv4", "filter", "FWR_IN", 0, ("-m", "comment", "--comment", ODD, "-j", "ACCEPT"))),
 ]
 
 
@@ -177,3 +179,38 @@ def test_from_json_error_is_short_for_a_huge_value():
     with pytest.raises(ValueError) as info:
         Item.from_json({"kind": "service", "scope": ["zone", "public"], "name": ["x" * 100_000]})
     assert len(str(info.value)) < 1000
+
+
+def test_a_permanent_copy_is_its_own_item_in_its_own_container_after_the_runtime_ones():
+    port = Port(Z, "80", "tcp")
+    copy = Permanent(port)
+    assert copy != port and hash(copy) != hash(port) and {port, copy} == {copy, port}
+    assert copy.container() == ("permanent", "zone", "public")
+    assert copy.describe() == "zone public port 80/tcp (permanent)"
+    chain, rule = DirectChain("ipv4", "filter", "X"), DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
+    assert Permanent(chain).layer == 0 and Permanent(rule).layer == 1
+    ordered = sorted([Permanent(rule), rule, Permanent(port), Permanent(chain), chain, port], key=Item.sort_key)
+    assert ordered == [chain, Permanent(chain), port, rule, Permanent(port), Permanent(rule)]
+
+
+@pytest.mark.parametrize(
+    "inner, reason",
+    [
+        ({"kind": "nft_rule", "family": "inet", "chain": "c", "rule": "accept"}, "nft_rule items have no permanent copy"),
+        ({"kind": "permanent", "item": {"kind": "masquerade", "scope": ["zone", "z"]}}, "cannot hold another"),
+        ("zone public port 80", "expected an object"),
+    ],
+)
+def test_a_forged_permanent_copy_is_refused(inner: object, reason: str):
+    with pytest.raises(ValueError, match=reason):
+        Item.from_json({"kind": "permanent", "item": inner})
+    with pytest.raises(TypeError):
+        Permanent(NftRule("inet", "c", "accept"))
+
+
+def test_permanent_copies_nested_without_end_fail_fast_and_plainly():
+    data: dict = {"kind": "masquerade", "scope": ["zone", "z"]}
+    for _ in range(100_000):
+        data = {"kind": "permanent", "item": data}
+    with pytest.raises(ValueError, match="cannot hold another"):
+        Item.from_json(data)
