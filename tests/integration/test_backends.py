@@ -158,8 +158,9 @@ def test_iptables_policy_with_a_bad_rule_leaves_nothing(bare: Fwrecon) -> None:
     assert rule_lines(v4, "--dport 9200")
 
 
-def crash_after_writes(fwrecon: Fwrecon, writes: int) -> None:
-    """One reconcile in the namespace, SIGKILLed right after ``writes`` batches."""
+def crash_after_writes(fwrecon: Fwrecon, writes: int, policy: str = "d", persist: str = "runtime") -> None:
+    """One reconcile in the namespace, SIGKILLed right after ``writes`` batches
+    (firewalld: D-Bus write calls) while applying ``policy``."""
     sb = fwrecon.sandbox
     crash = subprocess.run(
         [
@@ -174,13 +175,14 @@ def crash_after_writes(fwrecon: Fwrecon, writes: int) -> None:
             str(fwrecon.policy_dir),
             str(fwrecon.state_file),
             str(writes),
+            persist,
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert crash.returncode == -9, crash.stderr
-    assert json.loads(fwrecon.state_file.read_text())["pending"]["policy"] == "d"  # it died mid-transaction
+    assert json.loads(fwrecon.state_file.read_text())["pending"]["policy"] == policy  # it died mid-transaction
 
 
 def test_iptables_kill_9_between_two_batches_then_apply_converges(bare: Fwrecon) -> None:
