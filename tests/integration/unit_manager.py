@@ -41,6 +41,19 @@ def systemd_binary() -> str | None:
     return next((path for path in SYSTEMD_CANDIDATES if os.access(path, os.X_OK)), None)
 
 
+def make_netns_mount_point() -> None:
+    """Make /run/netns the shared mount point `ip netns add` makes on its first use.
+
+    The manager's mount namespace is a slave of the host's: a network namespace
+    added later reaches it only below a mount point that already propagates. On
+    a fresh machine, where none was ever added, the first one would stay
+    invisible to the manager and every start fail with 225/NETWORK.
+    """
+    name = f"fwrecon-mnt{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], check=True, capture_output=True)
+
+
 class UnitManager:
     """``systemd --user`` as root, with its runtime and config directories below ``base``."""
 
@@ -67,6 +80,7 @@ class UnitManager:
             RUN_SYSTEMD.mkdir()
             self._made_run_systemd = True
         self.unit_dir.mkdir(parents=True, exist_ok=True)
+        make_netns_mount_point()
         # slave: network namespaces the tests add later (mounts below /run/netns) reach the manager
         argv = [
             "unshare",
