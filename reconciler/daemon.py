@@ -495,6 +495,8 @@ class Controller:
             m.set_elements.labels(family=family, set=name).set(count)
         if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops and self._reloads == self._reloads_at_last_start:
             m.drift_repairs.inc(report.write_ops)
+        if Trigger.RELOAD in batch or Trigger.OWNER in batch:
+            m.writes_after_reload.observe(report.write_ops)
         now = time.monotonic()
         latencies: dict[str, float] = {}
         if report.converged:

@@ -23,6 +23,7 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1:9847"
 RESULTS = ("success", "degraded", "error")
 TRIGGERS = ("startup", "policy", "reload", "owner", "drift", "resync", "signal", "settle")
 _RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_WRITE_BUCKETS = (0, 1, 10, 100, 1000, 10000)
 
 
 class Metrics:
@@ -46,6 +47,13 @@ class Metrics:
             "From firewalld's Reloaded signal (or its return to the bus) to converged",
             registry=r,
             buckets=_RECONCILE_BUCKETS,
+        )
+        self.writes_after_reload = Histogram(
+            "fwrecon_writes_after_reload",
+            "Write operations of each reconcile that follows a firewalld reload or restart"
+            " (0 with --persist permanent: firewalld restored everything itself)",
+            registry=r,
+            buckets=_WRITE_BUCKETS,
         )
         self.event_to_converged = Histogram(
             "fwrecon_event_to_converged_seconds",

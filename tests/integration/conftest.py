@@ -231,6 +231,10 @@ class Daemon:
                 return sample.value
         raise KeyError(f"{name} {labels}")
 
+    def histogram_sum(self, name: str) -> float:
+        """The sum of every value a histogram observed (value() gives its count)."""
+        return next(s.value for s in self.metrics()[name].samples if s.name == name + "_sum")  # type: ignore[attr-defined]
+
     def settled(self, quiet: float = 0.4) -> None:
         """Wait until no reconcile has happened for `quiet` seconds."""
 

@@ -19,6 +19,7 @@ EXPECTED_METRICS = {
     "fwrecon_operations": "counter",
     "fwrecon_rollbacks": "counter",
     "fwrecon_reapply_after_reload_seconds": "histogram",
+    "fwrecon_writes_after_reload": "histogram",
     "fwrecon_event_to_converged_seconds": "histogram",
     "fwrecon_drift_repairs": "counter",
     "fwrecon_firewalld_reloads": "counter",
@@ -98,6 +99,7 @@ def test_reload_reapplies_everything(fwrecon: Fwrecon, daemon_factory: Callable[
     assert fwrecon.run("plan").returncode == 0  # fully converged, not just one port
     assert daemon.value("fwrecon_firewalld_reloads") == 1
     assert daemon.value("fwrecon_reapply_after_reload_seconds") >= 1
+    assert daemon.histogram_sum("fwrecon_writes_after_reload") >= 2  # the port and the chain, re-added
 
 
 def test_firewalld_restart_reapplies_and_daemon_survives(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:

@@ -104,6 +104,8 @@ def test_a_reload_or_restart_needs_no_writes_in_permanent_mode_and_re_adds_in_ru
     daemon.settled()
     assert all(r["ops"] == 0 for r in daemon.reconciles()[before:])
     assert plan_is_empty(fwrecon)
+    assert daemon.value("fwrecon_writes_after_reload") >= 2  # the reload's reconcile and the restart's
+    assert daemon.histogram_sum("fwrecon_writes_after_reload") == 0
     daemon.stop()
 
     runtime = daemon_factory(extra=("--persist", "runtime"))  # takes the permanent copies out again
@@ -114,6 +116,7 @@ def test_a_reload_or_restart_needs_no_writes_in_permanent_mode_and_re_adds_in_ru
     wait_until(lambda: "8080/tcp" in listed(sb, "ports", permanent=False), 10, "the re-adds")
     runtime.settled()
     assert sum(r["ops"] for r in runtime.reconciles()[before:]) >= 10  # every runtime item, one call each
+    assert runtime.histogram_sum("fwrecon_writes_after_reload") >= 10
 
 
 def test_an_admins_permanent_change_during_a_long_apply_is_kept(fwrecon: Fwrecon) -> None:

@@ -200,6 +200,7 @@ def test_reload_event_counts_and_reapplies(tmp_path: Path) -> None:
         assert count(metrics, "reload") == 1
         assert metrics.firewalld_reloads._value.get() == 10
         assert metrics.reapply_after_reload._sum.get() > 0
+        assert metrics.registry.get_sample_value("fwrecon_writes_after_reload_count") == 1  # one reconcile for ten
 
     asyncio.run(run_with(controller, scenario))
 
