@@ -87,7 +87,7 @@ def firewall_cmd_per_item(sb: Sandbox, n: int) -> float:
 
 
 class Daemon:
-    def __init__(self, sb: Sandbox, work: Path) -> None:
+    def __init__(self, sb: Sandbox, work: Path, extra: tuple[str, ...] = ()) -> None:
         self.policy_dir = work / "policies"
         self.policy_dir.mkdir(mode=0o755)
         self.log = work / "daemon.log"
@@ -110,6 +110,7 @@ class Daemon:
                     "off",
                     "--resync-interval",
                     "0",
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
