@@ -180,3 +180,22 @@ def test_owned_items_an_admin_made_permanent_are_said_and_stay_theirs(fwrecon: F
     apply(fwrecon, "permanent")
     assert "7301/tcp" not in listed(sb, "ports", permanent=False)
     assert "7301/tcp" in listed(sb, "ports", permanent=True)  # the admin's copy stays
+
+
+def test_the_daemon_repairs_a_permanent_copy_removed_by_hand(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.backend = "firewalld"
+    fwrecon.write_policy("web", WEB)
+    daemon = daemon_factory(extra=("--persist", "permanent"))
+    wait_until(lambda: "8080/tcp" in listed(sb, "ports", permanent=True), 5, "the permanent copies")
+    daemon.settled()
+    sb.firewall_cmd("--permanent", "--zone=public", "--remove-port=8080/tcp", check=True)
+    sb.firewall_cmd(
+        "--permanent", "--direct", "--remove-rule", "ipv4", "filter", "FWRECON_IN", "0", "-p", "tcp", "--dport", "9000",
+        "-j", "ACCEPT", check=True,
+    )  # fmt: skip
+    wait_until(lambda: "8080/tcp" in listed(sb, "ports", permanent=True), 5, "the port's permanent copy back")
+    wait_until(lambda: "--dport 9000" in direct_rules(sb, permanent=True), 5, "the direct rule's permanent copy back")
+    daemon.settled()
+    assert "8080/tcp" in listed(sb, "ports", permanent=False)  # the runtime layer was never touched
+    assert plan_is_empty(fwrecon)
