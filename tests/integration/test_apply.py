@@ -85,8 +85,10 @@ def test_second_apply_makes_zero_write_calls(fwrecon: Fwrecon) -> None:
 
     writes, calls = asyncio.run(again())
     assert writes == 0
-    # reads only: 4 name lists + zone public + policy allow-host-ipv6 + direct chains and rules
-    assert calls == 8
+    # reads only: 4 name lists + zone public + policy allow-host-ipv6 + direct chains and rules, and
+    # the permanent layer of what it owns (to see a --runtime-to-permanent): zone and policy
+    # (lookup + read each) and direct
+    assert calls == 13
     assert fwrecon.run("plan").returncode == 0
 
 
