@@ -24,7 +24,19 @@ import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, PolicyError
-from .model import PERSISTABLE, DirectChain, Item, KnownNames, NftElement, Op, Outcome, Ownership, Permanent, runtime_of
+from .model import (
+    PERSISTABLE,
+    DirectChain,
+    Ipset,
+    Item,
+    KnownNames,
+    NftElement,
+    Op,
+    Outcome,
+    Ownership,
+    Permanent,
+    runtime_of,
+)
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -83,7 +95,7 @@ class ReconcileReport:
 def section_key(item: Item) -> str:
     """The policy-file section an item comes from, for error messages."""
     container = runtime_of(item).container()
-    return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy") else container[0]
+    return f"{container[0]}.{container[1]}" if container[0] in ("zone", "policy", "ipset") else container[0]
 
 
 async def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
@@ -273,6 +285,21 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
         if owners is None or plan.policy not in owners:
             intent[item] = mine if owners is None else owners | mine
     return intent
+
+
+def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, PolicyOutcome]) -> list[PolicyOutcome]:
+    """``outcomes`` with the ipset creations (`Reconciler._create_ipsets`)
+    counted in the first outcome of their policy (one of its own if none)."""
+    result = list(outcomes)
+    for early in {id(outcome): outcome for outcome in created.values()}.values():
+        later = next((outcome for outcome in result if outcome.policy == early.policy), None)
+        if later is None:
+            result.append(early)
+        else:
+            later.ops[:0] = early.ops
+            if later.status == "unchanged":
+                later.status = "applied"
+    return result
 
 
 def with_moves(plan: PolicyPlan, moves: dict[str, list[Op]]) -> PolicyPlan:
@@ -471,6 +498,10 @@ class Reconciler:
             log.warning("interrupted_transaction_found", pending=state.pending)
         moves = self._moves(state)
         desired, view = await self.validate(loaded, state, last_good)
+        created = await self._create_ipsets(desired, view, state, settling)
+        if await self.backend.activate():
+            log.info("firewall_reloaded", reason="to load new ipsets", ipsets=sorted(i.name for i in created))
+            desired, view = await self.validate(loaded, state, last_good)  # the reload rebuilt the runtime
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         wanted = dict(desired.items)
@@ -489,6 +520,7 @@ class Reconciler:
                 view = await self.observe(wanted, state)
                 replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
                 plans = [p for p in replanned if p.policy in remaining]
+        outcomes = with_creations(outcomes, created)
         if state.pending is not None:
             # The interrupted transaction had landed in full (nothing was left to
             # do for it): its intent is the truth now, and the note must go, or
@@ -513,6 +545,25 @@ class Reconciler:
             duration_ms=round(report.duration * 1000, 2),
         )
         return report
+
+    async def _create_ipsets(
+        self, desired: Desired, view: FirewallView, state: State, settling: bool
+    ) -> dict[Ipset, PolicyOutcome]:
+        """Create the ipsets policies want before anything else: firewalld
+        loads a new ipset only with a reload, which `Backend.activate` then
+        makes once for all, and which would wipe whatever runtime item was
+        added before it.  Each policy's creations are a transaction of their
+        own, so the policy's own failure later does not undo them (the ipset
+        stays its, and is there for the retry).  A creation firewalld refuses
+        is left to the policy's transaction, which fails on it and says so."""
+        created: dict[Ipset, PolicyOutcome] = {}
+        for plan in plan_all(desired.items, view, state.owned, state.others, defer_new=settling):
+            ops = tuple(op for op in plan.ops if op.action == "add" and isinstance(op.item, Ipset))
+            if ops:
+                outcome = await self._run_plan(PolicyPlan(plan.policy, ops), state, view)
+                if outcome.status == "applied":
+                    created.update((op.item, outcome) for op, _ in outcome.ops if isinstance(op.item, Ipset))
+        return created
 
     async def _run_plan(self, plan: PolicyPlan, state: State, seen: FirewallView | None = None) -> PolicyOutcome:
         """Apply one policy's plan as a transaction, keeping the state file truthful;

@@ -544,10 +544,49 @@ class NftElement(Item):
         return f"nft {self.family} {NFT_TABLE} set {self.set} element {self.element}"
 
 
+@dataclass(frozen=True, order=True)
+class Ipset(Item):
+    """A firewalld ipset (``[ipset.NAME]``).  firewalld creates ipsets only in
+    its permanent configuration, and a reload brings them into the runtime;
+    the entries are items of their own (`IpsetEntry`), so two policies can
+    share an ipset and an edit is a diff.  ``options``: ``key=value``, sorted
+    (hashsize, maxelem); ``family`` is kept apart because it is always set."""
+
+    kind: ClassVar[str] = "ipset"
+    layer: ClassVar[int] = 0  # before its entries and the zone sources and rich rules that use it
+    name: str
+    type: str
+    family: str
+    options: tuple[str, ...] = ()
+
+    def container(self) -> tuple[str, ...]:
+        return ("ipset", self.name)
+
+    def describe(self) -> str:
+        options = "".join(f" {option}" for option in self.options)
+        return f"ipset {self.name} type {self.type} family {self.family}{options}"
+
+
+@dataclass(frozen=True, order=True)
+class IpsetEntry(Item):
+    """One entry of a firewalld ipset, in the canonical form fwrecon writes (`ipsets`)."""
+
+    kind: ClassVar[str] = "ipset_entry"
+    ipset: str
+    entry: str
+
+    def container(self) -> tuple[str, ...]:
+        return ("ipset", self.ipset)
+
+    def describe(self) -> str:
+        return f"ipset {self.ipset} entry {self.entry}"
+
+
 # The first part of a permanent copy's container (`Permanent.container`).
 PERMANENT = "permanent"
 # What firewalld can keep in its permanent configuration too.
-PERSISTABLE = (ScopedItem, DirectChain, DirectRule)
+# (An ipset itself exists only there: it needs no copy.)
+PERSISTABLE = (ScopedItem, DirectChain, DirectRule, IpsetEntry)
 
 
 @dataclass(frozen=True, order=True)
@@ -612,6 +651,8 @@ ITEM_KINDS: dict[str, type[Item]] = {
         NftRule,
         NftSet,
         NftElement,
+        Ipset,
+        IpsetEntry,
         Permanent,
     )
 }

@@ -24,6 +24,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import PolicyError
+from .ipsets import (
+    IPSET_FAMILIES,
+    IPSET_NAME_MAX,
+    IPSET_NAME_RE,
+    IPSET_NAME_TEXT,
+    IPSET_OPTIONS,
+    IPSET_TYPES,
+    REFUSED_OPTIONS,
+    canonical_entry,
+    canonical_options,
+    default_family,
+    overlapping,
+)
 from .limits import (
     DIRECT_BUILTIN_CHAINS,
     DIRECT_CHAIN_RE,
@@ -50,6 +63,8 @@ from .model import (
     ForwardPort,
     IcmpBlock,
     Interface,
+    Ipset,
+    IpsetEntry,
     Item,
     KnownNames,
     Masquerade,
@@ -78,7 +93,8 @@ from .richrule import RichRuleError, parse_rich_rule
 # the number only goes into the message.
 APPROX_MAX_NESTING = 200
 
-TOP_KEYS = ("description", "zone", "policy", "direct", "nft")
+TOP_KEYS = ("description", "zone", "policy", "direct", "nft", "ipset")
+IPSET_KEYS = ("type", "family", "options", "entries")
 NFT_CHAIN_KEYS = ("family", "chain", "type", "hook", "priority", "policy")
 NFT_RULE_KEYS = ("family", "chain", "rule")
 NFT_SET_KEYS = ("family", "name", "type", "flags", "elements")
@@ -291,13 +307,21 @@ def conflicting_sets(policies: Mapping[str, Policy]) -> dict[str, list[PolicyErr
     name but not in type or flags, or whose elements overlap another
     policy's in an interval set (nft refuses both at apply).
 
-    The policy first in name order keeps its declaration; the others are told.
+    Likewise for a firewalld ipset declared with another type, family or
+    options.  The policy first in name order keeps its declaration; the
+    others are told.
     """
+    first_ipset: dict[str, tuple[str, Ipset]] = {}  # name -> first declaring policy, its ipset
     first: dict[tuple[str, str], tuple[str, NftSet]] = {}  # (family, name) -> first declaring policy, its set
     spans: dict[tuple[str, str], dict[str, str]] = {}  # -> element -> the policy it came from
     errors: dict[str, list[PolicyError]] = {}
     for name in sorted(policies):
         policy = policies[name]
+        for ipset in sorted((item for item in policy.items if isinstance(item, Ipset)), key=Item.sort_key):
+            owner, declared_ipset = first_ipset.setdefault(ipset.name, (name, ipset))
+            if declared_ipset != ipset:
+                message = f"policy {owner!r} declares the ipset {ipset.name!r} as {declared_ipset.describe()}"
+                errors.setdefault(name, []).append(PolicyError(policy.file, policy.key_of(ipset), message))
         sets = sorted((item for item in policy.items if isinstance(item, NftSet)), key=Item.sort_key)
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
@@ -392,6 +416,8 @@ class _PolicyParser:
                 self.scope_items(Scope(kind, scope_name), key, self.table(key, body), allowed)
         self.direct(self.table("direct", data.get("direct", {})))
         self.nft(self.table("nft", data.get("nft", {})))
+        for ipset_name, body in self.table("ipset", data.get("ipset", {})).items():
+            self.ipset(ipset_name, self.table(f"ipset.{ipset_name}", body))
         return Policy(name, self.label, description, frozenset(self.items), tuple(self.references), self.keys)
 
     def table(self, key: str, value: Any) -> dict[str, Any]:
@@ -768,6 +794,66 @@ class _PolicyParser:
         for element, key in elements.items():
             self.add(NftElement(family, name, element), key)
         return NftSet(family, name, set_type, tuple(sorted(flags)))
+
+    # -- firewalld ipsets ----------------------------------------------------------
+
+    def ipset(self, name: str, body: dict[str, Any]) -> None:
+        """The ipset, and each of its entries as an item of its own."""
+        path = f"ipset.{name}"
+        errors_before = len(self.errors)
+        self.unknown_keys(path, body, IPSET_KEYS)
+        if not IPSET_NAME_RE.fullmatch(name) or len(name) > IPSET_NAME_MAX:
+            self.error(path, f"ipset name {name!r} may only hold {IPSET_NAME_TEXT}")
+        ipset_type = self.required_string(path, body, "type")
+        if ipset_type is not None and ipset_type not in IPSET_TYPES:
+            self.error(f"{path}.type", f"{_show(ipset_type)} is not one of {'|'.join(IPSET_TYPES)}")
+            ipset_type = None
+        family = body.get("family", default_family(ipset_type or ""))
+        if ipset_type == "hash:mac" and "family" in body:
+            self.error(f"{path}.family", "a hash:mac ipset has no family")
+        elif not isinstance(family, str) or (ipset_type != "hash:mac" and family not in IPSET_FAMILIES):
+            self.error(f"{path}.family", f"{_show(family)} is not one of {'|'.join(IPSET_FAMILIES)}")
+        options = self.ipset_options(f"{path}.options", self.table(f"{path}.options", body.get("options", {})))
+        if len(self.errors) > errors_before or ipset_type is None or options is None:
+            return
+        entries: dict[str, str] = {}  # canonical entry -> its key
+        for key, text in self.strings(f"{path}.entries", body.get("entries", [])):
+            try:
+                entries.setdefault(canonical_entry(ipset_type, family, text), key)
+            except ValueError as exc:
+                self.error(key, str(exc))
+        maxelem = int(options.get("maxelem", IPSET_OPTIONS["maxelem"]))
+        if len(entries) > maxelem:
+            self.error(f"{path}.entries", f"{len(entries)} entries, more than maxelem {maxelem} (raise options.maxelem)")
+        if ipset_type == "hash:net" and len(self.errors) == errors_before:
+            for covering, covered in overlapping(entries):
+                self.error(
+                    entries[covered],
+                    f"{covered!r} lies in {covering!r} ({entries[covering]}); firewalld refuses overlapping entries",
+                )
+        if len(self.errors) > errors_before:
+            return
+        ipset = Ipset(name, ipset_type, family, canonical_options(options))
+        self.add(ipset, path)
+        for entry, key in entries.items():
+            self.add(IpsetEntry(name, entry), key)
+
+    def ipset_options(self, path: str, table: dict[str, Any]) -> dict[str, str] | None:
+        """The creation options as firewalld takes them (strings), or None after an error."""
+        found: dict[str, str] = {}
+        ok = True
+        for key, value in table.items():
+            if key in REFUSED_OPTIONS:
+                self.error(f"{path}.{key}", f"not supported: {REFUSED_OPTIONS[key]}")
+            elif key not in IPSET_OPTIONS:
+                self.error(f"{path}.{key}", f"unknown option (expected one of: {', '.join(IPSET_OPTIONS)})")
+            elif isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
+                self.error(f"{path}.{key}", f"expected a positive integer below 2^32, got {_show(value)}")
+            else:
+                found[key] = str(value)
+                continue
+            ok = False
+        return found if ok else None
 
     def required_string(self, path: str, entry: dict[str, Any], key: str) -> str | None:
         if key not in entry:

@@ -12,14 +12,29 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import cast
 
-from .model import DirectChain, DirectRule, Item, NftChain, NftElement, NftRule, NftSet, Permanent, Port, Scope, SourcePort
+from .model import (
+    DirectChain,
+    DirectRule,
+    Ipset,
+    IpsetEntry,
+    Item,
+    NftChain,
+    NftElement,
+    NftRule,
+    NftSet,
+    Permanent,
+    Port,
+    Scope,
+    SourcePort,
+    runtime_of,
+)
 from .ports import Range, add_range, covers, format_range, parse_range, remove_range
 
 _RANGED = frozenset({Port, SourcePort})  # exact types: cheaper than isinstance on ABCs
 _RangeKey = tuple[type[Port] | type[SourcePort], Scope, str]
 # Items that hold others (a chain its rules, a set its elements): removing
 # one takes everything in it along, so it goes only when nothing uses it.
-HOLDERS = (DirectChain, NftChain, NftSet)
+HOLDERS = (DirectChain, NftChain, NftSet, Ipset)
 
 
 def is_holder(item: Item) -> bool:
@@ -111,10 +126,13 @@ class FirewallView:
 
     def members_of(self, holder: Item) -> list[Item]:
         """Items the view knows in ``holder`` (`is_holder`): a direct or nft
-        chain's rules, a set's elements; of a permanent copy, permanent copies."""
+        chain's rules, a set's elements, an ipset's entries (runtime and
+        permanent); of a permanent copy, permanent copies."""
         if isinstance(holder, Permanent):
             inner = holder.item
             return [Permanent(i) for i in FirewallView(runtime_copies(self._items)).members_of(inner)]
+        if isinstance(holder, Ipset):  # its entries in either layer: removing it takes both along
+            return [i for i in self._items if isinstance(entry := runtime_of(i), IpsetEntry) and entry.ipset == holder.name]
         if isinstance(holder, NftSet):
             key = (holder.family, holder.name)
             return [i for i in self._items if isinstance(i, NftElement) and (i.family, i.set) == key]

@@ -30,6 +30,7 @@ NEEDS_BACKEND = {
     "direct": "needs firewalld or the iptables backend",
     "nft": "needs the nftables backend",
     "permanent": "needs firewalld (--persist permanent)",
+    "ipset": "needs firewalld (an nft set works without it)",
 }
 
 
@@ -86,6 +87,13 @@ class Backend(ABC):
         `FirewallView.reads` a backend may build a batch on instead of reading
         again (its own writes make a read stale: it drops it, see `in_runs`).
         """
+
+    @abstractmethod
+    async def activate(self) -> bool:
+        """Bring into force what the writes since the last call left for a step
+        of its own, once for all of them (firewalld: the reload that loads the
+        ipsets it created); True when that rebuilt the runtime, so everything
+        must be observed again."""
 
     @abstractmethod
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:

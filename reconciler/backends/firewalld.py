@@ -30,6 +30,8 @@ from ..model import (
     Forward,
     ForwardPort,
     IcmpBlock,
+    Ipset,
+    IpsetEntry,
     Item,
     KnownNames,
     Masquerade,
@@ -46,6 +48,7 @@ from ..model import (
 )
 from ..view import FirewallView
 from .base import BackendEvent, EventCallback, ServiceBackend, in_runs, kind_refused, one_by_one
+from .firewalld_ipsets import IFACE_IPSET, IpsetLayer
 from .firewalld_permanent import CONFIG_INTERFACES, PermanentLayer
 from .firewalld_settings import (
     BUS_NAME,
@@ -76,7 +79,7 @@ IDEMPOTENT_CODES = {
     "remove": frozenset({"NOT_ENABLED", "UNKNOWN_SOURCE", "UNKNOWN_INTERFACE"}),
 }
 MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})
-CONTAINER_KINDS = frozenset({"zone", "policy", "direct", PERMANENT})  # what firewalld holds (`Item.container()[0]`)
+CONTAINER_KINDS = frozenset({"zone", "policy", "direct", "ipset", PERMANENT})  # what firewalld holds (`Item.container()[0]`)
 UNAVAILABLE_ERRORS = frozenset(
     {
         "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -87,12 +90,14 @@ UNAVAILABLE_ERRORS = frozenset(
     }
 )
 
+# A reload rebuilds every zone, policy and ipset: seconds with thousands of items.
+RELOAD_TIMEOUT = 120.0
 DBUS_NAME = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
 # Signals that may mean something of ours is gone.  Additions are ignored:
 # they cannot remove our items, and ignoring them halves the echo of our own writes.
 _DRIFT_SIGNALS = frozenset({"ZoneUpdated", "PolicyUpdated", "ZoneOfInterfaceChanged", "ZoneOfSourceChanged"})
-_DRIFT_INTERFACES = frozenset({IFACE_ZONE, IFACE_POLICY, IFACE_DIRECT})
+_DRIFT_INTERFACES = frozenset({IFACE_ZONE, IFACE_POLICY, IFACE_DIRECT, IFACE_IPSET})
 
 # These zone add-methods take a trailing timeout argument (0 = permanent runtime).
 _TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
@@ -112,15 +117,20 @@ async def _all(*calls: Awaitable[T]) -> list[T]:
 
 
 def _read_unit(container: tuple[str, ...]) -> tuple[str, ...]:
-    """The read that covers ``container``: one for every direct table of a layer."""
+    """The read that covers ``container``: one for every direct table of a
+    layer; one for both layers of an ipset."""
     if container[0] == PERMANENT:
+        if container[1] == "ipset":
+            return container[1:]
         return (PERMANENT, "direct") if container[1] == "direct" else container
     return ("direct",) if container[0] == "direct" else container
 
 
 def _write_unit(op: Op) -> Hashable:
-    """Runtime ops go one by one; permanent ones by container."""
-    return op.item.container() if isinstance(op.item, Permanent) else "runtime"
+    """Runtime ops go one by one, but an ipset's entries by ipset; permanent ones by container."""
+    if isinstance(op.item, (Permanent, IpsetEntry)):
+        return op.item.container()
+    return "runtime"
 
 
 class FirewalldBackend(ServiceBackend):
@@ -137,6 +147,7 @@ class FirewalldBackend(ServiceBackend):
         self.responsive = True  # False from a call timing out until the next reply
         self._stalls = 0  # calls timed out so far (see `call`)
         self.permanent = PermanentLayer(self)
+        self.ipsets = IpsetLayer(self)
 
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> FirewalldBackend:
@@ -170,11 +181,13 @@ class FirewalldBackend(ServiceBackend):
         returns: str | None = None,
         *,
         path: str = OBJECT_PATH,
+        timeout: float | None = None,
     ) -> list[Any]:
         """One method call on firewalld; errors translated to fwrecon's types.
 
         ``returns``: the reply's D-Bus signature per firewalld's API; any other
-        reply is `MalformedReply`.
+        reply is `MalformedReply`.  ``timeout``: for a call known to take
+        long (a reload, a large ipset), instead of the connection's.
 
         A call that times out marks firewalld unresponsive (``responsive``
         False, until a reply arrives) and fails the calls queued behind it at
@@ -197,11 +210,11 @@ class FirewalldBackend(ServiceBackend):
                 )
             self.calls += 1
             try:
-                reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
+                reply = await asyncio.wait_for(self.bus.call(message), timeout or self.timeout)
             except TimeoutError as exc:
                 self._stalls += 1
                 self.responsive = False
-                raise BackendUnavailable(f"firewalld did not answer {member} within {self.timeout:g}s") from exc
+                raise BackendUnavailable(f"firewalld did not answer {member} within {timeout or self.timeout:g}s") from exc
             except (OSError, EOFError) as exc:
                 raise BackendUnavailable(f"D-Bus connection lost during {member}: {exc}") from exc
         if reply is None:
@@ -232,16 +245,24 @@ class FirewalldBackend(ServiceBackend):
         results = await _all(*(self._read(container) for container in reads))
         items: list[Item] = []
         missing = []
+        counts: dict[tuple[str, ...], object] = {}  # ipset -> its runtime entries (`IpsetLayer.write_entries`)
         for container, found in zip(reads, results, strict=True):
             if found is None:
                 missing.append(container)
+            elif container[0] == "ipset":
+                ipset_items, counts[container] = found  # (both layers: the ipset holds its permanent entries too)
+                items.extend(ipset_items)
             else:
                 items.extend(item for item in found if item.container() in wanted)
-        return FirewallView(items, containers, missing)
+        return FirewallView(items, containers, missing, reads=counts)
 
-    async def _read(self, container: tuple[str, ...]) -> list[Item] | None:
+    async def _read(self, container: tuple[str, ...]) -> Any:
+        """The items of one read unit (None: the zone or policy is unknown);
+        of an ipset, with its runtime entry count (`IpsetLayer.read`)."""
         try:
             match container:
+                case ("ipset", name):
+                    return await self.ipsets.read(name)
                 case (layer, *runtime) if layer == PERMANENT:
                     return await self.permanent.read(tuple(runtime))
                 case ("zone", name):
@@ -270,12 +291,23 @@ class FirewalldBackend(ServiceBackend):
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         """One D-Bus call per runtime op (firewalld has no batch for runtime
         items); one per run of permanent ops on one container (`PermanentLayer.write`)."""
-        return await in_runs(ops, _write_unit, self._write_run, None)
+        return await in_runs(ops, _write_unit, self._write_run, seen)
 
     async def _write_run(self, run: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         if isinstance(run[0].item, Permanent):
             return await self.permanent.write(run)
+        if isinstance(run[0].item, IpsetEntry):
+            return await self.ipsets.write_entries(run, seen)
         return await one_by_one(run, self._execute)
+
+    async def activate(self) -> bool:
+        """The one reload that brings the ipsets created since the last into the runtime."""
+        if not self.ipsets.reload_pending:
+            return False
+        self.writes += 1
+        await self.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
+        self.ipsets.reload_pending = False
+        return True
 
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         """Only nft sections: every zone, policy and direct item is firewalld's
@@ -301,6 +333,8 @@ class FirewalldBackend(ServiceBackend):
                 return await self._execute_by_settings(op, item)
             elif isinstance(item, ScopedItem):
                 await self._execute_zone_item(op, item)
+            elif isinstance(item, Ipset):
+                return await self.ipsets.write_ipset(op)
             else:
                 raise TypeError(f"firewalld cannot hold {item!r}")
         except OperationFailed as exc:

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from dbus_fast import Message, MessageType, Variant
 
-from ..model import DirectChain, DirectRule, Item, Op, Outcome, Permanent, Scope, ScopedItem
+from ..errors import OperationFailed
+from ..model import DirectChain, DirectRule, IpsetEntry, Item, Op, Outcome, Permanent, Scope, ScopedItem
+from . import firewalld_ipsets as fi
 from . import firewalld_settings as fs
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ IFACE_CONFIG = fs.BUS_NAME + ".config"
 IFACE_CONFIG_ZONE = IFACE_CONFIG + ".zone"
 IFACE_CONFIG_POLICY = IFACE_CONFIG + ".policy"
 IFACE_CONFIG_DIRECT = IFACE_CONFIG + ".direct"
-CONFIG_INTERFACES = (IFACE_CONFIG_ZONE, IFACE_CONFIG_POLICY, IFACE_CONFIG_DIRECT)
+CONFIG_INTERFACES = (IFACE_CONFIG_ZONE, IFACE_CONFIG_POLICY, IFACE_CONFIG_DIRECT, fi.IFACE_CONFIG_IPSET)
 DIRECT_SIGNATURE = "(a(sss)a(sssias)a(sas))"  # chains, rules, passthroughs
 
 # container kind -> (lookup by name, settings interface, read, write)
@@ -93,7 +95,33 @@ class PermanentLayer:
         assert isinstance(first, Permanent)
         if isinstance(first.item, ScopedItem):
             return await self._write_scope(first.item.scope, run)
+        if isinstance(first.item, IpsetEntry):
+            return await self._write_ipset(first.item.ipset, run)
         return await self._write_direct(run)
+
+    async def _write_ipset(self, name: str, run: Sequence[Op]) -> list[Outcome]:
+        """An ipset's permanent entries: one ``setEntries`` on a fresh read."""
+        path = await self.fw.ipsets.config_path(name)
+        if path is None:
+            raise OperationFailed(f"ipset {name!r} is not in firewalld's permanent configuration", "INVALID_IPSET")
+        seen = self._updates[path]
+        (settings,) = await self.fw.call(fi.IFACE_CONFIG_IPSET, "getSettings", returns=fi.SETTINGS_SIGNATURE, path=path)
+        _, entries = fi.ipset_of(list(settings), name, "getSettings")
+        outcomes = []
+        for op in run:
+            entry = _inner(op)
+            assert isinstance(entry, IpsetEntry)
+            if (entry.entry in entries) == (op.action == "add"):
+                outcomes.append(Outcome.UNCHANGED)
+            else:
+                entries.append(entry.entry) if op.action == "add" else entries.remove(entry.entry)
+                outcomes.append(Outcome.APPLIED)
+        if Outcome.APPLIED in outcomes:
+            await self._send(
+                fi.IFACE_CONFIG_IPSET, "setEntries", "as", [entries], path, seen, f"ipset {name} (permanent)",
+                timeout=self.fw.timeout + len(entries) * fi.BULK_SECONDS_PER_ENTRY,
+            )  # fmt: skip
+        return outcomes
 
     async def _write_scope(self, scope: Scope, run: Sequence[Op]) -> list[Outcome]:
         path, settings = await self._scope_settings(scope)
@@ -154,11 +182,21 @@ class PermanentLayer:
             await self._send(IFACE_CONFIG_DIRECT, "update", DIRECT_SIGNATURE, [settings], CONFIG_PATH, seen, "direct (permanent)")
         return outcomes
 
-    async def _send(self, interface: str, member: str, signature: str, body: list[Any], path: str, seen: int, what: str) -> None:
+    async def _send(
+        self,
+        interface: str,
+        member: str,
+        signature: str,
+        body: list[Any],
+        path: str,
+        seen: int,
+        what: str,
+        timeout: float | None = None,
+    ) -> None:
         """The write, and a warning if firewalld changed the container for
         someone else between the read (``seen`` signals then) and it."""
         self.fw.writes += 1
-        await self.fw.call(interface, member, signature, body, path=path)
+        await self.fw.call(interface, member, signature, body, path=path, timeout=timeout)
         others = self._updates[path] - seen - 1  # (our own write sends one)
         if others > 0:
             self.raced += 1

@@ -151,6 +151,10 @@ class IptablesBackend(Backend):
             return f"needs {tool}, which is not installed (the {PACKAGES[item.family]} package)" if tool else problem
         return kind_refused(item)
 
+    async def activate(self) -> bool:
+        """Nothing: every write is in force when it returns."""
+        return False
+
     def refusal_key(self) -> Hashable:
         """Which families' tools are missing, looked up afresh (installing
         iptables or ebtables makes their policies valid at the next reconcile)."""

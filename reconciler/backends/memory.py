@@ -34,6 +34,7 @@ class MemoryBackend(Backend):
         self.batches = batches  # behave like *-restore / nft -f: one atomic call per container
         self.calls: list[str] = []  # every write, as "+ zone public port 80/tcp"
         self.reads: list[tuple[str, ...]] = []
+        self.activations = 0
 
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         if self.batches:
@@ -43,6 +44,11 @@ class MemoryBackend(Backend):
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         """None: it holds every kind (``refuse`` fails the write instead, as a firewall would)."""
         return {}
+
+    async def activate(self) -> bool:
+        """Nothing to bring into force; ``activations`` counts the calls."""
+        self.activations += 1
+        return False
 
     def refusal_key(self) -> Hashable:
         return None

@@ -149,6 +149,10 @@ class NftablesBackend(Backend):
             return f"needs {self.nft}, which is not installed (the nftables package)" if self._nft_missing() else None
         return kind_refused(item)
 
+    async def activate(self) -> bool:
+        """Nothing: every write is in force when it returns."""
+        return False
+
     def refusal_key(self) -> Hashable:
         """Whether nft is missing, looked up afresh (installing it makes nft
         sections valid at the next reconcile)."""

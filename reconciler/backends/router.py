@@ -68,6 +68,11 @@ class Router(Backend):
             found.update(await backend.refusals(wanted, ask_tools=ask_tools))
         return found
 
+    async def activate(self) -> bool:
+        """Every backend's (each brings its own writes into force)."""
+        results = [await backend.activate() for backend in self.backends]
+        return any(results)
+
     def refusal_key(self) -> Hashable:
         return tuple(backend.refusal_key() for backend in self.backends)
 
@@ -174,6 +179,7 @@ def routes_for(firewalld: Backend | None, iptables: Backend | None, nftables: Ba
     if firewalld is not None:
         routes.update(zone=firewalld, policy=firewalld, direct=firewalld)
         routes[PERMANENT] = firewalld  # the permanent copies (--persist permanent)
+        routes["ipset"] = firewalld
     elif iptables is not None:
         routes["direct"] = iptables
     if nftables is not None:

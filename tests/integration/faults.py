@@ -40,6 +40,9 @@ class FaultyBackend(Backend):
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         return await self.inner.refusals(items, ask_tools=ask_tools)
 
+    async def activate(self) -> bool:
+        return await self.inner.activate()
+
     def refusal_key(self) -> Hashable:
         return self.inner.refusal_key()
 

@@ -38,6 +38,8 @@ from reconciler.model import (
     ForwardPort,
     IcmpBlock,
     Interface,
+    Ipset,
+    IpsetEntry,
     Item,
     Masquerade,
     NftChain,
@@ -473,6 +475,8 @@ REAL_ITEMS: list[Item] = [  # one of every kind
     NftRule("inet", "input", "tcp dport 9000 accept"),
     NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
     NftElement("inet", "blocklist", "192.0.2.0/24"),
+    Ipset("blocked", "hash:net", "inet", ("maxelem=200000",)),
+    IpsetEntry("blocked", "192.0.2.0/24"),
     Permanent(RichRule(Z, 'rule family="ipv4" source address="10.0.0.0/8" drop')),
 ]
 FIELD_VALUE = (

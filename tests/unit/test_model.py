@@ -18,6 +18,8 @@ from reconciler.model import (
     ForwardPort,
     IcmpBlock,
     Interface,
+    Ipset,
+    IpsetEntry,
     Item,
     Masquerade,
     NftChain,
@@ -56,6 +58,9 @@ EVERY_KIND = [
     NftRule("inet", "input", "tcp dport 9000 accept"),
     NftSet("inet", "blocklist", "ipv4_addr", ("interval",)),
     NftElement("inet", "blocklist", "192.0.2.0/24"),
+    Ipset("partners", "hash:ip", "inet6", ("hashsize=4096",)),
+    IpsetEntry("partners", "2001:db8::7"),
+    Permanent(IpsetEntry("partners", "2001:db8::8")),
     Permanent(DirectRule("ipv4", "filter", "FWR_IN", 0, ("-m", "comment", "--comment", ODD, "-j", "ACCEPT"))),
 ]
 

@@ -349,7 +349,7 @@ POLICY_KEYS_TEXT = "services, ports, protocols, source_ports, icmp_blocks, rich_
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("foo = 1\n", "t.toml: foo: unknown key (expected one of: description, zone, policy, direct, nft)"),
+        ("foo = 1\n", "t.toml: foo: unknown key (expected one of: description, zone, policy, direct, nft, ipset)"),
         (zone("service = []"), f"t.toml: zone.public.service: unknown key (expected one of: {ZONE_KEYS_TEXT})"),
         ('[policy.p]\nsources = ["10.0.0.1"]\n', f"t.toml: policy.p.sources: unknown key (expected one of: {POLICY_KEYS_TEXT})"),
         (
@@ -725,7 +725,7 @@ MANY_ERRORS = (
     'family = "ipv4"\ntable = "filter"\nchain = "X"\nargs = []\n'
 )
 MANY_ERRORS_EXPECTED = [
-    ("descripton", "unknown key (expected one of: description, zone, policy, direct, nft)"),
+    ("descripton", "unknown key (expected one of: description, zone, policy, direct, nft, ipset)"),
     ("zone.public.ports[0]", f'"80/tcpx" {PORT_MSG}'),
     ("zone.public.sources[0]", f'"not-an-ip" {SOURCE_MSG}'),
     ("zone.public.masquerade", "expected true or false, got integer"),
@@ -758,7 +758,7 @@ def test_all_errors_sorted_by_policy_name(tmp_path: Path) -> None:
     write(tmp_path, "c.toml", "")
     result = load_policy_dir(tmp_path)
     assert list(result.policies) == ["c"]
-    top = "unknown key (expected one of: description, zone, policy, direct, nft)"
+    top = "unknown key (expected one of: description, zone, policy, direct, nft, ipset)"
     assert [str(e) for e in result.all_errors()] == [f"a.toml: y: {top}", f"a.toml: z: {top}", f"b.toml: x: {top}"]
 
 
@@ -1145,7 +1145,11 @@ def test_any_failure_in_validation_is_policy_file_invalid(
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("t.toml", '"a\\nb" = 1\n', "t.toml: a\\nb: unknown key (expected one of: description, zone, policy, direct, nft)"),
+        (
+            "t.toml",
+            '"a\\nb" = 1\n',
+            "t.toml: a\\nb: unknown key (expected one of: description, zone, policy, direct, nft, ipset)",
+        ),
         (
             "t.toml",
             '[zone."x\\u2028y"]\n',

@@ -1,0 +1,167 @@
+"""firewalld ipsets for `FirewalldBackend`: one read per ipset, the cheapest
+correct write for its entries, and the one reload a new ipset needs.
+
+firewalld creates ipsets only in its permanent configuration
+(``config.addIPSet``); a reload brings them into the runtime.  So an `Ipset`
+is present when both hold it (its definition read from the permanent one),
+creating it leaves a reload pending, and `FirewalldBackend.activate` makes
+that reload once for every ipset created in a reconcile.  Removing one takes
+it out of the permanent configuration; its (by then empty) runtime copy goes
+at the next reload, as firewalld has no call to remove it sooner.
+
+Runtime entries: a run of adds into an ipset that holds no entry (just made,
+or after a reload) is one ``setEntries`` call (10,000 entries in ~0.7 s);
+any other change goes entry by entry (``addEntry``/``removeEntry``), never
+as a flush and refill of a populated set, which would leave it empty for a
+moment.  Whether the ipset is empty comes from the plan's read
+(`FirewallView.reads`), or from a fresh ``getEntries`` once a write made that
+stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import OperationFailed
+from ..ipsets import canonical_options, default_family, options_dict
+from ..model import Ipset, IpsetEntry, Item, Op, Outcome, Permanent
+from ..view import FirewallView
+from . import firewalld_settings as fs
+
+if TYPE_CHECKING:
+    from .firewalld import FirewalldBackend
+
+IFACE_IPSET = fs.BUS_NAME + ".ipset"
+IFACE_CONFIG = fs.BUS_NAME + ".config"
+IFACE_CONFIG_IPSET = IFACE_CONFIG + ".ipset"
+CONFIG_PATH = fs.OBJECT_PATH + "/config"
+SETTINGS_SIGNATURE = "(ssssa{ss}as)"  # version, short, description, type, options, entries
+MISSING_IPSET_CODES = frozenset({"INVALID_IPSET"})
+BULK_SECONDS_PER_ENTRY = 0.001  # added to the call timeout of a bulk write, per entry
+
+
+def ipset_of(settings: list[Any], name: str, what: str) -> tuple[Ipset, list[str]]:
+    """The `Ipset` an ipset's settings describe, and its entries."""
+    try:
+        _version, _short, _description, ipset_type, options, entries = settings
+        if not isinstance(ipset_type, str) or not isinstance(options, dict) or not isinstance(entries, list):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise fs.MalformedReply(f"firewalld answered {what} for ipset {name!r} with {fs.short(settings)}") from None
+    family = options.get("family", default_family(ipset_type))
+    return Ipset(name, ipset_type, family, canonical_options(options)), list(entries)
+
+
+class IpsetLayer:
+    """Reads and writes of ipsets (containers ``("ipset", NAME)``)."""
+
+    def __init__(self, backend: FirewalldBackend) -> None:
+        self.fw = backend
+        self.reload_pending = False  # an ipset was created (or found only in the permanent configuration)
+
+    # -- read ------------------------------------------------------------------
+
+    async def read(self, name: str) -> tuple[list[Item], int | None]:
+        """The ipset (when both layers hold it), its runtime entries and the
+        `Permanent` copies of its permanent ones; and how many runtime entries
+        it holds (None: not in the runtime)."""
+        (runtime_names,), (permanent_names,) = (
+            await self.fw.call(IFACE_IPSET, "getIPSets", returns="as"),
+            await self.fw.call(IFACE_CONFIG, "getIPSetNames", returns="as", path=CONFIG_PATH),
+        )
+        items: list[Item] = []
+        runtime_count = None
+        permanent = None
+        if name in permanent_names:
+            permanent, entries = ipset_of(await self._permanent_settings(name), name, "getSettings")
+            items += [Permanent(IpsetEntry(name, entry)) for entry in entries]
+        if name in runtime_names:
+            (settings,) = await self.fw.call(IFACE_IPSET, "getIPSetSettings", "s", [name], returns=SETTINGS_SIGNATURE)
+            _, entries = ipset_of(settings, name, "getIPSetSettings")
+            items += [IpsetEntry(name, entry) for entry in entries]
+            runtime_count = len(entries)
+        if permanent is not None and runtime_count is not None:  # (runtime only: gone at the next reload)
+            items.append(permanent)
+        return items, runtime_count
+
+    async def config_path(self, name: str) -> str | None:
+        try:
+            (path,) = await self.fw.call(IFACE_CONFIG, "getIPSetByName", "s", [name], returns="o", path=CONFIG_PATH)
+        except OperationFailed as exc:
+            if exc.code in MISSING_IPSET_CODES:
+                return None
+            raise
+        return str(path)
+
+    async def _permanent_settings(self, name: str) -> list[Any]:
+        path = await self.config_path(name)
+        if path is None:
+            raise OperationFailed(f"ipset {name!r} is not in firewalld's permanent configuration", "INVALID_IPSET")
+        (settings,) = await self.fw.call(IFACE_CONFIG_IPSET, "getSettings", returns=SETTINGS_SIGNATURE, path=path)
+        return list(settings)
+
+    # -- write -----------------------------------------------------------------
+
+    async def write_ipset(self, op: Op) -> Outcome:
+        """Create (in the permanent configuration) or remove an ipset."""
+        ipset = op.item
+        assert isinstance(ipset, Ipset)
+        path = await self.config_path(ipset.name)
+        if op.action == "remove":
+            if path is None:
+                return Outcome.UNCHANGED
+            self.fw.writes += 1
+            await self.fw.call(IFACE_CONFIG_IPSET, "remove", path=path)
+            return Outcome.APPLIED
+        if path is not None:
+            (settings,) = await self.fw.call(IFACE_CONFIG_IPSET, "getSettings", returns=SETTINGS_SIGNATURE, path=path)
+            found, _ = ipset_of(list(settings), ipset.name, "getSettings")
+            if found != ipset:
+                raise OperationFailed(f"firewalld already has {found.describe()}, not {ipset.describe()}", "NAME_CONFLICT")
+            self.reload_pending = True  # defined already but not in the runtime (that is why it is added)
+            return Outcome.UNCHANGED
+        settings = ["", "", "", ipset.type, options_dict(ipset.family, ipset.options), []]
+        self.fw.writes += 1
+        await self.fw.call(IFACE_CONFIG, "addIPSet", "s" + SETTINGS_SIGNATURE, [ipset.name, settings], path=CONFIG_PATH)
+        self.reload_pending = True
+        return Outcome.APPLIED
+
+    async def write_entries(self, run: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
+        """A run of runtime entry ops on one ipset: bulk into an empty one, else entry by entry."""
+        name = _entry(run[0]).ipset
+        if all(op.action == "add" for op in run) and await self._runtime_count(name, seen) == 0:
+            entries = list(dict.fromkeys(_entry(op).entry for op in run))
+            self.fw.writes += 1
+            # (firewalld 1.3.3 checks every entry against the others: 100,000 take ~40 s)
+            timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
+            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, entries], timeout=timeout)
+            return [Outcome.APPLIED] * len(run)
+        outcomes = []
+        for op in run:
+            try:
+                self.fw.writes += 1
+                await self.fw.call(IFACE_IPSET, f"{op.action}Entry", "ss", [name, _entry(op).entry])
+                outcomes.append(Outcome.APPLIED)
+            except OperationFailed as exc:
+                if exc.code == ("ALREADY_ENABLED" if op.action == "add" else "NOT_ENABLED"):
+                    outcomes.append(Outcome.UNCHANGED)
+                    continue
+                exc.op = op
+                exc.done = tuple(outcomes)
+                raise
+        return outcomes
+
+    async def _runtime_count(self, name: str, seen: FirewallView | None) -> int:
+        read = seen.reads.get(("ipset", name)) if seen is not None else None
+        if isinstance(read, int):
+            return read
+        (entries,) = await self.fw.call(IFACE_IPSET, "getEntries", "s", [name], returns="as")
+        return len(entries)
+
+
+def _entry(op: Op) -> IpsetEntry:
+    item = op.item
+    if not isinstance(item, IpsetEntry):
+        raise TypeError(f"not an ipset entry: {item!r}")
+    return item

@@ -1,0 +1,189 @@
+"""[ipset.NAME] against a real firewalld: created in the permanent
+configuration and loaded with one reload, entries owned one by one and
+diffed, foreign ipsets and entries untouched, used by a zone source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from conftest import Daemon, Fwrecon, wait_until
+from fwsandbox import PEER_ADDR, Sandbox
+from test_backends import crash_after_writes
+
+BLOCKLIST = """
+[ipset.blocklist]
+type = "hash:net"
+entries = [{entries}]
+
+[zone.drop]
+sources = ["ipset:blocklist"]
+"""
+
+
+def blocklist(*entries: str) -> str:
+    return BLOCKLIST.format(entries=", ".join(json.dumps(e) for e in entries))
+
+
+def runtime_entries(sb: Sandbox, name: str) -> set[str]:
+    return set(sb.firewall_cmd(f"--ipset={name}", "--get-entries", check=True).stdout.split())
+
+
+def permanent_entries(sb: Sandbox, name: str) -> set[str]:
+    return set(sb.firewall_cmd("--permanent", f"--ipset={name}", "--get-entries", check=True).stdout.split())
+
+
+def ipsets(sb: Sandbox, *, permanent: bool) -> set[str]:
+    layer = ["--permanent"] if permanent else []
+    return set(sb.firewall_cmd(*layer, "--get-ipsets", check=True).stdout.split())
+
+
+def applied(fwrecon: Fwrecon, *extra: str) -> str:
+    result = fwrecon.run("apply", *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stderr
+
+
+def test_create_grow_shrink_delete(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "198.51.100.7"))
+    log = applied(fwrecon)
+    assert "firewall_reloaded" in log
+    assert ipsets(sb, permanent=True) == {"blocklist"} and ipsets(sb, permanent=False) == {"blocklist"}
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.7/32"}
+    assert permanent_entries(sb, "blocklist") == set()  # (runtime mode)
+    assert "ipset:blocklist" in sb.firewall_cmd("--zone=drop", "--list-sources").stdout
+    assert fwrecon.run("plan").returncode == 0
+
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "203.0.113.0/25"))
+    log = applied(fwrecon)
+    assert "firewall_reloaded" not in log
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "203.0.113.0/25"}
+
+    fwrecon.remove_policy("block")
+    applied(fwrecon)
+    assert ipsets(sb, permanent=True) == set()
+    assert "ipset:blocklist" not in sb.firewall_cmd("--zone=drop", "--list-sources").stdout
+    assert fwrecon.owned() == []
+
+
+def test_two_policies_share_an_ipset_and_foreign_ipsets_and_entries_stay(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    sb.firewall_cmd("--permanent", "--new-ipset=theirs", "--type=hash:ip", check=True)
+    sb.firewall_cmd("--permanent", "--ipset=theirs", "--add-entry=192.0.2.9", check=True)
+    sb.firewall_cmd("--reload", check=True)
+    fwrecon.write_policy("a", blocklist("192.0.2.0/24", "198.51.100.0/24"))
+    fwrecon.write_policy("b", blocklist("192.0.2.0/24", "203.0.113.0/24"))
+    applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"}
+    sb.firewall_cmd("--ipset=blocklist", "--add-entry=10.9.0.0/16", check=True)  # someone else's entry
+
+    fwrecon.remove_policy("a")
+    applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "203.0.113.0/24", "10.9.0.0/16"}  # the shared one stays
+    fwrecon.remove_policy("b")
+    applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == {"10.9.0.0/16"}  # only theirs
+    assert "blocklist" in ipsets(sb, permanent=True)  # kept: it holds an entry fwrecon does not own
+    assert runtime_entries(sb, "theirs") == {"192.0.2.9"} and ipsets(sb, permanent=True) >= {"theirs"}
+    assert all(entry["item"]["kind"] != "ipset_entry" for entry in fwrecon.owned())
+
+
+def test_an_existing_ipset_is_used_but_never_owned(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    sb.firewall_cmd("--permanent", "--new-ipset=blocklist", "--type=hash:net", check=True)
+    sb.firewall_cmd("--reload", check=True)
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    assert "firewall_reloaded" not in applied(fwrecon)  # there already: no reload
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24"}
+    fwrecon.remove_policy("block")
+    applied(fwrecon)
+    assert "blocklist" in ipsets(sb, permanent=True) and runtime_entries(sb, "blocklist") == set()
+
+
+def test_an_ipset_of_another_type_is_a_clear_failure_that_changes_nothing(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    sb.firewall_cmd("--permanent", "--new-ipset=blocklist", "--type=hash:ip", check=True)  # not loaded yet
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    result = fwrecon.run("apply")
+    assert result.returncode != 0
+    assert "NAME_CONFLICT" in result.stderr and "hash:ip" in result.stderr, result.stderr
+    assert "ipset:blocklist" not in sb.firewall_cmd("--permanent", "--zone=drop", "--list-sources").stdout
+    assert fwrecon.owned() == []
+
+
+def test_a_bad_entry_names_file_key_and_index_and_applies_nothing(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "2001:db8::/32", "198.51.100.0/24"))
+    result = fwrecon.run("apply")
+    assert result.returncode != 0
+    assert "block.toml" in result.stderr and "ipset.blocklist.entries[1]" in result.stderr, result.stderr
+    assert "IPv6 network in a family inet ipset" in result.stderr
+    assert ipsets(sb, permanent=True) == set()
+
+
+def test_hand_removal_and_a_reload_are_repaired_with_one_bulk_write(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    entries = [f"10.{i // 256}.{i % 256}.0/24" for i in range(500)]
+    fwrecon.write_policy("block", blocklist(*entries))
+    applied(fwrecon)
+    sb.firewall_cmd("--ipset=blocklist", "--remove-entry=10.0.7.0/24", check=True)
+    plan = fwrecon.run("plan")
+    assert "+ ipset blocklist entry 10.0.7.0/24  [block]" in plan.stdout, plan.stdout
+    applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == set(entries)
+
+    sb.firewall_cmd("--reload", check=True)  # the ipset comes back empty (runtime mode)
+    assert runtime_entries(sb, "blocklist") == set()
+    log = applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == set(entries)
+    done = [json.loads(line) for line in log.splitlines() if '"reconcile_done"' in line][-1]
+    assert done["ops"] == 500 + 1  # the entries (in one setEntries call) and the zone source
+
+
+def test_permanent_mode_keeps_entries_across_a_reload(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "198.51.100.7"))
+    applied(fwrecon, "--persist", "permanent")
+    assert permanent_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.7/32"}
+    sb.firewall_cmd("--reload", check=True)
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.7/32"}
+    assert fwrecon.run("plan", "--persist", "permanent").returncode == 0  # nothing to re-add
+    fwrecon.remove_policy("block")
+    applied(fwrecon, "--persist", "permanent")
+    assert ipsets(sb, permanent=True) == set()
+
+
+def test_a_zone_source_ipset_filters_traffic(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    open_port = '\n[zone.public]\nports = ["8080/tcp"]\n'
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24") + open_port)
+    applied(fwrecon)
+    assert sb.tcp_probe(8080) == "accepted"
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", f"{PEER_ADDR}/32") + open_port)
+    applied(fwrecon)
+    assert sb.tcp_probe(8080) == "timeout"  # the peer's address is in the blocklist: zone drop
+
+
+def test_kill_9_after_the_ipset_is_made_and_before_the_reload_converges(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    crash_after_writes(fwrecon, 1, policy="block")  # addIPSet landed; no reload, no state write after it
+    assert ipsets(sb, permanent=True) == {"blocklist"} and ipsets(sb, permanent=False) == set()
+    applied(fwrecon)
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24"}
+    assert any(entry["item"]["kind"] == "ipset" for entry in fwrecon.owned())  # the intent made it ours
+    fwrecon.remove_policy("block")
+    applied(fwrecon)
+    assert ipsets(sb, permanent=True) == set()
+
+
+def test_the_daemon_repairs_an_entry_removed_by_hand(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.backend = "firewalld"
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "198.51.100.0/24"))
+    daemon = daemon_factory()
+    wait_until(lambda: runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.0/24"}, 10, "the entries")
+    daemon.settled()
+    sb.firewall_cmd("--ipset=blocklist", "--remove-entry=198.51.100.0/24", check=True)
+    wait_until(lambda: "198.51.100.0/24" in runtime_entries(sb, "blocklist"), 5, "the entry back (EntryRemoved)")

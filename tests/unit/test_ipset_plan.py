@@ -1,0 +1,183 @@
+"""Ipsets in the engine: created first, in a transaction of their own, one
+activation (firewalld's reload) for all, then everything else planned again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reconciler.backends.firewalld_ipsets import ipset_of
+from reconciler.backends.firewalld_settings import MalformedReply
+from reconciler.backends.memory import MemoryBackend
+from reconciler.engine import Reconciler
+from reconciler.ipsets import canonical_entry, canonical_options, overlapping
+from reconciler.model import Ipset, IpsetEntry, Item, Scope, Service, Source
+from reconciler.policy import LoadResult, Policy, PolicyFileInvalid, parse_policy
+from reconciler.state import StateStore
+from reconciler.view import FirewallView
+
+Z = Scope("zone", "drop")
+BLOCK = Ipset("blocklist", "hash:net", "inet")
+ENTRY = IpsetEntry("blocklist", "192.0.2.0/24")
+SOURCE = Source(Z, "ipset:blocklist")
+
+
+class Reloading(MemoryBackend):
+    """Like firewalld: an ipset added leaves an activation pending, which wipes every runtime item but ipsets."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending = False
+
+    def _apply(self, op):
+        outcome = super()._apply(op)
+        self.pending |= op.action == "add" and isinstance(op.item, Ipset)
+        return outcome
+
+    async def activate(self) -> bool:
+        await super().activate()
+        if not self.pending:
+            return False
+        self.calls.append("reload")
+        self.state = FirewallView(i for i in self.state.items() if isinstance(i, Ipset))
+        self.pending = False
+        return True
+
+
+def run(backend, store, **items: set[Item]):
+    loaded = LoadResult(policies={name: Policy(name, f"{name}.toml", "", frozenset(its)) for name, its in items.items()})
+    return asyncio.run(Reconciler(backend, store).reconcile(loaded))
+
+
+def test_ipsets_are_created_first_then_one_reload_then_the_rest(tmp_path) -> None:
+    other = Ipset("partners", "hash:ip", "inet")
+    backend, store = Reloading([Service(Z, "ssh")]), StateStore(tmp_path / "s.json")
+    report = run(backend, store, a={Service(Z, "http")}, b={BLOCK, ENTRY, SOURCE}, c={other})
+    assert backend.calls == [
+        "+ ipset blocklist type hash:net family inet",
+        "+ ipset partners type hash:ip family inet",
+        "reload",
+        "+ zone drop service http",
+        "+ ipset blocklist entry 192.0.2.0/24",
+        "+ zone drop source ipset:blocklist",
+    ]
+    assert [(o.policy, o.status, len(o.ops)) for o in report.outcomes] == [
+        ("a", "applied", 1),
+        ("b", "applied", 3),
+        ("c", "applied", 1),
+    ]
+    assert store.load().owned_by("b") == {BLOCK, ENTRY, SOURCE}
+    assert Service(Z, "ssh") not in backend.state.items()  # (the reload wiped the runtime, as firewalld's does)
+    backend.calls.clear()
+    assert run(backend, store, a={Service(Z, "http")}, b={BLOCK, ENTRY, SOURCE}, c={other}).write_ops == 0
+    assert backend.calls == []
+
+
+def test_an_owned_ipset_holding_a_foreign_entry_stays(tmp_path) -> None:
+    theirs = IpsetEntry("blocklist", "10.0.0.0/8")
+    backend, store = Reloading(), StateStore(tmp_path / "s.json")
+    run(backend, store, b={BLOCK, ENTRY})
+    backend.state.add(theirs)
+    run(backend, store)
+    assert backend.state.items() == {BLOCK, theirs}
+    assert store.load().owned_by("b") == {BLOCK}  # still its: it goes once theirs is gone
+    backend.state.remove(theirs)
+    run(backend, store)
+    assert backend.state.items() == set() and store.load().owned == {}
+
+
+@pytest.mark.parametrize(
+    ("ipset_type", "family", "text", "canonical"),
+    [
+        ("hash:ip", "inet", " 192.0.2.1 ", "192.0.2.1"),
+        ("hash:ip", "inet6", "2001:DB8:0::1", "2001:db8::1"),
+        ("hash:net", "inet", "192.0.2.77/24", "192.0.2.0/24"),
+        ("hash:net", "inet", "198.51.100.7", "198.51.100.7/32"),
+        ("hash:mac", "", "aa:bb:cc:00:11:22", "AA:BB:CC:00:11:22"),
+    ],
+)
+def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonical) -> None:
+    assert canonical_entry(ipset_type, family, text) == canonical
+
+
+@pytest.mark.parametrize(
+    ("ipset_type", "family", "text", "message"),
+    [
+        ("hash:ip", "inet", "192.0.2.0/24", "a network: use type hash:net"),
+        ("hash:ip", "inet", "2001:db8::1", "IPv6 address in a family inet ipset"),
+        ("hash:ip", "inet", "0.0.0.0", "cannot be in an ipset"),
+        ("hash:net", "inet6", "192.0.2.0/24", "IPv4 network in a family inet6 ipset"),
+        ("hash:net", "inet", "0.0.0.0/0", "/0"),
+        ("hash:mac", "", "00:00:00:00:00:00", "cannot be in an ipset"),
+        ("hash:mac", "", "aa:bb", "not a MAC address"),
+    ],
+)
+def test_bad_entries_say_why(ipset_type, family, text, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        canonical_entry(ipset_type, family, text)
+
+
+def test_overlapping_networks_are_found_per_family() -> None:
+    found = overlapping(["10.0.0.0/8", "10.1.0.0/16", "11.0.0.0/8", "2001:db8::/32", "2001:db8:5::/48", "2001:db9::/32"])
+    assert sorted(found) == [("10.0.0.0/8", "10.1.0.0/16"), ("2001:db8::/32", "2001:db8:5::/48")]
+
+
+def test_default_options_compare_equal_to_none() -> None:
+    assert canonical_options({"family": "inet", "hashsize": "1024", "maxelem": "65536"}) == ()
+    assert canonical_options({"maxelem": "0200000"}) == ("maxelem=200000",)
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(PolicyFileInvalid) as caught:
+        parse_policy("b.toml", text.encode())
+    return [str(e) for e in caught.value.errors]
+
+
+def test_policy_errors_name_the_file_the_key_and_the_index() -> None:
+    assert errors_of('[ipset.x]\ntype = "hash:net"\nentries = ["10.0.0.0/8", "nope"]\n') == [
+        "b.toml: ipset.x.entries[1]: 'nope' is not an IPv4 address or network"
+    ]
+    assert errors_of('[ipset.x]\ntype = "hash:port"\n') == [
+        'b.toml: ipset.x.type: "hash:port" is not one of hash:ip|hash:net|hash:mac'
+    ]
+    assert errors_of('[ipset.x]\ntype = "hash:ip"\noptions = { timeout = 60 }\n')[0].startswith(
+        "b.toml: ipset.x.options.timeout: not supported: firewalld keeps no entries"
+    )
+    assert errors_of('[ipset.x]\ntype = "hash:mac"\nfamily = "inet"\n') == [
+        "b.toml: ipset.x.family: a hash:mac ipset has no family"
+    ]
+    assert errors_of('[ipset.x]\ntype = "hash:ip"\noptions = { maxelem = 1 }\nentries = ["10.0.0.1", "10.0.0.2"]\n') == [
+        "b.toml: ipset.x.entries: 2 entries, more than maxelem 1 (raise options.maxelem)"
+    ]
+    assert errors_of('[ipset."a b"]\ntype = "hash:ip"\n')[0].startswith("b.toml: ipset.a b: ipset name 'a b' may only hold")
+
+
+def test_a_policy_gives_the_ipset_and_one_item_per_entry() -> None:
+    policy = parse_policy("b.toml", b'[ipset.x]\ntype = "hash:ip"\nfamily = "inet6"\nentries = ["2001:db8::1", "2001:DB8::1"]\n')
+    assert policy.items == {Ipset("x", "hash:ip", "inet6"), IpsetEntry("x", "2001:db8::1")}
+    assert policy.key_of(IpsetEntry("x", "2001:db8::1")) == "ipset.x.entries[0]"
+
+
+@pytest.mark.parametrize(
+    "settings", [[], ["1", "", "", "hash:ip", {}], "garbage", None, [1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6]]
+)
+def test_a_settings_reply_of_another_shape_is_malformed(settings) -> None:
+    with pytest.raises(MalformedReply, match="for ipset 'x'"):
+        ipset_of(settings, "x", "getSettings")
+
+
+def test_a_settings_reply_maps_to_the_ipset_and_its_entries() -> None:
+    settings = ["1", "", "", "hash:net", {"family": "inet6", "maxelem": "65536", "hashsize": "4096"}, ["2001:db8::/32"]]
+    assert ipset_of(settings, "x", "getSettings") == (Ipset("x", "hash:net", "inet6", ("hashsize=4096",)), ["2001:db8::/32"])
+
+
+def test_without_firewalld_an_ipset_policy_is_refused_by_section() -> None:
+    from reconciler.backends.router import routes_for
+    from reconciler.engine import refusals
+
+    policy = Policy("b", "b.toml", "", frozenset({BLOCK, ENTRY}))
+    errors = asyncio.run(refusals(policy, routes_for(None, MemoryBackend(), MemoryBackend())))
+    assert [str(e) for e in errors] == [
+        "b.toml: ipset.blocklist: needs firewalld (an nft set works without it) (backend in charge: memory)"
+    ]
