@@ -36,7 +36,7 @@ from .engine import PERSIST_MODES, Reconciler, gc_paused, held_by_others, log_po
 from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
-from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, Item, NftElement, Op, Permanent
+from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, IpsetEntry, Item, NftElement, Op, Permanent
 from .policy import LoadResult, Policy, conflicting_sets, unresolved_references
 from .policydir import load_policy_dir
 from .state import State, StateStore
@@ -244,14 +244,24 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
         await backends.close()
 
 
+def _member_of_set(item: Item) -> tuple[str, str] | None:
+    """For an nft set element or an ipset entry: the set's text and what its members are called."""
+    if isinstance(item, NftElement):
+        return f"nft {item.family} {NFT_TABLE} set {item.set}", "elements"
+    if isinstance(item, IpsetEntry):
+        return f"ipset {item.ipset}", "entries"
+    return None
+
+
 def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:
     """One line per op (with its note, e.g. "unchanged"), except that many
     element changes to one set become one line: ``~ nft inet fwrecon set
-    blocklist: 9,812 elements added, 14 removed  [policy]`` (``--json`` lists them all)."""
+    blocklist: 9,812 elements added, 14 removed  [policy]``, and likewise
+    for an ipset's entries (``--json`` lists them all)."""
     counts: dict[tuple[str, str], Counter[str]] = {}
     for op, note in ops:
-        if isinstance(op.item, NftElement):
-            counts.setdefault((op.item.family, op.item.set), Counter())[note or op.action] += 1
+        if (member := _member_of_set(op.item)) is not None:
+            counts.setdefault(member, Counter())[note or op.action] += 1
     big = {key for key, count in counts.items() if count.total() > ELEMENTS_LISTED}
     # An op on an item and the same op on its permanent copy are one line, "runtime+permanent".
     copies = {(op.action, op.item.item, note) for op, note in ops if isinstance(op.item, Permanent)}
@@ -262,14 +272,15 @@ def change_lines(policy: str, ops: Sequence[tuple[Op, str]]) -> list[str]:
         if isinstance(item, Permanent) and (op.action, item.item, note) in runtime:
             continue
         layers = "  runtime+permanent" if (op.action, item, note) in copies else ""
-        if isinstance(item, NftElement) and (key := (item.family, item.set)) in big:
-            count = counts.pop(key, None)
+        if (member := _member_of_set(item)) is not None and member in big:
+            count = counts.pop(member, None)
             if count is not None:
+                text, word = member
                 sign = "+" if not count["remove"] else "-" if not count["add"] else "~"
-                parts = [f"{count['add']:,} elements added"] if count["add"] else []
+                parts = [f"{count['add']:,} {word} added"] if count["add"] else []
                 parts += [f"{count['remove']:,} removed"] if count["remove"] else []
                 parts += [f"{n:,} {what}" for what, n in sorted(count.items()) if what not in ("add", "remove")]
-                lines.append(f"{sign} nft {item.family} {NFT_TABLE} set {item.set}: {', '.join(parts)}  [{policy}]")
+                lines.append(f"{sign} {text}: {', '.join(parts)}  [{policy}]{layers}")
             continue
         lines.append(f"{op.describe()}  [{policy}]{layers}" + (f"  ({note})" if note else ""))
     return lines

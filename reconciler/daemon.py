@@ -493,6 +493,9 @@ class Controller:
         m.set_elements.clear()  # (a set fwrecon no longer owns elements in goes from the output)
         for (family, name), count in report.set_elements.items():
             m.set_elements.labels(family=family, set=name).set(count)
+        m.ipset_entries.clear()
+        for name, count in report.ipset_entries.items():
+            m.ipset_entries.labels(ipset=name).set(count)
         if trigger in (Trigger.DRIFT, Trigger.RESYNC) and report.write_ops and self._reloads == self._reloads_at_last_start:
             m.drift_repairs.inc(report.write_ops)
         if Trigger.RELOAD in batch or Trigger.OWNER in batch:

@@ -28,6 +28,7 @@ from .model import (
     PERSISTABLE,
     DirectChain,
     Ipset,
+    IpsetEntry,
     Item,
     KnownNames,
     NftElement,
@@ -82,6 +83,7 @@ class ReconcileReport:
     write_ops: int = 0
     deferred: int = 0  # adds that wait for a reload to settle (the daemon comes back for them)
     set_elements: dict[tuple[str, str], int] = field(default_factory=dict)  # (family, set) -> elements fwrecon owns in it
+    ipset_entries: dict[str, int] = field(default_factory=dict)  # ipset -> runtime entries fwrecon owns in it
 
     @property
     def failed(self) -> list[PolicyOutcome]:
@@ -535,6 +537,7 @@ class Reconciler:
             write_ops=sum(len(o.ops) for o in outcomes),
             deferred=sum(len(o.deferred) for o in outcomes),
             set_elements=dict(Counter((i.family, i.set) for i in state.owned if isinstance(i, NftElement))),
+            ipset_entries=dict(Counter(i.ipset for i in state.owned if isinstance(i, IpsetEntry))),
         )
         log.info(
             "reconcile_done",

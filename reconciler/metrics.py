@@ -69,6 +69,9 @@ class Metrics:
         self.set_elements = Gauge(
             "fwrecon_nft_set_elements", "Elements fwrecon owns in each nft set of its table", ["family", "set"], registry=r
         )
+        self.ipset_entries = Gauge(
+            "fwrecon_ipset_entries", "Runtime entries fwrecon owns in each firewalld ipset", ["ipset"], registry=r
+        )
         self.last_success = Gauge("fwrecon_last_success_timestamp_seconds", "When the last reconcile converged", registry=r)
         self.last_queued = Gauge(
             "fwrecon_last_queued_timestamp_seconds",

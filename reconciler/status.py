@@ -355,18 +355,22 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_ELEMENT = re.compile(r"(nft \S+ \S+ set \S+) element ")
+_ELEMENT = re.compile(r"(nft \S+ \S+ set \S+) element |(ipset \S+) entry ")
+
+
+def _set_of(match: re.Match[str]) -> str:
+    return match[1] or match[2]
 
 
 def _elements_counted(items: list[str]) -> list[str]:
-    """``items`` (descriptions), a set's elements as one line when there are many."""
-    counts = Counter(match[1] for item in items if (match := _ELEMENT.match(item)))
+    """``items`` (descriptions), a set's elements (an ipset's entries) as one line when there are many."""
+    counts = Counter(_set_of(match) for item in items if (match := _ELEMENT.match(item)))
     many = {name for name, count in counts.items() if count > ELEMENTS_LISTED}
     lines = []
     for item in items:
         match = _ELEMENT.match(item)
-        if match is None or match[1] not in many:
+        if match is None or _set_of(match) not in many:
             lines.append(item)
-        elif match[1] in counts:
-            lines.append(f"{match[1]}: {counts.pop(match[1]):,} elements")
+        elif (name := _set_of(match)) in counts:
+            lines.append(f"{name}: {counts.pop(name):,} {'elements' if match[1] else 'entries'}")
     return lines

@@ -135,6 +135,7 @@ def test_hand_removal_and_a_reload_are_repaired_with_one_bulk_write(fwrecon: Fwr
 
     sb.firewall_cmd("--reload", check=True)  # the ipset comes back empty (runtime mode)
     assert runtime_entries(sb, "blocklist") == set()
+    assert "+ ipset blocklist: 500 entries added  [block]" in fwrecon.run("plan").stdout.splitlines()
     log = applied(fwrecon)
     assert runtime_entries(sb, "blocklist") == set(entries)
     done = [json.loads(line) for line in log.splitlines() if '"reconcile_done"' in line][-1]
@@ -187,3 +188,4 @@ def test_the_daemon_repairs_an_entry_removed_by_hand(fwrecon: Fwrecon, daemon_fa
     daemon.settled()
     sb.firewall_cmd("--ipset=blocklist", "--remove-entry=198.51.100.0/24", check=True)
     wait_until(lambda: "198.51.100.0/24" in runtime_entries(sb, "blocklist"), 5, "the entry back (EntryRemoved)")
+    assert daemon.value("fwrecon_ipset_entries", ipset="blocklist") == 2

@@ -181,3 +181,16 @@ def test_without_firewalld_an_ipset_policy_is_refused_by_section() -> None:
     assert [str(e) for e in errors] == [
         "b.toml: ipset.blocklist: needs firewalld (an nft set works without it) (backend in charge: memory)"
     ]
+
+
+def test_plan_says_many_entry_changes_in_one_line() -> None:
+    from reconciler.cli import change_lines
+    from reconciler.model import Op
+
+    ops = [(Op("add", IpsetEntry("blocklist", f"10.0.0.{i}")), "") for i in range(30)]
+    ops.append((Op("remove", IpsetEntry("blocklist", "10.9.9.9")), ""))
+    ops.append((Op("add", IpsetEntry("small", "10.1.1.1")), ""))
+    assert change_lines("b", ops) == [
+        "~ ipset blocklist: 30 entries added, 1 removed  [b]",
+        "+ ipset small entry 10.1.1.1  [b]",
+    ]
