@@ -245,7 +245,11 @@ async def _nft_syntax_errors(args: argparse.Namespace, loaded: LoadResult) -> di
 
 
 def _member_of_set(item: Item) -> tuple[str, str] | None:
-    """For an nft set element or an ipset entry: the set's text and what its members are called."""
+    """For an nft set element or an ipset entry (or its permanent copy): the
+    set's text and what its members are called."""
+    if isinstance(item, Permanent):
+        member = _member_of_set(item.item)
+        return None if member is None else (f"{member[0]} (permanent)", member[1])
     if isinstance(item, NftElement):
         return f"nft {item.family} {NFT_TABLE} set {item.set}", "elements"
     if isinstance(item, IpsetEntry):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
-from .errors import BackendUnavailable, PolicyError
+from .errors import BackendUnavailable, OperationFailed, PolicyError
 from .model import (
     PERSISTABLE,
     DirectChain,
@@ -500,10 +500,17 @@ class Reconciler:
             log.warning("interrupted_transaction_found", pending=state.pending)
         moves = self._moves(state)
         desired, view = await self.validate(loaded, state, last_good)
+        self._hold_changed_ipsets(loaded, desired, view, state, last_good)
         created = await self._create_ipsets(desired, view, state, settling)
-        if await self.backend.activate():
+        try:
+            reloaded = await self.backend.activate()
+        except OperationFailed as exc:  # (say, firewalld refuses someone's broken file): the rest still applies
+            log.error("firewall_reload_failed", reason="to load new ipsets", error=str(exc), code=exc.code)
+            reloaded = False
+        if reloaded:
             log.info("firewall_reloaded", reason="to load new ipsets", ipsets=sorted(i.name for i in created))
             desired, view = await self.validate(loaded, state, last_good)  # the reload rebuilt the runtime
+            self._hold_changed_ipsets(loaded, desired, view, state, last_good)
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         wanted = dict(desired.items)
@@ -549,6 +556,35 @@ class Reconciler:
         )
         return report
 
+    def _hold_changed_ipsets(
+        self,
+        loaded: LoadResult,
+        desired: Desired,
+        view: FirewallView,
+        state: State,
+        last_good: Mapping[str, frozenset[Item]] | None,
+    ) -> None:
+        """A policy that declares an ipset firewalld holds under the same name
+        with another type, family or options is held at its last good items:
+        firewalld cannot change an ipset in place, and removing and adding it
+        would need a reload in the middle of the policy's transaction."""
+        present = {item.name: item for item in view.items() if isinstance(item, Ipset)}
+        for name, items in list(desired.items.items()):
+            if name not in loaded.policies or name in desired.invalid:
+                continue  # (held at what it owns already)
+            errors = [
+                PolicyError(
+                    loaded.policies[name].file,
+                    f"ipset.{ipset.name}",
+                    f"firewalld holds {present[ipset.name].describe()}: an ipset cannot change in place; "
+                    "give it a new name, or drop it from every policy first",
+                )
+                for ipset in sorted((i for i in items if isinstance(i, Ipset)), key=Item.sort_key)
+                if ipset.name in present and present[ipset.name] != ipset
+            ]
+            if errors:
+                self._hold(desired, name, errors, state, last_good)
+
     async def _create_ipsets(
         self, desired: Desired, view: FirewallView, state: State, settling: bool
     ) -> dict[Ipset, PolicyOutcome]:
@@ -563,7 +599,8 @@ class Reconciler:
         for plan in plan_all(desired.items, view, state.owned, state.others, defer_new=settling):
             ops = tuple(op for op in plan.ops if op.action == "add" and isinstance(op.item, Ipset))
             if ops:
-                outcome = await self._run_plan(PolicyPlan(plan.policy, ops), state, view)
+                mine = {op.item for op in ops}  # (putting back someone else's ipset leaves it theirs)
+                outcome = await self._run_plan(PolicyPlan(plan.policy, ops, foreign_adds=plan.foreign_adds & mine), state, view)
                 if outcome.status == "applied":
                     created.update((op.item, outcome) for op, _ in outcome.ops if isinstance(op.item, Ipset))
         return created

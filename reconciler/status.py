@@ -358,19 +358,20 @@ def render_text(report: dict[str, Any]) -> str:
 _ELEMENT = re.compile(r"(nft \S+ \S+ set \S+) element |(ipset \S+) entry ")
 
 
-def _set_of(match: re.Match[str]) -> str:
-    return match[1] or match[2]
+def _set_of(match: re.Match[str], item: str) -> str:
+    """The set a member's description names (its permanent copies apart)."""
+    return (match[1] or match[2]) + (" (permanent)" if item.endswith(" (permanent)") else "")
 
 
 def _elements_counted(items: list[str]) -> list[str]:
     """``items`` (descriptions), a set's elements (an ipset's entries) as one line when there are many."""
-    counts = Counter(_set_of(match) for item in items if (match := _ELEMENT.match(item)))
+    counts = Counter(_set_of(match, item) for item in items if (match := _ELEMENT.match(item)))
     many = {name for name, count in counts.items() if count > ELEMENTS_LISTED}
     lines = []
     for item in items:
         match = _ELEMENT.match(item)
-        if match is None or _set_of(match) not in many:
+        if match is None or _set_of(match, item) not in many:
             lines.append(item)
-        elif (name := _set_of(match)) in counts:
+        elif (name := _set_of(match, item)) in counts:
             lines.append(f"{name}: {counts.pop(name):,} {'elements' if match[1] else 'entries'}")
     return lines

@@ -302,11 +302,11 @@ class FirewalldBackend(ServiceBackend):
 
     async def activate(self) -> bool:
         """The one reload that brings the ipsets created since the last into the runtime."""
-        if not self.ipsets.reload_pending:
+        if not self.ipsets.to_load:
             return False
         self.writes += 1
         await self.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
-        self.ipsets.reload_pending = False
+        self.ipsets.to_load.clear()
         return True
 
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:

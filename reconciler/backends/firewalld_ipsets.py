@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import OperationFailed
+from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..ipsets import canonical_options, default_family, options_dict
 from ..model import Ipset, IpsetEntry, Item, Op, Outcome, Permanent
 from ..view import FirewallView
@@ -50,6 +50,8 @@ def ipset_of(settings: list[Any], name: str, what: str) -> tuple[Ipset, list[str
     except (TypeError, ValueError):
         raise fs.MalformedReply(f"firewalld answered {what} for ipset {name!r} with {fs.short(settings)}") from None
     family = options.get("family", default_family(ipset_type))
+    if ipset_type == "hash:mac":  # one address however it was written (fwrecon writes upper case)
+        entries = [entry.upper() for entry in entries]
     return Ipset(name, ipset_type, family, canonical_options(options)), list(entries)
 
 
@@ -58,7 +60,9 @@ class IpsetLayer:
 
     def __init__(self, backend: FirewalldBackend) -> None:
         self.fw = backend
-        self.reload_pending = False  # an ipset was created (or found only in the permanent configuration)
+        # Ipsets created (or found only in the permanent configuration) since the
+        # last reload; one removed again (a rollback) needs none.
+        self.to_load: set[str] = set()
 
     # -- read ------------------------------------------------------------------
 
@@ -113,51 +117,70 @@ class IpsetLayer:
                 return Outcome.UNCHANGED
             self.fw.writes += 1
             await self.fw.call(IFACE_CONFIG_IPSET, "remove", path=path)
+            self.to_load.discard(ipset.name)
             return Outcome.APPLIED
         if path is not None:
             (settings,) = await self.fw.call(IFACE_CONFIG_IPSET, "getSettings", returns=SETTINGS_SIGNATURE, path=path)
             found, _ = ipset_of(list(settings), ipset.name, "getSettings")
             if found != ipset:
                 raise OperationFailed(f"firewalld already has {found.describe()}, not {ipset.describe()}", "NAME_CONFLICT")
-            self.reload_pending = True  # defined already but not in the runtime (that is why it is added)
+            self.to_load.add(ipset.name)  # defined already but not in the runtime (that is why it is added)
             return Outcome.UNCHANGED
         settings = ["", "", "", ipset.type, options_dict(ipset.family, ipset.options), []]
         self.fw.writes += 1
         await self.fw.call(IFACE_CONFIG, "addIPSet", "s" + SETTINGS_SIGNATURE, [ipset.name, settings], path=CONFIG_PATH)
-        self.reload_pending = True
+        self.to_load.add(ipset.name)
         return Outcome.APPLIED
 
     async def write_entries(self, run: Sequence[Op], seen: FirewallView | None) -> list[Outcome]:
         """A run of runtime entry ops on one ipset: bulk into an empty one, else entry by entry."""
         name = _entry(run[0]).ipset
-        if all(op.action == "add" for op in run) and await self._runtime_count(name, seen) == 0:
-            entries = list(dict.fromkeys(_entry(op).entry for op in run))
-            self.fw.writes += 1
-            # (firewalld 1.3.3 checks every entry against the others: 100,000 take ~40 s)
-            timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
-            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, entries], timeout=timeout)
-            return [Outcome.APPLIED] * len(run)
-        outcomes = []
+        if all(op.action == "add" for op in run) and await self._is_empty(name, seen):
+            return await self._fill(name, run)
+        outcomes: list[Outcome] = []
         for op in run:
             try:
                 self.fw.writes += 1
                 await self.fw.call(IFACE_IPSET, f"{op.action}Entry", "ss", [name, _entry(op).entry])
                 outcomes.append(Outcome.APPLIED)
-            except OperationFailed as exc:
-                if exc.code == ("ALREADY_ENABLED" if op.action == "add" else "NOT_ENABLED"):
+            except BackendError as exc:
+                if isinstance(exc, OperationFailed) and exc.code == ("ALREADY_ENABLED" if op.action == "add" else "NOT_ENABLED"):
                     outcomes.append(Outcome.UNCHANGED)
                     continue
-                exc.op = op
+                if isinstance(exc, OperationFailed):
+                    exc.op = op
                 exc.done = tuple(outcomes)
                 raise
         return outcomes
 
-    async def _runtime_count(self, name: str, seen: FirewallView | None) -> int:
+    async def _fill(self, name: str, run: Sequence[Op]) -> list[Outcome]:
+        """One ``setEntries`` into an empty ipset.  firewalld checks the entries
+        before it changes anything (a refusal: nothing landed); a failure after
+        that leaves unknown what did, which is said as such (the intent, owning
+        them all, is then kept)."""
+        entries = list(dict.fromkeys(_entry(op).entry for op in run))
+        self.fw.writes += 1
+        # (firewalld 1.3.3 checks every entry against the others: 100,000 take ~40 s)
+        timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
+        try:
+            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, entries], timeout=timeout)
+        except OperationFailed as exc:
+            if exc.code in ("COMMAND_FAILED", "UNKNOWN_ERROR"):
+                raise BackendUnavailable(f"setEntries of ipset {name!r} failed midway, what landed is unknown: {exc}") from exc
+            exc.op = run[0]
+            raise
+        return [Outcome.APPLIED] * len(run)
+
+    async def _is_empty(self, name: str, seen: FirewallView | None) -> bool:
+        """Whether the runtime ipset holds no entry: a populated one per the
+        plan's read is believed; an empty one is read again right before the
+        bulk write, which replaces the whole list (the plan's read may be
+        long past, and a reload meanwhile may have put permanent entries in)."""
         read = seen.reads.get(("ipset", name)) if seen is not None else None
-        if isinstance(read, int):
-            return read
+        if isinstance(read, int) and read > 0:
+            return False
         (entries,) = await self.fw.call(IFACE_IPSET, "getEntries", "s", [name], returns="as")
-        return len(entries)
+        return not entries
 
 
 def _entry(op: Op) -> IpsetEntry:

@@ -189,3 +189,15 @@ def test_the_daemon_repairs_an_entry_removed_by_hand(fwrecon: Fwrecon, daemon_fa
     sb.firewall_cmd("--ipset=blocklist", "--remove-entry=198.51.100.0/24", check=True)
     wait_until(lambda: "198.51.100.0/24" in runtime_entries(sb, "blocklist"), 5, "the entry back (EntryRemoved)")
     assert daemon.value("fwrecon_ipset_entries", ipset="blocklist") == 2
+
+
+def test_changing_an_ipsets_type_is_refused_and_the_last_good_version_stays(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    applied(fwrecon)
+    fwrecon.write_policy("block", blocklist("192.0.2.1").replace("hash:net", "hash:ip"))
+    result = fwrecon.run("apply")
+    assert result.returncode != 0
+    assert "ipset.blocklist" in result.stderr and "cannot change in place" in result.stderr, result.stderr
+    assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24"}
+    assert "--type=hash:net" in sb.firewall_cmd("--permanent", "--info-ipset=blocklist").stdout.replace("type: ", "--type=")

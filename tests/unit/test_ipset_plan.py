@@ -194,3 +194,33 @@ def test_plan_says_many_entry_changes_in_one_line() -> None:
         "~ ipset blocklist: 30 entries added, 1 removed  [b]",
         "+ ipset small entry 10.1.1.1  [b]",
     ]
+
+
+def test_plan_sums_up_permanent_copies_of_entries_apart() -> None:
+    from reconciler.cli import change_lines
+    from reconciler.model import Op, Permanent
+
+    ops = [(Op("add", Permanent(IpsetEntry("blocklist", f"10.0.0.{i}"))), "") for i in range(30)]
+    assert change_lines("b", ops) == ["+ ipset blocklist (permanent): 30 entries added  [b]"]
+
+
+def test_a_reload_firewalld_refuses_fails_only_what_needs_the_ipset(tmp_path) -> None:
+    from reconciler.errors import OperationFailed
+
+    class RefusesToReload(Reloading):
+        async def activate(self) -> bool:
+            if self.pending:
+                raise OperationFailed("firewalld reload: INVALID_ZONE: a broken file of someone's", "INVALID_ZONE")
+            return False
+
+    backend, store = RefusesToReload(refuse=[ENTRY]), StateStore(tmp_path / "s.json")  # (no ipset in force: its entries fail)
+    report = run(backend, store, a={Service(Z, "http")}, b={BLOCK, ENTRY})
+    assert Service(Z, "http") in backend.state.items()
+    assert [o.policy for o in report.failed] == ["b"]
+
+
+def test_mac_entries_read_back_in_fwrecons_case() -> None:
+    """firewalld keeps a MAC entry as written: an admin's lower-case one is the
+    same address as fwrecon's (never owned, so never removed by it)."""
+    settings = ["1", "", "", "hash:mac", {}, ["aa:bb:cc:00:11:22"]]
+    assert ipset_of(settings, "m", "getSettings") == (Ipset("m", "hash:mac", ""), ["AA:BB:CC:00:11:22"])
