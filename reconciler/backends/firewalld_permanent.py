@@ -111,11 +111,7 @@ class PermanentLayer:
         for op in run:
             entry = _inner(op)
             assert isinstance(entry, IpsetEntry)
-            if (entry.entry in entries) == (op.action == "add"):
-                outcomes.append(Outcome.UNCHANGED)
-            else:
-                entries.append(entry.entry) if op.action == "add" else entries.remove(entry.entry)
-                outcomes.append(Outcome.APPLIED)
+            outcomes.append(_toggle(entries, entry.entry, op))
         if Outcome.APPLIED in outcomes:
             await self._send(
                 fi.IFACE_CONFIG_IPSET, "setEntries", "as", [entries], path, seen, f"ipset {name} (permanent)",
@@ -141,13 +137,7 @@ class PermanentLayer:
             if key not in changed:
                 present = fs.settings_value(scope, settings, key, "permanent settings") or []
                 changed[key] = [tuple(v) if isinstance(v, list) else v for v in present]
-            values: list[Any] = changed[key]
-            value = fs.settings_entry(item)
-            if (value in values) == (op.action == "add"):
-                outcomes.append(Outcome.UNCHANGED)
-            else:
-                values.append(value) if op.action == "add" else values.remove(value)
-                outcomes.append(Outcome.APPLIED)
+            outcomes.append(_toggle(changed[key], fs.settings_entry(item), op))
         if Outcome.APPLIED in outcomes:
             body = {
                 fs.wire_key(scope, key): Variant(fs.settings_signature(key), fs.plain(value)) for key, value in changed.items()
@@ -172,11 +162,7 @@ class PermanentLayer:
                 entries, entry = rules, (item.family, item.table, item.chain, item.priority, item.args)
             else:
                 raise TypeError(f"not a direct item: {item!r}")
-            if (entry in entries) == (op.action == "add"):
-                outcomes.append(Outcome.UNCHANGED)
-            else:
-                entries.append(entry) if op.action == "add" else entries.remove(entry)
-                outcomes.append(Outcome.APPLIED)
+            outcomes.append(_toggle(entries, entry, op))
         if Outcome.APPLIED in outcomes:
             settings = [fs.plain(chains), fs.plain(rules), passthroughs]
             await self._send(IFACE_CONFIG_DIRECT, "update", DIRECT_SIGNATURE, [settings], CONFIG_PATH, seen, "direct (permanent)")
@@ -227,6 +213,14 @@ class PermanentLayer:
             and message.path is not None
         ):
             self._updates[message.path] += 1
+
+
+def _toggle(values: list[Any], value: Any, op: Op) -> Outcome:
+    """``op``'s add or remove of ``value`` in one settings list (UNCHANGED: it was so already)."""
+    if (value in values) == (op.action == "add"):
+        return Outcome.UNCHANGED
+    values.append(value) if op.action == "add" else values.remove(value)
+    return Outcome.APPLIED
 
 
 def _inner(op: Op) -> Item:
