@@ -33,9 +33,7 @@ if TYPE_CHECKING:
     from .firewalld import FirewalldBackend
 
 IFACE_IPSET = fs.BUS_NAME + ".ipset"
-IFACE_CONFIG = fs.BUS_NAME + ".config"
-IFACE_CONFIG_IPSET = IFACE_CONFIG + ".ipset"
-CONFIG_PATH = fs.OBJECT_PATH + "/config"
+IFACE_CONFIG_IPSET = fs.IFACE_CONFIG + ".ipset"
 SETTINGS_SIGNATURE = "(ssssa{ss}as)"  # version, short, description, type, options, entries
 MISSING_IPSET_CODES = frozenset({"INVALID_IPSET"})
 BULK_SECONDS_PER_ENTRY = 0.001  # added to the call timeout of a bulk write, per entry
@@ -69,41 +67,35 @@ class IpsetLayer:
     async def read(self, name: str) -> tuple[list[Item], int | None]:
         """The ipset (when both layers hold it), its runtime entries and the
         `Permanent` copies of its permanent ones; and how many runtime entries
-        it holds (None: not in the runtime)."""
-        (runtime_names,), (permanent_names,) = (
-            await self.fw.call(IFACE_IPSET, "getIPSets", returns="as"),
-            await self.fw.call(IFACE_CONFIG, "getIPSetNames", returns="as", path=CONFIG_PATH),
-        )
+        it holds (None: not in the runtime).  Two reads, one per layer."""
         items: list[Item] = []
-        runtime_count = None
-        permanent = None
-        if name in permanent_names:
-            permanent, entries = ipset_of(await self._permanent_settings(name), name, "getSettings")
-            items += [Permanent(IpsetEntry(name, entry)) for entry in entries]
-        if name in runtime_names:
-            (settings,) = await self.fw.call(IFACE_IPSET, "getIPSetSettings", "s", [name], returns=SETTINGS_SIGNATURE)
-            _, entries = ipset_of(settings, name, "getIPSetSettings")
-            items += [IpsetEntry(name, entry) for entry in entries]
-            runtime_count = len(entries)
-        if permanent is not None and runtime_count is not None:  # (runtime only: gone at the next reload)
-            items.append(permanent)
-        return items, runtime_count
-
-    async def config_path(self, name: str) -> str | None:
+        found = await self.permanent(name)
+        if found is not None:
+            items += [Permanent(IpsetEntry(name, entry)) for entry in found[2]]
         try:
-            (path,) = await self.fw.call(IFACE_CONFIG, "getIPSetByName", "s", [name], returns="o", path=CONFIG_PATH)
+            (settings,) = await self.fw.call(IFACE_IPSET, "getIPSetSettings", "s", [name], returns=SETTINGS_SIGNATURE)
+        except OperationFailed as exc:
+            if exc.code in MISSING_IPSET_CODES:
+                return items, None  # (a permanent-only one is not loaded yet: not present)
+            raise
+        _, entries = ipset_of(settings, name, "getIPSetSettings")
+        items += [IpsetEntry(name, entry) for entry in entries]
+        if found is not None:  # (runtime only: gone at the next reload, not one to use)
+            items.append(found[1])
+        return items, len(entries)
+
+    async def permanent(self, name: str) -> tuple[str, Ipset, list[str]] | None:
+        """The ipset's object path, definition and entries in the permanent
+        configuration (None: it has no ipset of that name)."""
+        try:
+            (path,) = await self.fw.call(fs.IFACE_CONFIG, "getIPSetByName", "s", [name], returns="o", path=fs.CONFIG_PATH)
         except OperationFailed as exc:
             if exc.code in MISSING_IPSET_CODES:
                 return None
             raise
-        return str(path)
-
-    async def _permanent_settings(self, name: str) -> list[Any]:
-        path = await self.config_path(name)
-        if path is None:
-            raise OperationFailed(f"ipset {name!r} is not in firewalld's permanent configuration", "INVALID_IPSET")
         (settings,) = await self.fw.call(IFACE_CONFIG_IPSET, "getSettings", returns=SETTINGS_SIGNATURE, path=path)
-        return list(settings)
+        ipset, entries = ipset_of(list(settings), name, "getSettings")
+        return str(path), ipset, entries
 
     # -- write -----------------------------------------------------------------
 
@@ -111,24 +103,22 @@ class IpsetLayer:
         """Create (in the permanent configuration) or remove an ipset."""
         ipset = op.item
         assert isinstance(ipset, Ipset)
-        path = await self.config_path(ipset.name)
+        found = await self.permanent(ipset.name)
         if op.action == "remove":
-            if path is None:
+            if found is None:
                 return Outcome.UNCHANGED
             self.fw.writes += 1
-            await self.fw.call(IFACE_CONFIG_IPSET, "remove", path=path)
+            await self.fw.call(IFACE_CONFIG_IPSET, "remove", path=found[0])
             self.to_load.discard(ipset.name)
             return Outcome.APPLIED
-        if path is not None:
-            (settings,) = await self.fw.call(IFACE_CONFIG_IPSET, "getSettings", returns=SETTINGS_SIGNATURE, path=path)
-            found, _ = ipset_of(list(settings), ipset.name, "getSettings")
-            if found != ipset:
-                raise OperationFailed(f"firewalld already has {found.describe()}, not {ipset.describe()}", "NAME_CONFLICT")
+        if found is not None:
+            if found[1] != ipset:
+                raise OperationFailed(f"firewalld already has {found[1].describe()}, not {ipset.describe()}", "NAME_CONFLICT")
             self.to_load.add(ipset.name)  # defined already but not in the runtime (that is why it is added)
             return Outcome.UNCHANGED
         settings = ["", "", "", ipset.type, options_dict(ipset.family, ipset.options), []]
         self.fw.writes += 1
-        await self.fw.call(IFACE_CONFIG, "addIPSet", "s" + SETTINGS_SIGNATURE, [ipset.name, settings], path=CONFIG_PATH)
+        await self.fw.call(fs.IFACE_CONFIG, "addIPSet", "s" + SETTINGS_SIGNATURE, [ipset.name, settings], path=fs.CONFIG_PATH)
         self.to_load.add(ipset.name)
         return Outcome.APPLIED
 

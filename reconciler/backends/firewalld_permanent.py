@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-CONFIG_PATH = fs.OBJECT_PATH + "/config"
-IFACE_CONFIG = fs.BUS_NAME + ".config"
+CONFIG_PATH = fs.CONFIG_PATH
+IFACE_CONFIG = fs.IFACE_CONFIG
 IFACE_CONFIG_ZONE = IFACE_CONFIG + ".zone"
 IFACE_CONFIG_POLICY = IFACE_CONFIG + ".policy"
 IFACE_CONFIG_DIRECT = IFACE_CONFIG + ".direct"
@@ -101,12 +101,11 @@ class PermanentLayer:
 
     async def _write_ipset(self, name: str, run: Sequence[Op]) -> list[Outcome]:
         """An ipset's permanent entries: one ``setEntries`` on a fresh read."""
-        path = await self.fw.ipsets.config_path(name)
-        if path is None:
+        found = await self.fw.ipsets.permanent(name)
+        if found is None:
             raise OperationFailed(f"ipset {name!r} is not in firewalld's permanent configuration", "INVALID_IPSET")
+        path, _, entries = found
         seen = self._updates[path]
-        (settings,) = await self.fw.call(fi.IFACE_CONFIG_IPSET, "getSettings", returns=fi.SETTINGS_SIGNATURE, path=path)
-        _, entries = fi.ipset_of(list(settings), name, "getSettings")
         outcomes = []
         for op in run:
             entry = _inner(op)

@@ -31,6 +31,9 @@ from ..ports import canonical_port
 
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
+# The permanent configuration's root object and interface.
+CONFIG_PATH = OBJECT_PATH + "/config"
+IFACE_CONFIG = BUS_NAME + ".config"
 
 # item kind -> (settings key, zone method suffix, D-Bus signature of the item args)
 KINDS: dict[type[Item], tuple[str, str, str]] = {

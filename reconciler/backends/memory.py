@@ -34,7 +34,6 @@ class MemoryBackend(Backend):
         self.batches = batches  # behave like *-restore / nft -f: one atomic call per container
         self.calls: list[str] = []  # every write, as "+ zone public port 80/tcp"
         self.reads: list[tuple[str, ...]] = []
-        self.activations = 0
 
     async def apply(self, ops: Sequence[Op], seen: FirewallView | None = None) -> list[Outcome]:
         if self.batches:
@@ -46,8 +45,7 @@ class MemoryBackend(Backend):
         return {}
 
     async def activate(self) -> bool:
-        """Nothing to bring into force; ``activations`` counts the calls."""
-        self.activations += 1
+        """Nothing: every write is in force when it returns."""
         return False
 
     def refusal_key(self) -> Hashable:

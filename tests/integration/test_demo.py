@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
+from prereq import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = Path("/run/fwrecon-demo")
@@ -18,7 +18,7 @@ DEMO_NETNS = "fwrecon-demo"
 
 def run_demo(*args: str) -> str:
     if DEMO_DIR.exists():
-        pytest.skip(f"{DEMO_DIR} exists: a demo is running on this machine")
+        skip_or_fail(f"{DEMO_DIR} exists: a demo is running on this machine")
     proc = subprocess.run([str(ROOT / "contrib" / "demo"), *args], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not DEMO_DIR.exists()

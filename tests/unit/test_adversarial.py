@@ -323,6 +323,16 @@ NFT_SET_VALUES = {
         [["10.0.0.0/8", "10.1.0.0/16"], ["300.1.1.1"], ["::1", "10.0.0.1-10.0.0.0"], [22, "aa:bb:cc:dd:ee:ff"], "192.0.2.1"],
     ),
 }
+IPSET_VALUES = {  # level 0 keeps to one valid combination: hash:net, inet
+    "type": (["hash:net"], ["hash:ip", "hash:mac", "hash:port", "HASH:NET", ""]),
+    "family": (["inet"], ["inet6", "ipv4", ""]),
+    "options": ([{}, {"maxelem": 100000}, {"hashsize": 4096}], [{"timeout": 60}, {"maxelem": 0}, {"maxelem": "5"}, {"x": 1}]),
+    "entries": (
+        [[], ["192.0.2.0/24"], ["192.0.2.0/24", "198.51.100.7"]],
+        [["10.0.0.0/8", "10.1.0.0/16"], ["nope"], ["0.0.0.0/0"], ["2001:db8::1"], ["AA:BB:CC:00:11:22"], [1], "10.0.0.1"],
+    ),
+}
+IPSET_NAMES = (["blocklist", "partners"], ["bad name", "", "x" * 40])
 SCOPE_NAMES = (["public", "internal"], ["bad name", "", "x.y"])
 
 
@@ -389,6 +399,8 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
         return st.fixed_dictionaries({}, optional=optional)
 
     nft_set = table(NFT_SET_VALUES, ("family", "name", "type"), ("flags", "elements"))
+    ipset_names = st.sampled_from(IPSET_NAMES[0]) | (st.sampled_from(IPSET_NAMES[1]) if level else st.nothing())
+    ipsets = st.dictionaries(ipset_names, noise(table(IPSET_VALUES, ("type",), ("family", "options", "entries"))), max_size=2)
 
     document = st.fixed_dictionaries(
         {},
@@ -402,6 +414,7 @@ def policy_document(level: int) -> st.SearchStrategy[dict[str, Any]]:
             "nft": noise(
                 sections(NFT_VALUES, (("family", "chain"), ("hook",)), (("family", "chain", "rule"), ()), {"set": nft_set})
             ),
+            "ipset": noise(ipsets),
         },
     )
     if level < 2:
