@@ -599,8 +599,8 @@ class Reconciler:
         wanted = {name: frozenset(i for i in items if type(i) is Ipset) for name, items in desired.items.items()}
         if not any(wanted.values()):
             return created  # (the common case: planning 100,000 set elements twice would double a reconcile)
-        owned = {item: owners for item, owners in state.owned.items() if type(item) is Ipset}
-        others = {item: wanters for item, wanters in state.others.items() if type(item) is Ipset}
+        owned: Ownership = {item: owners for item, owners in state.owned.items() if type(item) is Ipset}
+        others: Ownership = {item: wanters for item, wanters in state.others.items() if type(item) is Ipset}
         for plan in plan_all(wanted, view, owned, others, defer_new=settling):
             ops = tuple(op for op in plan.ops if op.action == "add" and isinstance(op.item, Ipset))
             if ops:

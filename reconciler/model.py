@@ -16,11 +16,10 @@ import functools
 import hashlib
 import operator
 import re
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import Field, dataclass, fields
 from json.encoder import encode_basestring_ascii as _quote  # json.dumps' own (C) quoting
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 ScopeKind = Literal["zone", "policy"]
 
@@ -37,20 +36,27 @@ class Scope:
 
 
 @dataclass(frozen=True, order=True)
-class Item(ABC):
-    """Base of all items.  `kind` names the item type in state and output."""
+class Item:
+    """Base of all items.  `kind` names the item type in state and output.
+
+    Not an ABC: isinstance on an ABC costs a Python-level ``__instancecheck__``,
+    and a reconcile of 100,000 set elements makes millions of those checks.
+    """
 
     kind: ClassVar[str] = "item"
     # Lower numbers are added first and removed last (chains before rules).
     layer: ClassVar[int] = 1
+    # The cached hash: declared without a value, so reading it raises
+    # AttributeError until `__hash__` stores it in the instance's __dict__.
+    _hash: ClassVar[int]
 
-    @abstractmethod
     def container(self) -> tuple[str, ...]:
         """The unit that one observe call reads (zone, policy, direct)."""
+        raise NotImplementedError
 
-    @abstractmethod
     def describe(self) -> str:
         """Human text, e.g. ``zone public port 8080/tcp``."""
+        raise NotImplementedError
 
     def sort_key(self) -> tuple[Any, ...]:
         """Total order across kinds, so plans and output are deterministic.
@@ -117,10 +123,12 @@ class Item(ABC):
         # Items are hashed millions of times per large reconcile (sets, dicts,
         # caches); a frozen item's hash never changes, so compute it once.
         # (Inlined rather than through _memo: this is the hottest call.)
-        cached: int | None = self.__dict__.get("_hash")
-        if cached is None:
-            cached = self.__dict__["_hash"] = _field_hash(self)
-        return cached
+        try:
+            return self._hash  # (an instance attribute once computed; see below)
+        except AttributeError:
+            cached: int = _field_hash(self)
+            self.__dict__["_hash"] = cached
+            return cached
 
     def __getstate__(self) -> dict[str, Any]:
         # str hashes differ between processes: a copy carries no cached values.
@@ -128,6 +136,13 @@ class Item(ABC):
 
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _cached(compute: Callable[_P, _T]) -> Callable[_P, _T]:
+    """`functools.cache`, keeping the signature: mypy cannot see an item class
+    (whose instances hash by value) as the Hashable argument the cache wants."""
+    return cast("Callable[_P, _T]", functools.cache(compute))
 
 
 # Derived values are kept in the instance's __dict__ (a frozen dataclass only
@@ -139,7 +154,7 @@ def _memo(item: Item, name: str, compute: Callable[[Item], _T]) -> _T:
     return cached
 
 
-@functools.cache
+@_cached
 def _field_names(cls: type[Item]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
@@ -149,7 +164,7 @@ def _field_hash(item: Item) -> int:
     return hash((item.kind, _field_values(type(item))(item)))
 
 
-@functools.cache
+@_cached
 def _field_values(cls: type[Item]) -> Callable[[Any], Any]:
     """The fields' values in one C call (a tuple; the value itself for one field)."""
     return operator.attrgetter(*_field_names(cls))
@@ -198,7 +213,7 @@ _ENCODERS: dict[str, Callable[[Any, str], str]] = {
 _Piece = tuple[str, str, Callable[[Any, str], str] | None]
 
 
-@functools.cache
+@_cached
 def _layout(cls: type[Item], sort_keys: bool) -> tuple[str, tuple[_Piece, ...]]:
     """Per class: the separator and, per key in output order, its fixed text
     (``"name":``, or the whole ``"kind":"..."``), field and value encoder."""
@@ -280,13 +295,13 @@ _TO_PLAIN: dict[str, Callable[[Any], Any] | None] = {
 }
 
 
-@functools.cache
+@_cached
 def _to_plain(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
     """Per field: how `to_json` makes it plain JSON (None: as it is)."""
     return tuple((f.name, _TO_PLAIN[_annotation(f)]) for f in fields(cls))
 
 
-@functools.cache
+@_cached
 def _converters(cls: type[Item]) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     return tuple((f.name, _CONVERTERS[_annotation(f)]) for f in fields(cls))
 
@@ -310,9 +325,9 @@ class ScopedItem(Item):
     def describe(self) -> str:
         return f"{self.scope} {self.kind.replace('_', '-')} {self.value_text()}"
 
-    @abstractmethod
     def value_text(self) -> str:
         """The item's value as firewall-cmd would print it."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, order=True)
