@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Collection, Hashable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Collection, Hashable, Iterable, Sequence
+from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -52,25 +52,25 @@ from .firewalld_ipsets import IFACE_IPSET, IpsetLayer
 from .firewalld_permanent import CONFIG_INTERFACES, PermanentLayer
 from .firewalld_settings import (
     BUS_NAME,
+    IFACE_POLICY,
+    IFACE_ZONE,
     KINDS,
+    MISSING_CONTAINER_CODES,
     OBJECT_PATH,
     SWITCHES,
     ZONE_KEY_ALIASES,
     ZONE_ONLY,
     MalformedReply,
+    gather_all,
     item_args,
     items_from_settings,
     settings_value,
     short,
 )
 
-T = TypeVar("T")
-
 # The system bus when neither --bus-address nor $DBUS_SYSTEM_BUS_ADDRESS names one (the D-Bus spec's default).
 DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
 IFACE_MAIN = BUS_NAME
-IFACE_ZONE = BUS_NAME + ".zone"
-IFACE_POLICY = BUS_NAME + ".policy"
 IFACE_DIRECT = BUS_NAME + ".direct"
 FIREWALLD_EXCEPTION = BUS_NAME + ".Exception"
 # Errors that mean "it is already so": adding what is there, removing what is gone.
@@ -78,7 +78,6 @@ IDEMPOTENT_CODES = {
     "add": frozenset({"ALREADY_ENABLED", "ZONE_ALREADY_SET"}),
     "remove": frozenset({"NOT_ENABLED", "UNKNOWN_SOURCE", "UNKNOWN_INTERFACE"}),
 }
-MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})
 CONTAINER_KINDS = frozenset({"zone", "policy", "direct", "ipset", PERMANENT})  # what firewalld holds (`Item.container()[0]`)
 UNAVAILABLE_ERRORS = frozenset(
     {
@@ -101,19 +100,6 @@ _DRIFT_INTERFACES = frozenset({IFACE_ZONE, IFACE_POLICY, IFACE_DIRECT, IFACE_IPS
 
 # These zone add-methods take a trailing timeout argument (0 = permanent runtime).
 _TAKES_TIMEOUT = frozenset({Service, Port, Protocol, SourcePort, IcmpBlock, Masquerade, ForwardPort, RichRule})
-
-
-async def _all(*calls: Awaitable[T]) -> list[T]:
-    """`asyncio.gather`, but the first failure cancels (and waits for) the rest:
-    no call is left running, or failing unheard, once the caller has given up."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 def _read_unit(container: tuple[str, ...]) -> tuple[str, ...]:
@@ -238,11 +224,12 @@ class FirewalldBackend(ServiceBackend):
 
     async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
         """One read per zone and policy; one getAllChains + getAllRules for
-        every direct table; the same per container in the permanent layer.
+        every direct table; the same per container in the permanent layer;
+        with an ipset, what uses it in every zone and policy (`IpsetLayer.users`).
         (firewalld reports items as themselves: ``known`` is not needed.)"""
         wanted = set(containers)
         reads = sorted({_read_unit(c) for c in wanted})
-        results = await _all(*(self._read(container) for container in reads))
+        results = await gather_all(*(self.read_unit(container) for container in reads))
         items: list[Item] = []
         missing = []
         counts: dict[tuple[str, ...], object] = {}  # ipset -> its runtime entries (`IpsetLayer.write_entries`)
@@ -254,9 +241,11 @@ class FirewalldBackend(ServiceBackend):
                 items.extend(ipset_items)
             else:
                 items.extend(item for item in found if item.container() in wanted)
-        return FirewallView(items, containers, missing, reads=counts)
+        ipsets = [item for item in items if type(item) is Ipset]  # (the few there are: a policy's list is its entries)
+        users = await self.ipsets.users(ipsets, wanted) if ipsets else {}
+        return FirewallView(items, containers, missing, users=users, reads=counts)
 
-    async def _read(self, container: tuple[str, ...]) -> Any:
+    async def read_unit(self, container: tuple[str, ...]) -> Any:
         """The items of one read unit (None: the zone or policy is unknown);
         of an ipset, with its runtime entry count (`IpsetLayer.read`)."""
         try:
@@ -273,7 +262,7 @@ class FirewalldBackend(ServiceBackend):
                     return items_from_settings(Scope("policy", name), settings, "getPolicySettings")
                 case ("direct",):
                     # The reply signatures fix the tuples' shapes and types.
-                    (chains,), (rules,) = await _all(
+                    (chains,), (rules,) = await gather_all(
                         self.call(IFACE_DIRECT, "getAllChains", returns="a(sss)"),
                         self.call(IFACE_DIRECT, "getAllRules", returns="a(sssias)"),
                     )
@@ -445,7 +434,7 @@ class FirewalldBackend(ServiceBackend):
     # -- names -----------------------------------------------------------------
 
     async def known_names(self) -> KnownNames:
-        (zones,), (policies,), (services,), (icmp_types,) = await _all(
+        (zones,), (policies,), (services,), (icmp_types,) = await gather_all(
             self.call(IFACE_ZONE, "getZones", returns="as"),
             self.call(IFACE_POLICY, "getPolicies", returns="as"),
             self.call(IFACE_MAIN, "listServices", returns="as"),

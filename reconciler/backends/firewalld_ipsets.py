@@ -20,12 +20,13 @@ stale.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BackendUnavailable, OperationFailed
 from ..ipsets import canonical_options, default_family, options_dict
-from ..model import Ipset, IpsetEntry, Item, Op, Outcome, Permanent
+from ..model import Ipset, IpsetEntry, Item, Op, Outcome, Permanent, RichRule, Source, runtime_of
 from ..view import FirewallView
 from . import firewalld_settings as fs
 
@@ -37,6 +38,9 @@ IFACE_CONFIG_IPSET = fs.IFACE_CONFIG + ".ipset"
 SETTINGS_SIGNATURE = "(ssssa{ss}as)"  # version, short, description, type, options, entries
 MISSING_IPSET_CODES = frozenset({"INVALID_IPSET"})
 BULK_SECONDS_PER_ENTRY = 0.001  # added to the call timeout of a bulk write, per entry
+IN_USE_CODE = "IN_USE"  # (fwrecon's own code: firewalld removes an ipset whatever uses it)
+# How firewalld prints a rich rule's ipset (``source ipset="NAME"``, ``destination not ipset="NAME"``).
+_RICH_RULE_IPSET = re.compile(r'\bipset="([^"]*)"')
 
 
 def ipset_of(settings: list[Any], name: str, what: str) -> tuple[Ipset, list[str]]:
@@ -97,6 +101,54 @@ class IpsetLayer:
         ipset, entries = ipset_of(list(settings), name, "getSettings")
         return str(path), ipset, entries
 
+    async def users(self, ipsets: Collection[Ipset], read: Collection[tuple[str, ...]]) -> dict[Item, tuple[Item | str, ...]]:
+        """Per ipset, the zone sources and rich rules that use it, in every zone
+        and policy of both layers: one read of each (in parallel).  A user in a
+        container the view holds (``read``) is the item itself, in use while
+        present (the plan may remove it first); one elsewhere is its text.
+
+        firewalld removes an ipset whatever uses it, and then fails to load
+        those zones at the next reload: this is what keeps fwrecon from doing that."""
+        wanted = {ipset.name: ipset for ipset in ipsets}
+        found: dict[Item, list[Item | str]] = {}
+        for item in await self._referrers():
+            inner = runtime_of(item)
+            if isinstance(inner, Source):
+                names = [inner.source.removeprefix("ipset:")] if inner.source.startswith("ipset:") else []
+            elif isinstance(inner, RichRule):
+                names = _RICH_RULE_IPSET.findall(inner.rule)
+            else:
+                continue
+            for name in names:
+                if name in wanted:
+                    found.setdefault(wanted[name], []).append(item if item.container() in read else item.describe())
+        return {ipset: tuple(users) for ipset, users in found.items()}
+
+    async def _referrers(self) -> list[Item]:
+        """The items of every zone and policy, runtime and permanent (`Permanent` copies)."""
+        names = await fs.gather_all(
+            self.fw.call(fs.IFACE_ZONE, "getZones", returns="as"),
+            self.fw.call(fs.IFACE_POLICY, "getPolicies", returns="as"),
+            self.fw.call(fs.IFACE_CONFIG, "getZoneNames", returns="as", path=fs.CONFIG_PATH),
+            self.fw.call(fs.IFACE_CONFIG, "getPolicyNames", returns="as", path=fs.CONFIG_PATH),
+        )
+        (zones,), (policies,), (permanent_zones,), (permanent_policies,) = names
+        runtime = [("zone", str(z)) for z in zones] + [("policy", str(p)) for p in policies]
+        permanent = [("zone", str(z)) for z in permanent_zones] + [("policy", str(p)) for p in permanent_policies]
+        reads = await fs.gather_all(
+            *(self.fw.read_unit(container) for container in runtime),
+            *(self._permanent_scope(container) for container in permanent),
+        )
+        return [item for items in reads for item in items or ()]
+
+    async def _permanent_scope(self, container: tuple[str, ...]) -> list[Item]:
+        try:
+            return await self.fw.permanent.read(container)
+        except OperationFailed as exc:
+            if exc.code in fs.MISSING_CONTAINER_CODES:
+                return []  # (removed between the listing and the read)
+            raise
+
     # -- write -----------------------------------------------------------------
 
     async def write_ipset(self, op: Op) -> Outcome:
@@ -107,6 +159,10 @@ class IpsetLayer:
         if op.action == "remove":
             if found is None:
                 return Outcome.UNCHANGED
+            users = (await self.users([found[1]], ())).get(found[1])
+            if users:  # (one came since the plan's read; our own users were removed before it)
+                shown = ", ".join(str(user) for user in users[:5])
+                raise OperationFailed(f"{ipset.describe()} is still used by {shown}; not removed", IN_USE_CODE, op)
             self.fw.writes += 1
             await self.fw.call(IFACE_CONFIG_IPSET, "remove", path=found[0])
             self.to_load.discard(ipset.name)

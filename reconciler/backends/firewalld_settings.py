@@ -5,8 +5,9 @@ permanent layer (`firewalld`, `firewalld_permanent`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from dbus_fast import Variant
 
@@ -29,11 +30,16 @@ from ..model import (
 )
 from ..ports import canonical_port
 
+T = TypeVar("T")
+
 BUS_NAME = "org.fedoraproject.FirewallD1"
 OBJECT_PATH = "/org/fedoraproject/FirewallD1"
 # The permanent configuration's root object and interface.
 CONFIG_PATH = OBJECT_PATH + "/config"
 IFACE_CONFIG = BUS_NAME + ".config"
+IFACE_ZONE = BUS_NAME + ".zone"
+IFACE_POLICY = BUS_NAME + ".policy"
+MISSING_CONTAINER_CODES = frozenset({"INVALID_ZONE", "INVALID_POLICY"})  # a zone or policy that is not there
 
 # item kind -> (settings key, zone method suffix, D-Bus signature of the item args)
 KINDS: dict[type[Item], tuple[str, str, str]] = {
@@ -162,3 +168,16 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
+
+
+async def gather_all(*calls: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, but the first failure cancels (and waits for) the rest:
+    no call is left running, or failing unheard, once the caller has given up."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -4,12 +4,18 @@ diffed, foreign ipsets and entries untouched, used by a zone source."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
+import pytest
 from conftest import Daemon, Fwrecon, wait_until
 from fwsandbox import PEER_ADDR, Sandbox
 from test_backends import crash_after_writes
+
+from reconciler.backends.firewalld import FirewalldBackend
+from reconciler.errors import OperationFailed
+from reconciler.model import Ipset, Op
 
 BLOCKLIST = """
 [ipset.blocklist]
@@ -201,3 +207,51 @@ def test_changing_an_ipsets_type_is_refused_and_the_last_good_version_stays(fwre
     assert "ipset.blocklist" in result.stderr and "cannot change in place" in result.stderr, result.stderr
     assert runtime_entries(sb, "blocklist") == {"192.0.2.0/24"}
     assert "--type=hash:net" in sb.firewall_cmd("--permanent", "--info-ipset=blocklist").stdout.replace("type: ", "--type=")
+
+
+def test_an_owned_ipset_someone_else_uses_stays_until_they_stop(fwrecon: Fwrecon) -> None:
+    # firewalld removes an ipset whatever uses it, and then fails to load
+    # those zones at its next reload: fwrecon keeps it (and owns it) meanwhile.
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    applied(fwrecon)
+    rule = 'rule family="ipv4" source ipset="blocklist" drop'
+    sb.firewall_cmd("--zone=public", f"--add-rich-rule={rule}", check=True)  # runtime, someone else's
+    sb.firewall_cmd("--permanent", "--zone=work", "--add-source=ipset:blocklist", check=True)  # (runtime: drop's)
+
+    fwrecon.remove_policy("block")
+    applied(fwrecon)
+    assert "blocklist" in ipsets(sb, permanent=True) and "blocklist" in ipsets(sb, permanent=False)
+    assert runtime_entries(sb, "blocklist") == set()  # its entries and its zone source went: they were ours
+    assert "ipset:blocklist" not in sb.firewall_cmd("--zone=drop", "--list-sources").stdout
+    assert [entry["item"]["kind"] for entry in fwrecon.owned()] == ["ipset"]
+
+    sb.firewall_cmd("--zone=public", f"--remove-rich-rule={rule}", check=True)
+    applied(fwrecon)
+    assert "blocklist" in ipsets(sb, permanent=True)  # the permanent zone source still uses it
+    sb.firewall_cmd("--permanent", "--zone=work", "--remove-source=ipset:blocklist", check=True)
+    applied(fwrecon)
+    assert "blocklist" not in ipsets(sb, permanent=True)
+    assert fwrecon.owned() == []
+    sb.firewall_cmd("--reload", check=True)  # every zone still loads
+
+
+def test_removing_an_ipset_a_zone_uses_since_the_plan_is_refused(fwrecon: Fwrecon) -> None:
+    # The backend looks again right before the removal: a user that came after the plan's read.
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist())
+    applied(fwrecon)
+    sb.firewall_cmd("--permanent", "--zone=work", "--add-source=ipset:blocklist", check=True)
+
+    async def remove() -> OperationFailed:
+        backend = await FirewalldBackend.connect(sb.bus_address)
+        try:
+            with pytest.raises(OperationFailed) as failure:
+                await backend.apply([Op("remove", Ipset("blocklist", "hash:net", "inet"))])
+            return failure.value
+        finally:
+            await backend.close()
+
+    failure = asyncio.run(remove())
+    assert failure.code == "IN_USE" and "zone work source ipset:blocklist" in str(failure), failure
+    assert "blocklist" in ipsets(sb, permanent=True)
