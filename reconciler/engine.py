@@ -291,14 +291,17 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
 
 def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, PolicyOutcome]) -> list[PolicyOutcome]:
     """``outcomes`` with the ipset creations (`Reconciler._create_ipsets`)
-    counted in the first outcome of their policy (one of its own if none)."""
+    counted in the first outcome of their policy (one of its own if none).
+    An ipset the reload did not bring into the runtime is planned again, and
+    found made: that second, unchanged add is the same op, counted once."""
     result = list(outcomes)
     for early in {id(outcome): outcome for outcome in created.values()}.values():
         later = next((outcome for outcome in result if outcome.policy == early.policy), None)
         if later is None:
             result.append(early)
         else:
-            later.ops[:0] = early.ops
+            made = {op for op, _ in early.ops}
+            later.ops[:] = [*early.ops, *((op, o) for op, o in later.ops if not (op in made and o is Outcome.UNCHANGED))]
             if later.status == "unchanged":
                 later.status = "applied"
     return result
@@ -594,18 +597,21 @@ class Reconciler:
         added before it.  Each policy's creations are a transaction of their
         own, so the policy's own failure later does not undo them (the ipset
         stays its, and is there for the retry).  A creation firewalld refuses
-        is left to the policy's transaction, which fails on it and says so."""
+        is left to the policy's transaction, which fails on it and says so.
+
+        That reload also wipes the runtime items other tools hold until they
+        put them back: which wanted items are someone else's is judged (and
+        recorded as held) now, while they are still there, so the plan after
+        the reload does not take one for new and own it."""
         created: dict[Ipset, PolicyOutcome] = {}
-        wanted = {name: frozenset(i for i in items if type(i) is Ipset) for name, items in desired.items.items()}
-        if not any(wanted.values()):
-            return created  # (the common case: planning 100,000 set elements twice would double a reconcile)
-        owned: Ownership = {item: owners for item, owners in state.owned.items() if type(item) is Ipset}
-        others: Ownership = {item: wanters for item, wanters in state.others.items() if type(item) is Ipset}
-        for plan in plan_all(wanted, view, owned, others, defer_new=settling):
+        if all(view.has(item) for items in desired.items.values() for item in items if type(item) is Ipset):
+            return created  # (the common case; planning 100,000 set elements twice would double a reconcile)
+        for plan in plan_all(desired.items, view, state.owned, state.others, defer_new=settling):
             ops = tuple(op for op in plan.ops if op.action == "add" and isinstance(op.item, Ipset))
-            if ops:
-                mine = {op.item for op in ops}  # (putting back someone else's ipset leaves it theirs)
-                outcome = await self._run_plan(PolicyPlan(plan.policy, ops, foreign_adds=plan.foreign_adds & mine), state, view)
+            mine = {op.item for op in ops}  # (putting back someone else's ipset leaves it theirs)
+            if ops or plan.held:
+                creations = PolicyPlan(plan.policy, ops, held=plan.held, foreign_adds=plan.foreign_adds & mine)
+                outcome = await self._run_plan(creations, state, view)
                 if outcome.status == "applied":
                     created.update((op.item, outcome) for op, _ in outcome.ops if isinstance(op.item, Ipset))
         return created

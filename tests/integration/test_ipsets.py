@@ -255,3 +255,20 @@ def test_removing_an_ipset_a_zone_uses_since_the_plan_is_refused(fwrecon: Fwreco
     failure = asyncio.run(remove())
     assert failure.code == "IN_USE" and "zone work source ipset:blocklist" in str(failure), failure
     assert "blocklist" in ipsets(sb, permanent=True)
+
+
+def test_the_reload_for_a_new_ipset_does_not_make_someone_elses_runtime_item_ours(fwrecon: Fwrecon) -> None:
+    # Another tool's runtime-only item (libvirt's, say) that a policy also
+    # wants is gone for a moment after the reload a new ipset needs: fwrecon
+    # puts it back, but it stays theirs, so removing the policy leaves it.
+    sb = fwrecon.sandbox
+    sb.firewall_cmd("--zone=public", "--add-service=http", check=True)  # runtime only, someone else's
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24") + '\n[zone.public]\nservices = ["http"]\n')
+    assert "firewall_reloaded" in applied(fwrecon)
+    assert "http" in sb.firewall_cmd("--zone=public", "--list-services").stdout.split()
+    assert all(entry["item"]["kind"] != "service" for entry in fwrecon.owned())
+
+    fwrecon.remove_policy("block")
+    applied(fwrecon)
+    assert "http" in sb.firewall_cmd("--zone=public", "--list-services").stdout.split()
+    assert "blocklist" not in ipsets(sb, permanent=True)

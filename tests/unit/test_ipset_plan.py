@@ -10,9 +10,9 @@ import pytest
 from reconciler.backends.firewalld_ipsets import ipset_of
 from reconciler.backends.firewalld_settings import MalformedReply
 from reconciler.backends.memory import MemoryBackend
-from reconciler.engine import Reconciler
+from reconciler.engine import PolicyOutcome, Reconciler, with_creations
 from reconciler.ipsets import canonical_entry, canonical_options, overlapping
-from reconciler.model import Ipset, IpsetEntry, Item, Scope, Service, Source
+from reconciler.model import Ipset, IpsetEntry, Item, Op, Outcome, Scope, Service, Source
 from reconciler.policy import LoadResult, Policy, PolicyFileInvalid, parse_policy
 from reconciler.state import StateStore
 from reconciler.view import FirewallView
@@ -224,3 +224,20 @@ def test_mac_entries_read_back_in_fwrecons_case() -> None:
     same address as fwrecon's (never owned, so never removed by it)."""
     settings = ["1", "", "", "hash:mac", {}, ["aa:bb:cc:00:11:22"]]
     assert ipset_of(settings, "m", "getSettings") == (Ipset("m", "hash:mac", ""), ["AA:BB:CC:00:11:22"])
+
+
+def test_an_ipset_planned_again_after_the_reload_counts_once() -> None:
+    made = Op("add", BLOCK)
+    early = PolicyOutcome("p", "applied", [(made, Outcome.APPLIED)])
+    later = PolicyOutcome("p", "applied", [(made, Outcome.UNCHANGED), (Op("add", ENTRY), Outcome.APPLIED)])
+    other = PolicyOutcome("q", "unchanged")
+    merged = with_creations([later, other], {BLOCK: early})
+    assert merged[0].ops == [(made, Outcome.APPLIED), (Op("add", ENTRY), Outcome.APPLIED)]
+    assert merged[1] is other
+
+
+def test_creations_of_a_policy_with_nothing_else_to_do_are_its_outcome() -> None:
+    early = PolicyOutcome("p", "applied", [(Op("add", BLOCK), Outcome.APPLIED)])
+    assert with_creations([], {BLOCK: early}) == [early]
+    unchanged = PolicyOutcome("p", "unchanged")
+    assert with_creations([unchanged], {BLOCK: early})[0].status == "applied"
