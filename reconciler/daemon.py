@@ -159,6 +159,11 @@ class Controller:
             log.info("firewalld_reloaded")
             self._reloaded()
             self.request(Trigger.RELOAD)
+        elif event is BackendEvent.OWN_RELOAD:
+            # The reconcile that made it applied everything again after it; the
+            # other tools put their items back now: a reload to settle all the same.
+            self.metrics.own_reloads.inc()
+            self._reloaded()
         elif event is BackendEvent.APPEARED:
             log.info("firewalld_appeared")
             self._reloaded()

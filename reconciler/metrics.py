@@ -62,7 +62,8 @@ class Metrics:
             buckets=_RECONCILE_BUCKETS,
         )
         self.drift_repairs = Counter("fwrecon_drift_repairs", "Operations that repaired drift made outside fwrecon", registry=r)
-        self.firewalld_reloads = Counter("fwrecon_firewalld_reloads", "firewalld reloads seen", registry=r)
+        self.firewalld_reloads = Counter("fwrecon_firewalld_reloads", "firewalld reloads seen, not made by fwrecon", registry=r)
+        self.own_reloads = Counter("fwrecon_own_reloads", "firewalld reloads fwrecon made to load new ipsets", registry=r)
         self.firewalld_up = Gauge("fwrecon_firewalld_up", "1 while firewalld is on the bus", registry=r)
         self.policies = Gauge("fwrecon_policies", "Policy files by state", ["state"], registry=r)
         self.owned_items = Gauge("fwrecon_owned_items", "Firewall items fwrecon added and owns", registry=r)

@@ -44,6 +44,7 @@ class BackendEvent(enum.Enum):
     """Things the firewall tells us; each only ever schedules a reconcile."""
 
     RELOADED = "reload"  # runtime state was wiped and rebuilt from permanent config
+    OWN_RELOAD = "own-reload"  # the same, by fwrecon (`Backend.activate`): its reconcile re-applied already
     APPEARED = "up"  # the firewall service came (back) onto the bus
     VANISHED = "down"  # the firewall service left the bus
     CHANGED = "drift"  # someone changed or removed something

@@ -134,6 +134,7 @@ class FirewalldBackend(ServiceBackend):
         self._stalls = 0  # calls timed out so far (see `call`)
         self.permanent = PermanentLayer(self)
         self.ipsets = IpsetLayer(self)
+        self._reloading = False  # our own reload call is under way (`activate`)
 
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> FirewalldBackend:
@@ -294,7 +295,13 @@ class FirewalldBackend(ServiceBackend):
         if not self.ipsets.to_load:
             return False
         self.writes += 1
-        await self.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
+        # firewalld sends Reloaded before its reply, and dbus-fast hands a
+        # signal on before the reply resumes us: the signal sees the flag.
+        self._reloading = True
+        try:
+            await self.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
+        finally:
+            self._reloading = False
         self.ipsets.to_load.clear()
         return True
 
@@ -392,7 +399,7 @@ class FirewalldBackend(ServiceBackend):
                 if name == BUS_NAME:
                     callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
             elif message.interface == IFACE_MAIN and message.member == "Reloaded":
-                callback(BackendEvent.RELOADED)
+                callback(BackendEvent.OWN_RELOAD if self._reloading else BackendEvent.RELOADED)
             elif message.interface in CONFIG_INTERFACES and message.member in ("Updated", "Removed"):
                 callback(BackendEvent.CHANGED)  # the permanent layer (our own writes echo once: a reconcile with no writes)
             elif (

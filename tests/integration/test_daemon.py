@@ -23,6 +23,7 @@ EXPECTED_METRICS = {
     "fwrecon_event_to_converged_seconds": "histogram",
     "fwrecon_drift_repairs": "counter",
     "fwrecon_firewalld_reloads": "counter",
+    "fwrecon_own_reloads": "counter",
     "fwrecon_firewalld_up": "gauge",
     "fwrecon_policies": "gauge",
     "fwrecon_owned_items": "gauge",

@@ -195,6 +195,12 @@ def test_the_daemon_repairs_an_entry_removed_by_hand(fwrecon: Fwrecon, daemon_fa
     sb.firewall_cmd("--ipset=blocklist", "--remove-entry=198.51.100.0/24", check=True)
     wait_until(lambda: "198.51.100.0/24" in runtime_entries(sb, "blocklist"), 5, "the entry back (EntryRemoved)")
     assert daemon.value("fwrecon_ipset_entries", ipset="blocklist") == 2
+    # Its own reload to load the new ipset is not counted as somebody else's.
+    assert daemon.value("fwrecon_own_reloads") == 1 and daemon.value("fwrecon_firewalld_reloads") == 0
+    sb.firewall_cmd("--reload", check=True)
+    wait_until(lambda: daemon.value("fwrecon_firewalld_reloads") == 1, 5, "the reload counted")
+    wait_until(lambda: runtime_entries(sb, "blocklist") == {"192.0.2.0/24", "198.51.100.0/24"}, 10, "the entries back")
+    assert daemon.value("fwrecon_own_reloads") == 1
 
 
 def test_changing_an_ipsets_type_is_refused_and_the_last_good_version_stays(fwrecon: Fwrecon) -> None:

@@ -205,6 +205,22 @@ def test_reload_event_counts_and_reapplies(tmp_path: Path) -> None:
     asyncio.run(run_with(controller, scenario))
 
 
+def test_its_own_reload_is_counted_apart_and_reapplies_nothing_more(tmp_path: Path) -> None:
+    firewall = FakeFirewall()
+    controller, metrics = make(tmp_path, firewall)
+
+    async def scenario() -> None:
+        await eventually(lambda: count(metrics, "startup") == 1)
+        firewall.callback(BackendEvent.OWN_RELOAD)
+        await asyncio.sleep(0.3)
+        assert metrics.own_reloads._value.get() == 1 and metrics.firewalld_reloads._value.get() == 0
+        assert firewall.observes == 1  # the reconcile that made it applied everything after it
+        firewall.callback(BackendEvent.CHANGED)  # a change signal moments later: the reload's echo
+        await eventually(lambda: count(metrics, "reload") == 1)
+
+    asyncio.run(run_with(controller, scenario))
+
+
 def test_an_invalid_policy_is_degraded_and_its_unchanged_errors_are_logged_once(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
