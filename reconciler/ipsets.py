@@ -13,6 +13,8 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 
+from .nftsets import IPV4_RE
+
 # The types fwrecon declares (firewalld has more; these are the ones a zone
 # source ``ipset:NAME`` and a rich rule's ``source ipset=`` take).
 IPSET_TYPES = ("hash:ip", "hash:net", "hash:mac")
@@ -66,6 +68,8 @@ def canonical_entry(ipset_type: str, family: str, text: str) -> str:
             raise ValueError("00:00:00:00:00:00 cannot be in an ipset")
         return value.upper()
     version = 6 if family == "inet6" else 4
+    if version == 4 and ipset_type in ("hash:ip", "hash:net") and IPV4_RE.fullmatch(value) and value != "0.0.0.0":
+        return value if ipset_type == "hash:ip" else f"{value}/32"  # (the common entry, without ipaddress)
     if ipset_type == "hash:ip":
         try:
             address = ipaddress.ip_address(value)

@@ -30,16 +30,16 @@ REFUSED_FLAGS = {
 _MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _PORT_RE = re.compile(r"\d{1,5}")
 _BITS = {"ipv4_addr": 32, "ipv6_addr": 128}
-# A dotted quad as nft prints it (no leading zeros): the common element, judged
+# A dotted quad as nft and firewalld print it (no leading zeros): the common element, judged
 # without ipaddress, which costs 10 us an address (a second for 100,000).
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
-_IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def canonical_element(set_type: str, interval: bool, text: str) -> str:
     """``text`` (as a policy writes it) in nft's printed form; ValueError says why not."""
     text = text.strip()
-    if set_type == "ipv4_addr" and _IPV4_RE.fullmatch(text):
+    if set_type == "ipv4_addr" and IPV4_RE.fullmatch(text):
         return text
     if set_type == "ether_addr":
         mac = text.lower().replace("-", ":")
@@ -56,7 +56,7 @@ def listed_element(set_type: str, value: Any) -> str | None:
     """An element of ``nft -j`` output in the same form, or None when it is
     not a plain element of a type fwrecon manages (a concatenation, a
     verdict map entry): such an element is someone else's and never ours."""
-    if type(value) is str and set_type == "ipv4_addr" and _IPV4_RE.fullmatch(value):
+    if type(value) is str and set_type == "ipv4_addr" and IPV4_RE.fullmatch(value):
         return value  # the common case, as nft prints it
     if isinstance(value, dict) and set(value) == {"elem"} and isinstance(value["elem"], dict):
         value = value["elem"].get("val")  # an element with a timeout or counter
@@ -116,11 +116,11 @@ def _port(text: str) -> int:
 
 
 def _address_bounds(set_type: str, text: str) -> list[int]:
-    if set_type == "ipv4_addr" and _IPV4_RE.fullmatch(text):
+    if set_type == "ipv4_addr" and IPV4_RE.fullmatch(text):
         value = _ipv4_value(text)
         return [value, value]
     address, slash, length = text.partition("/")
-    if set_type == "ipv4_addr" and slash and _IPV4_RE.fullmatch(address) and length.isdigit() and int(length) <= 32:
+    if set_type == "ipv4_addr" and slash and IPV4_RE.fullmatch(address) and length.isdigit() and int(length) <= 32:
         size = 1 << (32 - int(length))
         low = _ipv4_value(address) & ~(size - 1)  # host bits dropped, as nft does
         return [low, low + size - 1]

@@ -4,8 +4,11 @@ activation (firewalld's reload) for all, then everything else planned again."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.backends.firewalld_ipsets import ipset_of
 from reconciler.backends.firewalld_settings import MalformedReply
@@ -241,3 +244,17 @@ def test_creations_of_a_policy_with_nothing_else_to_do_are_its_outcome() -> None
     assert with_creations([], {BLOCK: early}) == [early]
     unchanged = PolicyOutcome("p", "unchanged")
     assert with_creations([unchanged], {BLOCK: early})[0].status == "applied"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["hash:ip", "hash:net"]))
+def test_the_quick_path_for_a_dotted_quad_agrees_with_ipaddress(number: int, ipset_type: str) -> None:
+    text = str(ipaddress.IPv4Address(number))
+    if ipset_type == "hash:ip" and number == 0:
+        with pytest.raises(ValueError, match="cannot be in an ipset"):
+            canonical_entry(ipset_type, "inet", text)
+        return
+    expected = text if ipset_type == "hash:ip" else str(ipaddress.ip_network(text))
+    assert canonical_entry(ipset_type, "inet", text) == expected
+    with pytest.raises(ValueError, match=r"is an IPv4 (address|network) in a family inet6"):
+        canonical_entry(ipset_type, "inet6", text)
