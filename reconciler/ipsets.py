@@ -15,9 +15,18 @@ from collections.abc import Iterable, Mapping
 
 from .nftsets import IPV4_RE
 
-# The types fwrecon declares (firewalld has more; these are the ones a zone
-# source ``ipset:NAME`` and a rich rule's ``source ipset=`` take).
-IPSET_TYPES = ("hash:ip", "hash:net", "hash:mac")
+# The types fwrecon declares: the ones firewalld lets a zone source
+# (``ipset:NAME``) and a rich rule's ``source ipset=`` use (its
+# SOURCE_IPSET_TYPES); the others can only be matched by direct rules.
+IPSET_TYPES = ("hash:ip", "hash:net", "hash:mac", "hash:ip,port", "hash:net,port", "hash:net,iface", "hash:ip,mark")
+# An entry of each composite type, for the error that says how one looks.
+_EXAMPLES = {
+    "hash:ip,port": "192.0.2.1,tcp:443",
+    "hash:net,port": "192.0.2.0/24,udp:53",
+    "hash:net,iface": "192.0.2.0/24,eth0",
+    "hash:ip,mark": "192.0.2.1,0x10",
+}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp", "udplite")
 IPSET_FAMILIES = ("inet", "inet6")
 IPSET_NAME_MAX = 32  # firewalld's IPSET_MAXNAMELEN
 IPSET_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -30,6 +39,10 @@ REFUSED_OPTIONS = {
     "so fwrecon could neither list nor own them",
 }
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
+_PORT = re.compile(r"(?:([A-Za-z]+):)?([0-9]{1,5})")
+_IFACE = re.compile(r"[^/\s:!*,\0]{1,15}")  # firewalld's checkInterface, and ',' parts an entry
+_MARK = re.compile(r"0[xX][0-9A-Fa-f]{1,16}|[0-9]{1,20}")  # (not int()'s "1_000" or other scripts' digits)
+MARK_MAX = 2**32 - 1
 
 
 def default_family(ipset_type: str) -> str:
@@ -59,39 +72,87 @@ def options_dict(family: str, options: Iterable[str]) -> dict[str, str]:
 
 
 def canonical_entry(ipset_type: str, family: str, text: str) -> str:
-    """``text`` as fwrecon writes it into an ipset of ``ipset_type``; ValueError says why not."""
+    """``text`` as fwrecon writes it into an ipset of ``ipset_type``; ValueError says why not.
+
+    A composite entry is its parts joined by ``,``, each in its own canonical
+    form: a port as ``PROTOCOL:PORT`` (tcp when none is given), a mark in hex."""
     value = text.strip()
-    if ipset_type == "hash:mac":
-        if not _MAC.fullmatch(value):
-            raise ValueError(f"{text!r} is not a MAC address (hash:mac)")
-        if value == "00:00:00:00:00:00":
-            raise ValueError("00:00:00:00:00:00 cannot be in an ipset")
-        return value.upper()
+    if ipset_type not in IPSET_TYPES:
+        raise ValueError(f"ipset type {ipset_type!r} is not one of {'|'.join(IPSET_TYPES)}")
     version = 6 if family == "inet6" else 4
     if version == 4 and ipset_type in ("hash:ip", "hash:net") and IPV4_RE.fullmatch(value) and value != "0.0.0.0":
         return value if ipset_type == "hash:ip" else f"{value}/32"  # (the common entry, without ipaddress)
-    if ipset_type == "hash:ip":
-        try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            hint = " (a network: use type hash:net)" if "/" in value else ""
-            raise ValueError(f"{text!r} is not an IPv{version} address{hint}") from None
-        if address.version != version:
-            raise ValueError(f"{text!r} is an IPv{address.version} address in a family {family} ipset")
-        if address.is_unspecified:
-            raise ValueError(f"{text!r} cannot be in an ipset")
-        return str(address)
-    if ipset_type != "hash:net":
-        raise ValueError(f"ipset type {ipset_type!r} is not one of {'|'.join(IPSET_TYPES)}")
+    kinds = ipset_type.removeprefix("hash:").split(",")
+    parts = [part.strip() for part in value.split(",")] if len(kinds) > 1 else [value]
+    if len(parts) != len(kinds):
+        raise ValueError(f"{text!r} is not an entry of a {ipset_type} ipset (one looks like {_EXAMPLES[ipset_type]!r})")
+    return ",".join(_PARTS[kind](part, family, version) for kind, part in zip(kinds, parts, strict=True))
+
+
+def _address(part: str, family: str, version: int) -> str:
     try:
-        network = ipaddress.ip_network(value, strict=False)
+        address = ipaddress.ip_address(part)
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv{version} address or network") from None
+        hint = " (a network: use type hash:net)" if "/" in part else ""
+        raise ValueError(f"{part!r} is not an IPv{version} address{hint}") from None
+    if address.version != version:
+        raise ValueError(f"{part!r} is an IPv{address.version} address in a family {family} ipset")
+    if address.is_unspecified:
+        raise ValueError(f"{part!r} cannot be in an ipset")
+    return str(address)
+
+
+def _network(part: str, family: str, version: int) -> str:
+    try:
+        network = ipaddress.ip_network(part, strict=False)
+    except ValueError:
+        raise ValueError(f"{part!r} is not an IPv{version} address or network") from None
     if network.version != version:
-        raise ValueError(f"{text!r} is an IPv{network.version} network in a family {family} ipset")
+        raise ValueError(f"{part!r} is an IPv{network.version} network in a family {family} ipset")
     if network.prefixlen == 0:
-        raise ValueError(f"{text!r}: a /0 network cannot be in an ipset")
+        raise ValueError(f"{part!r}: a /0 network cannot be in an ipset")
     return str(network)
+
+
+def _mac(part: str, family: str, version: int) -> str:
+    if not _MAC.fullmatch(part):
+        raise ValueError(f"{part!r} is not a MAC address (hash:mac)")
+    if part == "00:00:00:00:00:00":
+        raise ValueError("00:00:00:00:00:00 cannot be in an ipset")
+    return part.upper()
+
+
+def _port(part: str, family: str, version: int) -> str:
+    found = _PORT.fullmatch(part)
+    if found is None:
+        raise ValueError(
+            f"{part!r} is not a port: PROTOCOL:PORT, e.g. tcp:443 (tcp when none is given; "
+            "port ranges, names and icmp types are not offered)"
+        )
+    protocol, port = (found[1] or "tcp").lower(), int(found[2])
+    if protocol not in PORT_PROTOCOLS:
+        raise ValueError(f"{part!r}: protocol {protocol!r} is not one of {'|'.join(PORT_PROTOCOLS)}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{part!r}: port {port} is not in 1-65535")
+    return f"{protocol}:{port}"
+
+
+def _interface(part: str, family: str, version: int) -> str:
+    if not _IFACE.fullmatch(part) or part in (".", ".."):
+        raise ValueError(f"{part!r} is not an interface name (1-15 characters, no '/', ':', '!', '*', ',' or spaces)")
+    return part
+
+
+def _mark(part: str, family: str, version: int) -> str:
+    if not _MARK.fullmatch(part.lstrip("-")):
+        raise ValueError(f"{part!r} is not a mark (a number, decimal or 0x hex)")
+    mark = int(part, 16) if part.lower().startswith("0x") else int(part, 10)
+    if not 0 <= mark <= MARK_MAX:
+        raise ValueError(f"{part!r}: a mark is 0 to 0x{MARK_MAX:x}")
+    return f"0x{mark:x}"
+
+
+_PARTS = {"ip": _address, "net": _network, "mac": _mac, "port": _port, "iface": _interface, "mark": _mark}
 
 
 def overlapping(entries: Iterable[str]) -> list[tuple[str, str]]:

@@ -10,8 +10,9 @@ it out of the permanent configuration; its (by then empty) runtime copy goes
 at the next reload, as firewalld has no call to remove it sooner.
 
 Runtime entries: a run of adds into an ipset that holds no entry (just made,
-or after a reload) is one ``setEntries`` call (10,000 entries in ~0.7 s);
-any other change goes entry by entry (``addEntry``/``removeEntry``), never
+or after a reload) is one ``setEntries`` call (10,000 entries in ~0.7 s), as
+is a run that removes every entry it holds (with none); any other change
+goes entry by entry (``addEntry``/``removeEntry``), never
 as a flush and refill of a populated set, which would leave it empty for a
 moment.  Whether the ipset is empty comes from the plan's read
 (`FirewallView.reads`), or from a fresh ``getEntries`` once a write made that
@@ -183,6 +184,10 @@ class IpsetLayer:
         name = _entry(run[0]).ipset
         if all(op.action == "add" for op in run) and await self._is_empty(name, seen):
             return await self._fill(name, run)
+        if all(op.action == "remove" for op in run) and _listed(name, seen) == len(run):
+            cleared = await self._clear(name, run)
+            if cleared is not None:
+                return cleared
         outcomes: list[Outcome] = []
         for op in run:
             try:
@@ -217,16 +222,43 @@ class IpsetLayer:
             raise
         return [Outcome.APPLIED] * len(run)
 
+    async def _clear(self, name: str, run: Sequence[Op]) -> list[Outcome] | None:
+        """One ``setEntries`` with no entry, when the run removes every entry
+        the runtime ipset holds (read again right before): firewalld 1.3.3
+        takes seconds for each ``removeEntry`` from a large ipset, so taking
+        100,000 out one by one would keep it busy for hours.  Emptying it
+        opens no window: empty is where the run ends.  None: it holds others."""
+        (entries,) = await self.fw.call(IFACE_IPSET, "getEntries", "s", [name], returns="as")
+        removing = {_entry(op).entry for op in run}
+        if not set(entries) <= removing:
+            return None  # (someone else's came since the plan: one by one, around it)
+        self.fw.writes += 1
+        timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
+        try:
+            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, []], timeout=timeout)
+        except OperationFailed as exc:
+            if exc.code in ("COMMAND_FAILED", "UNKNOWN_ERROR"):
+                raise BackendUnavailable(f"emptying ipset {name!r} failed midway, what is left is unknown: {exc}") from exc
+            exc.op = run[0]
+            raise
+        present = set(entries)
+        return [Outcome.APPLIED if _entry(op).entry in present else Outcome.UNCHANGED for op in run]
+
     async def _is_empty(self, name: str, seen: FirewallView | None) -> bool:
         """Whether the runtime ipset holds no entry: a populated one per the
         plan's read is believed; an empty one is read again right before the
         bulk write, which replaces the whole list (the plan's read may be
         long past, and a reload meanwhile may have put permanent entries in)."""
-        read = seen.reads.get(("ipset", name)) if seen is not None else None
-        if isinstance(read, int) and read > 0:
+        if _listed(name, seen):
             return False
         (entries,) = await self.fw.call(IFACE_IPSET, "getEntries", "s", [name], returns="as")
         return not entries
+
+
+def _listed(name: str, seen: FirewallView | None) -> int | None:
+    """How many runtime entries the plan's read found in the ipset (None: not known)."""
+    read = seen.reads.get(("ipset", name)) if seen is not None else None
+    return read if isinstance(read, int) else None
 
 
 def _entry(op: Op) -> IpsetEntry:

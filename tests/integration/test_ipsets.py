@@ -10,12 +10,16 @@ from collections.abc import Callable
 
 import pytest
 from conftest import Daemon, Fwrecon, wait_until
-from fwsandbox import PEER_ADDR, Sandbox
+from fwsandbox import PEER_ADDR, SANDBOX_ADDR, Sandbox
 from test_backends import crash_after_writes
 
 from reconciler.backends.firewalld import FirewalldBackend
+from reconciler.engine import Reconciler
 from reconciler.errors import OperationFailed
-from reconciler.model import Ipset, Op
+from reconciler.model import Ipset, IpsetEntry, Op, Outcome
+from reconciler.policydir import load_policy_dir
+from reconciler.state import StateStore
+from reconciler.view import FirewallView
 
 BLOCKLIST = """
 [ipset.blocklist]
@@ -278,3 +282,71 @@ def test_the_reload_for_a_new_ipset_does_not_make_someone_elses_runtime_item_our
     applied(fwrecon)
     assert "http" in sb.firewall_cmd("--zone=public", "--list-services").stdout.split()
     assert "blocklist" not in ipsets(sb, permanent=True)
+
+
+def composite(port: int) -> str:
+    return (
+        '[ipset.pp]\ntype = "hash:ip,port"\n'
+        f'entries = ["{SANDBOX_ADDR},{port}", "192.0.2.1,UDP:53", "198.51.100.7,sctp:9"]\n'
+        '\n[ipset.nets]\ntype = "hash:net,iface"\nentries = ["192.0.2.77/24,virbr0"]\n'
+        '\n[ipset.marks]\ntype = "hash:ip,mark"\nentries = ["192.0.2.1,16"]\n'
+        '\n[zone.public]\nports = ["8080/tcp", "8081/tcp"]\n'
+        'rich_rules = [\'rule family="ipv4" destination ipset="pp" drop\']\n'
+    )
+
+
+def test_composite_ipsets_read_back_as_written_and_filter_traffic(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("c", composite(8081))
+    applied(fwrecon)
+    assert runtime_entries(sb, "pp") == {f"{SANDBOX_ADDR},tcp:8081", "192.0.2.1,udp:53", "198.51.100.7,sctp:9"}
+    assert runtime_entries(sb, "nets") == {"192.0.2.0/24,virbr0"} and runtime_entries(sb, "marks") == {"192.0.2.1,0x10"}
+    assert fwrecon.run("plan").returncode == 0  # nothing to do: read back as written
+    assert (sb.tcp_probe(8080), sb.tcp_probe(8081)) == ("accepted", "timeout")  # address and port: dropped
+    fwrecon.write_policy("c", composite(8080))
+    applied(fwrecon)
+    assert (sb.tcp_probe(8080), sb.tcp_probe(8081)) == ("timeout", "accepted")
+    fwrecon.remove_policy("c")
+    applied(fwrecon)
+    assert ipsets(sb, permanent=True) == set()
+
+
+def test_removing_every_entry_empties_the_ipset_in_one_call(fwrecon: Fwrecon) -> None:
+    # firewalld 1.3.3 takes seconds per removeEntry from a large ipset: one setEntries with none instead.
+    sb = fwrecon.sandbox
+    entries = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)]
+    fwrecon.write_policy("block", blocklist(*entries))
+    applied(fwrecon)
+    fwrecon.remove_policy("block")
+
+    async def remove() -> int:
+        backend = await FirewalldBackend.connect(sb.bus_address)
+        try:
+            reconciler = Reconciler(backend, StateStore(fwrecon.state_file), names=backend.known_names)
+            assert (await reconciler.reconcile(load_policy_dir(fwrecon.policy_dir))).converged
+            return backend.writes
+        finally:
+            await backend.close()
+
+    assert asyncio.run(remove()) == 3  # the zone source, one setEntries, the ipset
+    assert runtime_entries(sb, "blocklist") == set() and "blocklist" not in ipsets(sb, permanent=True)
+    assert fwrecon.owned() == []
+
+
+def test_an_entry_that_came_since_the_plan_stays_when_the_rest_go(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24", "198.51.100.0/24"))
+    applied(fwrecon)
+    sb.firewall_cmd("--ipset=blocklist", "--add-entry=203.0.113.0/24", check=True)  # after the plan's read of 2
+    ops = [Op("remove", IpsetEntry("blocklist", e)) for e in ("192.0.2.0/24", "198.51.100.0/24")]
+    seen = FirewallView(reads={("ipset", "blocklist"): 2})
+
+    async def remove() -> list[Outcome]:
+        backend = await FirewalldBackend.connect(sb.bus_address)
+        try:
+            return await backend.apply(ops, seen)
+        finally:
+            await backend.close()
+
+    assert asyncio.run(remove()) == [Outcome.APPLIED, Outcome.APPLIED]
+    assert runtime_entries(sb, "blocklist") == {"203.0.113.0/24"}

@@ -107,10 +107,26 @@ def one_round(work: Path, policy_dir: Path, kind: str, n: int) -> Round:
     return Round(raw_empty, raw_change, empty, change, flushed)
 
 
+def medians(kind: str, n: int, rounds: list[Round]) -> dict[str, object]:
+    """One kind and size: the medians over the rounds, in seconds."""
+    med = statistics.median
+    return {
+        "kind": kind,
+        "n": n,
+        "raw_empty": med(r.raw_empty for r in rounds),
+        "raw_change": med(r.raw_change for r in rounds),
+        "empty": med(r.empty.seconds for r in rounds),
+        "change": med(r.change.seconds for r in rounds),
+        "flushed": med(r.flushed.seconds for r in rounds),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=list(KINDS))
+    parser.add_argument("--json", action="store_true", help="the medians as JSON (for bench_addresses.py)")
     parser.add_argument(INSIDE, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.inside_netns:
@@ -125,8 +141,11 @@ def main() -> int:
         samples: dict[tuple[str, int], list[Round]] = {}
         for _ in range(args.rounds):
             for n in args.sizes:
-                for kind in KINDS:
+                for kind in args.kinds:
                     samples.setdefault((kind, n), []).append(one_round(work, policy_dir, kind, n))
+        if args.json:
+            print(json.dumps([medians(kind, n, rounds) for (kind, n), rounds in samples.items()]))
+            return 0
         print(
             f"{'set':>8} {'N':>7} {'nft -f s':>9} {'empty s':>8} {'parse s':>8} {'tools s':>8} {'x nft':>6}"
             f" {'nft 1 ms':>9} {'change ms':>10} {'tools ms':>9} {'flushed s':>10}"

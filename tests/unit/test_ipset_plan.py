@@ -98,6 +98,13 @@ def test_an_owned_ipset_holding_a_foreign_entry_stays(tmp_path) -> None:
         ("hash:net", "inet", "192.0.2.77/24", "192.0.2.0/24"),
         ("hash:net", "inet", "198.51.100.7", "198.51.100.7/32"),
         ("hash:mac", "", "aa:bb:cc:00:11:22", "AA:BB:CC:00:11:22"),
+        ("hash:ip,port", "inet", "192.0.2.1, 443", "192.0.2.1,tcp:443"),
+        ("hash:ip,port", "inet6", "2001:DB8::1,UDP:0053", "2001:db8::1,udp:53"),
+        ("hash:net,port", "inet", "192.0.2.77/24,sctp:9", "192.0.2.0/24,sctp:9"),
+        ("hash:net,port", "inet", "192.0.2.7,udplite:1", "192.0.2.7/32,udplite:1"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,virbr0", "10.0.0.0/8,virbr0"),
+        ("hash:ip,mark", "inet", "192.0.2.1,16", "192.0.2.1,0x10"),
+        ("hash:ip,mark", "inet", "192.0.2.1,0XFFFFFFFF", "192.0.2.1,0xffffffff"),
     ],
 )
 def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonical) -> None:
@@ -114,6 +121,22 @@ def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonic
         ("hash:net", "inet", "0.0.0.0/0", "/0"),
         ("hash:mac", "", "00:00:00:00:00:00", "cannot be in an ipset"),
         ("hash:mac", "", "aa:bb", "not a MAC address"),
+        ("hash:ip,port", "inet", "192.0.2.1", "one looks like '192.0.2.1,tcp:443'"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:80,x", "is not an entry of a hash:ip,port ipset"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:80-90", "port ranges, names and icmp types are not offered"),
+        ("hash:ip,port", "inet", "192.0.2.1,ssh", "is not a port"),
+        ("hash:ip,port", "inet", "192.0.2.1,icmp:8", "protocol 'icmp' is not one of tcp|udp|sctp|udplite"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:0", "port 0 is not in 1-65535"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:65536", "port 65536 is not in 1-65535"),
+        ("hash:ip,port", "inet", "192.0.2.0/24,tcp:80", "a network: use type hash:net"),
+        ("hash:net,port", "inet6", "192.0.2.0/24,tcp:80", "IPv4 network in a family inet6 ipset"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,eth/0", "is not an interface name"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,a-very-long-name0", "is not an interface name"),
+        ("hash:ip,mark", "inet", "192.0.2.1,0x100000000", "a mark is 0 to 0xffffffff"),
+        ("hash:ip,mark", "inet", "192.0.2.1,-1", "a mark is 0 to 0xffffffff"),
+        ("hash:ip,mark", "inet", "192.0.2.1,0xzz", "is not a mark"),
+        ("hash:ip,mark", "inet", "192.0.2.1,1_000", "is not a mark"),
+        ("hash:ip,mark", "inet", "192.0.2.1,\u0661", "is not a mark"),
     ],
 )
 def test_bad_entries_say_why(ipset_type, family, text, message) -> None:
@@ -142,7 +165,7 @@ def test_policy_errors_name_the_file_the_key_and_the_index() -> None:
         "b.toml: ipset.x.entries[1]: 'nope' is not an IPv4 address or network"
     ]
     assert errors_of('[ipset.x]\ntype = "hash:port"\n') == [
-        'b.toml: ipset.x.type: "hash:port" is not one of hash:ip|hash:net|hash:mac'
+        'b.toml: ipset.x.type: "hash:port" is not one of hash:ip|hash:net|hash:mac|hash:ip,port|hash:net,port|hash:net,iface|hash:ip,mark'
     ]
     assert errors_of('[ipset.x]\ntype = "hash:ip"\noptions = { timeout = 60 }\n')[0].startswith(
         "b.toml: ipset.x.options.timeout: not supported: firewalld keeps no entries"
@@ -258,3 +281,19 @@ def test_the_quick_path_for_a_dotted_quad_agrees_with_ipaddress(number: int, ips
     assert canonical_entry(ipset_type, "inet", text) == expected
     with pytest.raises(ValueError, match=r"is an IPv4 (address|network) in a family inet6"):
         canonical_entry(ipset_type, "inet6", text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["hash:ip,port", "hash:net,port", "hash:net,iface", "hash:ip,mark"]),
+    st.lists(st.text(st.sampled_from("0123456789abcdefxX.:/,-_ tcpudTCP"), max_size=12), min_size=1, max_size=3),
+)
+def test_a_composite_entry_is_refused_with_a_reason_or_canonical_for_good(ipset_type: str, parts: list[str]) -> None:
+    text = ",".join(parts)
+    try:
+        canonical = canonical_entry(ipset_type, "inet", text)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert canonical_entry(ipset_type, "inet", canonical) == canonical  # what fwrecon reads back plans nothing
+    assert canonical.count(",") == 1
