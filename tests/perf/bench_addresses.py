@@ -18,6 +18,9 @@ whole reconcile: parse, observe, plan, writes, the state file's writes.
   (creating it, the one reload, one ``setEntries``), one-entry change (one
   ``removeEntry``, one ``addEntry``), and after a reload emptied it (one
   ``setEntries`` again).
+  Baseline: the same D-Bus calls alone, on an ipset of their own:
+  ``config.addIPSet``, the reload and one ``setEntries``; one ``removeEntry``
+  plus one ``addEntry``.
 * **rich rules** (``rule family="ipv4" source address=... drop``, one D-Bus
   call each): a sample from empty, extrapolated per address.
 
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +50,9 @@ sys.path.insert(0, str(ROOT / "tests" / "perf"))
 from bench_backends import Daemon, Run, write  # noqa: E402
 from fwsandbox import Sandbox  # noqa: E402
 
-from reconciler.backends.firewalld import FirewalldBackend  # noqa: E402
+from reconciler.backends.firewalld import IFACE_MAIN, RELOAD_TIMEOUT, FirewalldBackend  # noqa: E402
+from reconciler.backends.firewalld_ipsets import IFACE_IPSET, SETTINGS_SIGNATURE  # noqa: E402
+from reconciler.backends.firewalld_settings import CONFIG_PATH, IFACE_CONFIG  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
 from reconciler.logsetup import configure_logging  # noqa: E402
 
@@ -73,6 +79,8 @@ class IpsetRound:
     empty: Run
     change: Run
     reloaded: Run
+    raw_empty: float
+    raw_change: float
 
 
 class Firewalld:
@@ -100,6 +108,24 @@ class Firewalld:
             await backend.close()
 
 
+async def raw_ipset(sb: Sandbox, entries: list[str], spare: str) -> tuple[float, float]:
+    """The D-Bus calls alone: an ipset made, loaded and filled; then one entry out and one in."""
+    backend = await FirewalldBackend.connect(sb.bus_address, timeout=RELOAD_TIMEOUT)
+    try:
+        started = time.perf_counter()
+        settings = ["", "", "", "hash:ip", {"family": "inet", "maxelem": str(max(65536, len(entries)))}, []]
+        await backend.call(IFACE_CONFIG, "addIPSet", "s" + SETTINGS_SIGNATURE, ["raw", settings], path=CONFIG_PATH)
+        await backend.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
+        await backend.call(IFACE_IPSET, "setEntries", "sas", ["raw", entries], timeout=RELOAD_TIMEOUT)
+        empty = time.perf_counter() - started
+        started = time.perf_counter()
+        await backend.call(IFACE_IPSET, "removeEntry", "ss", ["raw", entries[0]])
+        await backend.call(IFACE_IPSET, "addEntry", "ss", ["raw", spare])
+        return empty, time.perf_counter() - started
+    finally:
+        await backend.close()
+
+
 def rich_rule_seconds(sb: Sandbox, work: Path, sample: int) -> float:
     """Seconds per rich rule, from empty, on a sample."""
     sb.reset()
@@ -115,7 +141,8 @@ def ipset_round(sb: Sandbox, work: Path, n: int) -> IpsetRound:
         Firewalld(sb, work).rounds([ipset_policy(entries), ipset_policy(changed), None, ""])
     )
     assert change.write_ops == 2, change.write_ops
-    return IpsetRound(empty, change, reloaded)
+    raw_empty, raw_change = asyncio.run(raw_ipset(sb, entries, changed[-1]))
+    return IpsetRound(empty, change, reloaded, raw_empty, raw_change)
 
 
 def nft_set_medians(sb: Sandbox, sizes: list[int], rounds: int) -> dict[int, dict[str, float]]:
@@ -169,7 +196,8 @@ def main() -> int:
             change = med(r.change.seconds for r in rounds)
             print(
                 f"{n:>7} {'ipset':>8} {empty:>10.2f}s {change * 1000:>7.0f}ms {med(r.reloaded.seconds for r in rounds):>7.2f}s"
-                f" {'':>15} {'':>11} {rich:>10.0f}s {rich / empty:>6.0f}x"
+                f" {med(r.raw_empty for r in rounds):>14.2f}s {med(r.raw_change for r in rounds) * 1000:>9.0f}ms"
+                f" {rich:>10.0f}s {rich / empty:>6.0f}x"
             )
             if n == 100000:
                 verdicts.append(f"nft set of 100,000 from empty <= 1 s: {verdict(row['empty'], 1)}")
