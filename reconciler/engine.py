@@ -296,14 +296,16 @@ def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, Policy
     found made: that second, unchanged add is the same op, counted once."""
     result = list(outcomes)
     for early in {id(outcome): outcome for outcome in created.values()}.values():
-        later = next((outcome for outcome in result if outcome.policy == early.policy), None)
-        if later is None:
+        later = [outcome for outcome in result if outcome.policy == early.policy]
+        if not later:
             result.append(early)
-        else:
-            made = {op for op, _ in early.ops}
-            later.ops[:] = [*early.ops, *((op, o) for op, o in later.ops if not (op in made and o is Outcome.UNCHANGED))]
-            if later.status == "unchanged":
-                later.status = "applied"
+            continue
+        made = {op for op, _ in early.ops}
+        for outcome in later:
+            outcome.ops[:] = [(op, o) for op, o in outcome.ops if not (op in made and o is Outcome.UNCHANGED)]
+        later[0].ops[:0] = early.ops
+        if later[0].status == "unchanged":
+            later[0].status = "applied"
     return result
 
 

@@ -40,8 +40,11 @@ REFUSED_OPTIONS = {
 }
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
 _PORT = re.compile(r"(?:([A-Za-z]+):)?([0-9]{1,5})")
-_IFACE = re.compile(r"[^/\s:!*,\0]{1,15}")  # firewalld's checkInterface, and ',' parts an entry
-_MARK = re.compile(r"0[xX][0-9A-Fa-f]{1,16}|[0-9]{1,20}")  # (not int()'s "1_000" or other scripts' digits)
+# firewalld's checkInterface, in printable ASCII (the kernel counts bytes), and ',' parts an entry
+_IFACE = re.compile(r"(?:(?![/:!*,])[\x21-\x7e]){1,15}")
+# Hex, or decimal without leading zeros (ipset would read "010" as octal);
+# not int()'s "1_000" or other scripts' digits.
+_MARK = re.compile(r"0[xX][0-9A-Fa-f]{1,16}|0|[1-9][0-9]{0,19}")
 MARK_MAX = 2**32 - 1
 
 
@@ -79,22 +82,24 @@ def canonical_entry(ipset_type: str, family: str, text: str) -> str:
     value = text.strip()
     if ipset_type not in IPSET_TYPES:
         raise ValueError(f"ipset type {ipset_type!r} is not one of {'|'.join(IPSET_TYPES)}")
-    version = 6 if family == "inet6" else 4
-    if version == 4 and ipset_type in ("hash:ip", "hash:net") and IPV4_RE.fullmatch(value) and value != "0.0.0.0":
+    if family != "inet6" and ipset_type in ("hash:ip", "hash:net") and IPV4_RE.fullmatch(value) and value != "0.0.0.0":
         return value if ipset_type == "hash:ip" else f"{value}/32"  # (the common entry, without ipaddress)
     kinds = ipset_type.removeprefix("hash:").split(",")
     parts = [part.strip() for part in value.split(",")] if len(kinds) > 1 else [value]
     if len(parts) != len(kinds):
         raise ValueError(f"{text!r} is not an entry of a {ipset_type} ipset (one looks like {_EXAMPLES[ipset_type]!r})")
-    return ",".join(_PARTS[kind](part, family, version) for kind, part in zip(kinds, parts, strict=True))
+    return ",".join(_PARTS[kind](part, family, ipset_type) for kind, part in zip(kinds, parts, strict=True))
 
 
-def _address(part: str, family: str, version: int) -> str:
+def _address(part: str, family: str, ipset_type: str) -> str:
+    version = _version(family)
     try:
-        address = ipaddress.ip_address(part)
+        address = ipaddress.ip_address(part) if "%" not in part else None  # (no scope id: firewalld refuses one)
     except ValueError:
-        hint = " (a network: use type hash:net)" if "/" in part else ""
-        raise ValueError(f"{part!r} is not an IPv{version} address{hint}") from None
+        address = None
+    if address is None:
+        hint = f" (a network: use type {ipset_type.replace('hash:ip', 'hash:net')})" if "/" in part else ""
+        raise ValueError(f"{part!r} is not an IPv{version} address{hint}")
     if address.version != version:
         raise ValueError(f"{part!r} is an IPv{address.version} address in a family {family} ipset")
     if address.is_unspecified:
@@ -102,11 +107,14 @@ def _address(part: str, family: str, version: int) -> str:
     return str(address)
 
 
-def _network(part: str, family: str, version: int) -> str:
+def _network(part: str, family: str, ipset_type: str) -> str:
+    version = _version(family)
     try:
-        network = ipaddress.ip_network(part, strict=False)
+        network = ipaddress.ip_network(part, strict=False) if "%" not in part else None
     except ValueError:
-        raise ValueError(f"{part!r} is not an IPv{version} address or network") from None
+        network = None
+    if network is None:
+        raise ValueError(f"{part!r} is not an IPv{version} address or network")
     if network.version != version:
         raise ValueError(f"{part!r} is an IPv{network.version} network in a family {family} ipset")
     if network.prefixlen == 0:
@@ -114,7 +122,7 @@ def _network(part: str, family: str, version: int) -> str:
     return str(network)
 
 
-def _mac(part: str, family: str, version: int) -> str:
+def _mac(part: str, family: str, ipset_type: str) -> str:
     if not _MAC.fullmatch(part):
         raise ValueError(f"{part!r} is not a MAC address (hash:mac)")
     if part == "00:00:00:00:00:00":
@@ -122,7 +130,7 @@ def _mac(part: str, family: str, version: int) -> str:
     return part.upper()
 
 
-def _port(part: str, family: str, version: int) -> str:
+def _port(part: str, family: str, ipset_type: str) -> str:
     found = _PORT.fullmatch(part)
     if found is None:
         raise ValueError(
@@ -137,19 +145,23 @@ def _port(part: str, family: str, version: int) -> str:
     return f"{protocol}:{port}"
 
 
-def _interface(part: str, family: str, version: int) -> str:
+def _interface(part: str, family: str, ipset_type: str) -> str:
     if not _IFACE.fullmatch(part) or part in (".", ".."):
         raise ValueError(f"{part!r} is not an interface name (1-15 characters, no '/', ':', '!', '*', ',' or spaces)")
     return part
 
 
-def _mark(part: str, family: str, version: int) -> str:
-    if not _MARK.fullmatch(part.lstrip("-")):
-        raise ValueError(f"{part!r} is not a mark (a number, decimal or 0x hex)")
+def _mark(part: str, family: str, ipset_type: str) -> str:
+    if not _MARK.fullmatch(part):
+        raise ValueError(f"{part!r} is not a mark (a number, decimal without leading zeros or 0x hex)")
     mark = int(part, 16) if part.lower().startswith("0x") else int(part, 10)
     if not 0 <= mark <= MARK_MAX:
         raise ValueError(f"{part!r}: a mark is 0 to 0x{MARK_MAX:x}")
     return f"0x{mark:x}"
+
+
+def _version(family: str) -> int:
+    return 6 if family == "inet6" else 4
 
 
 _PARTS = {"ip": _address, "net": _network, "mac": _mac, "port": _port, "iface": _interface, "mark": _mark}

@@ -124,7 +124,7 @@ class Item:
         # caches); a frozen item's hash never changes, so compute it once.
         # (Inlined rather than through _memo: this is the hottest call.)
         try:
-            return self._hash  # (an instance attribute once computed; see below)
+            return self._hash  # (an instance attribute once computed; see the class)
         except AttributeError:
             cached: int = _field_hash(self)
             self.__dict__["_hash"] = cached

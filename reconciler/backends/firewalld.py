@@ -135,6 +135,8 @@ class FirewalldBackend(ServiceBackend):
         self.permanent = PermanentLayer(self)
         self.ipsets = IpsetLayer(self)
         self._reloading = False  # our own reload call is under way (`activate`)
+        self._reload_signalled = False  # a Reloaded signal came while it was
+        self._on_event: EventCallback | None = None  # the subscriber (`subscribe`)
 
     @classmethod
     async def connect(cls, bus_address: str | None = None, *, timeout: float = 10.0) -> FirewalldBackend:
@@ -291,15 +293,26 @@ class FirewalldBackend(ServiceBackend):
         return await one_by_one(run, self._execute)
 
     async def activate(self) -> bool:
-        """The one reload that brings the ipsets created since the last into the runtime."""
+        """The one reload that brings the ipsets created since the last into
+        the runtime, unless they are there already (someone reloaded since)."""
         if not self.ipsets.to_load:
+            return False
+        (loaded,) = await self.call(IFACE_IPSET, "getIPSets", returns="as")
+        if self.ipsets.to_load <= set(loaded):
+            self.ipsets.to_load.clear()
             return False
         self.writes += 1
         # firewalld sends Reloaded before its reply, and dbus-fast hands a
         # signal on before the reply resumes us: the signal sees the flag.
-        self._reloading = True
+        self._reloading, self._reload_signalled = True, False
         try:
             await self.call(IFACE_MAIN, "reload", timeout=RELOAD_TIMEOUT)
+        except BaseException:
+            # A reload did happen (ours despite the error, or one queued just
+            # before it, taken for ours): the subscriber must hear of it as such.
+            if self._reload_signalled and self._on_event is not None:
+                self._on_event(BackendEvent.RELOADED)
+            raise
         finally:
             self._reloading = False
         self.ipsets.to_load.clear()
@@ -390,6 +403,7 @@ class FirewalldBackend(ServiceBackend):
 
     async def subscribe(self, callback: EventCallback) -> None:
         """Reloaded, bus-name owner changes and change signals → ``callback``."""
+        self._on_event = callback
 
         def on_message(message: Message) -> None:
             if message.message_type != MessageType.SIGNAL:
@@ -399,7 +413,12 @@ class FirewalldBackend(ServiceBackend):
                 if name == BUS_NAME:
                     callback(BackendEvent.APPEARED if new else BackendEvent.VANISHED)
             elif message.interface == IFACE_MAIN and message.member == "Reloaded":
-                callback(BackendEvent.OWN_RELOAD if self._reloading else BackendEvent.RELOADED)
+                if self._reloading:
+                    self._reload_signalled = True
+                    callback(BackendEvent.OWN_RELOAD)
+                else:
+                    self.ipsets.to_load.clear()  # (it loaded them: nothing is left for `activate`)
+                    callback(BackendEvent.RELOADED)
             elif message.interface in CONFIG_INTERFACES and message.member in ("Updated", "Removed"):
                 callback(BackendEvent.CHANGED)  # the permanent layer (our own writes echo once: a reconcile with no writes)
             elif (

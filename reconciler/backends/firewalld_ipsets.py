@@ -26,7 +26,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, BackendUnavailable, OperationFailed
-from ..ipsets import canonical_options, default_family, options_dict
+from ..ipsets import canonical_entry, canonical_options, default_family, options_dict
 from ..model import Ipset, IpsetEntry, Item, Op, Outcome, Permanent, RichRule, Source, runtime_of
 from ..view import FirewallView
 from . import firewalld_settings as fs
@@ -53,9 +53,18 @@ def ipset_of(settings: list[Any], name: str, what: str) -> tuple[Ipset, list[str
     except (TypeError, ValueError):
         raise fs.MalformedReply(f"firewalld answered {what} for ipset {name!r} with {fs.short(settings)}") from None
     family = options.get("family", default_family(ipset_type))
-    if ipset_type == "hash:mac":  # one address however it was written (fwrecon writes upper case)
-        entries = [entry.upper() for entry in entries]
-    return Ipset(name, ipset_type, family, canonical_options(options)), list(entries)
+    # One entry however it was written (``192.0.2.1,443`` is fwrecon's
+    # ``192.0.2.1,tcp:443``): firewalld compares the text, but both are one
+    # element in the kernel, so another tool's spelling of an entry a policy
+    # wants is that entry, held by them.  What fwrecon cannot read stays as it is.
+    return Ipset(name, ipset_type, family, canonical_options(options)), [_as_read(ipset_type, family, e) for e in entries]
+
+
+def _as_read(ipset_type: str, family: str, entry: Any) -> str:
+    try:
+        return canonical_entry(ipset_type, family, entry)
+    except (ValueError, AttributeError):
+        return str(entry)
 
 
 class IpsetLayer:
@@ -112,7 +121,10 @@ class IpsetLayer:
         those zones at the next reload: this is what keeps fwrecon from doing that."""
         wanted = {ipset.name: ipset for ipset in ipsets}
         found: dict[Item, list[Item | str]] = {}
-        for item in await self._referrers():
+        items, unreadable = await self._referrers()
+        for ipset in wanted.values():  # (what cannot be read may use it: it stays)
+            found.setdefault(ipset, []).extend(unreadable)
+        for item in items:
             inner = runtime_of(item)
             if isinstance(inner, Source):
                 names = [inner.source.removeprefix("ipset:")] if inner.source.startswith("ipset:") else []
@@ -123,10 +135,12 @@ class IpsetLayer:
             for name in names:
                 if name in wanted:
                     found.setdefault(wanted[name], []).append(item if item.container() in read else item.describe())
-        return {ipset: tuple(users) for ipset, users in found.items()}
+        return {ipset: tuple(users) for ipset, users in found.items() if users}
 
-    async def _referrers(self) -> list[Item]:
-        """The items of every zone and policy, runtime and permanent (`Permanent` copies)."""
+    async def _referrers(self) -> tuple[list[Item], list[str]]:
+        """The items of every zone and policy, runtime and permanent
+        (`Permanent` copies), and the ones firewalld answered garbage for:
+        another tool's odd zone must not stop every reconcile."""
         names = await fs.gather_all(
             self.fw.call(fs.IFACE_ZONE, "getZones", returns="as"),
             self.fw.call(fs.IFACE_POLICY, "getPolicies", returns="as"),
@@ -137,18 +151,24 @@ class IpsetLayer:
         runtime = [("zone", str(z)) for z in zones] + [("policy", str(p)) for p in policies]
         permanent = [("zone", str(z)) for z in permanent_zones] + [("policy", str(p)) for p in permanent_policies]
         reads = await fs.gather_all(
-            *(self.fw.read_unit(container) for container in runtime),
-            *(self._permanent_scope(container) for container in permanent),
+            *(self._scope(container, permanent=False) for container in runtime),
+            *(self._scope(container, permanent=True) for container in permanent),
         )
-        return [item for items in reads for item in items or ()]
+        items = [item for read in reads if not isinstance(read, str) for item in read]
+        return items, [read for read in reads if isinstance(read, str)]
 
-    async def _permanent_scope(self, container: tuple[str, ...]) -> list[Item]:
+    async def _scope(self, container: tuple[str, ...], *, permanent: bool) -> list[Item] | str:
+        """One zone's or policy's items, or why they cannot be read."""
         try:
-            return await self.fw.permanent.read(container)
+            if permanent:
+                return await self.fw.permanent.read(container)
+            return await self.fw.read_unit(container) or []
         except OperationFailed as exc:
             if exc.code in fs.MISSING_CONTAINER_CODES:
                 return []  # (removed between the listing and the read)
             raise
+        except fs.MalformedReply as exc:
+            return f"{'permanent ' if permanent else ''}{container[0]} {container[1]} (unreadable: {exc})"
 
     # -- write -----------------------------------------------------------------
 
@@ -205,21 +225,9 @@ class IpsetLayer:
         return outcomes
 
     async def _fill(self, name: str, run: Sequence[Op]) -> list[Outcome]:
-        """One ``setEntries`` into an empty ipset.  firewalld checks the entries
-        before it changes anything (a refusal: nothing landed); a failure after
-        that leaves unknown what did, which is said as such (the intent, owning
-        them all, is then kept)."""
+        """One ``setEntries`` into an empty ipset."""
         entries = list(dict.fromkeys(_entry(op).entry for op in run))
-        self.fw.writes += 1
-        # (firewalld 1.3.3 checks every entry against the others: 100,000 take ~40 s)
-        timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
-        try:
-            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, entries], timeout=timeout)
-        except OperationFailed as exc:
-            if exc.code in ("COMMAND_FAILED", "UNKNOWN_ERROR"):
-                raise BackendUnavailable(f"setEntries of ipset {name!r} failed midway, what landed is unknown: {exc}") from exc
-            exc.op = run[0]
-            raise
+        await self._set_entries(name, entries, run[0], "setEntries")
         return [Outcome.APPLIED] * len(run)
 
     async def _clear(self, name: str, run: Sequence[Op]) -> list[Outcome] | None:
@@ -227,22 +235,33 @@ class IpsetLayer:
         the runtime ipset holds (read again right before): firewalld 1.3.3
         takes seconds for each ``removeEntry`` from a large ipset, so taking
         100,000 out one by one would keep it busy for hours.  Emptying it
-        opens no window: empty is where the run ends.  None: it holds others."""
+        opens no window: empty is where the run ends.  None: it holds others.
+        (An entry someone adds between that read and the call is lost with
+        the rest, as in the bulk fill: one D-Bus round trip.)"""
         (entries,) = await self.fw.call(IFACE_IPSET, "getEntries", "s", [name], returns="as")
         removing = {_entry(op).entry for op in run}
         if not set(entries) <= removing:
             return None  # (someone else's came since the plan: one by one, around it)
-        self.fw.writes += 1
-        timeout = self.fw.timeout + len(entries) * BULK_SECONDS_PER_ENTRY
-        try:
-            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, []], timeout=timeout)
-        except OperationFailed as exc:
-            if exc.code in ("COMMAND_FAILED", "UNKNOWN_ERROR"):
-                raise BackendUnavailable(f"emptying ipset {name!r} failed midway, what is left is unknown: {exc}") from exc
-            exc.op = run[0]
-            raise
+        await self._set_entries(name, [], run[0], "emptying with setEntries", len(entries))
         present = set(entries)
         return [Outcome.APPLIED if _entry(op).entry in present else Outcome.UNCHANGED for op in run]
+
+    async def _set_entries(self, name: str, entries: list[str], op: Op, what: str, size: int | None = None) -> None:
+        """``setEntries``, with time for firewalld to go through ``size`` entries
+        (default: ``entries``).  firewalld checks the entries before it changes
+        anything (a refusal: nothing landed); a failure after that leaves
+        unknown what did, which is said as such (the caller's intent, owning
+        them all, is then kept)."""
+        self.fw.writes += 1
+        # (firewalld 1.3.3 checks every entry against the others: 100,000 take ~40 s)
+        timeout = self.fw.timeout + (len(entries) if size is None else size) * BULK_SECONDS_PER_ENTRY
+        try:
+            await self.fw.call(IFACE_IPSET, "setEntries", "sas", [name, entries], timeout=timeout)
+        except OperationFailed as exc:
+            if exc.code in ("COMMAND_FAILED", "UNKNOWN_ERROR"):
+                raise BackendUnavailable(f"{what} of ipset {name!r} failed midway, what landed is unknown: {exc}") from exc
+            exc.op = op
+            raise
 
     async def _is_empty(self, name: str, seen: FirewallView | None) -> bool:
         """Whether the runtime ipset holds no entry: a populated one per the

@@ -13,6 +13,7 @@ from conftest import Daemon, Fwrecon, wait_until
 from fwsandbox import PEER_ADDR, SANDBOX_ADDR, Sandbox
 from test_backends import crash_after_writes
 
+from reconciler.backends.base import BackendEvent
 from reconciler.backends.firewalld import FirewalldBackend
 from reconciler.engine import Reconciler
 from reconciler.errors import OperationFailed
@@ -350,3 +351,49 @@ def test_an_entry_that_came_since_the_plan_stays_when_the_rest_go(fwrecon: Fwrec
 
     assert asyncio.run(remove()) == [Outcome.APPLIED, Outcome.APPLIED]
     assert runtime_entries(sb, "blocklist") == {"203.0.113.0/24"}
+
+
+def test_its_own_reload_is_told_apart_from_anyone_elses(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    events: list[BackendEvent] = []
+
+    async def scenario() -> None:
+        backend = await FirewalldBackend.connect(sb.bus_address)
+        try:
+            await backend.subscribe(events.append)
+            sb.firewall_cmd("--permanent", "--new-ipset=fresh", "--type=hash:ip", check=True)
+            backend.ipsets.to_load.add("fresh")
+            assert await backend.activate() is True
+            await asyncio.sleep(0.3)
+            assert BackendEvent.OWN_RELOAD in events and BackendEvent.RELOADED not in events, events
+            backend.ipsets.to_load.add("fresh")
+            assert await backend.activate() is False  # loaded already: no second reload
+            sb.firewall_cmd("--permanent", "--new-ipset=fresh2", "--type=hash:ip", check=True)
+            backend.ipsets.to_load.add("fresh2")
+            sb.reload()  # someone else's reload loads it
+            for _ in range(50):
+                if BackendEvent.RELOADED in events:
+                    break
+                await asyncio.sleep(0.1)
+            assert events.count(BackendEvent.RELOADED) == 1 and events.count(BackendEvent.OWN_RELOAD) == 1, events
+            assert not backend.ipsets.to_load
+            assert await backend.activate() is False
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_another_tools_spelling_of_a_wanted_entry_stays_theirs(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    ports = '[ipset.pp]\ntype = "hash:ip,port"\nentries = [{entries}]\n'
+    fwrecon.write_policy("p", ports.format(entries='"192.0.2.9,tcp:22"'))
+    applied(fwrecon)
+    sb.firewall_cmd("--ipset=pp", "--add-entry=192.0.2.1,443", check=True)  # someone else's, tcp by default
+    fwrecon.write_policy("p", ports.format(entries='"192.0.2.9,tcp:22", "192.0.2.1,tcp:443"'))
+    applied(fwrecon)
+    assert runtime_entries(sb, "pp") == {"192.0.2.9,tcp:22", "192.0.2.1,443"}  # the same element: not added again
+    assert {e["item"].get("entry") for e in fwrecon.owned() if e["item"]["kind"] == "ipset_entry"} == {"192.0.2.9,tcp:22"}
+    fwrecon.remove_policy("p")
+    applied(fwrecon)
+    assert runtime_entries(sb, "pp") == {"192.0.2.1,443"}  # theirs stays, and with it the ipset

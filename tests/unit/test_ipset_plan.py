@@ -105,6 +105,8 @@ def test_an_owned_ipset_holding_a_foreign_entry_stays(tmp_path) -> None:
         ("hash:net,iface", "inet", "10.0.0.0/8,virbr0", "10.0.0.0/8,virbr0"),
         ("hash:ip,mark", "inet", "192.0.2.1,16", "192.0.2.1,0x10"),
         ("hash:ip,mark", "inet", "192.0.2.1,0XFFFFFFFF", "192.0.2.1,0xffffffff"),
+        ("hash:ip,mark", "inet", "192.0.2.1,0", "192.0.2.1,0x0"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,br-1.100", "10.0.0.0/8,br-1.100"),
     ],
 )
 def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonical) -> None:
@@ -128,12 +130,19 @@ def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonic
         ("hash:ip,port", "inet", "192.0.2.1,icmp:8", "protocol 'icmp' is not one of tcp|udp|sctp|udplite"),
         ("hash:ip,port", "inet", "192.0.2.1,tcp:0", "port 0 is not in 1-65535"),
         ("hash:ip,port", "inet", "192.0.2.1,tcp:65536", "port 65536 is not in 1-65535"),
-        ("hash:ip,port", "inet", "192.0.2.0/24,tcp:80", "a network: use type hash:net"),
+        ("hash:ip,port", "inet", "192.0.2.0/24,tcp:80", "a network: use type hash:net,port"),
         ("hash:net,port", "inet6", "192.0.2.0/24,tcp:80", "IPv4 network in a family inet6 ipset"),
         ("hash:net,iface", "inet", "10.0.0.0/8,eth/0", "is not an interface name"),
         ("hash:net,iface", "inet", "10.0.0.0/8,a-very-long-name0", "is not an interface name"),
         ("hash:ip,mark", "inet", "192.0.2.1,0x100000000", "a mark is 0 to 0xffffffff"),
-        ("hash:ip,mark", "inet", "192.0.2.1,-1", "a mark is 0 to 0xffffffff"),
+        ("hash:ip,mark", "inet", "192.0.2.1,-1", "is not a mark"),
+        ("hash:ip,mark", "inet", "192.0.2.1,-0", "is not a mark"),
+        ("hash:ip,mark", "inet", "192.0.2.1,010", "decimal without leading zeros"),
+        ("hash:ip,mark", "inet", "192.0.2.1,4294967296", "a mark is 0 to 0xffffffff"),
+        ("hash:ip,port", "inet6", "fe80::1%eth0,tcp:80", "is not an IPv6 address"),
+        ("hash:net", "inet6", "fe80::/64%eth0", "is not an IPv6 address or network"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,\u00e9th0", "is not an interface name"),
+        ("hash:net,iface", "inet", "10.0.0.0/8,eth\x01", "is not an interface name"),
         ("hash:ip,mark", "inet", "192.0.2.1,0xzz", "is not a mark"),
         ("hash:ip,mark", "inet", "192.0.2.1,1_000", "is not a mark"),
         ("hash:ip,mark", "inet", "192.0.2.1,\u0661", "is not a mark"),
@@ -286,14 +295,99 @@ def test_the_quick_path_for_a_dotted_quad_agrees_with_ipaddress(number: int, ips
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(["hash:ip,port", "hash:net,port", "hash:net,iface", "hash:ip,mark"]),
-    st.lists(st.text(st.sampled_from("0123456789abcdefxX.:/,-_ tcpudTCP"), max_size=12), min_size=1, max_size=3),
+    st.sampled_from(["inet", "inet6"]),
+    st.lists(st.text(st.sampled_from("0123456789abcdefxX.:/,-_% tcpudTCP\u00e9"), max_size=12), min_size=1, max_size=3),
 )
-def test_a_composite_entry_is_refused_with_a_reason_or_canonical_for_good(ipset_type: str, parts: list[str]) -> None:
+def test_a_composite_entry_is_refused_naming_what_is_wrong_or_canonical_for_good(
+    ipset_type: str, family: str, parts: list[str]
+) -> None:
     text = ",".join(parts)
     try:
-        canonical = canonical_entry(ipset_type, "inet", text)
+        canonical = canonical_entry(ipset_type, family, text)
     except ValueError as exc:
-        assert str(exc)
+        # The message quotes the entry or the part that is wrong.
+        pieces = [text, *text.split(",")]
+        assert any(repr(piece) in str(exc) or repr(piece.strip()) in str(exc) for piece in pieces), (text, str(exc))
         return
-    assert canonical_entry(ipset_type, "inet", canonical) == canonical  # what fwrecon reads back plans nothing
-    assert canonical.count(",") == 1
+    assert canonical_entry(ipset_type, family, canonical) == canonical  # what fwrecon reads back plans nothing
+    assert canonical.count(",") == 1 and canonical.isascii()
+
+
+@pytest.mark.parametrize(
+    ("ipset_type", "family", "listed", "read"),
+    [
+        ("hash:ip,port", "inet", ["192.0.2.1,443", "192.0.2.1,TCP:443"], ["192.0.2.1,tcp:443", "192.0.2.1,tcp:443"]),
+        ("hash:ip,mark", "inet", ["192.0.2.1,16"], ["192.0.2.1,0x10"]),
+        ("hash:ip", "inet6", ["2001:DB8:0::1"], ["2001:db8::1"]),
+        ("hash:net", "inet", ["192.0.2.7"], ["192.0.2.7/32"]),
+        # What fwrecon cannot read (a type it does not declare, a form it refuses) stays as it is.
+        ("hash:ip,port,ip", "inet", ["192.0.2.1,80,192.0.2.2"], ["192.0.2.1,80,192.0.2.2"]),
+        ("hash:ip,port", "inet", ["192.0.2.1,tcp:80-90"], ["192.0.2.1,tcp:80-90"]),
+    ],
+)
+def test_another_tools_spelling_of_an_entry_reads_as_that_entry(ipset_type, family, listed, read) -> None:
+    settings = ["1", "", "", ipset_type, {"family": family}, listed]
+    assert ipset_of(settings, "x", "getIPSetSettings")[1] == read
+
+
+class Zones:
+    """What `IpsetLayer.users` asks of the firewalld backend, answered from dicts."""
+
+    def __init__(self, runtime: dict, permanent: dict, garbage: tuple = ()) -> None:
+        from reconciler.model import Permanent
+
+        self.runtime, self.garbage = runtime, garbage
+        self.permanent = self
+        self._copies = {name: [Permanent(item) for item in items] for name, items in permanent.items()}
+
+    async def call(self, interface, member, *args, **kwargs):
+        if member in ("getZones", "getZoneNames"):
+            names = self.runtime if member == "getZones" else self._copies
+            return [sorted(names)]
+        return [[]]  # (no policies)
+
+    async def read_unit(self, container):
+        if container[1] in self.garbage:
+            raise MalformedReply(f"firewalld's getZoneSettings2 reply for zone {container[1]}: garbage")
+        return self.runtime[container[1]]
+
+    async def read(self, container):
+        return self._copies[container[1]]
+
+
+def test_users_of_an_ipset_are_its_zone_sources_and_rich_rules_in_either_layer() -> None:
+    from reconciler.backends.firewalld_ipsets import IpsetLayer
+    from reconciler.model import RichRule
+
+    work, public = Scope("zone", "work"), Scope("zone", "public")
+    rule = RichRule(public, 'rule family="ipv4" destination not ipset="blocklist" drop')
+    zones = Zones(
+        runtime={"work": [Source(work, "ipset:blocklist"), Source(work, "ipset:blocklist2")], "public": [rule]},
+        permanent={"work": [Source(work, "ipset:other")], "public": [RichRule(public, 'rule source ipset="blocklist" accept')]},
+    )
+    users = asyncio.run(IpsetLayer(zones).users([BLOCK], read={("zone", "public")}))
+    assert users == {
+        BLOCK: (
+            rule,  # in a zone the view holds: the item, in use while present (the plan may remove it first)
+            "zone work source ipset:blocklist",  # elsewhere: its text (ipset:blocklist2 is another ipset)
+            'zone public rich-rule rule source ipset="blocklist" accept (permanent)',
+        )
+    }
+
+
+def test_a_zone_firewalld_answers_garbage_for_keeps_every_ipset() -> None:
+    from reconciler.backends.firewalld_ipsets import IpsetLayer
+
+    zones = Zones(runtime={"odd": [], "work": []}, permanent={}, garbage=("odd",))
+    users = asyncio.run(IpsetLayer(zones).users([BLOCK], read=set()))
+    assert len(users[BLOCK]) == 1 and "zone odd (unreadable:" in users[BLOCK][0]
+    assert asyncio.run(IpsetLayer(Zones(runtime={"work": []}, permanent={})).users([BLOCK], read=set())) == {}
+
+
+def test_a_second_look_outcome_does_not_count_the_ipset_again() -> None:
+    made = Op("add", BLOCK)
+    early = PolicyOutcome("p", "applied", [(made, Outcome.APPLIED)])
+    first = PolicyOutcome("p", "applied", [(Op("add", ENTRY), Outcome.APPLIED)])
+    second = PolicyOutcome("p", "applied", [(made, Outcome.UNCHANGED)])
+    merged = with_creations([first, second], {BLOCK: early})
+    assert merged[0].ops == [(made, Outcome.APPLIED), (Op("add", ENTRY), Outcome.APPLIED)] and merged[1].ops == []
