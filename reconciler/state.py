@@ -100,6 +100,7 @@ class StateStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._known: tuple[tuple[int, int, int], State] | None = None
+        self._entry_texts: EntryTexts = {}  # the last save's entries (`render_entries`)
 
     def load(self) -> State:
         """The state in the file (empty if there is none); StateError for anything unusable."""
@@ -203,7 +204,7 @@ class StateStore:
     def save(self, state: State) -> None:
         if self._holds(state):
             return
-        payload = render(state)
+        payload, entry_texts = render_entries(state, self._entry_texts)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.path.parent)
@@ -219,6 +220,7 @@ class StateStore:
                     os.unlink(tmp)
                 raise
             self._known = (signature, _copy(state))
+            self._entry_texts = entry_texts
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -264,36 +266,54 @@ class StateStore:
             os.close(fd)
 
 
+EntryTexts = dict[Item, tuple[frozenset[str], "str | None", str]]
+
+
 def render(state: State) -> str:
-    """The file's JSON text: compact, items in plan order (read it with jq).
+    """The file's JSON text: compact, items in plan order (read it with jq)."""
+    return render_entries(state, {})[0]
+
+
+def render_entries(state: State, previous: EntryTexts) -> tuple[str, EntryTexts]:
+    """`render`, reusing the entries of the last render (``previous``, each
+    entry's text by item) that did not change, and the entries for the next.
 
     Built from each item's cached JSON text, and each distinct owner set and
     backend name encoded once: 10,000 items cost milliseconds, not a fresh
-    encode of every item at every save.
+    encode of every item at every save; and a save that changed a few of
+    100,000 entries builds only those.
     """
     owned, placed = state.owned, state.placed
     owner_texts: dict[frozenset[str], str] = {}
     backend_texts: dict[str | None, str] = {None: "null"}
+    fresh: EntryTexts = {}
     entries = []
     for item in sorted(owned, key=Item.sort_key):
         owners = owned[item]
         if not owners:
             continue
+        backend = placed.get(item)
+        known = previous.get(item)
+        if known is not None and known[1] == backend and known[0] == owners:
+            entries.append(known[2])
+            fresh[item] = known
+            continue
         owners_text = owner_texts.get(owners)
         if owners_text is None:
             owners_text = owner_texts[owners] = json.dumps(sorted(owners), separators=(",", ":"))
-        backend = placed.get(item)
         backend_text = backend_texts.get(backend)
         if backend_text is None:
             backend_text = backend_texts[backend] = json.dumps(backend)
-        entries.append(f'{{"item":{item.json_text()},"policies":{owners_text},"backend":{backend_text}}}')
+        text = f'{{"item":{item.json_text()},"policies":{owners_text},"backend":{backend_text}}}'
+        entries.append(text)
+        fresh[item] = (owners, backend, text)
     pending = json.dumps(state.pending, separators=(",", ":"))
     held = ",".join(
         f'{{"item":{item.json_text()},"policies":{json.dumps(sorted(wanters), separators=(",", ":"))}}}'
         for item, wanters in sorted(state.others.items(), key=lambda pair: pair[0].sort_key())
         if wanters
     )
-    return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"held_by_others":[{held}],"pending":{pending}}}'
+    return f'{{"version":{FORMAT_VERSION},"owned":[{",".join(entries)}],"held_by_others":[{held}],"pending":{pending}}}', fresh
 
 
 def _too_deep(value: Any, limit: int) -> bool:

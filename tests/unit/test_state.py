@@ -8,7 +8,7 @@ import pytest
 
 from reconciler.errors import StateError
 from reconciler.model import DirectRule, ForwardPort, Masquerade, Port, Scope, Service
-from reconciler.state import State, StateStore
+from reconciler.state import State, StateStore, render
 
 Z = Scope("zone", "public")
 
@@ -343,3 +343,24 @@ def test_unknown_top_level_and_entry_keys_are_ignored(tmp_path):
     state = StateStore(path).load()
     assert state.owned == {Port(Z, "80", "tcp"): frozenset({"web"})}
     assert state.placed == {Port(Z, "80", "tcp"): "firewalld"}
+
+
+def test_a_render_reusing_the_last_ones_entries_is_the_same_text() -> None:
+    from reconciler.model import NftElement
+    from reconciler.state import render_entries
+
+    a, b, c = (NftElement("inet", "s", f"10.0.0.{i}") for i in range(3))
+    state = State(owned={a: frozenset({"p"}), b: frozenset({"p"})}, placed={a: "nftables", b: "nftables"})
+    _, entries = render_entries(state, {})
+    changes = [
+        lambda s: s.owned.__setitem__(a, frozenset({"p", "q"})),  # another owner
+        lambda s: s.placed.__setitem__(b, "iptables"),  # another backend
+        lambda s: s.placed.pop(b),  # none
+        lambda s: s.owned.pop(a),  # gone
+        lambda s: s.owned.__setitem__(c, frozenset({"q"})),  # new
+    ]
+    for change in changes:
+        change(state)
+        text, entries = render_entries(state, entries)
+        assert text == render(state)
+        assert set(entries) == {item for item, owners in state.owned.items() if owners}
