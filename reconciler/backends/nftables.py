@@ -99,6 +99,9 @@ class NftablesBackend(Backend):
         self.writes = 0  # `nft -f` runs that could change the ruleset
         self._rules: dict[str, NftRule] = {}  # tag -> rule
         self._chains: dict[tuple[str, str], set[NftChain]] = {}  # (family, name) -> remembered chains
+        # (family, set) -> element -> the item observe was told of: a listed element
+        # is that same object, whose hash and JSON text are computed already.
+        self._elements: dict[tuple[str, str], dict[str, NftElement]] = {}
         self._listings: dict[str, TableListing] = {}  # last listing per family (handles of present rules)
         self._exprs: dict[NftRule, Any] = {}  # rule -> its statements as nft lists them (learnt by a probe)
         self._expr_failed: dict[NftRule, frozenset[str]] = {}  # -> the table's chains when nft refused it
@@ -120,11 +123,13 @@ class NftablesBackend(Backend):
         if only:
             items = list(items)
             rules = {item for item in items if isinstance(item, NftRule)}
-            self._rules, self._chains = {}, {}
+            self._rules, self._chains, self._elements = {}, {}, {}
             self._exprs = {rule: expr for rule, expr in self._exprs.items() if rule in rules}
             self._expr_failed = {rule: chains for rule, chains in self._expr_failed.items() if rule in rules}
         for item in items:
-            if isinstance(item, NftRule):
+            if type(item) is NftElement:
+                self._elements.setdefault((item.family, item.set), {})[item.element] = item
+            elif isinstance(item, NftRule):
                 self._rules[item.tag()] = item
             elif isinstance(item, NftChain):
                 self._chains.setdefault((item.family, item.chain), set()).add(item)
@@ -318,7 +323,8 @@ class NftablesBackend(Backend):
                 set_users.setdefault(name, []).append(user)
         for name, nft_set in listing.sets.items():
             items.append(nft_set)
-            items.extend(NftElement(family, name, element) for element in listing.elements.get(name, ()))
+            known = self._elements.get((family, name), {})
+            items.extend(known.get(element) or NftElement(family, name, element) for element in listing.elements.get(name, ()))
             odd = listing.odd_elements.get(name, 0)
             found = [*set_users.get(name, ()), *([f"{odd} element(s) of a form fwrecon does not write"] if odd else [])]
             if found:
