@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from conftest import Daemon, Fwrecon, wait_until
@@ -21,6 +22,8 @@ from reconciler.model import Ipset, IpsetEntry, Op, Outcome
 from reconciler.policydir import load_policy_dir
 from reconciler.state import StateStore
 from reconciler.view import FirewallView
+
+T = TypeVar("T")
 
 BLOCKLIST = """
 [ipset.blocklist]
@@ -47,6 +50,19 @@ def permanent_entries(sb: Sandbox, name: str) -> set[str]:
 def ipsets(sb: Sandbox, *, permanent: bool) -> set[str]:
     layer = ["--permanent"] if permanent else []
     return set(sb.firewall_cmd(*layer, "--get-ipsets", check=True).stdout.split())
+
+
+def on_backend(sb: Sandbox, use: Callable[[FirewalldBackend], Awaitable[T]]) -> T:
+    """``use`` on a connection to the sandbox's firewalld of its own."""
+
+    async def run() -> T:
+        backend = await FirewalldBackend.connect(sb.bus_address)
+        try:
+            return await use(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
 
 
 def applied(fwrecon: Fwrecon, *extra: str) -> str:
@@ -254,16 +270,12 @@ def test_removing_an_ipset_a_zone_uses_since_the_plan_is_refused(fwrecon: Fwreco
     applied(fwrecon)
     sb.firewall_cmd("--permanent", "--zone=work", "--add-source=ipset:blocklist", check=True)
 
-    async def remove() -> OperationFailed:
-        backend = await FirewalldBackend.connect(sb.bus_address)
-        try:
-            with pytest.raises(OperationFailed) as failure:
-                await backend.apply([Op("remove", Ipset("blocklist", "hash:net", "inet"))])
-            return failure.value
-        finally:
-            await backend.close()
+    async def remove(backend: FirewalldBackend) -> OperationFailed:
+        with pytest.raises(OperationFailed) as failure:
+            await backend.apply([Op("remove", Ipset("blocklist", "hash:net", "inet"))])
+        return failure.value
 
-    failure = asyncio.run(remove())
+    failure = on_backend(sb, remove)
     assert failure.code == "IN_USE" and "zone work source ipset:blocklist" in str(failure), failure
     assert "blocklist" in ipsets(sb, permanent=True)
 
@@ -320,16 +332,12 @@ def test_removing_every_entry_empties_the_ipset_in_one_call(fwrecon: Fwrecon) ->
     applied(fwrecon)
     fwrecon.remove_policy("block")
 
-    async def remove() -> int:
-        backend = await FirewalldBackend.connect(sb.bus_address)
-        try:
-            reconciler = Reconciler(backend, StateStore(fwrecon.state_file), names=backend.known_names)
-            assert (await reconciler.reconcile(load_policy_dir(fwrecon.policy_dir))).converged
-            return backend.writes
-        finally:
-            await backend.close()
+    async def remove(backend: FirewalldBackend) -> int:
+        reconciler = Reconciler(backend, StateStore(fwrecon.state_file), names=backend.known_names)
+        assert (await reconciler.reconcile(load_policy_dir(fwrecon.policy_dir))).converged
+        return backend.writes
 
-    assert asyncio.run(remove()) == 3  # the zone source, one setEntries, the ipset
+    assert on_backend(sb, remove) == 3  # the zone source, one setEntries, the ipset
     assert runtime_entries(sb, "blocklist") == set() and "blocklist" not in ipsets(sb, permanent=True)
     assert fwrecon.owned() == []
 
@@ -342,14 +350,7 @@ def test_an_entry_that_came_since_the_plan_stays_when_the_rest_go(fwrecon: Fwrec
     ops = [Op("remove", IpsetEntry("blocklist", e)) for e in ("192.0.2.0/24", "198.51.100.0/24")]
     seen = FirewallView(reads={("ipset", "blocklist"): 2})
 
-    async def remove() -> list[Outcome]:
-        backend = await FirewalldBackend.connect(sb.bus_address)
-        try:
-            return await backend.apply(ops, seen)
-        finally:
-            await backend.close()
-
-    assert asyncio.run(remove()) == [Outcome.APPLIED, Outcome.APPLIED]
+    assert on_backend(sb, lambda backend: backend.apply(ops, seen)) == [Outcome.APPLIED, Outcome.APPLIED]
     assert runtime_entries(sb, "blocklist") == {"203.0.113.0/24"}
 
 
@@ -357,31 +358,27 @@ def test_its_own_reload_is_told_apart_from_anyone_elses(fwrecon: Fwrecon) -> Non
     sb = fwrecon.sandbox
     events: list[BackendEvent] = []
 
-    async def scenario() -> None:
-        backend = await FirewalldBackend.connect(sb.bus_address)
-        try:
-            await backend.subscribe(events.append)
-            sb.firewall_cmd("--permanent", "--new-ipset=fresh", "--type=hash:ip", check=True)
-            backend.ipsets.to_load.add("fresh")
-            assert await backend.activate() is True
-            await asyncio.sleep(0.3)
-            assert BackendEvent.OWN_RELOAD in events and BackendEvent.RELOADED not in events, events
-            backend.ipsets.to_load.add("fresh")
-            assert await backend.activate() is False  # loaded already: no second reload
-            sb.firewall_cmd("--permanent", "--new-ipset=fresh2", "--type=hash:ip", check=True)
-            backend.ipsets.to_load.add("fresh2")
-            sb.reload()  # someone else's reload loads it
-            for _ in range(50):
-                if BackendEvent.RELOADED in events:
-                    break
-                await asyncio.sleep(0.1)
-            assert events.count(BackendEvent.RELOADED) == 1 and events.count(BackendEvent.OWN_RELOAD) == 1, events
-            assert not backend.ipsets.to_load
-            assert await backend.activate() is False
-        finally:
-            await backend.close()
+    async def scenario(backend: FirewalldBackend) -> None:
+        await backend.subscribe(events.append)
+        sb.firewall_cmd("--permanent", "--new-ipset=fresh", "--type=hash:ip", check=True)
+        backend.ipsets.to_load.add("fresh")
+        assert await backend.activate() is True
+        await asyncio.sleep(0.3)
+        assert BackendEvent.OWN_RELOAD in events and BackendEvent.RELOADED not in events, events
+        backend.ipsets.to_load.add("fresh")
+        assert await backend.activate() is False  # loaded already: no second reload
+        sb.firewall_cmd("--permanent", "--new-ipset=fresh2", "--type=hash:ip", check=True)
+        backend.ipsets.to_load.add("fresh2")
+        sb.reload()  # someone else's reload loads it
+        for _ in range(50):
+            if BackendEvent.RELOADED in events:
+                break
+            await asyncio.sleep(0.1)
+        assert events.count(BackendEvent.RELOADED) == 1 and events.count(BackendEvent.OWN_RELOAD) == 1, events
+        assert not backend.ipsets.to_load
+        assert await backend.activate() is False
 
-    asyncio.run(scenario())
+    on_backend(sb, scenario)
 
 
 def test_another_tools_spelling_of_a_wanted_entry_stays_theirs(fwrecon: Fwrecon) -> None:
