@@ -35,7 +35,7 @@ from . import status as status_record  # (`status` is a local name below)
 from .backends.base import NO_BACKEND, BackendEvent
 from .backends.router import Router
 from .backends.select import BACKEND_NAMES, BackendMode, BackendSet, Connect, connect_firewalld
-from .engine import Reconciler, ReconcileReport, RefusalMemo, gc_paused, log_policy_errors
+from .engine import Reconciler, ReconcileReport, RefusalMemo, Said, gc_paused, log_policy_errors
 from .errors import BackendUnavailable, FwreconError, PolicyError
 from .metrics import Metrics
 from .model import Item, Op
@@ -113,7 +113,7 @@ class Controller:
         self.last_good: dict[str, frozenset[Item]] = {}
         self._policy_cache = PolicyCache()
         self._refusal_memo = RefusalMemo()
-        self._made_permanent_said: set[Item] = set()
+        self._said = Said()  # notes logged once (`engine.Said`)
         self._pending: dict[Trigger, float] = {}  # trigger -> monotonic time first requested
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -423,7 +423,7 @@ class Controller:
                     names=self.backend.known_names,
                     memo=self._refusal_memo,
                     persist=self.settings.persist,
-                    said=self._made_permanent_said,
+                    said=self._said,
                 )
                 report = await reconciler.reconcile(loaded, self.last_good, settling=self._settling())
             if report.deferred:

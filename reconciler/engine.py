@@ -42,7 +42,7 @@ from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, set
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
 from .transaction import QueryHook, Transaction, TransactionFailed
-from .view import FirewallView
+from .view import HOLDERS, FirewallView, is_holder
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +63,14 @@ class PolicyOutcome:
     failed_op: Op | None = None
     undone: list[Op] = field(default_factory=list)
     deferred: frozenset[Item] = frozenset()  # adds waiting for a reload to settle
+
+
+@dataclass
+class Said:
+    """Notes logged once while they hold; the daemon keeps them across reconciles."""
+
+    made_permanent: set[Item] = field(default_factory=set)  # (`Reconciler._note_made_permanent`)
+    kept_in_use: set[Item] = field(default_factory=set)  # (`Reconciler._note_kept_in_use`)
 
 
 @dataclass
@@ -289,6 +297,10 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
     return intent
 
 
+# The types `is_holder` can be true of (one cheap test before it, on every owned item).
+_HOLDER_TYPES = frozenset({*HOLDERS, Permanent})
+
+
 def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, PolicyOutcome]) -> list[PolicyOutcome]:
     """``outcomes`` with the ipset creations (`Reconciler._create_ipsets`)
     counted in the first outcome of their policy (one of its own if none).
@@ -327,13 +339,13 @@ class Reconciler:
         names: NameSource | None = None,
         memo: RefusalMemo | None = None,
         persist: str = "runtime",
-        said: set[Item] | None = None,
+        said: Said | None = None,
     ) -> None:
         """``names``: what firewall names policies may use (the router's
         `known_names`), None to check none.  ``memo``: refusals judged by
         earlier reconciles of the same process (the daemon's).  ``persist``:
-        one of `PERSIST_MODES`.  ``said``: owned items already logged as made
-        permanent by someone else (the daemon keeps it across reconciles)."""
+        one of `PERSIST_MODES`.  ``said``: notes already logged (the daemon
+        keeps them across reconciles)."""
         if persist not in PERSIST_MODES:
             raise ValueError(f"persist must be one of {PERSIST_MODES}, not {persist!r}")
         self.backend = backend
@@ -341,7 +353,7 @@ class Reconciler:
         self.names = names
         self.memo = memo
         self.persist = persist
-        self.said = said if said is not None else set()  # (`_note_made_permanent`)
+        self.said = said if said is not None else Said()
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.names() if self.names is not None else None
@@ -393,9 +405,9 @@ class Reconciler:
             for item in state.owned
             if isinstance(item, PERSISTABLE) and Permanent(item) not in state.owned and view.has_exact(Permanent(item))
         )
-        new = found - self.said
-        self.said.intersection_update(found)  # said again if it goes and comes back
-        self.said.update(found)
+        new = found - self.said.made_permanent
+        self.said.made_permanent.intersection_update(found)  # said again if it goes and comes back
+        self.said.made_permanent.update(found)
         if new:
             log.warning(
                 "owned_items_made_permanent",
@@ -518,6 +530,7 @@ class Reconciler:
             self._hold_changed_ipsets(loaded, desired, view, state, last_good)
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
+        self._note_kept_in_use(desired, view, state, plans)
         wanted = dict(desired.items)
         while plans:
             plan = with_moves(plans.pop(0), moves)
@@ -560,6 +573,40 @@ class Reconciler:
             duration_ms=round(report.duration * 1000, 2),
         )
         return report
+
+    def _note_kept_in_use(self, desired: Desired, view: FirewallView, state: State, plans: list[PolicyPlan]) -> None:
+        """Log once (``owned_item_kept_in_use``) the owned chains, sets and
+        ipsets no policy wants any more that the plans keep, because
+        something fwrecon does not own still uses them: they go at the first
+        reconcile after it stops (`planner`), and meanwhile the operator
+        should know why."""
+        removed = {op.item for plan in plans for op in plan.ops if op.action == "remove"}
+        candidates = [
+            item
+            for item in state.owned
+            if type(item) in _HOLDER_TYPES
+            and is_holder(item)
+            and item not in removed
+            and view.has_exact(item)
+            and not any(item in items for items in desired.items.values())
+        ]
+        kept: dict[Item, list[str]] = {}
+        if candidates:
+            after = view.copy()  # (what uses them once the plans ran: not what they remove)
+            for op in (op for plan in plans for op in plan.ops):
+                (after.add if op.action == "add" else after.remove)(op.item)
+            kept = {item: users for item in candidates if (users := after.users_of(item))}
+        new = kept.keys() - self.said.kept_in_use
+        self.said.kept_in_use.intersection_update(kept)  # said again if it is kept again later
+        self.said.kept_in_use.update(kept)
+        for item in sorted(new, key=Item.sort_key):
+            log.info(
+                "owned_item_kept_in_use",
+                item=item.describe(),
+                used_by=kept[item][:PENDING_OPS_SHOWN],
+                users=len(kept[item]),
+                detail="no policy wants it any more; it goes once nothing else uses it",
+            )
 
     def _hold_changed_ipsets(
         self,

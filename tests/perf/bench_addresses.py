@@ -8,7 +8,9 @@ Run as root (it starts its own sandboxed firewalld in a network namespace):
 
 Everything runs as the daemon runs it (backends, state store and parsed files
 kept between reconciles; the garbage collector paused), each figure the
-whole reconcile: parse, observe, plan, writes, the state file's writes.
+whole reconcile: parse, observe, plan, writes, the state file's writes; a
+resync that changes nothing comes between from empty and the change, as in
+a running daemon.
 
 * **nft set** (a hash set of addresses in fwrecon's own table, beside
   firewalld in the sandbox's namespace; `bench_sets.py` run there): from
@@ -137,10 +139,10 @@ def ipset_round(sb: Sandbox, work: Path, n: int) -> IpsetRound:
     sb.reset()
     entries = addresses(n)
     changed = [*entries[1:], addresses(1, offset=n)[0]]
-    empty, change, reloaded, _removed = asyncio.run(
-        Firewalld(sb, work).rounds([ipset_policy(entries), ipset_policy(changed), None, ""])
+    empty, resync, change, reloaded, _removed = asyncio.run(
+        Firewalld(sb, work).rounds([ipset_policy(entries), ipset_policy(entries), ipset_policy(changed), None, ""])
     )
-    assert change.write_ops == 2, change.write_ops
+    assert resync.write_ops == 0 and change.write_ops == 2, (resync.write_ops, change.write_ops)
     raw_empty, raw_change = asyncio.run(raw_ipset(sb, entries, changed[-1]))
     return IpsetRound(empty, change, reloaded, raw_empty, raw_change)
 

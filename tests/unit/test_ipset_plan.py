@@ -391,3 +391,33 @@ def test_a_second_look_outcome_does_not_count_the_ipset_again() -> None:
     second = PolicyOutcome("p", "applied", [(made, Outcome.UNCHANGED)])
     merged = with_creations([first, second], {BLOCK: early})
     assert merged[0].ops == [(made, Outcome.APPLIED), (Op("add", ENTRY), Outcome.APPLIED)] and merged[1].ops == []
+
+
+def test_an_owned_set_kept_for_someone_elses_element_is_said_once_and_goes_after_it(tmp_path) -> None:
+    from structlog.testing import capture_logs
+
+    from reconciler.engine import Said
+    from reconciler.model import NftElement, NftSet
+
+    nft_set, mine, theirs = (
+        NftSet("inet", "s", "ipv4_addr"),
+        NftElement("inet", "s", "10.0.0.1"),
+        NftElement("inet", "s", "10.0.0.2"),
+    )
+    backend, store, said = MemoryBackend(), StateStore(tmp_path / "s.json"), Said()
+
+    def reconcile(**items: set[Item]) -> None:
+        loaded = LoadResult(policies={n: Policy(n, f"{n}.toml", "", frozenset(i)) for n, i in items.items()})
+        assert asyncio.run(Reconciler(backend, store, said=said).reconcile(loaded)).converged
+
+    reconcile(p={nft_set, mine})
+    backend.state.add(theirs)  # someone else's element in fwrecon's set
+    with capture_logs() as logs:
+        reconcile()
+        reconcile()
+    kept = [entry for entry in logs if entry["event"] == "owned_item_kept_in_use"]
+    assert len(kept) == 1 and kept[0]["item"] == nft_set.describe() and kept[0]["used_by"] == [theirs.describe()]
+    assert backend.state.items() == {nft_set, theirs} and set(store.load().owned) == {nft_set}
+    backend.state.remove(theirs)
+    reconcile()
+    assert backend.state.items() == set() and store.load().owned == {}

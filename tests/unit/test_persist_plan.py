@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 from reconciler.backends.memory import MemoryBackend
 from reconciler.backends.router import Router
 from reconciler.cli import change_lines
-from reconciler.engine import Reconciler
+from reconciler.engine import Reconciler, Said
 from reconciler.model import DirectChain, DirectRule, Item, Op, Permanent, Port, Scope, Service
 from reconciler.policy import LoadResult, Policy
 from reconciler.state import StateStore
@@ -97,7 +97,7 @@ def test_without_a_backend_for_the_permanent_layer_copies_are_neither_added_nor_
 
 def test_owned_items_made_permanent_by_someone_else_are_said_once(tmp_path):
     backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
-    said: set[Item] = set()
+    said = Said()
     reconcile(backend, store, policies(web={HTTP, P8080}), persist="runtime", said=said)
     backend.state.add(Permanent(HTTP))  # firewall-cmd --runtime-to-permanent
     with capture_logs() as logs:
