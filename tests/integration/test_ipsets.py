@@ -206,6 +206,18 @@ def test_kill_9_after_the_ipset_is_made_and_before_the_reload_converges(fwrecon:
     assert ipsets(sb, permanent=True) == set()
 
 
+def test_kill_9_after_the_ipset_was_emptied_and_before_it_went_converges(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    applied(fwrecon)
+    fwrecon.remove_policy("block")
+    crash_after_writes(fwrecon, 2, policy=None)  # its entry (one setEntries with none) and zone source went
+    assert runtime_entries(sb, "blocklist") == set() and "blocklist" in ipsets(sb, permanent=True)
+    assert "ipset:blocklist" not in sb.firewall_cmd("--zone=drop", "--list-sources").stdout
+    applied(fwrecon)
+    assert "blocklist" not in ipsets(sb, permanent=True) and fwrecon.owned() == []
+
+
 def test_the_daemon_repairs_an_entry_removed_by_hand(fwrecon: Fwrecon, daemon_factory: Callable[..., Daemon]) -> None:
     sb = fwrecon.sandbox
     fwrecon.backend = "firewalld"
