@@ -39,6 +39,11 @@ def blocklist(*entries: str) -> str:
     return BLOCKLIST.format(entries=", ".join(json.dumps(e) for e in entries))
 
 
+def networks(n: int) -> list[str]:
+    """``n`` distinct /24 networks, none inside another."""
+    return [f"10.{i // 256}.{i % 256}.0/24" for i in range(n)]
+
+
 def runtime_entries(sb: Sandbox, name: str) -> set[str]:
     return set(sb.firewall_cmd(f"--ipset={name}", "--get-entries", check=True).stdout.split())
 
@@ -151,7 +156,7 @@ def test_a_bad_entry_names_file_key_and_index_and_applies_nothing(fwrecon: Fwrec
 
 def test_hand_removal_and_a_reload_are_repaired_with_one_bulk_write(fwrecon: Fwrecon) -> None:
     sb = fwrecon.sandbox
-    entries = [f"10.{i // 256}.{i % 256}.0/24" for i in range(500)]
+    entries = networks(500)
     fwrecon.write_policy("block", blocklist(*entries))
     applied(fwrecon)
     sb.firewall_cmd("--ipset=blocklist", "--remove-entry=10.0.7.0/24", check=True)
@@ -339,7 +344,7 @@ def test_composite_ipsets_read_back_as_written_and_filter_traffic(fwrecon: Fwrec
 def test_removing_every_entry_empties_the_ipset_in_one_call(fwrecon: Fwrecon) -> None:
     # firewalld 1.3.3 takes seconds per removeEntry from a large ipset: one setEntries with none instead.
     sb = fwrecon.sandbox
-    entries = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)]
+    entries = networks(300)
     fwrecon.write_policy("block", blocklist(*entries))
     applied(fwrecon)
     fwrecon.remove_policy("block")

@@ -157,11 +157,9 @@ def nft_set_medians(sb: Sandbox, sizes: list[int], rounds: int) -> dict[int, dic
 
 
 def verdict(seconds: float, target: float) -> str:
-    return (
-        f"{'met' if seconds <= target else 'MISSED'} ({seconds * 1000:.0f} ms)"
-        if target < 1
-        else (f"{'met' if seconds <= target else 'MISSED'} ({seconds:.2f} s)")
-    )
+    """met or MISSED, with the time in the unit of the target (ms below a second)."""
+    shown = f"{seconds * 1000:.0f} ms" if target < 1 else f"{seconds:.2f} s"
+    return f"{'met' if seconds <= target else 'MISSED'} ({shown})"
 
 
 def main() -> int:
