@@ -304,7 +304,8 @@ class Controller:
             worker.cancel()
         else:
             try:
-                await asyncio.wait_for(asyncio.shield(worker), self.settings.shutdown_grace)
+                async with asyncio.timeout(self.settings.shutdown_grace):
+                    await asyncio.shield(worker)
             except TimeoutError:
                 log.warning("shutdown_cancelling_reconcile", grace_seconds=self.settings.shutdown_grace)
                 worker.cancel()
@@ -400,7 +401,8 @@ class Controller:
             if remaining <= 0:
                 return
             try:
-                await asyncio.wait_for(self._wake.wait(), min(self.settings.quiet_window, remaining))
+                async with asyncio.timeout(min(self.settings.quiet_window, remaining)):
+                    await self._wake.wait()
             except TimeoutError:
                 return
 

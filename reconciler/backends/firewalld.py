@@ -144,7 +144,8 @@ class FirewalldBackend(ServiceBackend):
         address = bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
         try:
             bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
-            await asyncio.wait_for(bus.connect(), timeout)
+            async with asyncio.timeout(timeout):
+                await bus.connect()
         except TimeoutError as exc:
             raise BackendUnavailable(
                 f"cannot connect to the D-Bus system bus at {address}: no answer within {timeout:g} s"
@@ -199,7 +200,8 @@ class FirewalldBackend(ServiceBackend):
                 )
             self.calls += 1
             try:
-                reply = await asyncio.wait_for(self.bus.call(message), timeout or self.timeout)
+                async with asyncio.timeout(timeout or self.timeout):
+                    reply = await self.bus.call(message)
             except TimeoutError as exc:
                 self._stalls += 1
                 self.responsive = False
@@ -450,7 +452,8 @@ class FirewalldBackend(ServiceBackend):
             destination=DBUS_NAME, path=DBUS_PATH, interface=DBUS_NAME, member=member, signature=signature, body=body
         )
         try:
-            reply = await asyncio.wait_for(self.bus.call(message), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                reply = await self.bus.call(message)
         except (TimeoutError, OSError, EOFError) as exc:
             raise BackendUnavailable(f"D-Bus {member} failed: {exc}") from exc
         if reply is None or reply.message_type == MessageType.ERROR:

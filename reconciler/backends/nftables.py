@@ -444,15 +444,17 @@ class NftablesBackend(Backend):
         return self.name
 
     async def close(self) -> None:
+        """End the monitor: the process first, so its reader meets EOF and the
+        loop ends on its own even if a cancel were lost on the way."""
         self._closing = True
         task, self._monitor_task = self._monitor_task, None
+        if self._monitor_proc is not None:
+            await kill(self._monitor_proc)
+            self._monitor_proc = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._monitor_proc is not None:
-            await kill(self._monitor_proc)
-            self._monitor_proc = None
 
     def _notify(self, reason: str) -> None:
         log.info("nft_drift", reason=reason)
@@ -530,10 +532,11 @@ class NftablesBackend(Backend):
         """Read event lines; judge each transaction when its generation line arrives."""
         assert proc.stdout is not None
         pending: list[str] = []
-        while True:
+        while not self._closing:
             try:
                 if pending:
-                    raw = await asyncio.wait_for(proc.stdout.readline(), MONITOR_GROUP_WAIT)
+                    async with asyncio.timeout(MONITOR_GROUP_WAIT):
+                        raw = await proc.stdout.readline()
                 else:
                     raw = await proc.stdout.readline()
             except TimeoutError:

@@ -108,7 +108,8 @@ async def kill(proc: asyncio.subprocess.Process, *, group: bool = False) -> None
         with contextlib.suppress(ProcessLookupError):
             send(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), 2)
+            async with asyncio.timeout(2):
+                await asyncio.shield(proc.wait())
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 send(proc.pid, signal.SIGKILL)
@@ -180,7 +181,8 @@ class ToolRunner:
             if on_start is not None:
                 on_start(proc.pid)
             try:
-                await asyncio.wait_for(proc.wait(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await proc.wait()
             except TimeoutError as exc:
                 await kill(proc, group=True)
                 raise BackendUnavailable(f"{' '.join(argv[:4])} did not finish within {self.timeout:g}s (killed)") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -848,3 +849,33 @@ def test_monitor_subprocess_events_and_close(tmp_path):
     count, proc = run(go())
     assert count == [BackendEvent.CHANGED]
     assert proc is not None and proc.returncode is not None  # terminated and reaped
+
+
+CLOSE_A_CHATTY_MONITOR = """
+import asyncio, sys, time
+from reconciler.backends.nftables import NftablesBackend
+
+async def main() -> None:
+    for _ in range(30):
+        backend = NftablesBackend(nft=sys.argv[1])
+        await backend.subscribe(lambda event: None)
+        await asyncio.sleep(0.05)
+        proc = backend._monitor_proc
+        await backend.close()
+        assert proc is not None and proc.returncode is not None, "the monitor was not reaped"
+
+asyncio.run(main())
+"""
+
+
+def test_close_ends_a_monitor_that_never_stops_talking(tmp_path):
+    """Python 3.11's wait_for swallowed a cancel that met a finished readline, and
+    the monitor loop read on forever: a stop under systemd hung until SIGKILL.
+    close() ends the monitor however busy it is, every time.  (In a child
+    process: a hang must fail this test, not stall the suite.)"""
+    chatter = fake_nft(tmp_path, 'while True:\n    print("add rule ip filter INPUT tcp dport 1 accept", flush=True)')
+    try:
+        done = subprocess.run([sys.executable, "-c", CLOSE_A_CHATTY_MONITOR, chatter], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("NftablesBackend.close() hung on a monitor that keeps printing")
+    assert done.returncode == 0, done.stderr
