@@ -273,6 +273,51 @@ def test_unit_runs_the_iptables_and_nftables_backends(service: Service, netns: s
     assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path)  # stopping leaves the rules in force
 
 
+def slow_tools(links: Path, marks: Path, delay: float) -> None:
+    """Make the iptables tools in ``links`` wait ``delay`` s before they run,
+    writing a line to ``marks`` as each starts: a reconcile long enough to be
+    caught in flight."""
+    for link in list(links.iterdir()):
+        target, name = link.resolve(), link.name
+        link.unlink()
+        link.write_text(f'#!/bin/sh\necho {name} >> {marks}\nsleep {delay}\nexec {target} {name} "$@"\n')
+        link.chmod(0o755)
+
+
+def test_unit_stop_lets_the_reconcile_in_flight_finish(service: Service, netns: str) -> None:
+    """systemctl stop mid-reconcile: SIGTERM reaches fwrecon alone (KillMode=mixed),
+    so that reconcile's tools are not killed mid-batch; it finishes within the
+    grace period, and fwrecon ends nft monitor itself and exits 0 well before
+    TimeoutStopSec=. (With the whole cgroup signalled the tools died, and
+    nft monitor died and was restarted while the daemon stopped.)"""
+    links = service.manager.base / "iptables-nft"
+    path = variant_path("nft", links)
+    marks = service.manager.base / "tool-runs"
+    slow_tools(links, marks, 0.4)
+    service.write_policy("web", DIRECT_AND_NFT_POLICY)
+    service.install(netns, bus_address=f"unix:path={service.manager.base}/no-bus", path=path)
+    service.start()
+
+    in_netns(netns, "iptables", "-F", CHAIN, path=path)
+    marks.write_text("")
+    service.manager.systemctl("reload", UNIT)
+    service.wait_until(lambda: marks.read_text(), "a tool run of the reconcile after SIGHUP")
+    started = time.monotonic()
+    stopped = service.stop()
+    took = time.monotonic() - started
+
+    assert stopped == {"Result": "success", "ExecMainStatus": "0", "ActiveState": "inactive"}, (stopped, service.log_tail())
+    assert took < 5, (took, service.log_tail())
+    events = [json.loads(line) for line in service.log.read_text().splitlines()]
+    names = [event["event"] for event in events]
+    after_stop = events[names.index("shutdown_requested") :]
+    finished = [e for e in after_stop if e["event"] == "reconcile"]
+    assert [(e["trigger"], e["result"]) for e in finished] == [("signal", "success")], service.log_tail()
+    assert not {"nft_monitor_exited", "nft_monitor_started", "transaction_rolled_back"} & {e["event"] for e in after_stop}
+    assert names[-1] == "fwrecon_stopped"
+    assert "--dport 9641" in in_netns(netns, "iptables", "-S", CHAIN, path=path)
+
+
 def test_unit_starts_on_a_fresh_install_with_no_policy_directory(service: Service, netns: str) -> None:
     """systemctl enable --now before any policy exists: the unit creates the
     directory and fwrecon starts with nothing to do."""
