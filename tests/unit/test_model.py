@@ -219,3 +219,16 @@ def test_permanent_copies_nested_without_end_fail_fast_and_plainly():
         data = {"kind": "permanent", "item": data}
     with pytest.raises(ValueError, match="cannot hold another"):
         Item.from_json(data)
+
+
+def test_every_item_kind_says_its_container_and_description():
+    """Item is no longer an ABC (for speed): this test is the check it made.
+    Every concrete item class is registered and overrides both methods."""
+    from reconciler import model
+
+    kinds = {cls for cls in vars(model).values() if isinstance(cls, type) and issubclass(cls, model.Item)}
+    concrete = {cls for cls in kinds if not any(other is not cls and issubclass(other, cls) for other in kinds)}
+    assert concrete == set(model.ITEM_KINDS.values())
+    for cls in concrete:
+        for method in ("container", "describe"):
+            assert getattr(cls, method) is not getattr(model.Item, method), f"{cls.__name__} lacks {method}()"
