@@ -9,11 +9,13 @@ case, networks without host bits, MAC addresses upper case.  Pure.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from .nftsets import IPV4_RE
+from .nftsets import IPV4_RE, ipv4_value
 
 # The types fwrecon declares: the ones firewalld lets a zone source
 # (``ipset:NAME``) and a rich rule's ``source ipset=`` use (its
@@ -39,13 +41,17 @@ REFUSED_OPTIONS = {
     "so fwrecon could neither list nor own them",
 }
 _MAC = re.compile(r"([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}")
-_PORT = re.compile(r"(?:([A-Za-z]+):)?([0-9]{1,5})")
+_PORT = re.compile(r"(?:([A-Za-z]+):)?([0-9]{1,5})(?:-([0-9]{1,5}))?")
+# firewalld 1.3.3 takes "icmp:TYPE" into a hash:ip,port, but its nftables backend then
+# hands nft the type as a port range ("echo-request" as echo to request) and fails.
+_ICMP = ("icmp", "icmpv6", "ipv6-icmp")
 # firewalld's checkInterface, in printable ASCII (the kernel counts bytes), and ',' parts an entry
 _IFACE = re.compile(r"(?:(?![/:!*,])[\x21-\x7e]){1,15}")
 # Hex, or decimal without leading zeros (ipset would read "010" as octal);
 # not int()'s "1_000" or other scripts' digits.
 _MARK = re.compile(r"0[xX][0-9A-Fa-f]{1,16}|0|[1-9][0-9]{0,19}")
 MARK_MAX = 2**32 - 1
+OVERLAP_REFUSED = "firewalld's nftables backend refuses overlapping entries"
 
 
 def default_family(ipset_type: str) -> str:
@@ -131,18 +137,24 @@ def _mac(part: str, family: str, ipset_type: str) -> str:
 
 
 def _port(part: str, family: str, ipset_type: str) -> str:
+    if part.partition(":")[0].lower() in _ICMP:
+        raise ValueError(f"{part!r}: icmp types are not offered (firewalld 1.3.3's nftables backend fails to add them)")
     found = _PORT.fullmatch(part)
     if found is None:
         raise ValueError(
-            f"{part!r} is not a port: PROTOCOL:PORT, e.g. tcp:443 (tcp when none is given; "
-            "port ranges, names and icmp types are not offered)"
+            f"{part!r} is not a port: PROTOCOL:PORT or PROTOCOL:FIRST-LAST, e.g. tcp:443 or udp:60000-61000 "
+            "(tcp when none is given; port names are not offered)"
         )
-    protocol, port = (found[1] or "tcp").lower(), int(found[2])
+    protocol, low = (found[1] or "tcp").lower(), int(found[2])
+    high = int(found[3]) if found[3] else low
     if protocol not in PORT_PROTOCOLS:
         raise ValueError(f"{part!r}: protocol {protocol!r} is not one of {'|'.join(PORT_PROTOCOLS)}")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{part!r}: port {port} is not in 1-65535")
-    return f"{protocol}:{port}"
+    for port in (low, high):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{part!r}: port {port} is not in 1-65535")
+    if low > high:
+        raise ValueError(f"{part!r}: the range's first port is above its last")
+    return f"{protocol}:{low}" if low == high else f"{protocol}:{low}-{high}"
 
 
 def _interface(part: str, family: str, ipset_type: str) -> str:
@@ -167,21 +179,98 @@ def _version(family: str) -> int:
 _PARTS = {"ip": _address, "net": _network, "mac": _mac, "port": _port, "iface": _interface, "mark": _mark}
 
 
-def overlapping(entries: Iterable[str]) -> list[tuple[str, str]]:
-    """Pairs of canonical hash:net entries that overlap (firewalld refuses
-    them: ``INVALID_ENTRY``), each pair as (covering, covered)."""
-    by_version: dict[int, list[tuple[int, int, str]]] = {}  # version -> (first, last address, entry)
-    for entry in entries:
-        network = ipaddress.ip_network(entry)
-        first, last = int(network.network_address), int(network.broadcast_address)
-        by_version.setdefault(network.version, []).append((first, -last, entry))
-    pairs = []
-    for spans in by_version.values():
-        spans.sort()  # by first address, the widest first: CIDR networks nest or lie apart
-        covering: tuple[int, str] | None = None  # (last address, entry)
-        for first, negative_last, entry in spans:
-            if covering is not None and first <= covering[0]:
-                pairs.append((covering[1], entry))
+def overlapping(ipset_type: str, entries: Iterable[str]) -> list[tuple[str, str]]:
+    """Canonical entries that overlap, as (one it overlaps, the entry), in the
+    order given; empty when no two overlap.  firewalld's nftables backend
+    keeps an ipset with a network or port part as an nft interval set, and
+    nft refuses an element that overlaps another ("File exists").  Two
+    entries overlap when their networks nest (or are equal), their port
+    ranges meet and their other parts are equal; the entry named is the one
+    whose network lies in the other's or, in one network, whose ports start
+    later.
+
+    O(n log n): an entry is compared only with the entries whose network
+    holds its own, at the prefix lengths in use, by a binary search."""
+    kinds = ipset_type.removeprefix("hash:").split(",")
+    if "net" not in kinds and "port" not in kinds:
+        return []  # single values: equal entries are one entry
+    entries = list(entries)
+    spans = [_span(kinds, entry) for entry in entries]
+    cells: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {}  # (exact parts, version, network) -> port spans
+    lengths: dict[tuple[Any, ...], set[int]] = {}  # (exact parts, version) -> prefix lengths in use
+    for index, (exact, (version, first, length, _), ports) in enumerate(spans):
+        cells.setdefault((exact, version, first, length), []).append((*ports, index))
+        lengths.setdefault((exact, version), set()).add(length)
+    named: dict[int, int] = {}  # entry -> the entry it overlaps
+    sweeps: dict[tuple[Any, ...], _Sweep] = {}  # the cells of more than one span
+    for cell, found in cells.items():
+        if len(found) > 1:
+            sweeps[cell] = sweep = _Sweep(found)
+            for at in range(1, len(found)):  # in one network: a span that starts before the widest so far ends
+                if found[at][0] <= sweep.highest[at - 1]:
+                    named[found[at][2]] = found[sweep.widest[at - 1]][2]
+    shorter_first = {group: sorted(found, reverse=True) for group, found in lengths.items() if len(found) > 1}
+    for index, (exact, (version, first, length, bits), (low, high)) in enumerate(spans):
+        for shorter in shorter_first.get((exact, version), ()):
+            if index in named:
+                break
+            cell = (exact, version, first & ~((1 << (bits - shorter)) - 1), shorter)
+            if shorter >= length or cell not in cells:
+                continue
+            if cell in sweeps:
+                other = sweeps[cell].meeting(low, high)
             else:
-                covering = (-negative_last, entry)
-    return pairs
+                ((other_low, other_high, other_index),) = cells[cell]
+                other = other_index if other_low <= high and low <= other_high else None
+            if other is not None:
+                named[index] = other
+    return [(entries[named[index]], entries[index]) for index in sorted(named)]
+
+
+def _span(kinds: list[str], entry: str) -> tuple[tuple[str, ...], tuple[int, int, int, int], tuple[int, int]]:
+    """A canonical entry as (its exact parts, its network as (version, first
+    address, prefix length, bits), its ports as (first, last))."""
+    exact: list[str] = []
+    network, ports = (0, 0, 0, 0), (0, 0)
+    for kind, part in zip(kinds, entry.split(","), strict=True):
+        if kind == "net":
+            address, _, length = part.partition("/")
+            if IPV4_RE.fullmatch(address):
+                network = (4, ipv4_value(address), int(length), 32)
+            else:
+                parsed = ipaddress.ip_network(part)
+                network = (parsed.version, int(parsed.network_address), parsed.prefixlen, parsed.max_prefixlen)
+        elif kind == "port":
+            protocol, _, numbers = part.partition(":")
+            low, _, high = numbers.partition("-")
+            exact.append(protocol)
+            ports = (int(low), int(high or low))
+        else:
+            exact.append(part)
+    return tuple(exact), network, ports
+
+
+class _Sweep:
+    """One network's port spans (first, last, entry index) by first port, with
+    the highest last port so far and where it is, for a binary search."""
+
+    def __init__(self, found: list[tuple[int, int, int]]) -> None:
+        found.sort()
+        self.found = found
+        self.lows = [low for low, _, _ in found]
+        self.highest: list[int] = []
+        self.widest: list[int] = []  # the position of the span that reaches highest
+        for at, (_, high, _) in enumerate(found):
+            if not self.highest or high > self.highest[-1]:
+                self.highest.append(high)
+                self.widest.append(at)
+            else:
+                self.highest.append(self.highest[-1])
+                self.widest.append(self.widest[-1])
+
+    def meeting(self, low: int, high: int) -> int | None:
+        """The entry index of a span that meets low..high, or None."""
+        at = bisect.bisect_right(self.lows, high) - 1  # found[: at + 1] start at or below high
+        if at < 0 or self.highest[at] < low:
+            return None
+        return self.found[self.widest[at]][2]

@@ -117,12 +117,12 @@ def _port(text: str) -> int:
 
 def _address_bounds(set_type: str, text: str) -> list[int]:
     if set_type == "ipv4_addr" and IPV4_RE.fullmatch(text):
-        value = _ipv4_value(text)
+        value = ipv4_value(text)
         return [value, value]
     address, slash, length = text.partition("/")
     if set_type == "ipv4_addr" and slash and IPV4_RE.fullmatch(address) and length.isdigit() and int(length) <= 32:
         size = 1 << (32 - int(length))
-        low = _ipv4_value(address) & ~(size - 1)  # host bits dropped, as nft does
+        low = ipv4_value(address) & ~(size - 1)  # host bits dropped, as nft does
         return [low, low + size - 1]
     if "%" in text:  # ipaddress takes a scope ("fe80::1%eth0"); nft does not
         raise ValueError(f"{text!r} is not an IPv{4 if set_type == 'ipv4_addr' else 6} address, network or range")
@@ -156,7 +156,7 @@ def _text(set_type: str, low: int, high: int) -> str:
     return f"{_address(set_type, low)}-{_address(set_type, high)}"
 
 
-def _ipv4_value(text: str) -> int:
+def ipv4_value(text: str) -> int:
     a, b, c, d = map(int, text.split("."))
     return (a << 24) | (b << 16) | (c << 8) | d
 

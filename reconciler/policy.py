@@ -21,6 +21,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .errors import PolicyError
@@ -31,6 +32,7 @@ from .ipsets import (
     IPSET_NAME_TEXT,
     IPSET_OPTIONS,
     IPSET_TYPES,
+    OVERLAP_REFUSED,
     REFUSED_OPTIONS,
     canonical_entry,
     canonical_options,
@@ -313,39 +315,69 @@ def conflicting_sets(policies: Mapping[str, Policy]) -> dict[str, list[PolicyErr
     """
     first_ipset: dict[str, tuple[str, Ipset]] = {}  # name -> first declaring policy, its ipset
     first: dict[tuple[str, str], tuple[str, NftSet]] = {}  # (family, name) -> first declaring policy, its set
-    spans: dict[tuple[str, str], dict[str, str]] = {}  # -> element -> the policy it came from
+    spans: dict[object, dict[str, str]] = {}  # set or ipset -> element or entry -> the policy it came from
     errors: dict[str, list[PolicyError]] = {}
     for name in sorted(policies):
         policy = policies[name]
-        for ipset in sorted((item for item in policy.items if isinstance(item, Ipset)), key=Item.sort_key):
+        told = errors.setdefault(name, [])
+        ipsets = sorted((item for item in policy.items if isinstance(item, Ipset)), key=Item.sort_key)
+        for ipset in ipsets:
             owner, declared_ipset = first_ipset.setdefault(ipset.name, (name, ipset))
             if declared_ipset != ipset:
                 message = f"policy {owner!r} declares the ipset {ipset.name!r} as {declared_ipset.describe()}"
-                errors.setdefault(name, []).append(PolicyError(policy.file, policy.key_of(ipset), message))
+                told.append(PolicyError(policy.file, policy.key_of(ipset), message))
         sets = sorted((item for item in policy.items if isinstance(item, NftSet)), key=Item.sort_key)
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
             owner, declared = first.setdefault(key, (name, nft_set))
             if declared != nft_set:
                 message = f"policy {owner!r} declares the set {nft_set.name!r} ({nft_set.family}) as {declared.describe()}"
-                errors.setdefault(name, []).append(PolicyError(policy.file, policy.key_of(nft_set), message))
+                told.append(PolicyError(policy.file, policy.key_of(nft_set), message))
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
-            if first[key][1] != nft_set or "interval" not in nft_set.flags:
-                continue
-            theirs = spans.setdefault(key, {})
-            mine = {item.element for item in policy.items if isinstance(item, NftElement) and (item.family, item.set) == key}
-            mine -= theirs.keys()  # (the same element in two policies is one shared element)
-            for pair in conflicts(nft_set.type, [*theirs, *mine]):
-                ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]
-                if ours and other:
-                    where = policy.key_of(NftElement(nft_set.family, nft_set.name, ours[0]))
-                    message = (
-                        f"{ours[0]!r} overlaps {other[0]!r} of policy {theirs[other[0]]!r}; nft refuses overlapping intervals"
-                    )
-                    errors.setdefault(name, []).append(PolicyError(policy.file, where, message))
-            theirs.update(dict.fromkeys(mine, name))
-    return errors
+            if first[key][1] == nft_set and "interval" in nft_set.flags:
+                mine = {i.element for i in policy.items if isinstance(i, NftElement) and (i.family, i.set) == key}
+                told += _overlaps_across(
+                    policy,
+                    spans.setdefault(key, {}),
+                    mine,
+                    partial(conflicts, nft_set.type),
+                    partial(NftElement, nft_set.family, nft_set.name),
+                    "nft refuses overlapping intervals",
+                )
+        for ipset in ipsets:
+            if first_ipset[ipset.name][1] == ipset:
+                mine = {i.entry for i in policy.items if isinstance(i, IpsetEntry) and i.ipset == ipset.name}
+                told += _overlaps_across(
+                    policy,
+                    spans.setdefault(("ipset", ipset.name), {}),
+                    mine,
+                    partial(overlapping, ipset.type),
+                    partial(IpsetEntry, ipset.name),
+                    OVERLAP_REFUSED,
+                )
+    return {name: found for name, found in errors.items() if found}
+
+
+def _overlaps_across(
+    policy: Policy,
+    theirs: dict[str, str],
+    mine: set[str],
+    pairs_of: Callable[[list[str]], list[tuple[str, str]]],
+    item_of: Callable[[str], Item],
+    refused: str,
+) -> list[PolicyError]:
+    """The errors for ``mine`` (one policy's elements of one set) that overlap
+    an element of the earlier policies (``theirs``, which then takes ``mine``)."""
+    mine = mine - theirs.keys()  # (the same element in two policies is one shared element)
+    found = []
+    for pair in pairs_of([*theirs, *mine]):
+        ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]
+        if ours and other:
+            message = f"{ours[0]!r} overlaps {other[0]!r} of policy {theirs[other[0]]!r}; {refused}"
+            found.append(PolicyError(policy.file, policy.key_of(item_of(ours[0])), message))
+    theirs.update(dict.fromkeys(mine, policy.name))
+    return found
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError, text: str) -> str:
@@ -825,12 +857,9 @@ class _PolicyParser:
         maxelem = int(options.get("maxelem", IPSET_OPTIONS["maxelem"]))
         if len(entries) > maxelem:
             self.error(f"{path}.entries", f"{len(entries)} entries, more than maxelem {maxelem} (raise options.maxelem)")
-        if ipset_type == "hash:net" and len(self.errors) == errors_before:
-            for covering, covered in overlapping(entries):
-                self.error(
-                    entries[covered],
-                    f"{covered!r} lies in {covering!r} ({entries[covering]}); firewalld refuses overlapping entries",
-                )
+        if len(self.errors) == errors_before:
+            for other, entry in overlapping(ipset_type, entries):
+                self.error(entries[entry], f"{entry!r} overlaps {other!r} ({entries[other]}); {OVERLAP_REFUSED}")
         if len(self.errors) > errors_before:
             return
         ipset = Ipset(name, ipset_type, family, canonical_options(options))

@@ -341,6 +341,40 @@ def test_composite_ipsets_read_back_as_written_and_filter_traffic(fwrecon: Fwrec
     assert ipsets(sb, permanent=True) == set()
 
 
+def port_range(*entries: str) -> str:
+    return (
+        f'[ipset.pp]\ntype = "hash:ip,port"\nentries = {json.dumps(list(entries))}\n'
+        '\n[zone.public]\nports = ["8080-8082/tcp"]\n'
+        'rich_rules = [\'rule family="ipv4" destination ipset="pp" drop\']\n'
+    )
+
+
+def test_a_port_range_entry_filters_every_port_in_it_and_an_overlap_is_refused(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("r", port_range(f"{SANDBOX_ADDR},tcp:8081-8082"))
+    applied(fwrecon)
+    assert runtime_entries(sb, "pp") == {f"{SANDBOX_ADDR},tcp:8081-8082"}
+    assert fwrecon.run("plan").returncode == 0  # read back as written
+    assert [sb.tcp_probe(port) for port in (8080, 8081, 8082)] == ["accepted", "timeout", "timeout"]
+
+    # nft would refuse the second entry ("File exists"): the file is refused, and what it had stays.
+    fwrecon.write_policy("r", port_range(f"{SANDBOX_ADDR},tcp:8081-8082", f"{SANDBOX_ADDR},8080-8081"))
+    result = fwrecon.run("apply")
+    assert result.returncode != 0
+    [invalid] = [e for e in map(json.loads, result.stderr.splitlines()) if e["event"] == "policy_invalid"]
+    assert (invalid["file"], invalid["key"]) == ("r.toml", "ipset.pp.entries[0]"), invalid  # the later-starting range
+    assert invalid["error"].startswith(f"'{SANDBOX_ADDR},tcp:8081-8082' overlaps '{SANDBOX_ADDR},tcp:8080-8081'"), invalid
+    assert runtime_entries(sb, "pp") == {f"{SANDBOX_ADDR},tcp:8081-8082"}
+
+    fwrecon.write_policy("r", port_range(f"{SANDBOX_ADDR},tcp:8082-8082"))  # a one-port range is the port
+    applied(fwrecon)
+    assert runtime_entries(sb, "pp") == {f"{SANDBOX_ADDR},tcp:8082"}
+    assert [sb.tcp_probe(port) for port in (8081, 8082)] == ["accepted", "timeout"]
+    fwrecon.remove_policy("r")
+    applied(fwrecon)
+    assert ipsets(sb, permanent=True) == set()
+
+
 def test_removing_every_entry_empties_the_ipset_in_one_call(fwrecon: Fwrecon) -> None:
     # firewalld 1.3.3 takes seconds per removeEntry from a large ipset: one setEntries with none instead.
     sb = fwrecon.sandbox

@@ -16,7 +16,7 @@ from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import PolicyOutcome, Reconciler, with_creations
 from reconciler.ipsets import canonical_entry, canonical_options, overlapping
 from reconciler.model import Ipset, IpsetEntry, Item, Op, Outcome, Scope, Service, Source
-from reconciler.policy import LoadResult, Policy, PolicyFileInvalid, parse_policy
+from reconciler.policy import LoadResult, Policy, PolicyFileInvalid, conflicting_sets, parse_policy
 from reconciler.state import StateStore
 from reconciler.view import FirewallView
 
@@ -100,6 +100,8 @@ def test_an_owned_ipset_holding_a_foreign_entry_stays(tmp_path) -> None:
         ("hash:mac", "", "aa:bb:cc:00:11:22", "AA:BB:CC:00:11:22"),
         ("hash:ip,port", "inet", "192.0.2.1, 443", "192.0.2.1,tcp:443"),
         ("hash:ip,port", "inet6", "2001:DB8::1,UDP:0053", "2001:db8::1,udp:53"),
+        ("hash:ip,port", "inet", "192.0.2.1,80-0090", "192.0.2.1,tcp:80-90"),
+        ("hash:net,port", "inet", "192.0.2.0/24,udp:53-53", "192.0.2.0/24,udp:53"),  # a one-port range is the port
         ("hash:net,port", "inet", "192.0.2.77/24,sctp:9", "192.0.2.0/24,sctp:9"),
         ("hash:net,port", "inet", "192.0.2.7,udplite:1", "192.0.2.7/32,udplite:1"),
         ("hash:net,iface", "inet", "10.0.0.0/8,virbr0", "10.0.0.0/8,virbr0"),
@@ -125,9 +127,15 @@ def test_entries_take_the_form_firewalld_keeps(ipset_type, family, text, canonic
         ("hash:mac", "", "aa:bb", "not a MAC address"),
         ("hash:ip,port", "inet", "192.0.2.1", "one looks like '192.0.2.1,tcp:443'"),
         ("hash:ip,port", "inet", "192.0.2.1,tcp:80,x", "is not an entry of a hash:ip,port ipset"),
-        ("hash:ip,port", "inet", "192.0.2.1,tcp:80-90", "port ranges, names and icmp types are not offered"),
-        ("hash:ip,port", "inet", "192.0.2.1,ssh", "is not a port"),
-        ("hash:ip,port", "inet", "192.0.2.1,icmp:8", "protocol 'icmp' is not one of tcp|udp|sctp|udplite"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:90-80", "the range's first port is above its last"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:0-80", "port 0 is not in 1-65535"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:80-65536", "port 65536 is not in 1-65535"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:80-", "is not a port"),
+        ("hash:ip,port", "inet", "192.0.2.1,tcp:80-90-100", "is not a port"),
+        ("hash:ip,port", "inet", "192.0.2.1,ssh", "port names are not offered"),
+        ("hash:ip,port", "inet", "192.0.2.1,gre:0", "protocol 'gre' is not one of tcp|udp|sctp|udplite"),
+        ("hash:ip,port", "inet", "192.0.2.1,icmp:8", "icmp types are not offered"),
+        ("hash:ip,port", "inet6", "2001:db8::1,ipv6-icmp:echo-request", "icmp types are not offered"),
         ("hash:ip,port", "inet", "192.0.2.1,tcp:0", "port 0 is not in 1-65535"),
         ("hash:ip,port", "inet", "192.0.2.1,tcp:65536", "port 65536 is not in 1-65535"),
         ("hash:ip,port", "inet", "192.0.2.0/24,tcp:80", "a network: use type hash:net,port"),
@@ -154,8 +162,76 @@ def test_bad_entries_say_why(ipset_type, family, text, message) -> None:
 
 
 def test_overlapping_networks_are_found_per_family() -> None:
-    found = overlapping(["10.0.0.0/8", "10.1.0.0/16", "11.0.0.0/8", "2001:db8::/32", "2001:db8:5::/48", "2001:db9::/32"])
+    found = overlapping(
+        "hash:net", ["10.0.0.0/8", "10.1.0.0/16", "11.0.0.0/8", "2001:db8::/32", "2001:db8:5::/48", "2001:db9::/32"]
+    )
     assert sorted(found) == [("10.0.0.0/8", "10.1.0.0/16"), ("2001:db8::/32", "2001:db8:5::/48")]
+
+
+@pytest.mark.parametrize(
+    ("ipset_type", "entries", "pairs"),
+    [
+        # What nft refused in firewalld's table ("File exists"), and what it took.
+        ("hash:ip,port", ["192.0.2.2,tcp:80-90", "192.0.2.2,tcp:85"], [("192.0.2.2,tcp:80-90", "192.0.2.2,tcp:85")]),
+        ("hash:ip,port", ["192.0.2.2,tcp:85", "192.0.2.2,tcp:80-90"], [("192.0.2.2,tcp:80-90", "192.0.2.2,tcp:85")]),
+        ("hash:net,port", ["10.1.0.0/16,tcp:5", "10.0.0.0/8,tcp:1-9"], [("10.0.0.0/8,tcp:1-9", "10.1.0.0/16,tcp:5")]),
+        (
+            "hash:ip,port",
+            ["192.0.2.2,tcp:80-90", "192.0.2.2,tcp:85", "192.0.2.2,tcp:86"],
+            [("192.0.2.2,tcp:80-90", "192.0.2.2,tcp:85"), ("192.0.2.2,tcp:80-90", "192.0.2.2,tcp:86")],
+        ),
+        ("hash:ip,port", ["192.0.2.2,tcp:80-90", "192.0.2.2,tcp:90-95"], [("192.0.2.2,tcp:80-90", "192.0.2.2,tcp:90-95")]),
+        ("hash:ip,port", ["192.0.2.2,tcp:80-90", "192.0.2.2,tcp:91-95", "192.0.2.2,udp:85", "192.0.2.3,tcp:85"], []),
+        ("hash:net,port", ["192.0.2.0/24,tcp:80", "192.0.2.0/25,tcp:80"], [("192.0.2.0/24,tcp:80", "192.0.2.0/25,tcp:80")]),
+        ("hash:net,port", ["192.0.2.0/24,tcp:80", "192.0.2.0/25,tcp:81", "192.0.2.0/25,udp:80-90"], []),
+        (
+            "hash:net,port",
+            ["192.0.2.0/24,udp:91-95", "192.0.2.0/25,udp:80-91"],
+            [("192.0.2.0/24,udp:91-95", "192.0.2.0/25,udp:80-91")],
+        ),
+        ("hash:net,port", ["192.0.2.0/25,tcp:80", "192.0.2.128/25,tcp:80", "2001:db8::/32,tcp:80"], []),
+        (
+            "hash:net,iface",
+            ["10.0.0.0/8,eth0", "10.1.0.0/16,eth0", "10.1.0.0/16,eth1"],
+            [("10.0.0.0/8,eth0", "10.1.0.0/16,eth0")],
+        ),
+        ("hash:ip", ["192.0.2.1", "192.0.2.2"], []),
+        ("hash:ip,mark", ["192.0.2.1,0x1", "192.0.2.1,0x2"], []),
+    ],
+)
+def test_overlapping_composite_entries(ipset_type, entries, pairs) -> None:
+    assert overlapping(ipset_type, entries) == pairs
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16"]), st.integers(1, 40), st.integers(0, 5)
+        ),
+        max_size=12,
+    )
+)
+def test_overlapping_agrees_with_comparing_every_pair(spans) -> None:
+    entries = list(dict.fromkeys(f"{net},tcp:{low}-{low + width}" if width else f"{net},tcp:{low}" for net, low, width in spans))
+    entries = [canonical_entry("hash:net,port", "inet", entry) for entry in entries]
+
+    def meet(a: str, b: str) -> bool:
+        (net_a, ports_a), (net_b, ports_b) = (e.split(",tcp:") for e in (a, b))
+        low_a, _, high_a = ports_a.partition("-")
+        low_b, _, high_b = ports_b.partition("-")
+        nested = ipaddress.ip_network(net_a).overlaps(ipaddress.ip_network(net_b))
+        return nested and int(low_a) <= int(high_b or low_b) and int(low_b) <= int(high_a or low_a)
+
+    def holds(a: str, b: str) -> bool:  # a's network holds b's; in one network, b's ports start later
+        net_a, net_b = (ipaddress.ip_network(e.split(",")[0]) for e in (a, b))
+        span_a, span_b = ([int(port) for port in e.split(":")[1].split("-")] for e in (a, b))
+        return net_b.subnet_of(net_a) and (net_a != net_b or (span_a[0], span_a[-1]) < (span_b[0], span_b[-1]))
+
+    found = overlapping("hash:net,port", entries)
+    named = [b for _, b in found]
+    assert named == [b for b in entries if any(meet(a, b) and holds(a, b) for a in entries if a != b)]
+    assert all(meet(a, b) and holds(a, b) for a, b in found)
+    assert bool(found) == any(meet(a, b) for i, a in enumerate(entries) for b in entries[i + 1 :])
 
 
 def test_default_options_compare_equal_to_none() -> None:
@@ -322,7 +398,8 @@ def test_a_composite_entry_is_refused_naming_what_is_wrong_or_canonical_for_good
         ("hash:net", "inet", ["192.0.2.7"], ["192.0.2.7/32"]),
         # What fwrecon cannot read (a type it does not declare, a form it refuses) stays as it is.
         ("hash:ip,port,ip", "inet", ["192.0.2.1,80,192.0.2.2"], ["192.0.2.1,80,192.0.2.2"]),
-        ("hash:ip,port", "inet", ["192.0.2.1,tcp:80-90"], ["192.0.2.1,tcp:80-90"]),
+        ("hash:ip,port", "inet", ["192.0.2.1,tcp:80-90", "192.0.2.1,tcp:80-80"], ["192.0.2.1,tcp:80-90", "192.0.2.1,tcp:80"]),
+        ("hash:ip,port", "inet", ["192.0.2.1,icmp:echo-request"], ["192.0.2.1,icmp:echo-request"]),
     ],
 )
 def test_another_tools_spelling_of_an_entry_reads_as_that_entry(ipset_type, family, listed, read) -> None:
@@ -421,3 +498,35 @@ def test_an_owned_set_kept_for_someone_elses_element_is_said_once_and_goes_after
     backend.state.remove(theirs)
     reconcile()
     assert backend.state.items() == set() and store.load().owned == {}
+
+
+def test_overlapping_entries_are_an_error_naming_both_keys() -> None:
+    ports = '[ipset.x]\ntype = "hash:ip,port"\nentries = ["192.0.2.1,tcp:80-90", "192.0.2.2,tcp:85", "192.0.2.1,85"]\n'
+    assert errors_of(ports) == [
+        "b.toml: ipset.x.entries[2]: '192.0.2.1,tcp:85' overlaps '192.0.2.1,tcp:80-90' (ipset.x.entries[0]); "
+        "firewalld's nftables backend refuses overlapping entries"
+    ]
+    nets = '[ipset.x]\ntype = "hash:net,port"\nentries = ["10.1.0.0/16,udp:53", "10.0.0.0/8,udp:1-1024"]\n'
+    assert errors_of(nets) == [
+        "b.toml: ipset.x.entries[0]: '10.1.0.0/16,udp:53' overlaps '10.0.0.0/8,udp:1-1024' (ipset.x.entries[1]); "
+        "firewalld's nftables backend refuses overlapping entries"
+    ]
+
+
+def test_entries_that_overlap_another_policys_are_an_error_of_the_later_policy() -> None:
+    def ports(name: str, *entries: str) -> Policy:
+        text = '[ipset.x]\ntype = "hash:ip,port"\nentries = [' + ", ".join(f'"{e}"' for e in entries) + "]\n"
+        return parse_policy(f"{name}.toml", text.encode())
+
+    policies = {
+        "a": ports("a", "192.0.2.1,tcp:80-90"),
+        "b": ports("b", "192.0.2.1,tcp:85", "192.0.2.1,tcp:91"),
+        "c": ports("c", "192.0.2.1,tcp:80-90", "192.0.2.1,udp:85"),  # a's entry again: one shared entry
+    }
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets(policies).items()}
+    assert errors == {
+        "b": [
+            "b.toml: ipset.x.entries[0]: '192.0.2.1,tcp:85' overlaps '192.0.2.1,tcp:80-90' of policy 'a'; "
+            "firewalld's nftables backend refuses overlapping entries"
+        ]
+    }
