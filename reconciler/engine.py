@@ -380,7 +380,9 @@ class Reconciler:
         return found
 
     async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
-        """Read what desired or owned state mentions (and tell labelling backends those items).
+        """Read what desired or owned state mentions (and tell labelling
+        backends those items), with the users of the owned holders a plan
+        may remove.
 
         In runtime mode also the permanent layer of the owned firewalld items,
         to see when someone made them permanent (`_note_made_permanent`)."""
@@ -389,7 +391,13 @@ class Reconciler:
             copies = [Permanent(item) for item in state.owned if isinstance(item, PERSISTABLE)]
             if copies and self.backend.name_for(copies[0]) != NO_BACKEND:
                 containers.update(copy.container() for copy in copies)
-        view = await self.backend.observe(containers, [*state.owned, *itertools.chain(*desired.values())])
+        removable = [  # (an owned holder an owner of it no longer wants: only for these does a plan ask what uses them)
+            item
+            for item, owners in state.owned.items()
+            if type(item) in _HOLDER_TYPES and is_holder(item) and any(item not in desired.get(p, ()) for p in owners)
+        ]
+        known = [*state.owned, *itertools.chain(*desired.values())]
+        view = await self.backend.observe(containers, known, removable=removable)
         if self.persist == "runtime":
             self._note_made_permanent(view, state)
         return view

@@ -64,7 +64,13 @@ class Backend(ABC):
     name: str = "backend"
 
     @abstractmethod
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         """Read the given containers, one read each, into a view.
 
         ``known``: every item the caller cares about (desired and owned), the
@@ -72,6 +78,11 @@ class Backend(ABC):
         on (None: those it was told last).  Told at each observe rather than
         learnt for good, so what the backend knows never outgrows what the
         engine wants.
+
+        ``removable``: the owned chains, sets and ipsets a plan may remove
+        (None: any the read meets), the only ones whose users
+        (`FirewallView.users_of`) it asks about: a backend for which they
+        cost reads of their own reads them for these alone.
         """
 
     @abstractmethod

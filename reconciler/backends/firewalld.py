@@ -227,10 +227,17 @@ class FirewalldBackend(ServiceBackend):
 
     # -- observe ---------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         """One read per zone and policy; one getAllChains + getAllRules for
         every direct table; the same per container in the permanent layer;
-        with an ipset, what uses it in every zone and policy (`IpsetLayer.users`).
+        with an ipset that may be removed, what uses it in every zone and
+        policy (`IpsetLayer.users`).
         (firewalld reports items as themselves: ``known`` is not needed.)"""
         wanted = set(containers)
         reads = sorted({_read_unit(c) for c in wanted})
@@ -246,7 +253,12 @@ class FirewalldBackend(ServiceBackend):
                 items.extend(ipset_items)
             else:
                 items.extend(item for item in found if item.container() in wanted)
-        ipsets = [item for item in items if type(item) is Ipset]  # (the few there are: a policy's list is its entries)
+        # Their users cost a read of every zone and policy (about 37 calls): only for an ipset a plan may remove.
+        ipsets = [
+            item
+            for item in items  # (the few ipsets there are: a policy's list is its entries)
+            if type(item) is Ipset and (removable is None or item in removable)
+        ]
         users = await self.ipsets.users(ipsets, wanted) if ipsets else {}
         return FirewallView(items, containers, missing, users=users, reads=counts)
 

@@ -373,7 +373,13 @@ class IptablesBackend(Backend):
 
     # -- observe -----------------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         """One ``-save -t TABLE`` per direct table (plus a probe when texts must be learnt)."""
         if known is not None:
             self._know(known, only=True)

@@ -69,7 +69,13 @@ class MemoryBackend(Backend):
             self.state = saved  # all or nothing
             raise
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         self.reads.extend(sorted(containers))
         wanted = set(containers)
         return FirewallView((i for i in self.state.items() if i.container() in wanted), containers)

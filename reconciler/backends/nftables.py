@@ -286,7 +286,13 @@ class NftablesBackend(Backend):
 
     # -- observe ------------------------------------------------------------------------
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         """One ``nft -j list table <family> fwrecon`` per ("nft", family) container."""
         if known is not None:
             self._know(known, only=True)

@@ -80,7 +80,13 @@ class Router(Backend):
         backend = self.backend_for(item)
         return backend.name_for(item) if backend else NO_BACKEND
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
         """Each container from the backend in charge of it; ``known`` goes to every
         reachable backend (one no longer in charge may still hold items to move)."""
         known = list(known) if known is not None else None
@@ -94,7 +100,9 @@ class Router(Backend):
                 skipped.append(container)  # nothing to read or write: its items wait
                 continue
             groups.setdefault(id(backend), (backend, []))[1].append(container)
-        views = await asyncio.gather(*(backend.observe(wanted, known) for backend, wanted in groups.values()))
+        views = await asyncio.gather(
+            *(backend.observe(wanted, known, removable=removable) for backend, wanted in groups.values())
+        )
         items: list[Item] = []
         missing: list[tuple[str, ...]] = []
         users: dict[Item, tuple[Item | str, ...]] = {}

@@ -34,8 +34,14 @@ class FaultyBackend(Backend):
         self.stop_pid = stop_pid
         self.writes = 0
 
-    async def observe(self, containers: Collection[tuple[str, ...]], known: Iterable[Item] | None = None) -> FirewallView:
-        return await self.inner.observe(containers, known)
+    async def observe(
+        self,
+        containers: Collection[tuple[str, ...]],
+        known: Iterable[Item] | None = None,
+        *,
+        removable: Collection[Item] | None = None,
+    ) -> FirewallView:
+        return await self.inner.observe(containers, known, removable=removable)
 
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         return await self.inner.refusals(items, ask_tools=ask_tools)

@@ -375,6 +375,30 @@ def test_a_port_range_entry_filters_every_port_in_it_and_an_overlap_is_refused(f
     assert ipsets(sb, permanent=True) == set()
 
 
+def test_an_ipset_no_plan_may_remove_costs_no_read_of_its_users(fwrecon: Fwrecon) -> None:
+    sb = fwrecon.sandbox
+    fwrecon.write_policy("block", blocklist("192.0.2.0/24"))
+    applied(fwrecon)
+    block, containers = Ipset("blocklist", "hash:net", "inet"), {("ipset", "blocklist")}
+
+    async def scenario(backend: FirewalldBackend) -> None:
+        listings = 0
+        referrers = backend.ipsets._referrers
+
+        async def counted():  # type: ignore[no-untyped-def]
+            nonlocal listings
+            listings += 1
+            return await referrers()
+
+        backend.ipsets._referrers = counted  # type: ignore[method-assign]
+        assert (await backend.observe(containers, removable=[])).users == {} and listings == 0
+        view = await backend.observe(containers, removable=[block])
+        assert listings == 1 and "zone drop source ipset:blocklist" in view.users_of(block), view.users
+        assert (await backend.observe(containers)).users_of(block) and listings == 2  # (None: every ipset met)
+
+    on_backend(sb, scenario)
+
+
 def test_removing_every_entry_empties_the_ipset_in_one_call(fwrecon: Fwrecon) -> None:
     # firewalld 1.3.3 takes seconds per removeEntry from a large ipset: one setEntries with none instead.
     sb = fwrecon.sandbox

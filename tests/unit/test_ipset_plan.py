@@ -500,6 +500,33 @@ def test_an_owned_set_kept_for_someone_elses_element_is_said_once_and_goes_after
     assert backend.state.items() == set() and store.load().owned == {}
 
 
+def test_a_plan_asks_the_users_of_just_the_owned_holders_an_owner_no_longer_wants(tmp_path) -> None:
+    # firewalld reads every zone and policy for an ipset's users: only for one a plan may remove.
+    from reconciler.model import NftElement, NftSet
+
+    asked: list[list[Item] | None] = []
+
+    class Recording(MemoryBackend):
+        async def observe(self, containers, known=None, *, removable=None):  # type: ignore[no-untyped-def]
+            asked.append(None if removable is None else sorted(removable, key=Item.sort_key))
+            return await super().observe(containers, known, removable=removable)
+
+    nft_set, element = NftSet("inet", "s", "ipv4_addr"), NftElement("inet", "s", "10.0.0.1")
+    backend, store = Recording(), StateStore(tmp_path / "s.json")
+
+    def reconcile(**items: set[Item]) -> list[list[Item] | None]:
+        loaded = LoadResult(policies={n: Policy(n, f"{n}.toml", "", frozenset(i)) for n, i in items.items()})
+        asked.clear()
+        assert asyncio.run(Reconciler(backend, store).reconcile(loaded)).converged
+        return asked
+
+    assert set(map(str, reconcile(p={BLOCK, ENTRY, nft_set, element}))) == {"[]"}
+    assert set(map(str, reconcile(p={BLOCK, ENTRY, nft_set, element}, q={nft_set}))) == {"[]"}
+    assert reconcile(p={BLOCK, ENTRY}, q={nft_set})[0] == [nft_set]  # p's: q still wants it, so it stays
+    assert reconcile(q={nft_set})[0] == [BLOCK]
+    assert backend.state.items() == {nft_set}
+
+
 def test_overlapping_entries_are_an_error_naming_both_keys() -> None:
     ports = '[ipset.x]\ntype = "hash:ip,port"\nentries = ["192.0.2.1,tcp:80-90", "192.0.2.2,tcp:85", "192.0.2.1,85"]\n'
     assert errors_of(ports) == [

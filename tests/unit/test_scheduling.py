@@ -27,12 +27,12 @@ class FakeFirewall(MemoryBackend, ServiceBackend):
         self.unavailable = 0  # fail this many reconciles with BackendUnavailable
         self.closed = asyncio.Event()
 
-    async def observe(self, containers, known=None):  # type: ignore[no-untyped-def]
+    async def observe(self, containers, known=None, *, removable=None):  # type: ignore[no-untyped-def]
         self.observes += 1
         if self.unavailable:
             self.unavailable -= 1
             raise BackendUnavailable("firewalld is not available (test)")
-        return await super().observe(containers, known)
+        return await super().observe(containers, known, removable=removable)
 
     async def subscribe(self, callback):  # type: ignore[no-untyped-def]
         self.callback = callback
