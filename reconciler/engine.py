@@ -301,6 +301,15 @@ def intent_of(before: Ownership, plan: PolicyPlan) -> Ownership:
 _HOLDER_TYPES = frozenset({*HOLDERS, Permanent})
 
 
+def _removable(desired: Mapping[str, frozenset[Item]], state: State) -> frozenset[Item]:
+    """The owned holders an owner of them no longer wants: only of these does a plan ask what uses them."""
+    return frozenset(
+        item
+        for item, owners in state.owned.items()
+        if type(item) in _HOLDER_TYPES and is_holder(item) and any(item not in desired.get(p, ()) for p in owners)
+    )
+
+
 def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, PolicyOutcome]) -> list[PolicyOutcome]:
     """``outcomes`` with the ipset creations (`Reconciler._create_ipsets`)
     counted in the first outcome of their policy (one of its own if none).
@@ -354,6 +363,7 @@ class Reconciler:
         self.memo = memo
         self.persist = persist
         self.said = said if said is not None else Said()
+        self._users_read: frozenset[Item] = frozenset()  # the holders whose users the last read asked for (`observe`)
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.names() if self.names is not None else None
@@ -391,11 +401,8 @@ class Reconciler:
             copies = [Permanent(item) for item in state.owned if isinstance(item, PERSISTABLE)]
             if copies and self.backend.name_for(copies[0]) != NO_BACKEND:
                 containers.update(copy.container() for copy in copies)
-        removable = [  # (an owned holder an owner of it no longer wants: only for these does a plan ask what uses them)
-            item
-            for item, owners in state.owned.items()
-            if type(item) in _HOLDER_TYPES and is_holder(item) and any(item not in desired.get(p, ()) for p in owners)
-        ]
+        removable = _removable(desired, state)
+        self._users_read = removable
         known = [*state.owned, *itertools.chain(*desired.values())]
         view = await self.backend.observe(containers, known, removable=removable)
         if self.persist == "runtime":
@@ -466,9 +473,16 @@ class Reconciler:
             for name, errors in verdicts.items():
                 self._hold(desired, name, errors, state, last_good)
         self._add_copies(desired)  # (again: for the versions held above)
-        if containers_for(desired.items, state.owned) - view.containers:
-            view = await self.observe(desired.items, state)  # a held version or a copy needs containers not read yet
-        return desired, view
+        return desired, await self._read_enough(desired, view, state)
+
+    async def _read_enough(self, desired: Desired, view: FirewallView, state: State) -> FirewallView:
+        """``view``, or a new read when a held version needs containers not
+        read yet, or drops a holder whose users the read did not ask for."""
+        if containers_for(desired.items, state.owned) - view.containers or not (
+            _removable(desired.items, state) <= self._users_read
+        ):
+            return await self.observe(desired.items, state)
+        return view
 
     async def verdict_errors(self, loaded: LoadResult, desired: Desired) -> dict[str, list[PolicyError]]:
         """The backends' own verdicts (``nft -c``) on the items of policies still valid."""
@@ -526,6 +540,7 @@ class Reconciler:
         moves = self._moves(state)
         desired, view = await self.validate(loaded, state, last_good)
         self._hold_changed_ipsets(loaded, desired, view, state, last_good)
+        view = await self._read_enough(desired, view, state)
         created = await self._create_ipsets(desired, view, state, settling)
         try:
             reloaded = await self.backend.activate()
@@ -536,6 +551,7 @@ class Reconciler:
             log.info("firewall_reloaded", reason="to load new ipsets", ipsets=sorted(i.name for i in created))
             desired, view = await self.validate(loaded, state, last_good)  # the reload rebuilt the runtime
             self._hold_changed_ipsets(loaded, desired, view, state, last_good)
+            view = await self._read_enough(desired, view, state)
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         self._note_kept_in_use(desired, view, state, plans)

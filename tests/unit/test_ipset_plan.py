@@ -557,3 +557,38 @@ def test_entries_that_overlap_another_policys_are_an_error_of_the_later_policy()
             "firewalld's nftables backend refuses overlapping entries"
         ]
     }
+
+
+def test_a_version_held_after_the_read_still_gets_the_users_of_what_it_drops(tmp_path) -> None:
+    # v3 wants x again, so the first read asks nothing of x; then its clashing y holds it at v2,
+    # which drops x: x's users must be read again, or x would go while another tool's zone uses it.
+    class FirewalldLike(MemoryBackend):
+        """Zone sources as an ipset's users, for just the ipsets in ``removable`` (as FirewalldBackend)."""
+
+        async def observe(self, containers, known=None, *, removable=None):  # type: ignore[no-untyped-def]
+            view = await super().observe(containers, known, removable=removable)
+            asked = [i for i in view.items() if type(i) is Ipset and (removable is None or i in removable)]
+            found = {i: [s.describe() for s in self.state.items() if s == Source(DROP, f"ipset:{i.name}")] for i in asked}
+            view.users = {ipset: tuple(users) for ipset, users in found.items() if users}
+            return view
+
+    DROP = Scope("zone", "drop")
+    x, theirs_y, mine_y, foreign = (
+        Ipset("x", "hash:ip", "inet"),
+        Ipset("y", "hash:ip", "inet"),
+        Ipset("y", "hash:net", "inet"),
+        Source(DROP, "ipset:x"),
+    )
+    backend, store, last_good = FirewalldLike([foreign, theirs_y]), StateStore(tmp_path / "s.json"), {}
+
+    def run(items: set[Item]) -> list[str]:
+        loaded = LoadResult(policies={"p": Policy("p", "p.toml", "", frozenset(items))})
+        report = asyncio.run(Reconciler(backend, store).reconcile(loaded, last_good))
+        if "p" not in report.invalid:
+            last_good["p"] = frozenset(items)
+        return sorted(report.invalid)
+
+    assert run({x}) == [] and x in backend.state.items()
+    assert run(set()) == [] and x in backend.state.items()  # kept: another tool's zone source uses it
+    assert run({x, mine_y}) == ["p"]
+    assert x in backend.state.items() and foreign in backend.state.items()
