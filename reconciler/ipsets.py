@@ -202,7 +202,7 @@ def overlapping(ipset_type: str, entries: Iterable[str]) -> list[tuple[str, str]
         cells.setdefault((exact, version, first, length), []).append((*ports, index))
         lengths.setdefault((exact, version), set()).add(length)
     named: dict[int, int] = {}  # entry -> the entry it overlaps
-    sweeps: dict[tuple[Any, ...], _Sweep] = {}  # the cells of more than one span
+    sweeps: dict[tuple[Any, ...], _Sweep] = {}  # the cells of more than one span, and those looked up
     for cell, found in cells.items():
         if len(found) > 1:
             sweeps[cell] = sweep = _Sweep(found)
@@ -217,11 +217,9 @@ def overlapping(ipset_type: str, entries: Iterable[str]) -> list[tuple[str, str]
             cell = (exact, version, first & ~((1 << (bits - shorter)) - 1), shorter)
             if shorter >= length or cell not in cells:
                 continue
-            if cell in sweeps:
-                other = sweeps[cell].meeting(low, high)
-            else:
-                ((other_low, other_high, other_index),) = cells[cell]
-                other = other_index if other_low <= high and low <= other_high else None
+            if cell not in sweeps:
+                sweeps[cell] = _Sweep(cells[cell])
+            other = sweeps[cell].meeting(low, high)
             if other is not None:
                 named[index] = other
     return [(entries[named[index]], entries[index]) for index in sorted(named)]
