@@ -166,22 +166,23 @@ def desired_state(
     The last good items are what the caller remembers (the daemon keeps them in
     memory) or, failing that, what the policy owns according to the state file.
     A policy with items the backend in charge cannot express (``refused``, by
-    policy name), or with an nft set another policy declares otherwise, is
-    invalid too.
+    policy name), or with an nft set another policy declares otherwise (or
+    whose elements overlap what is in force), is invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
-    items: dict[str, frozenset[Item]] = {}
-    clashes = conflicting_sets(loaded.policies)
     for name, policy in loaded.policies.items():
         problems = check_references(policy, known) if known is not None else []
-        problems += (refused or {}).get(name, []) + clashes.get(name, [])
+        problems += (refused or {}).get(name, [])
         if problems:
             invalid[name] = problems
-        else:
-            items[name] = policy.items
     held_names = set(invalid)
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
+    judged = {name: policy for name, policy in loaded.policies.items() if name not in invalid}
+    for name, errors in conflicting_sets(judged, state.owned, held_names).items():
+        invalid[name] = errors
+        held_names.add(name)
+    items = {name: policy.items for name, policy in judged.items() if name not in invalid}
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.owned_by(name)

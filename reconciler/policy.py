@@ -19,7 +19,7 @@ import re
 import socket
 import sys
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -304,34 +304,65 @@ def unresolved_references(policy: Policy, declared: Iterable[Item], held: Iterab
     return errors
 
 
-def conflicting_sets(policies: Mapping[str, Policy]) -> dict[str, list[PolicyError]]:
+_DECLARATIONS = frozenset({NftSet, Ipset})
+
+
+def conflicting_sets(
+    policies: Mapping[str, Policy],
+    owned: Mapping[Item, frozenset[str]] | None = None,
+    held: Collection[str] = (),
+) -> dict[str, list[PolicyError]]:
     """Errors, by policy name, for an nft set that policies declare alike in
     name but not in type or flags, or whose elements overlap another
     policy's in an interval set (nft refuses both at apply).
 
     Likewise for a firewalld ipset declared with another type, family or
-    options.  The policy first in name order keeps its declaration; the
-    others are told.
+    options.  What is in force and stays comes first: the declarations and
+    elements fwrecon owns (``owned``) for a policy that keeps them, because it
+    still declares them or is ``held`` at its last good version (an invalid
+    one).  Then the policies in name order; so the policy whose edit brings
+    an overlap in is the one told, never the one already in force beside it.
     """
-    first_ipset: dict[str, tuple[str, Ipset]] = {}  # name -> first declaring policy, its ipset
-    first: dict[tuple[str, str], tuple[str, NftSet]] = {}  # (family, name) -> first declaring policy, its set
-    spans: dict[object, dict[str, str]] = {}  # set or ipset -> element or entry -> the policy it came from
+    found = _clashes(policies, {}, {}, {})
+    if not owned or not (found or held):
+        # What policies keep is in force together, so it cannot clash: without
+        # a clash in name order there is none (and `owned`, 100,000 elements
+        # say, is not walked); what is in force changes only who is told.
+        return found
+    first: dict[tuple[str, str], tuple[str, NftSet]] = {}
+    first_ipset: dict[str, tuple[str, Ipset]] = {}
+    spans: dict[object, dict[str, str]] = {}
+    _seed_in_force(policies, owned, held, first, first_ipset, spans)
+    return _clashes(policies, first, first_ipset, spans)
+
+
+def _clashes(
+    policies: Mapping[str, Policy],
+    first: dict[tuple[str, str], tuple[str, NftSet]],
+    first_ipset: dict[str, tuple[str, Ipset]],
+    spans: dict[object, dict[str, str]],
+) -> dict[str, list[PolicyError]]:
+    """`conflicting_sets` for the policies in name order, after what the
+    tables hold: ``first``, the declaring policy and set by (family, name);
+    ``first_ipset``, the same by ipset name; ``spans``, by set or ipset, the
+    policy of each element or entry."""
     errors: dict[str, list[PolicyError]] = {}
     for name in sorted(policies):
         policy = policies[name]
         told = errors.setdefault(name, [])
-        ipsets = sorted((item for item in policy.items if isinstance(item, Ipset)), key=Item.sort_key)
+        declared = sorted((item for item in policy.items if type(item) in _DECLARATIONS), key=Item.sort_key)
+        ipsets = [item for item in declared if isinstance(item, Ipset)]
         for ipset in ipsets:
             owner, declared_ipset = first_ipset.setdefault(ipset.name, (name, ipset))
             if declared_ipset != ipset:
                 message = f"policy {owner!r} declares the ipset {ipset.name!r} as {declared_ipset.describe()}"
                 told.append(PolicyError(policy.file, policy.key_of(ipset), message))
-        sets = sorted((item for item in policy.items if isinstance(item, NftSet)), key=Item.sort_key)
+        sets = [item for item in declared if isinstance(item, NftSet)]
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
-            owner, declared = first.setdefault(key, (name, nft_set))
-            if declared != nft_set:
-                message = f"policy {owner!r} declares the set {nft_set.name!r} ({nft_set.family}) as {declared.describe()}"
+            owner, declared_set = first.setdefault(key, (name, nft_set))
+            if declared_set != nft_set:
+                message = f"policy {owner!r} declares the set {nft_set.name!r} ({nft_set.family}) as {declared_set.describe()}"
                 told.append(PolicyError(policy.file, policy.key_of(nft_set), message))
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
@@ -357,6 +388,53 @@ def conflicting_sets(policies: Mapping[str, Policy]) -> dict[str, list[PolicyErr
                     OVERLAP_REFUSED,
                 )
     return {name: found for name, found in errors.items() if found}
+
+
+def _seed_in_force(
+    policies: Mapping[str, Policy],
+    owned: Mapping[Item, frozenset[str]],
+    held: Collection[str],
+    first: dict[tuple[str, str], tuple[str, NftSet]],
+    first_ipset: dict[str, tuple[str, Ipset]],
+    spans: dict[object, dict[str, str]],
+) -> None:
+    """Fill `conflicting_sets`' tables with what is in force and stays: each
+    owned declaration, element and entry under the first policy (by name)
+    that keeps it.  Only sets and ipsets some policy in ``policies``
+    declares can clash: with none, ``owned`` is not walked at all."""
+    declared = [i for p in policies.values() for i in p.items if type(i) in _DECLARATIONS]
+    if not declared:
+        return
+    sets = {(i.family, i.name) for i in declared if isinstance(i, NftSet)}
+    intervals = {(i.family, i.name) for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
+    ipsets = {i.name for i in declared if isinstance(i, Ipset)}
+    # (type() first: the elements of a hash set, 100,000 say, cannot clash and cost one test each)
+    kinds = {NftSet, Ipset, IpsetEntry} | ({NftElement} if intervals else set())
+
+    def keeper(item: Item, owners: frozenset[str]) -> str | None:
+        """The first owner that keeps ``item``: held, or still declaring it (not one whose file is gone)."""
+        keeping = [o for o in owners if o in held or (o in policies and item in policies[o].items)]
+        return min(keeping) if keeping else None
+
+    def earliest(table: dict[Any, tuple[str, Any]], key: object, item: Item, owners: frozenset[str]) -> None:
+        """The declaration in force under its first keeper, unless one before it holds the key."""
+        name = keeper(item, owners)
+        if name is not None and name <= table.get(key, (name,))[0]:
+            table[key] = (name, item)
+
+    for item, owners in owned.items():
+        if type(item) not in kinds:
+            continue
+        if isinstance(item, NftElement) and (item.family, item.set) in intervals:
+            if (name := keeper(item, owners)) is not None:
+                spans.setdefault((item.family, item.set), {})[item.element] = name
+        elif isinstance(item, IpsetEntry) and item.ipset in ipsets:
+            if (name := keeper(item, owners)) is not None:
+                spans.setdefault(("ipset", item.ipset), {})[item.entry] = name
+        elif isinstance(item, NftSet) and (item.family, item.name) in sets:
+            earliest(first, (item.family, item.name), item, owners)
+        elif isinstance(item, Ipset) and item.name in ipsets:
+            earliest(first_ipset, item.name, item, owners)
 
 
 def _overlaps_across(

@@ -158,6 +158,26 @@ def test_overlaps_and_conflicting_declarations_are_policy_errors(bare: Fwrecon) 
     assert elements(bare) == ["10.0.0.0/8"]
 
 
+def test_the_edit_that_overlaps_what_is_in_force_is_the_one_refused(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    bare.write_policy("b", set_policy(["10.1.0.0/16"], rule=False))
+    applied(bare)
+    bare.write_policy("a", set_policy(["10.0.0.0/8"], rule=False))  # named first, but the edit is a's
+    result = bare.apply()
+    assert result.returncode == 1
+    assert "a.toml: nft.set[0].elements[0]: '10.0.0.0/8' overlaps '10.1.0.0/16' of policy 'b'" in result.stdout, result.stdout
+    assert "b.toml" not in result.stdout, result.stdout
+    assert elements(bare) == ["10.1.0.0/16"]
+    # b's file breaks: its element stays in force, and still refuses an overlap, as b's.
+    bare.remove_policy("a")
+    bare.write_policy("b", "[[nft.set]\n")
+    bare.write_policy("c", set_policy(["10.1.2.0/24"], rule=False))
+    result = bare.apply()
+    assert result.returncode == 1
+    assert "c.toml: nft.set[0].elements[0]: '10.1.2.0/24' overlaps '10.1.0.0/16' of policy 'b'" in result.stdout, result.stdout
+    assert elements(bare) == ["10.1.0.0/16"]
+
+
 def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
     bare.backend = "nftables"
     policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")

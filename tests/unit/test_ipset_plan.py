@@ -559,6 +559,31 @@ def test_entries_that_overlap_another_policys_are_an_error_of_the_later_policy()
     }
 
 
+def test_a_broken_policys_entries_in_force_refuse_an_overlap_and_the_edit_that_overlaps_is_the_one_told(tmp_path) -> None:
+    from reconciler.errors import PolicyError
+
+    def nets(name: str, *entries: str) -> Policy:
+        text = '[ipset.x]\ntype = "hash:net"\nentries = [' + ", ".join(f'"{e}"' for e in entries) + "]\n"
+        return parse_policy(f"{name}.toml", text.encode())
+
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"h": nets("h", "192.0.2.0/24")}))).converged
+    broken = LoadResult(policies={"b": nets("b", "192.0.2.0/25")}, errors={"h": [PolicyError("h.toml", "", "bad TOML")]})
+    report = asyncio.run(reconciler.reconcile(broken))
+    assert [str(e) for e in report.invalid["b"]] == [
+        "b.toml: ipset.x.entries[0]: '192.0.2.0/25' overlaps '192.0.2.0/24' of policy 'h'; "
+        "firewalld's nftables backend refuses overlapping entries"
+    ]
+    assert {i for i in backend.state.items() if isinstance(i, IpsetEntry)} == {IpsetEntry("x", "192.0.2.0/24")}
+    # h in force, a's edit brings the overlap in: a is told, though its name comes first.
+    report = asyncio.run(
+        reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/25"), "h": nets("h", "192.0.2.0/24")}))
+    )
+    assert sorted(report.invalid) == ["a"], report.invalid
+    assert {i for i in backend.state.items() if isinstance(i, IpsetEntry)} == {IpsetEntry("x", "192.0.2.0/24")}
+
+
 def test_a_version_held_after_the_read_still_gets_the_users_of_what_it_drops(tmp_path) -> None:
     # v3 wants x again, so the first read asks nothing of x; then its clashing y holds it at v2,
     # which drops x: x's users must be read again, or x would go while another tool's zone uses it.

@@ -435,6 +435,57 @@ def test_policies_that_declare_one_set_differently_or_overlap_are_told():
     }
 
 
+def test_what_is_in_force_keeps_its_place_and_the_edit_that_overlaps_it_is_told():
+    in_force = {BLOCK: frozenset({"b"}), element("10.1.0.0/16"): frozenset({"b"})}
+    a = policy("a", set_table(["10.0.0.0/8"]))  # a's edit brings the overlap in: a is told, not b
+    b = policy("b", set_table(["10.1.0.0/16"]))
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets({"a": a, "b": b}, in_force).items()}
+    assert errors == {
+        "a": [
+            "a.toml: nft.set[0].elements[0]: '10.0.0.0/8' overlaps '10.1.0.0/16' of policy 'b'; nft refuses overlapping intervals"
+        ]
+    }
+    # Without what is in force, name order decides (as `check` judges files alone).
+    assert set(conflicting_sets({"a": a, "b": b})) == {"b"}
+
+
+def test_a_held_policys_elements_in_force_block_an_overlap_and_a_deleted_ones_do_not():
+    in_force = {BLOCK: frozenset({"h"}), element("10.0.0.0/8"): frozenset({"h"})}
+    b = policy("b", set_table(["10.1.0.0/16"]))
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets({"b": b}, in_force, {"h"}).items()}
+    assert errors == {
+        "b": [
+            "b.toml: nft.set[0].elements[0]: '10.1.0.0/16' overlaps '10.0.0.0/8' of policy 'h'; nft refuses overlapping intervals"
+        ]
+    }
+    assert conflicting_sets({"b": b}, in_force, set()) == {}  # h's file is gone: its elements go
+
+
+def test_an_element_in_force_counts_only_while_an_owner_keeps_it():
+    in_force = {
+        BLOCK: frozenset({"a", "b"}),
+        element("10.1.0.0/16"): frozenset({"a"}),
+        element("192.0.2.0/24"): frozenset({"a", "b"}),  # shared; b drops it, a keeps it
+    }
+    a = policy("a", set_table(["10.0.0.0/8", "192.0.2.0/24"]))  # widens its own /16: it goes in the same nft -f
+    b = policy("b", set_table(["192.0.2.0/25"]))
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets({"a": a, "b": b}, in_force).items()}
+    assert errors == {
+        "b": [
+            "b.toml: nft.set[0].elements[0]: '192.0.2.0/25' overlaps '192.0.2.0/24' of policy 'a'; nft refuses overlapping intervals"
+        ]
+    }
+    assert conflicting_sets({"a": policy("a", set_table(["10.0.0.0/8"])), "b": b}, in_force) == {}  # a drops the /24 too
+
+
+def test_a_declaration_in_force_keeps_its_place():
+    in_force = {BLOCK: frozenset({"b"})}
+    a = policy("a", set_table([], "[]"))
+    b = policy("b", set_table([]))
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets({"a": a, "b": b}, in_force).items()}
+    assert errors == {"a": [f"a.toml: nft.set[0]: policy 'b' declares the set 'blocklist' (inet) as {BLOCK.describe()}"]}
+
+
 def test_a_rule_using_an_undeclared_set_or_a_set_held_otherwise_is_an_error():
     rule_policy = policy("r", '[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "ip saddr @nosuch drop"\n')
     errors = [str(e) for e in unresolved_references(rule_policy, [NftChain("inet", "input")], None)]
