@@ -454,6 +454,7 @@ class Reconciler:
         """
         desired = await self.desired(loaded, state, last_good)
         view = await self.observe(desired.items, state)
+        judged_beside = set(desired.invalid)  # (the held versions desired_state judged sets against)
         while True:
             declared = [item for items in desired.items.values() for item in items]
             found = {
@@ -461,6 +462,12 @@ class Reconciler:
                 for name, policy in loaded.policies.items()
                 if name not in desired.invalid and (errors := unresolved_references(policy, declared, view.items()))
             }
+            if not found and desired.invalid.keys() != judged_beside:
+                # Held now at what they own, the policies just found keep their
+                # elements in force: the others' may not overlap those either.
+                judged_beside = set(desired.invalid)
+                valid = {name: policy for name, policy in loaded.policies.items() if name not in judged_beside}
+                found = conflicting_sets(valid, state.owned, desired.items.keys() - valid.keys())
             if not found:
                 break
             for name, errors in found.items():

@@ -322,6 +322,8 @@ def conflicting_sets(
     still declares them or is ``held`` at its last good version (an invalid
     one).  Then the policies in name order; so the policy whose edit brings
     an overlap in is the one told, never the one already in force beside it.
+    Held at what it owns, a policy told keeps that in force: what the others
+    add must not clash with it either.
     """
     found = _clashes(policies, {}, {}, {})
     if not owned or not (found or held):
@@ -329,11 +331,21 @@ def conflicting_sets(
         # a clash in name order there is none (and `owned`, 100,000 elements
         # say, is not walked); what is in force changes only who is told.
         return found
-    first: dict[tuple[str, str], tuple[str, NftSet]] = {}
-    first_ipset: dict[str, tuple[str, Ipset]] = {}
-    spans: dict[object, dict[str, str]] = {}
-    _seed_in_force(policies, owned, held, first, first_ipset, spans)
-    return _clashes(policies, first, first_ipset, spans)
+    # A policy told is held at what it owns, elements its edit dropped
+    # included: judge the others again beside those, until no one more is told.
+    told: dict[str, list[PolicyError]] = {}
+    judged = dict(policies)
+    while True:
+        first: dict[tuple[str, str], tuple[str, NftSet]] = {}
+        first_ipset: dict[str, tuple[str, Ipset]] = {}
+        spans: dict[object, dict[str, str]] = {}
+        _seed_in_force(judged, owned, {*held, *told}, first, first_ipset, spans)
+        found = _clashes(judged, first, first_ipset, spans)
+        if not found:
+            return told
+        told.update(found)
+        for name in found:
+            del judged[name]
 
 
 def _clashes(

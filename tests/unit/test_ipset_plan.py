@@ -584,6 +584,29 @@ def test_a_broken_policys_entries_in_force_refuse_an_overlap_and_the_edit_that_o
     assert {i for i in backend.state.items() if isinstance(i, IpsetEntry)} == {IpsetEntry("x", "192.0.2.0/24")}
 
 
+def test_a_policy_held_for_a_missing_set_keeps_what_its_edit_dropped_and_no_overlap_may_meet_it(tmp_path) -> None:
+    from reconciler.model import NftElement
+
+    def nft(name: str, elements: list[str], rule: str = "") -> Policy:
+        text = (
+            f'[[nft.set]]\nfamily = "inet"\nname = "s"\ntype = "ipv4_addr"\nflags = ["interval"]\nelements = {elements!r}\n'
+            '[[nft.chain]]\nfamily = "inet"\nchain = "input"\nhook = "input"\n'
+        )
+        if rule:
+            text += f'[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "{rule}"\n'
+        return parse_policy(f"{name}.toml", text.replace("'", '"').encode())
+
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": nft("b", ["10.0.0.0/9"])}))).converged
+    # b drops its /9 but now uses a set nobody declares: held at what it owns, the /9 stays.
+    edited = {"b": nft("b", [], "ip saddr @nosuch drop"), "c": nft("c", ["10.0.0.0/10"])}
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert sorted(report.invalid) == ["b", "c"], report.invalid
+    assert "'10.0.0.0/10' overlaps '10.0.0.0/9' of policy 'b'" in str(report.invalid["c"][0])
+    assert {i.element for i in backend.state.items() if isinstance(i, NftElement)} == {"10.0.0.0/9"}
+
+
 def test_a_version_held_after_the_read_still_gets_the_users_of_what_it_drops(tmp_path) -> None:
     # v3 wants x again, so the first read asks nothing of x; then its clashing y holds it at v2,
     # which drops x: x's users must be read again, or x would go while another tool's zone uses it.

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.backends.nft_text import (
@@ -33,7 +33,7 @@ from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import NftChain, NftElement, NftRule, NftSet, Op, Outcome
 from reconciler.nftsets import canonical_element, conflicts, listed_element
 from reconciler.planner import plan_all
-from reconciler.policy import conflicting_sets, parse_policy, unresolved_references
+from reconciler.policy import Policy, conflicting_sets, parse_policy, unresolved_references
 from reconciler.view import FirewallView
 
 BLOCK = NftSet("inet", "blocklist", "ipv4_addr", ("interval",))
@@ -500,3 +500,37 @@ def test_a_hundred_thousand_elements_parse(tmp_path: Path):
     texts = [f"10.{n // 65536}.{n // 256 % 256}.{n % 256}" for n in range(100_000)]
     parsed = policy("big", set_table(texts, "[]"))
     assert len(parsed.items) == 100_001
+
+
+_NETS = ["10.0.0.0/8", "10.0.0.0/9", "10.128.0.0/9", "10.0.0.0/10", "10.64.0.0/10", "10.192.0.0/10", "10.0.0.1", "10.200.0.1"]
+
+
+def _apart(elements: list[str]) -> bool:
+    return not conflicts("ipv4_addr", elements)
+
+
+@given(
+    in_force=st.dictionaries(st.sampled_from(_NETS), st.frozensets(st.sampled_from("abch"), min_size=1)).filter(
+        lambda found: _apart(list(found))
+    ),
+    loaded=st.dictionaries(st.sampled_from("abc"), st.frozensets(st.sampled_from(_NETS)).filter(lambda e: _apart(list(e)))),
+    broken=st.frozensets(st.sampled_from("abch")),
+)
+@settings(max_examples=500, deadline=None)
+def test_what_passes_the_check_applies_beside_what_stays_in_force(in_force, loaded, broken):
+    # h is never loaded: held when broken, its file gone otherwise.  A broken
+    # a, b or c is held too, at what it owns.
+    policies = {
+        name: Policy(name, f"{name}.toml", "", frozenset({BLOCK, *(element(e) for e in elements)}))
+        for name, elements in loaded.items()
+        if name not in broken
+    }
+    owned = {element(e): owners for e, owners in in_force.items()}
+    owned[BLOCK] = frozenset(o for owners in in_force.values() for o in owners) or frozenset("a")
+    told = conflicting_sets(policies, owned, broken)
+    held = broken | told.keys()
+    final = {e for e, owners in in_force.items() if owners & held}
+    final |= {e for name, elements in loaded.items() if name in policies and name not in told for e in elements}
+    assert _apart(sorted(final)), (told, final)
+    for name, errors in told.items():  # only a policy bringing something new is told
+        assert policies[name].items - {element(e) for e, owners in in_force.items() if name in owners} - {BLOCK}, errors
