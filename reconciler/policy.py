@@ -357,49 +357,58 @@ def _clashes(
     """`conflicting_sets` for the policies in name order, after what the
     tables hold: ``first``, the declaring policy and set by (family, name);
     ``first_ipset``, the same by ipset name; ``spans``, by set or ipset, the
-    policy of each element or entry."""
+    policy of each element or entry.  A policy told adds nothing to them: it
+    applies none of its new items, so they refuse no one after it."""
     errors: dict[str, list[PolicyError]] = {}
     for name in sorted(policies):
         policy = policies[name]
-        told = errors.setdefault(name, [])
+        told: list[PolicyError] = []
         declared = sorted((item for item in policy.items if type(item) in _DECLARATIONS), key=Item.sort_key)
         ipsets = [item for item in declared if isinstance(item, Ipset)]
+        sets = [item for item in declared if isinstance(item, NftSet)]
         for ipset in ipsets:
-            owner, declared_ipset = first_ipset.setdefault(ipset.name, (name, ipset))
+            owner, declared_ipset = first_ipset.get(ipset.name, (name, ipset))
             if declared_ipset != ipset:
                 message = f"policy {owner!r} declares the ipset {ipset.name!r} as {declared_ipset.describe()}"
                 told.append(PolicyError(policy.file, policy.key_of(ipset), message))
-        sets = [item for item in declared if isinstance(item, NftSet)]
         for nft_set in sets:
-            key = (nft_set.family, nft_set.name)
-            owner, declared_set = first.setdefault(key, (name, nft_set))
+            owner, declared_set = first.get((nft_set.family, nft_set.name), (name, nft_set))
             if declared_set != nft_set:
                 message = f"policy {owner!r} declares the set {nft_set.name!r} ({nft_set.family}) as {declared_set.describe()}"
                 told.append(PolicyError(policy.file, policy.key_of(nft_set), message))
+        new: list[tuple[dict[str, str], set[str]]] = []  # (a set's spans, this policy's new elements in it)
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
-            if first[key][1] == nft_set and "interval" in nft_set.flags:
+            if first.get(key, (name, nft_set))[1] == nft_set and "interval" in nft_set.flags:
+                theirs = spans.setdefault(key, {})
                 mine = {i.element for i in policy.items if isinstance(i, NftElement) and (i.family, i.set) == key}
+                new.append((theirs, mine - theirs.keys()))  # (an element in two policies is one shared element)
                 told += _overlaps_across(
                     policy,
-                    spans.setdefault(key, {}),
-                    mine,
+                    theirs,
+                    new[-1][1],
                     partial(conflicts, nft_set.type),
                     partial(NftElement, nft_set.family, nft_set.name),
                     "nft refuses overlapping intervals",
                 )
         for ipset in ipsets:
-            if first_ipset[ipset.name][1] == ipset:
+            if first_ipset.get(ipset.name, (name, ipset))[1] == ipset:
+                theirs = spans.setdefault(("ipset", ipset.name), {})
                 mine = {i.entry for i in policy.items if isinstance(i, IpsetEntry) and i.ipset == ipset.name}
+                new.append((theirs, mine - theirs.keys()))
                 told += _overlaps_across(
-                    policy,
-                    spans.setdefault(("ipset", ipset.name), {}),
-                    mine,
-                    partial(overlapping, ipset.type),
-                    partial(IpsetEntry, ipset.name),
-                    OVERLAP_REFUSED,
+                    policy, theirs, new[-1][1], partial(overlapping, ipset.type), partial(IpsetEntry, ipset.name), OVERLAP_REFUSED
                 )
-    return {name: found for name, found in errors.items() if found}
+        if told:
+            errors[name] = told
+            continue
+        for ipset in ipsets:
+            first_ipset.setdefault(ipset.name, (name, ipset))
+        for nft_set in sets:
+            first.setdefault((nft_set.family, nft_set.name), (name, nft_set))
+        for theirs, mine in new:
+            theirs.update(dict.fromkeys(mine, name))
+    return errors
 
 
 def _seed_in_force(
@@ -418,8 +427,8 @@ def _seed_in_force(
     if not declared:
         return
     sets = {(i.family, i.name) for i in declared if isinstance(i, NftSet)}
-    intervals = {(i.family, i.name) for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
-    ipsets = {i.name for i in declared if isinstance(i, Ipset)}
+    intervals = {(i.family, i.name): i.type for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
+    ipsets = {i.name: i for i in declared if isinstance(i, Ipset)}
     # (type() first: the elements of a hash set, 100,000 say, cannot clash and cost one test each)
     kinds = {NftSet, Ipset, IpsetEntry} | ({NftElement} if intervals else set())
 
@@ -434,19 +443,49 @@ def _seed_in_force(
         if name is not None and name <= table.get(key, (name,))[0]:
             table[key] = (name, item)
 
+    seeded: dict[object, list[tuple[str, str]]] = {}  # set or ipset -> (keeper, element or entry)
     for item, owners in owned.items():
         if type(item) not in kinds:
             continue
         if isinstance(item, NftElement) and (item.family, item.set) in intervals:
             if (name := keeper(item, owners)) is not None:
-                spans.setdefault((item.family, item.set), {})[item.element] = name
+                seeded.setdefault((item.family, item.set), []).append((name, item.element))
         elif isinstance(item, IpsetEntry) and item.ipset in ipsets:
             if (name := keeper(item, owners)) is not None:
-                spans.setdefault(("ipset", item.ipset), {})[item.entry] = name
+                seeded.setdefault(("ipset", item.ipset), []).append((name, item.entry))
         elif isinstance(item, NftSet) and (item.family, item.name) in sets:
             earliest(first, (item.family, item.name), item, owners)
         elif isinstance(item, Ipset) and item.name in ipsets:
             earliest(first_ipset, item.name, item, owners)
+    for key, found in seeded.items():
+        if key in intervals:
+            canonical: Callable[[str], str] = partial(canonical_element, intervals[key], True)
+            pairs_of: Callable[[list[str]], list[tuple[str, str]]] = partial(conflicts, intervals[key])
+        else:
+            ipset = ipsets[key[1]]  # type: ignore[index]  # ("ipset", name)
+            canonical, pairs_of = partial(canonical_entry, ipset.type, ipset.family), partial(overlapping, ipset.type)
+        spans[key] = _in_force_spans(found, canonical, pairs_of)
+
+
+def _in_force_spans(
+    found: list[tuple[str, str]], canonical: Callable[[str], str], pairs_of: Callable[[list[str]], list[tuple[str, str]]]
+) -> dict[str, str]:
+    """What the state file says is in force in one set, element -> keeper:
+    only the elements in the form fwrecon writes (a forged or stale file
+    may say anything), and of two that overlap (a crash before nft refused
+    one, a hand edit) only the first keeper's, so the other's policy is
+    judged as bringing it in."""
+    spans: dict[str, str] = {}
+    for name, text in sorted(found):
+        try:
+            if canonical(text) == text:
+                spans[text] = name
+        except ValueError:
+            continue
+    for one, other in pairs_of(list(spans)):
+        if one in spans and other in spans:
+            del spans[max(one, other, key=lambda e: (spans[e], e))]
+    return spans
 
 
 def _overlaps_across(
@@ -457,16 +496,14 @@ def _overlaps_across(
     item_of: Callable[[str], Item],
     refused: str,
 ) -> list[PolicyError]:
-    """The errors for ``mine`` (one policy's elements of one set) that overlap
-    an element of the earlier policies (``theirs``, which then takes ``mine``)."""
-    mine = mine - theirs.keys()  # (the same element in two policies is one shared element)
+    """The errors for ``mine`` (one policy's new elements of one set) that
+    overlap an element of the earlier policies (``theirs``: element -> policy)."""
     found = []
     for pair in pairs_of([*theirs, *mine]):
         ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]
         if ours and other:
             message = f"{ours[0]!r} overlaps {other[0]!r} of policy {theirs[other[0]]!r}; {refused}"
             found.append(PolicyError(policy.file, policy.key_of(item_of(ours[0])), message))
-    theirs.update(dict.fromkeys(mine, policy.name))
     return found
 
 
