@@ -68,7 +68,8 @@ def plan_all(
     *,
     defer_new: bool = False,
 ) -> list[PolicyPlan]:
-    """Plan every policy in name order, each seeing the effect of the ones before.
+    """Plan every policy, each seeing the effect of the ones before: first
+    those that only let go (`_only_lets_go`), then the rest, each in name order.
 
     ``desired`` maps each current policy to its items; policies that only
     appear in ``owned`` or ``others`` (their file is gone) want nothing.
@@ -87,7 +88,10 @@ def plan_all(
         for item in claims[policy]:
             ownership[item] = ownership[item] | {policy}
     plans = []
-    names = sorted(desired.keys() | owners_of(owned) | owners_of(held))
+    names = sorted(
+        desired.keys() | owners_of(owned) | owners_of(held),
+        key=lambda policy: (not _only_lets_go(desired.get(policy, frozenset()), policy, owned, held), policy),
+    )
     # Known to be someone else's, for the whole run: a record one policy drops
     # (it no longer wants the item) still tells the next policy whose it is.
     foreign = set(held)
@@ -111,6 +115,18 @@ def plan_all(
                 held = settle_others(held, plan)
                 plans.append(plan)
     return plans
+
+
+def _only_lets_go(
+    wanted: frozenset[Item], policy: str, owned: Mapping[Item, frozenset[str]], held: Mapping[Item, frozenset[str]]
+) -> bool:
+    """Whether ``policy`` wants nothing it does not have already (its file is
+    gone, or it dropped items): it runs first, so what it lets go makes room
+    for what the others add.  An interval set (or a ``hash:net`` ipset)
+    refuses an element that overlaps one still there: a policy widening
+    10.1.0.0/16 to 10.0.0.0/8 while another drops the /16 must add after the
+    drop, whatever their names."""
+    return all(policy in owned.get(item, ()) or policy in held.get(item, ()) for item in wanted)
 
 
 def _needs_second_look(wanted: frozenset[Item], view: FirewallView, owned: Mapping[Item, frozenset[str]], policy: str) -> bool:

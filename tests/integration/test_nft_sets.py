@@ -272,3 +272,21 @@ def test_kill_9_after_an_edit_lands_then_apply_converges(bare: Fwrecon) -> None:
     bare.remove_policy("d")
     applied(bare)
     assert elements(bare) is None and bare.owned() == []  # nothing orphaned, nothing foreign left claimed
+
+
+def test_an_element_a_policy_lets_go_makes_room_in_the_same_run(bare: Fwrecon) -> None:
+    """b's 10.1.0.0/16 goes as a (named first) adds 10.0.0.0/8 over it: one apply converges."""
+    bare.backend = "nftables"
+    bare.write_policy("b", set_policy(["10.1.0.0/16"], rule=False))
+    applied(bare)
+    bare.remove_policy("b")
+    bare.write_policy("a", set_policy(["10.0.0.0/8"], rule=False))
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elements(bare) == ["10.0.0.0/8"]
+    bare.write_policy("b", set_policy(["10.1.0.0/16"], rule=False))  # and back: now b's edit is refused
+    assert bare.apply().returncode == 1
+    bare.write_policy("a", set_policy(["192.0.2.0/24"], rule=False))  # a narrows as b widens again
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elements(bare) == ["10.1.0.0/16", "192.0.2.0/24"]

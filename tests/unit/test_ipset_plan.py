@@ -66,9 +66,9 @@ def test_ipsets_are_created_first_then_one_reload_then_the_rest(tmp_path) -> Non
         "+ zone drop source ipset:blocklist",
     ]
     assert [(o.policy, o.status, len(o.ops)) for o in report.outcomes] == [
+        ("c", "applied", 1),  # (first: after its creation, it wants nothing it lacks)
         ("a", "applied", 1),
         ("b", "applied", 3),
-        ("c", "applied", 1),
     ]
     assert store.load().owned_by("b") == {BLOCK, ENTRY, SOURCE}
     assert Service(Z, "ssh") not in backend.state.items()  # (the reload wiped the runtime, as firewalld's does)
@@ -640,3 +640,4 @@ def test_a_version_held_after_the_read_still_gets_the_users_of_what_it_drops(tmp
     assert run(set()) == [] and x in backend.state.items()  # kept: another tool's zone source uses it
     assert run({x, mine_y}) == ["p"]
     assert x in backend.state.items() and foreign in backend.state.items()
+

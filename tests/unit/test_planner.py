@@ -191,3 +191,21 @@ def test_right_after_a_reload_only_recorded_items_are_put_back():
     plans = plan_all(wanted, FirewallView(), {HTTP: frozenset({"web"})}, {SSH: frozenset({"web"})}, defer_new=True)
     (plan,) = plans
     assert plan.ops == (Op("add", HTTP), Op("add", SSH)) and plan.deferred == {P8080}
+
+
+def test_policies_that_only_let_go_run_first_so_a_wider_element_finds_room():
+    from reconciler.model import NftElement
+
+    wide, narrow, other = (NftElement("inet", "s", e) for e in ("10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24"))
+    owned = {narrow: frozenset({"c"}), other: frozenset({"b"}), HTTP: frozenset({"b"})}
+    view = FirewallView([narrow, other, HTTP])
+    # a widens over c's /16 (c's file is gone); b drops an element but keeps http.
+    plans = plan_all({"a": frozenset({wide}), "b": frozenset({HTTP})}, view, owned)
+    assert ops_of(plans) == [
+        ("b", "- nft inet fwrecon set s element 192.0.2.0/24"),
+        ("c", "- nft inet fwrecon set s element 10.1.0.0/16"),
+        ("a", "+ nft inet fwrecon set s element 10.0.0.0/8"),
+    ]
+    # A policy that adds anything keeps its place by name, even when it also drops.
+    plans = plan_all({"a": frozenset({wide}), "b": frozenset({HTTP, SSH})}, view, owned)
+    assert [p.policy for p in plans if p.ops] == ["c", "a", "b"]
