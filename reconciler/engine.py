@@ -80,6 +80,8 @@ class Desired:
     items: dict[str, frozenset[Item]]
     invalid: dict[str, list[PolicyError]]
     notes: list[str] = field(default_factory=list)  # checks that could not be made here
+    # The invalid policies when sets were last judged beside what they hold (`Reconciler._settle_holds`).
+    sets_judged_beside: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -186,7 +188,7 @@ def desired_state(
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.owned_by(name)
-    return Desired(items, invalid)
+    return Desired(items, invalid, sets_judged_beside=frozenset(invalid))
 
 
 def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
@@ -368,13 +370,13 @@ class Reconciler:
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.names() if self.names is not None else None
-        return self._add_copies(desired_state(loaded, state, known, last_good, await self.refused(loaded)))
-
-    def _add_copies(self, desired: Desired) -> Desired:
-        """In permanent mode, every policy wants the permanent copies of its firewalld items too."""
-        if self.persist == "permanent":
-            desired.items = {name: with_permanent_copies(items, self.backend) for name, items in desired.items.items()}
+        desired = desired_state(loaded, state, known, last_good, await self.refused(loaded))
+        desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
+
+    def _with_copies(self, items: frozenset[Item]) -> frozenset[Item]:
+        """In permanent mode, a policy wants the permanent copies of its firewalld items too."""
+        return with_permanent_copies(items, self.backend) if self.persist == "permanent" else items
 
     async def refused(self, loaded: LoadResult) -> dict[str, list[PolicyError]]:
         """What the backend in charge refuses of each policy, by policy name."""
@@ -454,24 +456,7 @@ class Reconciler:
         """
         desired = await self.desired(loaded, state, last_good)
         view = await self.observe(desired.items, state)
-        judged_beside = set(desired.invalid)  # (the held versions desired_state judged sets against)
-        while True:
-            declared = [item for items in desired.items.values() for item in items]
-            found = {
-                name: errors
-                for name, policy in loaded.policies.items()
-                if name not in desired.invalid and (errors := unresolved_references(policy, declared, view.items()))
-            }
-            if not found and desired.invalid.keys() != judged_beside:
-                # Held now at what they own, the policies just found keep their
-                # elements in force: the others' may not overlap those either.
-                judged_beside = set(desired.invalid)
-                valid = {name: policy for name, policy in loaded.policies.items() if name not in judged_beside}
-                found = conflicting_sets(valid, state.owned, desired.items.keys() - valid.keys())
-            if not found:
-                break
-            for name, errors in found.items():
-                self._hold(desired, name, errors, state, last_good)
+        self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:
                 verdicts = await self.verdict_errors(loaded, desired)
@@ -480,8 +465,37 @@ class Reconciler:
                 verdicts = {}
             for name, errors in verdicts.items():
                 self._hold(desired, name, errors, state, last_good)
-        self._add_copies(desired)  # (again: for the versions held above)
+            if verdicts:
+                self._settle_holds(loaded, desired, view, state, last_good)
         return desired, await self._read_enough(desired, view, state)
+
+    def _settle_holds(
+        self,
+        loaded: LoadResult,
+        desired: Desired,
+        view: FirewallView,
+        state: State,
+        last_good: Mapping[str, frozenset[Item]] | None,
+    ) -> None:
+        """Hold, until no more are found, the policies that the policies held
+        so far leave broken: a rule using a chain or set that only a held
+        policy's new version declared, or an element overlapping one a held
+        policy keeps in force (its edit dropped it, but the edit does not apply)."""
+        while True:
+            declared = [item for items in desired.items.values() for item in items]
+            found = {
+                name: errors
+                for name, policy in loaded.policies.items()
+                if name not in desired.invalid and (errors := unresolved_references(policy, declared, view.items()))
+            }
+            if not found and desired.invalid.keys() != desired.sets_judged_beside:
+                desired.sets_judged_beside = frozenset(desired.invalid)
+                valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
+                found = conflicting_sets(valid, state.owned, desired.items.keys() - valid.keys())
+            if not found:
+                break
+            for name, errors in found.items():
+                self._hold(desired, name, errors, state, last_good)
 
     async def _read_enough(self, desired: Desired, view: FirewallView, state: State) -> FirewallView:
         """``view``, or a new read when a held version needs containers not
@@ -514,14 +528,18 @@ class Reconciler:
             desired.invalid[name] = errors
             outcome.status = "invalid"
 
-    @staticmethod
     def _hold(
-        desired: Desired, name: str, errors: list[PolicyError], state: State, last_good: Mapping[str, frozenset[Item]] | None
+        self,
+        desired: Desired,
+        name: str,
+        errors: list[PolicyError],
+        state: State,
+        last_good: Mapping[str, frozenset[Item]] | None,
     ) -> None:
         """Make ``name`` invalid: it keeps its last good items (or what it owns)."""
         desired.invalid[name] = desired.invalid.get(name, []) + errors
         held = (last_good or {}).get(name)
-        desired.items[name] = held if held is not None else state.owned_by(name)
+        desired.items[name] = self._with_copies(held if held is not None else state.owned_by(name))
 
     async def plan(
         self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None
@@ -651,8 +669,10 @@ class Reconciler:
         """A policy that declares an ipset firewalld holds under the same name
         with another type, family or options is held at its last good items:
         firewalld cannot change an ipset in place, and removing and adding it
-        would need a reload in the middle of the policy's transaction."""
+        would need a reload in the middle of the policy's transaction.  What
+        that leaves broken in the other policies is held too (`_settle_holds`)."""
         present = {item.name: item for item in view.items() if isinstance(item, Ipset)}
+        held = False
         for name, items in list(desired.items.items()):
             if name not in loaded.policies or name in desired.invalid:
                 continue  # (held at what it owns already)
@@ -668,6 +688,9 @@ class Reconciler:
             ]
             if errors:
                 self._hold(desired, name, errors, state, last_good)
+                held = True
+        if held:
+            self._settle_holds(loaded, desired, view, state, last_good)
 
     async def _create_ipsets(
         self, desired: Desired, view: FirewallView, state: State, settling: bool

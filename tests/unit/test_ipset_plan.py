@@ -641,3 +641,42 @@ def test_a_version_held_after_the_read_still_gets_the_users_of_what_it_drops(tmp
     assert run({x, mine_y}) == ["p"]
     assert x in backend.state.items() and foreign in backend.state.items()
 
+
+def test_a_policy_held_for_a_changed_ipset_keeps_its_entries_and_no_overlap_may_meet_them(tmp_path) -> None:
+    def nets(name: str, entries: list[str], extra: str = "") -> Policy:
+        text = f'[ipset.x]\ntype = "hash:net"\nentries = {entries!r}\n{extra}'.replace("'", '"')
+        return parse_policy(f"{name}.toml", text.encode())
+
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    first = {"b": nets("b", ["10.1.0.0/16"], '[ipset.y]\ntype = "hash:ip"\n')}
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies=first))).converged
+    # b drops its /16 but changes y, which firewalld cannot do in place: b is held at what it owns, the /16 stays,
+    # and c's 10.0.0.0/10 over it is refused rather than let fail at apply.
+    edited = {
+        "b": nets("b", [], '[ipset.y]\ntype = "hash:ip"\noptions = { maxelem = 1000 }\n'),
+        "c": nets("c", ["10.0.0.0/10"]),
+    }
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert sorted(report.invalid) == ["b", "c"], report.invalid
+    assert "'10.0.0.0/10' overlaps '10.1.0.0/16' of policy 'b'" in str(report.invalid["c"][0]), report.invalid
+    assert {i.entry for i in backend.state.items() if isinstance(i, IpsetEntry)} == {"10.1.0.0/16"}
+    assert report.converged
+
+
+def test_a_set_only_the_held_version_lacks_is_missing_for_the_rule_that_uses_it(tmp_path) -> None:
+    nft_set = '[[nft.set]]\nfamily = "inet"\nname = "s"\ntype = "ipv4_addr"\n'
+    rule = '[[nft.chain]]\nfamily = "inet"\nchain = "input"\n[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "ip saddr @s drop"\n'
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    first = {"b": parse_policy("b.toml", b'[ipset.y]\ntype = "hash:ip"\n')}
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies=first))).converged
+    # b's edit declares the set c uses, but b is held (y cannot change in place): c's rule would use a set nobody makes.
+    edited = {
+        "b": parse_policy("b.toml", f'[ipset.y]\ntype = "hash:ip"\noptions = {{ maxelem = 1000 }}\n{nft_set}'.encode()),
+        "c": parse_policy("c.toml", rule.encode()),
+    }
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert sorted(report.invalid) == ["b", "c"], report.invalid
+    assert "the set @s (inet) is declared by no [[nft.set]]" in str(report.invalid["c"][0]), report.invalid
+    assert not [i for i in backend.state.items() if i.container()[0] == "nft"]

@@ -103,3 +103,23 @@ def test_an_odd_owned_entry_of_a_held_policy_does_not_crash_the_reconcile():
     loaded = LoadResult(policies={"b": parse_policy("b.toml", text)}, errors={"h": [PolicyError("h.toml", "", "bad TOML")]})
     desired = desired_state(loaded, State(owned=owned), None)
     assert "'10.1.0.0/16' overlaps '10.0.0.0/8' of policy 'h'" in str(desired.invalid["b"][0])
+
+
+def test_a_policy_nft_refuses_in_plan_keeps_its_elements_and_plan_refuses_an_overlap_with_them(tmp_path):
+    # b's edit drops its 10.1.0.0/16 and adds a rule nft -c refuses: plan holds b at what it owns, so c's new
+    # 10.0.0.0/10 over that /16 would fail at apply; plan says so now.
+    from reconciler.model import NftRule
+
+    class Checking(MemoryBackend):
+        async def refusals(self, items, *, ask_tools=False):  # type: ignore[no-untyped-def]
+            return {i: "nft: syntax error" for i in items if ask_tools and isinstance(i, NftRule) and "frob" in i.rule}
+
+    backend, store = Checking(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
+    rule = '[[nft.chain]]\nfamily = "inet"\nchain = "input"\n[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "frob"\n'
+    loaded = LoadResult(policies={"b": policy("b", [], rule), "c": policy("c", ["10.0.0.0/10"])})
+    _, desired = asyncio.run(reconciler.plan(loaded))
+    assert sorted(desired.invalid) == ["b", "c"], desired.invalid
+    assert "'10.0.0.0/10' overlaps '10.1.0.0/16' of policy 'b'" in str(desired.invalid["c"][0])
+    assert overlaps_in(desired.items) == [], desired.items
