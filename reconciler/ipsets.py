@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .nftsets import IPV4_RE, ipv4_value
+from .nftsets import IPV4_RE, ipv4_value, meeting_another
 
 # The types fwrecon declares: the ones firewalld lets a zone source
 # (``ipset:NAME``) and a rich rule's ``source ipset=`` use (its
@@ -223,6 +223,21 @@ def overlapping(ipset_type: str, entries: Iterable[str]) -> list[tuple[str, str]
             if other is not None:
                 named[index] = other
     return [(entries[named[index]], entries[index]) for index in sorted(named)]
+
+
+def entries_that_may_overlap(ipset_type: str, entries: Iterable[str]) -> set[str]:
+    """Canonical entries that may overlap another (`overlapping`), and at
+    least all that do: those whose network nests with another's, with the
+    same exact parts (without a network: whose ports meet another's)."""
+    kinds = ipset_type.removeprefix("hash:").split(",")
+    if "net" not in kinds and "port" not in kinds:
+        return set()
+    groups: dict[tuple[Any, ...], list[tuple[int, int, str]]] = {}
+    for entry in set(entries):
+        exact, (version, first, length, bits), ports = _span(kinds, entry)
+        span = (first, first + (1 << (bits - length)) - 1) if "net" in kinds else ports
+        groups.setdefault((exact, version), []).append((*span, entry))
+    return {entry for spans in groups.values() for entry in meeting_another(spans)}
 
 
 def _span(kinds: list[str], entry: str) -> tuple[tuple[str, ...], tuple[int, int, int, int], tuple[int, int]]:

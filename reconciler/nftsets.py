@@ -94,6 +94,30 @@ def conflicts(set_type: str, elements: Iterable[str]) -> list[tuple[str, str]]:
     return found
 
 
+def overlapping_elements(set_type: str, elements: Iterable[str]) -> set[str]:
+    """The canonical elements that overlap at least one other: the only ones
+    a check for overlaps across policies needs to look at (`conflicts`
+    pairs each overlap once, not every element in one)."""
+    if set_type not in _BITS and set_type != "inet_service":
+        return set()
+    return meeting_another([(*_bounds(set_type, element), element) for element in set(elements)])
+
+
+def meeting_another(spans: list[tuple[int, int, str]]) -> set[str]:
+    """Of ``spans`` (first, last, name), the names of those that meet another:
+    sorted by first value, a span meets an earlier one when it starts at or
+    before the highest end so far, and a later one when the next starts at
+    or before its own end.  O(n log n)."""
+    spans.sort()
+    found: set[str] = set()
+    highest = -1
+    for at, (low, high, name) in enumerate(spans):
+        if (at and low <= highest) or (at + 1 < len(spans) and spans[at + 1][0] <= high):
+            found.add(name)
+        highest = max(highest, high)
+    return found
+
+
 def _bounds(set_type: str, text: str) -> tuple[int, int]:
     """The first and last value ``text`` covers: one value, NET/LEN or FIRST-LAST."""
     if set_type == "inet_service":

@@ -37,6 +37,7 @@ from .ipsets import (
     canonical_entry,
     canonical_options,
     default_family,
+    entries_that_may_overlap,
     overlapping,
 )
 from .limits import (
@@ -83,7 +84,7 @@ from .model import (
     Source,
     SourcePort,
 )
-from .nftsets import REFUSED_FLAGS, SET_FLAGS, SET_TYPES, canonical_element, conflicts
+from .nftsets import REFUSED_FLAGS, SET_FLAGS, SET_TYPES, canonical_element, conflicts, overlapping_elements
 from .ports import PORT_PROTOCOLS, canonical_port
 from .richrule import RichRuleError, parse_rich_rule
 
@@ -358,14 +359,33 @@ def _clashes(
     tables hold: ``first``, the declaring policy and set by (family, name);
     ``first_ipset``, the same by ipset name; ``spans``, by set or ipset, the
     policy of each element or entry.  A policy told adds nothing to them: it
-    applies none of its new items, so they refuse no one after it."""
+    applies none of its new items, so they refuse no one after it.
+
+    Only the elements that overlap something in the union of all (the
+    suspects) are compared one policy at a time: without them, 100 policies
+    of 1,000 elements in one set cost 17 s, each re-sorting the elements
+    before it."""
     errors: dict[str, list[PolicyError]] = {}
+    grouped = {name: _set_items(policy) for name, policy in policies.items()}
+    suspects: dict[Item, set[str]] = {}
+
+    def suspects_of(declaration: Item, key: object, find: Callable[[set[str]], set[str]]) -> set[str]:
+        """Of every element declared like ``declaration`` or in force in its set, those that overlap another."""
+        if declaration not in suspects:
+            union = set(spans.get(key, ()))
+            for declared, elements in grouped.values():
+                if declaration in declared:
+                    union |= elements.get(key, set())
+            suspects[declaration] = find(union)
+        return suspects[declaration]
+
     for name in sorted(policies):
         policy = policies[name]
         told: list[PolicyError] = []
-        declared = sorted((item for item in policy.items if type(item) in _DECLARATIONS), key=Item.sort_key)
-        ipsets = [item for item in declared if isinstance(item, Ipset)]
-        sets = [item for item in declared if isinstance(item, NftSet)]
+        declared, elements = grouped[name]
+        ordered = sorted(declared, key=Item.sort_key)
+        ipsets = [item for item in ordered if isinstance(item, Ipset)]
+        sets = [item for item in ordered if isinstance(item, NftSet)]
         for ipset in ipsets:
             owner, declared_ipset = first_ipset.get(ipset.name, (name, ipset))
             if declared_ipset != ipset:
@@ -381,23 +401,27 @@ def _clashes(
             key = (nft_set.family, nft_set.name)
             if first.get(key, (name, nft_set))[1] == nft_set and "interval" in nft_set.flags:
                 theirs = spans.setdefault(key, {})
-                mine = {i.element for i in policy.items if isinstance(i, NftElement) and (i.family, i.set) == key}
-                new.append((theirs, mine - theirs.keys()))  # (an element in two policies is one shared element)
+                new.append((theirs, elements.get(key, set()) - theirs.keys()))  # (in two policies: one shared element)
                 told += _overlaps_across(
                     policy,
                     theirs,
-                    new[-1][1],
+                    new[-1][1] & suspects_of(nft_set, key, partial(overlapping_elements, nft_set.type)),
                     partial(conflicts, nft_set.type),
                     partial(NftElement, nft_set.family, nft_set.name),
                     "nft refuses overlapping intervals",
                 )
         for ipset in ipsets:
+            key = ("ipset", ipset.name)
             if first_ipset.get(ipset.name, (name, ipset))[1] == ipset:
-                theirs = spans.setdefault(("ipset", ipset.name), {})
-                mine = {i.entry for i in policy.items if isinstance(i, IpsetEntry) and i.ipset == ipset.name}
-                new.append((theirs, mine - theirs.keys()))
+                theirs = spans.setdefault(key, {})
+                new.append((theirs, elements.get(key, set()) - theirs.keys()))
                 told += _overlaps_across(
-                    policy, theirs, new[-1][1], partial(overlapping, ipset.type), partial(IpsetEntry, ipset.name), OVERLAP_REFUSED
+                    policy,
+                    theirs,
+                    new[-1][1] & suspects_of(ipset, key, partial(entries_that_may_overlap, ipset.type)),
+                    partial(overlapping, ipset.type),
+                    partial(IpsetEntry, ipset.name),
+                    OVERLAP_REFUSED,
                 )
         if told:
             errors[name] = told
@@ -409,6 +433,25 @@ def _clashes(
         for theirs, mine in new:
             theirs.update(dict.fromkeys(mine, name))
     return errors
+
+
+def _set_items(policy: Policy) -> tuple[set[Item], dict[object, set[str]]]:
+    """A policy's set and ipset declarations, and the elements and entries
+    that may clash, by interval set ((family, name)) or ipset (("ipset",
+    name)); the elements of a hash set, 100,000 say, cannot clash and are
+    not gathered."""
+    declared = {item for item in policy.items if type(item) in _DECLARATIONS}
+    keys = {(i.family, i.name) for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
+    keys |= {("ipset", i.name) for i in declared if isinstance(i, Ipset)}
+    elements: dict[object, set[str]] = {}
+    if not keys:
+        return declared, elements
+    for item in policy.items:
+        if isinstance(item, NftElement) and (key := (item.family, item.set)) in keys:
+            elements.setdefault(key, set()).add(item.element)
+        elif isinstance(item, IpsetEntry) and (key := ("ipset", item.ipset)) in keys:
+            elements.setdefault(key, set()).add(item.entry)
+    return declared, elements
 
 
 def _seed_in_force(
@@ -496,8 +539,11 @@ def _overlaps_across(
     item_of: Callable[[str], Item],
     refused: str,
 ) -> list[PolicyError]:
-    """The errors for ``mine`` (one policy's new elements of one set) that
-    overlap an element of the earlier policies (``theirs``: element -> policy)."""
+    """The errors for ``mine`` (one policy's new elements of one set, the
+    suspects among them) that overlap an element of the earlier policies
+    (``theirs``: element -> policy).  Nothing to compare without suspects."""
+    if not mine:
+        return []
     found = []
     for pair in pairs_of([*theirs, *mine]):
         ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]

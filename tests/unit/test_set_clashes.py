@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from itertools import combinations
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import Reconciler, desired_state
 from reconciler.errors import PolicyError
+from reconciler.ipsets import canonical_entry, entries_that_may_overlap, overlapping
 from reconciler.model import NftElement, NftSet
-from reconciler.nftsets import conflicts
+from reconciler.nftsets import canonical_element, conflicts, overlapping_elements
 from reconciler.policy import LoadResult, conflicting_sets, parse_policy
 from reconciler.state import State, StateStore
 
@@ -123,3 +128,60 @@ def test_a_policy_nft_refuses_in_plan_keeps_its_elements_and_plan_refuses_an_ove
     assert sorted(desired.invalid) == ["b", "c"], desired.invalid
     assert "'10.0.0.0/10' overlaps '10.1.0.0/16' of policy 'b'" in str(desired.invalid["c"][0])
     assert overlaps_in(desired.items) == [], desired.items
+
+
+_SPANS = st.tuples(st.integers(0, 60), st.integers(0, 8))
+
+
+@given(st.lists(_SPANS, max_size=12), st.sampled_from(["inet_service", "ipv4_addr"]))
+def test_the_elements_that_overlap_another_are_found_exactly(spans, set_type):
+    def text(low: int, high: int) -> str:
+        if set_type == "inet_service":
+            return f"{low}-{high}" if high > low else str(low)
+        return f"10.0.0.{low}-10.0.0.{high}" if high > low else f"10.0.0.{low}"
+
+    bounds = {canonical_element(set_type, True, text(low, low + width)): (low, low + width) for low, width in spans}
+    elements = set(bounds)
+    meet = {e for e in elements for f in elements if e != f and bounds[e][0] <= bounds[f][-1] and bounds[f][0] <= bounds[e][-1]}
+    assert overlapping_elements(set_type, elements) == meet
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16", "11.0.0.0/8"]), _SPANS),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_every_entry_that_overlaps_another_is_a_suspect(spans, ports):
+    ipset_type = "hash:net,port" if ports else "hash:net"
+    entries = {
+        canonical_entry(ipset_type, "inet", f"{net},tcp:{low + 1}-{low + 1 + width}" if ports else net)
+        for net, (low, width) in spans
+    }
+    meeting = {b for a, b in combinations(sorted(entries), 2) if overlapping(ipset_type, [a, b])}
+    meeting |= {a for a, b in combinations(sorted(entries), 2) if overlapping(ipset_type, [a, b])}
+    suspects = entries_that_may_overlap(ipset_type, entries)
+    assert meeting <= suspects <= entries
+    if not ports:  # networks alone: exactly those nesting with another
+        assert suspects == meeting
+
+
+def test_many_policies_sharing_a_set_are_judged_in_one_sort_and_the_one_that_overlaps_is_told(monkeypatch):
+    # 100 policies of 1,000 elements each took 17 s, each comparing the elements before it again: now the
+    # elements are sorted once, and only the policy with an element that overlaps is compared on its own.
+    import reconciler.policy
+
+    policies = {f"p{n:03}": policy(f"p{n:03}", [f"10.{n}.{i // 64}.{i % 64 * 4}/30" for i in range(1000)]) for n in range(100)}
+    policies["q"] = policy("q", ["10.7.3.0/24", "192.0.2.0/24"])
+    compared = []
+    monkeypatch.setattr(
+        reconciler.policy, "conflicts", lambda set_type, elements: compared.append(len(elements)) or conflicts(set_type, elements)
+    )
+    errors = {name: [str(e) for e in found] for name, found in conflicting_sets(policies).items()}
+    assert list(errors) == ["q"]
+    assert len(errors["q"]) == 64  # (one for each /30 in the /24)
+    assert errors["q"][0] == (
+        "q.toml: nft.set[0].elements[0]: '10.7.3.0/24' overlaps '10.7.3.0/30' of policy 'p007'; nft refuses overlapping intervals"
+    )
+    assert compared == [7064, 100_001]  # (p007's 64 and q's one suspect, beside the elements before; 5,050,000 before)
