@@ -22,6 +22,9 @@ import pytest
 from fwsandbox import Sandbox
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.model import Item
+from reconciler.state import StateStore
+
 ROOT = Path(__file__).resolve().parents[2]
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,9 +121,12 @@ class Fwrecon:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
     def owned(self) -> list[dict]:
-        if not self.state_file.exists():
-            return []
-        return json.loads(self.state_file.read_text())["owned"]
+        """The state file's owned items, one entry each (as version 1 wrote them: the file groups elements)."""
+        state = StateStore(self.state_file).load()
+        return [
+            {"item": item.to_json(), "policies": sorted(state.owned[item]), "backend": state.placed.get(item)}
+            for item in sorted(state.owned, key=Item.sort_key)
+        ]
 
 
 @pytest.fixture

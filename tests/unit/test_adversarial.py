@@ -543,11 +543,26 @@ REAL_STATE = st.fixed_dictionaries(
         )
     },
 )
+GROUP_LIKE = st.fixed_dictionaries(
+    {
+        "of": st.fixed_dictionaries(
+            {"kind": st.sampled_from(["nft_element", "ipset_entry", "port"]) | ANY_JSON},
+            optional={name: FIELD_VALUE for name in ("family", "set", "ipset", "element", "entry")},
+        )
+        | ANY_JSON,
+        "values": st.lists(st.sampled_from(["192.0.2.1", "10.0.0.0/8", ""]) | ANY_JSON, max_size=3) | ANY_JSON,
+    },
+    optional={
+        "policies": st.lists(st.sampled_from(["web", "api", ""]), max_size=3) | ANY_JSON,
+        "backend": st.sampled_from(["nftables", "firewalld", None]) | ANY_JSON,
+    },
+)
 STATE_LIKE = st.fixed_dictionaries(
     {},
     optional={
-        "version": st.sampled_from([1, 1, 1, 0, 2, True, "1", 1.0, None]),
+        "version": st.sampled_from([1, 2, 2, 0, 3, True, "2", 2.0, None]),
         "owned": st.lists(ENTRY_LIKE | ANY_JSON, max_size=4) | ANY_JSON,
+        "owned_groups": st.lists(GROUP_LIKE | ANY_JSON, max_size=3) | ANY_JSON,
         "pending": st.none() | st.dictionaries(st.text(max_size=6), ANY_JSON, max_size=3) | ANY_JSON,
     },
 )

@@ -2,12 +2,13 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.model import DirectRule, ForwardPort, Masquerade, Port, Scope, Service
+from reconciler.model import DirectRule, ForwardPort, Item, Masquerade, Port, Scope, Service
 from reconciler.state import State, StateStore, render
 
 Z = Scope("zone", "public")
@@ -40,7 +41,7 @@ def test_file_is_plain_json_in_plan_order(tmp_path):
     rule = DirectRule("ipv4", "filter", "X", 0, ("-j", "ACCEPT"))
     store.save(State(owned={rule: frozenset({"b", "a"}), Service(Z, "ssh"): frozenset({"a"})}, placed={rule: "iptables"}))
     assert json.loads(store.path.read_text()) == {
-        "version": 1,
+        "version": 2,
         "owned": [
             {"item": {"kind": "service", "scope": ["zone", "public"], "name": "ssh"}, "policies": ["a"], "backend": None},
             {
@@ -56,9 +57,52 @@ def test_file_is_plain_json_in_plan_order(tmp_path):
                 "backend": "iptables",
             },
         ],
+        "owned_groups": [],
         "held_by_others": [],
         "pending": None,
     }
+
+
+def test_elements_and_entries_are_written_in_groups_by_set_owners_and_backend(tmp_path):
+    from reconciler.model import IpsetEntry, NftElement
+
+    store = StateStore(tmp_path / "state.json")
+    one, two, three = (NftElement("inet", "block", f"192.0.2.{i}") for i in (3, 1, 2))
+    entry = IpsetEntry("partners", "198.51.100.0/24")
+    owned = {one: frozenset({"a"}), two: frozenset({"a"}), three: frozenset({"a", "b"}), entry: frozenset({"a"})}
+    state = State(owned=owned, placed={one: "nftables", two: "nftables", three: "nftables", entry: "firewalld"})
+    store.save(state)
+    assert json.loads(store.path.read_text())["owned_groups"] == [
+        {
+            "of": {"kind": "ipset_entry", "ipset": "partners"},
+            "policies": ["a"],
+            "backend": "firewalld",
+            "values": ["198.51.100.0/24"],
+        },
+        {
+            "of": {"kind": "nft_element", "family": "inet", "set": "block"},
+            "policies": ["a"],
+            "backend": "nftables",
+            "values": ["192.0.2.1", "192.0.2.3"],
+        },
+        {
+            "of": {"kind": "nft_element", "family": "inet", "set": "block"},
+            "policies": ["a", "b"],
+            "backend": "nftables",
+            "values": ["192.0.2.2"],
+        },
+    ]
+    loaded = StateStore(store.path).load()
+    assert (loaded.owned, loaded.placed) == (state.owned, state.placed)
+
+
+def test_a_file_of_version_1_is_read_as_written(tmp_path):
+    path = tmp_path / "state.json"
+    element = {"kind": "nft_element", "family": "inet", "set": "block", "element": "192.0.2.1"}
+    path.write_text(json.dumps({"version": 1, "owned": [{"item": element, "policies": ["a"], "backend": "nftables"}]}))
+    state = StateStore(path).load()
+    assert state.owned == {Item.from_json(element): frozenset({"a"})}
+    assert state.placed == {Item.from_json(element): "nftables"}
 
 
 def test_items_held_by_others_round_trip(tmp_path):
@@ -155,6 +199,18 @@ def entry(item: object = ITEM, policies: object = None, **extra: object) -> dict
     return {"item": item, "policies": ["web"] if policies is None else policies, **extra}
 
 
+SET = {"kind": "nft_element", "family": "inet", "set": "block"}
+
+
+def group(of: object = None, values: object = None, policies: object = None) -> dict:
+    """One ``owned_groups`` record; any field may be given a wrong value."""
+    return {
+        "of": SET if of is None else of,
+        "policies": ["web"] if policies is None else policies,
+        "values": ["192.0.2.1"] if values is None else values,
+    }
+
+
 def state_json(*entries: object, **top: object) -> bytes:
     """A state file's bytes, version 1, with these entries (and top-level keys overridden)."""
     return json.dumps({"version": 1, "owned": list(entries), "pending": None, **top}).encode()
@@ -201,6 +257,31 @@ def written_state() -> bytes:
         (state_json(entry(backend=1)), "owned[0].backend must be a string or null, got integer"),
         (state_json(entry(), entry(policies=["api"])), "owned[1]: zone public port 80/tcp is listed twice"),
         (state_json(entry(item="port")), "owned[0].item: malformed item 'port': expected an object, got string"),
+        (state_json(owned_groups={}), "'owned_groups' must be an array, got object"),
+        (
+            state_json(owned_groups=[group(values="x")]),
+            "owned_groups[0] must be an object with an 'of' object and a 'values' array",
+        ),
+        (state_json(owned_groups=[group(of=ITEM)]), 'owned_groups[0].of: "port" is not a kind kept in groups'),
+        (
+            state_json(owned_groups=[group(of={**SET, "element": "x"})]),
+            "owned_groups[0].of names 'element', which its values give",
+        ),
+        (
+            state_json(owned_groups=[group(of={**SET, "set": 7})]),
+            "owned_groups[0].of: malformed item {'kind': 'nft_element', 'family': 'inet', 'set': 7, 'element': ''}: "
+            "field 'set': expected a string, got integer",
+        ),
+        (state_json(owned_groups=[group(values=["192.0.2.1", 1])]), "owned_groups[0].values[1] must be a string, got integer"),
+        (state_json(owned_groups=[group(policies=[])]), "owned_groups[0].policies must be a non-empty array of strings, got []"),
+        (
+            state_json(owned_groups=[group(), group(policies=["api"])]),
+            "owned_groups[1].values[0]: nft inet fwrecon set block element 192.0.2.1 is listed twice",
+        ),
+        (
+            state_json(entry(item={**SET, "element": "192.0.2.1"}), owned_groups=[group()]),
+            "owned_groups[0].values[0]: nft inet fwrecon set block element 192.0.2.1 is listed twice",
+        ),
     ],
     ids=[
         "not-utf8",
@@ -225,6 +306,15 @@ def written_state() -> bytes:
         "backend-int",
         "duplicate",
         "item-string",
+        "groups-object",
+        "group-values-string",
+        "group-of-port",
+        "group-of-names-element",
+        "group-of-bad-field",
+        "group-value-int",
+        "group-no-policies",
+        "group-duplicate",
+        "group-duplicates-entry",
     ],
 )
 def test_corrupt_content_names_the_file_and_the_reason(tmp_path, content: bytes, reason: str):
@@ -349,10 +439,16 @@ def test_a_render_reusing_the_last_ones_entries_is_the_same_text() -> None:
     from reconciler.model import NftElement
     from reconciler.state import render_entries
 
-    a, b, c = (NftElement("inet", "s", f"10.0.0.{i}") for i in range(3))
-    state = State(owned={a: frozenset({"p"}), b: frozenset({"p"})}, placed={a: "nftables", b: "nftables"})
+    a, b, c = (Port(Z, str(8000 + i), "tcp") for i in range(3))
+    x, y = (NftElement("inet", "s", f"10.0.0.{i}") for i in range(2))
+    state = State(
+        owned={a: frozenset({"p"}), b: frozenset({"p"}), x: frozenset({"p"}), y: frozenset({"p"})},
+        placed={a: "nftables", b: "nftables", x: "nftables", y: "nftables"},
+    )
     _, entries = render_entries(state, {})
     changes = [
+        lambda s: s.owned.__setitem__(x, frozenset({"p", "q"})),  # an element with another owner: a group of its own
+        lambda s: s.placed.pop(y),
         lambda s: s.owned.__setitem__(a, frozenset({"p", "q"})),  # another owner
         lambda s: s.placed.__setitem__(b, "iptables"),  # another backend
         lambda s: s.placed.pop(b),  # none
@@ -363,4 +459,7 @@ def test_a_render_reusing_the_last_ones_entries_is_the_same_text() -> None:
         change(state)
         text, entries = render_entries(state, entries)
         assert text == render(state)
-        assert set(entries) == {item for item, owners in state.owned.items() if owners}
+        assert set(entries) == {item for item, owners in state.owned.items() if owners and not isinstance(item, NftElement)}
+        path = Path(tempfile.mkdtemp()) / "s.json"
+        path.write_text(text)
+        assert StateStore(path).load().owned == state.owned
