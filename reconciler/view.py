@@ -107,6 +107,11 @@ class FirewallView:
             return covers(self._ranges.get(key, frozenset()), rng)
         return item in self._items
 
+    def listed(self, items: frozenset[Item]) -> frozenset[Item]:
+        """Those of ``items`` present as they are, not as part of a port range
+        (which `has` finds as well): one intersection of two sets."""
+        return items & self._items
+
     def has_exact(self, item: Item) -> bool:
         """Listed as exactly this item (so removing it takes nothing else along)."""
         if type(item) in _RANGED:
