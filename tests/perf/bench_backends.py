@@ -61,7 +61,7 @@ from reconciler.backends.iptables import IptablesBackend  # noqa: E402
 from reconciler.backends.nftables import NftablesBackend  # noqa: E402
 from reconciler.backends.process import ToolRunner  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
-from reconciler.engine import Reconciler, gc_paused  # noqa: E402
+from reconciler.engine import Reconciler, RefusalMemo, gc_paused  # noqa: E402
 from reconciler.logsetup import configure_logging  # noqa: E402
 from reconciler.policydir import PolicyCache, load_policy_dir  # noqa: E402
 from reconciler.state import StateStore  # noqa: E402
@@ -110,13 +110,14 @@ class Run:
 
 
 class Daemon:
-    """What ``fwrecon run`` keeps between reconciles: backends, state store, parsed files."""
+    """What ``fwrecon run`` keeps between reconciles: backends, state store, parsed files, refusals judged."""
 
     def __init__(self, router, policy_dir: Path, state: Path) -> None:  # type: ignore[no-untyped-def]
         self.router = router
         self.policy_dir = policy_dir
         self.store = StateStore(state)
         self.cache = PolicyCache()
+        self.memo = RefusalMemo()
 
     async def reconcile(self) -> Run:
         ToolClock.seconds = 0.0
@@ -124,7 +125,7 @@ class Daemon:
         with gc_paused():  # as the daemon does
             loaded = load_policy_dir(self.policy_dir, self.cache)
             parsed = time.perf_counter()
-            report = await Reconciler(self.router, self.store, names=self.router.known_names).reconcile(loaded)
+            report = await Reconciler(self.router, self.store, names=self.router.known_names, memo=self.memo).reconcile(loaded)
         elapsed = time.perf_counter() - started
         assert report.converged, [o.error for o in report.failed]
         return Run(elapsed, parsed - started, ToolClock.seconds, report.write_ops)
