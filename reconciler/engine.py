@@ -333,6 +333,21 @@ def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, Policy
     return result
 
 
+def made_room(failed: dict[str, PolicyOutcome], applied: PolicyOutcome) -> list[PolicyOutcome]:
+    """The failed outcomes (taken out of ``failed``) whose failed add was
+    where ``applied`` removed something: in the same nft set, ipset or zone."""
+    emptied = {_where(op.item) for op, result in applied.ops if op.action == "remove" and result is Outcome.APPLIED}
+    found = [o for o in failed.values() if o.failed_op is not None and _where(o.failed_op.item) in emptied]
+    for outcome in found:
+        del failed[outcome.policy]
+    return found
+
+
+def _where(item: Item) -> tuple[str, ...]:
+    """An item's container, narrowed to its set for an nft element (the container is the table)."""
+    return (*item.container(), item.set) if isinstance(item, NftElement) else item.container()
+
+
 def with_moves(plan: PolicyPlan, moves: dict[str, list[Op]]) -> PolicyPlan:
     """``plan`` with the moves of its policy first (taken out of ``moves``: a
     policy planned again after another failed gets them only once)."""
@@ -582,14 +597,20 @@ class Reconciler:
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         self._note_kept_in_use(desired, view, state, plans)
         wanted = dict(desired.items)
+        failed_before: dict[str, PolicyOutcome] = {}  # failed on an add, no policy after it has removed anything there yet
+        room_made: list[PolicyOutcome] = []  # ... and one did since: worth one more try
         while plans:
             plan = with_moves(plans.pop(0), moves)
             outcome = await self._run_plan(plan, state, view)
             outcomes.append(outcome)
             # What this policy wrote was read before it: later writes there read again.
             view = view.without_reads({op.item.container() for op in plan.ops})
+            if outcome.status == "applied":
+                room_made += made_room(failed_before, outcome)
             if outcome.status == "failed" and plan.policy in loaded.policies:
                 await self._judge_failure(loaded, desired, outcome)
+                if outcome.status == "failed" and outcome.failed_op is not None and outcome.failed_op.action == "add":
+                    failed_before[plan.policy] = outcome
             if outcome.status in ("failed", "invalid") and plans:
                 # The failed policy stays as it was; plan the rest without its adds.
                 wanted[plan.policy] = state.owned_by(plan.policy)
@@ -597,6 +618,8 @@ class Reconciler:
                 view = await self.observe(wanted, state)
                 replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
                 plans = [p for p in replanned if p.policy in remaining]
+        if room_made:
+            outcomes = await self._try_again(room_made, outcomes, desired, wanted, state, settling)
         outcomes = with_creations(outcomes, created)
         if state.pending is not None:
             # The interrupted transaction had landed in full (nothing was left to
@@ -623,6 +646,34 @@ class Reconciler:
             duration_ms=round(report.duration * 1000, 2),
         )
         return report
+
+    async def _try_again(
+        self,
+        failed: list[PolicyOutcome],
+        outcomes: list[PolicyOutcome],
+        desired: Desired,
+        wanted: dict[str, frozenset[Item]],
+        state: State,
+        settling: bool,
+    ) -> list[PolicyOutcome]:
+        """One more transaction for each policy whose add failed where a
+        policy after it then removed something: an interval set refuses an
+        element overlapping one still there, so a's 10.0.0.0/8 fails while
+        b, later by name, still holds 10.1.0.0/16 it is swapping for another
+        (`plan_all` runs first only the policies that merely let go).  The
+        new outcome replaces the failed one; a second failure stands."""
+        names = {outcome.policy for outcome in failed}
+        for name in names:
+            wanted[name] = desired.items[name]
+        view = await self.observe(wanted, state)
+        again: dict[str, PolicyOutcome] = {}
+        for plan in plan_all(wanted, view, state.owned, state.others, defer_new=settling):
+            if plan.policy in names and plan.policy not in again:
+                log.info("policy_retried", policy=plan.policy, reason="a policy after it removed items where its add failed")
+                again[plan.policy] = await self._run_plan(plan, state, view)
+                view = view.without_reads({op.item.container() for op in plan.ops})
+        retried = {id(outcome) for outcome in failed}
+        return [again.get(o.policy, o) if id(o) in retried else o for o in outcomes]
 
     def _note_kept_in_use(self, desired: Desired, view: FirewallView, state: State, plans: list[PolicyPlan]) -> None:
         """Log once (``owned_item_kept_in_use``) the owned chains, sets and

@@ -290,3 +290,10 @@ def test_an_element_a_policy_lets_go_makes_room_in_the_same_run(bare: Fwrecon) -
     result = bare.apply()
     assert result.returncode == 0, result.stdout + result.stderr
     assert elements(bare) == ["10.1.0.0/16", "192.0.2.0/24"]
+    # a widens over b's /16 while b swaps it for another network: b runs after a, and a's add is tried again.
+    bare.write_policy("a", set_policy(["10.0.0.0/8"], rule=False))
+    bare.write_policy("b", set_policy(["198.51.100.0/24"], rule=False))
+    result = bare.apply()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"event": "policy_retried"' in result.stdout + result.stderr
+    assert elements(bare) == ["10.0.0.0/8", "198.51.100.0/24"]

@@ -185,3 +185,53 @@ def test_many_policies_sharing_a_set_are_judged_in_one_sort_and_the_one_that_ove
         "q.toml: nft.set[0].elements[0]: '10.7.3.0/24' overlaps '10.7.3.0/30' of policy 'p007'; nft refuses overlapping intervals"
     )
     assert compared == [7064, 100_001]  # (p007's 64 and q's one suspect, beside the elements before; 5,050,000 before)
+
+
+class IntervalSets(MemoryBackend):
+    """Like nft: an element that overlaps one already in its set is refused."""
+
+    def _apply(self, op):  # type: ignore[no-untyped-def]
+        from reconciler.errors import OperationFailed
+
+        if op.action == "add" and isinstance(op.item, NftElement) and not self.state.has(op.item):
+            there = [i.element for i in self.state.items() if isinstance(i, NftElement) and i.set == op.item.set]
+            if conflicts("ipv4_addr", [*there, op.item.element]):
+                raise OperationFailed("interval overlaps with an existing one", "NFT_ERROR", op)
+        return super()._apply(op)
+
+
+def test_an_add_that_failed_on_what_a_later_policy_swaps_away_is_tried_again_in_the_same_run(tmp_path):
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
+    backend.calls.clear()
+    # b swaps its /16 for another network (so it does not merely let go, and runs after a by name), as a widens over it.
+    edited = {"a": policy("a", ["10.0.0.0/8"]), "b": policy("b", ["192.0.2.0/24"])}
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert report.converged, [o.error for o in report.failed]
+    assert [(o.policy, o.status) for o in report.outcomes] == [("a", "applied"), ("b", "applied")]
+    assert backend.calls == [
+        "batch: + nft inet fwrecon set blocklist element 10.0.0.0/8",  # refused: b's /16 is still there
+        "batch: - nft inet fwrecon set blocklist element 10.1.0.0/16; + nft inet fwrecon set blocklist element 192.0.2.0/24",
+        "batch: + nft inet fwrecon set blocklist element 10.0.0.0/8",
+    ]
+    assert {i.element for i in backend.state.items() if isinstance(i, NftElement)} == {"10.0.0.0/8", "192.0.2.0/24"}
+    assert store.load().owned[element("10.0.0.0/8")] == {"a"}
+
+
+def test_an_add_refused_for_its_own_sake_is_tried_once_more_at_most(tmp_path):
+    backend, store = IntervalSets(batches=True, refuse=[element("10.9.0.0/16")]), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
+    backend.calls.clear()
+    report = asyncio.run(
+        reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}))
+    )
+    assert [(o.policy, o.status) for o in report.outcomes] == [("a", "failed"), ("b", "applied")]
+    assert [c for c in backend.calls if "10.9.0.0/16" in c] == ["batch: + nft inet fwrecon set blocklist element 10.9.0.0/16"] * 2
+    # Nothing removed in that set after it: no second try.
+    backend.calls.clear()
+    report = asyncio.run(
+        reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}))
+    )
+    assert [c for c in backend.calls if "10.9.0.0/16" in c] == ["batch: + nft inet fwrecon set blocklist element 10.9.0.0/16"]
