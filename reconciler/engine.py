@@ -498,10 +498,12 @@ class Reconciler:
         policy keeps in force (its edit dropped it, but the edit does not apply)."""
         while True:
             declared = [item for items in desired.items.values() for item in items]
+            # (what fwrecon owns and no policy wants goes in this run: a rule may not count on it)
+            staying = view.items() - _removable(desired.items, state)
             found = {
                 name: errors
                 for name, policy in loaded.policies.items()
-                if name not in desired.invalid and (errors := unresolved_references(policy, declared, view.items()))
+                if name not in desired.invalid and (errors := unresolved_references(policy, declared, staying))
             }
             if not found and desired.invalid.keys() != desired.sets_judged_beside:
                 desired.sets_judged_beside = frozenset(desired.invalid)
@@ -611,6 +613,8 @@ class Reconciler:
                 await self._judge_failure(loaded, desired, outcome)
                 if outcome.status == "failed" and outcome.failed_op is not None and outcome.failed_op.action == "add":
                     failed_before[plan.policy] = outcome
+            if outcome.status == "failed" and (undone_moves := [op for op in plan.ops if op.via is not None]):
+                moves[plan.policy] = undone_moves  # rolled back with the rest: still to do
             if outcome.status in ("failed", "invalid") and plans:
                 # The failed policy stays as it was; plan the rest without its adds.
                 wanted[plan.policy] = state.owned_by(plan.policy)
@@ -619,7 +623,7 @@ class Reconciler:
                 replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
                 plans = [p for p in replanned if p.policy in remaining]
         if room_made:
-            outcomes = await self._try_again(room_made, outcomes, desired, wanted, state, settling)
+            outcomes = await self._try_again(room_made, outcomes, desired, wanted, state, settling, moves)
         outcomes = with_creations(outcomes, created)
         if state.pending is not None:
             # The interrupted transaction had landed in full (nothing was left to
@@ -655,6 +659,7 @@ class Reconciler:
         wanted: dict[str, frozenset[Item]],
         state: State,
         settling: bool,
+        moves: dict[str, list[Op]],
     ) -> list[PolicyOutcome]:
         """One more transaction for each policy whose add failed where a
         policy after it then removed something: an interval set refuses an
@@ -670,6 +675,7 @@ class Reconciler:
         for plan in plan_all(wanted, view, state.owned, state.others, defer_new=settling):
             if plan.policy in names and plan.policy not in again:
                 log.info("policy_retried", policy=plan.policy, reason="a policy after it removed items where its add failed")
+                plan = with_moves(plan, moves)
                 again[plan.policy] = await self._run_plan(plan, state, view)
                 view = view.without_reads({op.item.container() for op in plan.ops})
         retried = {id(outcome) for outcome in failed}
@@ -882,6 +888,8 @@ class Reconciler:
     ) -> None:
         """Ownership as before the rolled-back transaction, plus adds we could not undo."""
         state.owned = dict(before)
+        for item in plan.claims:  # there before the transaction, and still wanted: a claim stands whatever the writes did
+            state.owned[item] = before.get(item, frozenset()) | {plan.policy}
         for undo, _ in failure.rollback_errors if failure else ():
             if undo.action == "remove":
                 state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}

@@ -91,7 +91,7 @@ def plan_all(
     plans = []
     names = sorted(
         desired.keys() | owners_of(owned) | owners_of(held),
-        key=lambda policy: (not _only_lets_go(desired.get(policy, frozenset()), policy, owned, held), policy),
+        key=lambda policy: (not _only_lets_go(desired.get(policy, frozenset()), policy, owned, held, actual), policy),
     )
     # Known to be someone else's, for the whole run: a record one policy drops
     # (it no longer wants the item) still tells the next policy whose it is.
@@ -119,7 +119,11 @@ def plan_all(
 
 
 def _only_lets_go(
-    wanted: frozenset[Item], policy: str, owned: Mapping[Item, frozenset[str]], held: Mapping[Item, frozenset[str]]
+    wanted: frozenset[Item],
+    policy: str,
+    owned: Mapping[Item, frozenset[str]],
+    held: Mapping[Item, frozenset[str]],
+    view: FirewallView,
 ) -> bool:
     """Whether ``policy`` wants nothing it does not have already (its file is
     gone, or it dropped items): it runs first, so what it lets go makes room
@@ -127,7 +131,7 @@ def _only_lets_go(
     refuses an element that overlaps one still there: a policy widening
     10.1.0.0/16 to 10.0.0.0/8 while another drops the /16 must add after the
     drop, whatever their names."""
-    return all(policy in owned.get(item, ()) or policy in held.get(item, ()) for item in wanted)
+    return all((policy in owned.get(item, ()) or policy in held.get(item, ())) and view.has(item) for item in wanted)
 
 
 def _needs_second_look(wanted: frozenset[Item], view: FirewallView, owned: Mapping[Item, frozenset[str]], policy: str) -> bool:

@@ -15,10 +15,11 @@ from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import Reconciler, desired_state
 from reconciler.errors import PolicyError
 from reconciler.ipsets import canonical_entry, entries_that_may_overlap, overlapping
-from reconciler.model import NftElement, NftSet
+from reconciler.model import NftChain, NftElement, NftRule, NftSet, Outcome
 from reconciler.nftsets import canonical_element, conflicts, overlapping_elements
 from reconciler.policy import LoadResult, conflicting_sets, parse_policy
 from reconciler.state import State, StateStore
+from reconciler.view import FirewallView
 
 BLOCK = NftSet("inet", "blocklist", "ipv4_addr", ("interval",))
 
@@ -235,3 +236,106 @@ def test_an_add_refused_for_its_own_sake_is_tried_once_more_at_most(tmp_path):
         reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}))
     )
     assert [c for c in backend.calls if "10.9.0.0/16" in c] == ["batch: + nft inet fwrecon set blocklist element 10.9.0.0/16"]
+
+
+def test_a_claim_stands_when_the_transaction_of_the_policy_that_claims_fails(tmp_path):
+    # z's file is gone and b takes over z's element (a claim) but adds one the firewall refuses: z, first since it only
+    # lets go, gave the element up to b; b's rollback must not lose the claim, or nobody would own the element.
+    handed, bad = element("192.0.2.0/24"), element("198.51.100.0/24")
+    backend, store = MemoryBackend(refuse=[bad]), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": policy("z", ["192.0.2.0/24"])}))).converged
+    b = LoadResult(policies={"b": policy("b", ["192.0.2.0/24", "198.51.100.0/24"])})
+    report = asyncio.run(reconciler.reconcile(b))
+    assert [(o.policy, o.status) for o in report.failed] == [("b", "failed")]
+    assert store.load().owned[handed] == {"b"} and store.load().owned[BLOCK] == {"b"}
+    asyncio.run(reconciler.reconcile(LoadResult(policies={})))  # b goes: what fwrecon added goes with it
+    assert not list(backend.state.items())
+
+
+class TwoPlaces(MemoryBackend):
+    """``new`` is in charge (observed); ``old`` held the items before a backend switch (reached with via="old")."""
+
+    name = "new"
+
+    def __init__(self, items, old):  # type: ignore[no-untyped-def]
+        super().__init__(items)
+        self.old = FirewallView(old)
+
+    def _apply(self, op):  # type: ignore[no-untyped-def]
+        from reconciler.errors import OperationFailed
+
+        self.calls.append(op.describe() + (f" via {op.via}" if op.via else ""))
+        if op.via == "old":
+            if op.action == "add" and not self.old.has(op.item):
+                self.old.add(op.item)
+            elif op.action == "remove" and self.old.has(op.item):
+                self.old.remove(op.item)
+            return Outcome.APPLIED
+        if op.action == "add" and isinstance(op.item, NftElement) and not self.state.has(op.item):
+            there = [i.element for i in self.state.items() if isinstance(i, NftElement) and i.set == op.item.set]
+            if conflicts("ipv4_addr", [*there, op.item.element]):
+                raise OperationFailed("interval overlaps with an existing one", "NFT_ERROR", op)
+        return super()._apply(op)
+
+    async def _execute(self, op):  # type: ignore[no-untyped-def]
+        return self._apply(op)
+
+
+def test_a_policy_tried_again_still_moves_its_items_out_of_the_backend_that_held_them(tmp_path):
+    moved = element("192.168.0.0/16")
+    backend, store = TwoPlaces([BLOCK, element("10.1.0.0/16")], [moved]), StateStore(tmp_path / "s.json")
+    owned = {BLOCK: frozenset({"a", "b"}), moved: frozenset({"a"}), element("10.1.0.0/16"): frozenset({"b"})}
+    store.save(State(owned=owned, placed={BLOCK: "new", moved: "old", element("10.1.0.0/16"): "new"}))
+    loaded = LoadResult(policies={"a": policy("a", ["192.168.0.0/16", "10.0.0.0/8"]), "b": policy("b", ["172.16.0.0/16"])})
+    report = asyncio.run(Reconciler(backend, store).reconcile(loaded))
+    assert report.converged, [o.error for o in report.failed]
+    assert not backend.old.has(moved), backend.calls  # (the first, failed try's move was rolled back with it)
+    assert backend.state.has(moved) and store.load().placed[moved] == "new"
+
+
+class Strict(MemoryBackend):
+    """Like nft: a rule needs its chain and the set it uses, an element its set."""
+
+    def _apply(self, op):  # type: ignore[no-untyped-def]
+        from reconciler.errors import OperationFailed
+
+        item, there = op.item, list(self.state.items())
+        if op.action == "add" and isinstance(item, NftRule):
+            if not any(isinstance(c, NftChain) and (c.family, c.chain) == (item.family, item.chain) for c in there):
+                raise OperationFailed("No such file or directory (chain)", "NFT_ERROR", op)
+            if "@blocklist" in item.rule and not any(isinstance(s, NftSet) and s.name == "blocklist" for s in there):
+                raise OperationFailed("No such file or directory (set)", "NFT_ERROR", op)
+        sets = {(s.family, s.name) for s in there if isinstance(s, NftSet)}
+        if op.action == "add" and isinstance(item, NftElement) and (item.family, item.set) not in sets:
+            raise OperationFailed("No such file or directory (set)", "NFT_ERROR", op)
+        return super()._apply(op)
+
+
+RULE = '[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "ip saddr @blocklist drop"\n'
+CHAIN = '[[nft.chain]]\nfamily = "inet"\nchain = "input"\nhook = "input"\n'
+
+
+def test_a_policy_that_puts_back_what_it_owns_waits_for_the_one_declaring_its_chain(tmp_path):
+    # fwrecon's table is gone (a reboot) and a-base, which declares the chain and set z's rule needs, was edited:
+    # z wants back only what it owns, yet it adds, so it keeps its place after a-base.
+    backend, store = Strict(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    z = parse_policy("z.toml", RULE.encode())
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": policy("a", ["192.0.2.0/24"], CHAIN), "z": z}))).converged
+    backend.state = FirewallView()
+    edited = LoadResult(policies={"a": policy("a", ["192.0.2.0/24", "198.51.100.0/24"], CHAIN), "z": z})
+    report = asyncio.run(reconciler.reconcile(edited))
+    assert report.converged, [o.error for o in report.failed]
+
+
+def test_a_rule_may_not_count_on_a_set_that_goes_in_the_same_run(tmp_path):
+    # z's file is gone with the set; a's new rule uses it, declared by no policy: refused, not failed at apply.
+    backend, store = Strict(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": policy("z", ["192.0.2.0/24"])}))).converged
+    a = parse_policy("a.toml", ('[[nft.chain]]\nfamily = "inet"\nchain = "input"\n' + RULE).encode())
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": a})))
+    assert report.converged, [o.error for o in report.failed]
+    assert "the set @blocklist (inet) is declared by no [[nft.set]]" in str(report.invalid["a"][0]), report.invalid
+    assert not [i for i in backend.state.items() if isinstance(i, (NftSet, NftElement))]
