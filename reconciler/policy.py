@@ -340,8 +340,8 @@ def conflicting_sets(
         first: dict[tuple[str, str], tuple[str, NftSet]] = {}
         first_ipset: dict[str, tuple[str, Ipset]] = {}
         spans: dict[object, dict[str, str]] = {}
-        _seed_in_force(judged, owned, {*held, *told}, first, first_ipset, spans)
-        found = _clashes(judged, first, first_ipset, spans)
+        seeded_as = _seed_in_force(judged, owned, {*held, *told}, first, first_ipset, spans)
+        found = _clashes(judged, first, first_ipset, spans, seeded_as)
         if not found:
             return told
         told.update(found)
@@ -354,11 +354,14 @@ def _clashes(
     first: dict[tuple[str, str], tuple[str, NftSet]],
     first_ipset: dict[str, tuple[str, Ipset]],
     spans: dict[object, dict[str, str]],
+    seeded_as: dict[object, Item] | None = None,
 ) -> dict[str, list[PolicyError]]:
     """`conflicting_sets` for the policies in name order, after what the
     tables hold: ``first``, the declaring policy and set by (family, name);
     ``first_ipset``, the same by ipset name; ``spans``, by set or ipset, the
-    policy of each element or entry.  A policy told adds nothing to them: it
+    policy of each element or entry (``seeded_as``: the declaration the
+    elements in force were read under; under another one, only those that
+    are elements of it count).  A policy told adds nothing to them: it
     applies none of its new items, so they refuse no one after it.
 
     Only the elements that overlap something in the union of all (the
@@ -368,6 +371,15 @@ def _clashes(
     errors: dict[str, list[PolicyError]] = {}
     grouped = {name: _set_items(policy) for name, policy in policies.items()}
     suspects: dict[Item, set[str]] = {}
+    seeded_as = dict(seeded_as or {})
+
+    def spans_under(declaration: Item, key: object, canonical: Callable[[str], str]) -> dict[str, str]:
+        """``spans[key]``, its elements in force read under ``declaration``."""
+        theirs = spans.setdefault(key, {})
+        if seeded_as.get(key, declaration) != declaration:
+            theirs = spans[key] = {e: owner for e, owner in theirs.items() if _canonical_or_none(canonical, e) == e}
+        seeded_as[key] = declaration
+        return theirs
 
     def suspects_of(declaration: Item, key: object, find: Callable[[set[str]], set[str]]) -> set[str]:
         """Of every element declared like ``declaration`` or in force in its set, those that overlap another."""
@@ -400,7 +412,7 @@ def _clashes(
         for nft_set in sets:
             key = (nft_set.family, nft_set.name)
             if first.get(key, (name, nft_set))[1] == nft_set and "interval" in nft_set.flags:
-                theirs = spans.setdefault(key, {})
+                theirs = spans_under(nft_set, key, partial(canonical_element, nft_set.type, True))
                 new.append((theirs, elements.get(key, set()) - theirs.keys()))  # (in two policies: one shared element)
                 told += _overlaps_across(
                     policy,
@@ -413,7 +425,7 @@ def _clashes(
         for ipset in ipsets:
             key = ("ipset", ipset.name)
             if first_ipset.get(ipset.name, (name, ipset))[1] == ipset:
-                theirs = spans.setdefault(key, {})
+                theirs = spans_under(ipset, key, partial(canonical_entry, ipset.type, ipset.family))
                 new.append((theirs, elements.get(key, set()) - theirs.keys()))
                 told += _overlaps_across(
                     policy,
@@ -461,16 +473,18 @@ def _seed_in_force(
     first: dict[tuple[str, str], tuple[str, NftSet]],
     first_ipset: dict[str, tuple[str, Ipset]],
     spans: dict[object, dict[str, str]],
-) -> None:
+) -> dict[object, Item]:
     """Fill `conflicting_sets`' tables with what is in force and stays: each
     owned declaration, element and entry under the first policy (by name)
-    that keeps it.  Only sets and ipsets some policy in ``policies``
-    declares can clash: with none, ``owned`` is not walked at all."""
+    that keeps it; return the declaration each set's elements were read
+    under.  Only sets and ipsets some policy in ``policies`` declares can
+    clash: with none, ``owned`` is not walked at all."""
     declared = [i for p in policies.values() for i in p.items if type(i) in _DECLARATIONS]
     if not declared:
-        return
+        return {}
     sets = {(i.family, i.name) for i in declared if isinstance(i, NftSet)}
-    intervals = {(i.family, i.name): i.type for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
+    interval_sets = {(i.family, i.name): i for i in declared if isinstance(i, NftSet) and "interval" in i.flags}
+    intervals = {key: nft_set.type for key, nft_set in interval_sets.items()}
     ipsets = {i.name: i for i in declared if isinstance(i, Ipset)}
     # (type() first: the elements of a hash set, 100,000 say, cannot clash and cost one test each)
     kinds = {NftSet, Ipset, IpsetEntry} | ({NftElement} if intervals else set())
@@ -500,14 +514,24 @@ def _seed_in_force(
             earliest(first, (item.family, item.name), item, owners)
         elif isinstance(item, Ipset) and item.name in ipsets:
             earliest(first_ipset, item.name, item, owners)
+    seeded_as: dict[object, Item] = {}
     for key, found in seeded.items():
         if key in intervals:
+            seeded_as[key] = interval_sets[key]
             canonical: Callable[[str], str] = partial(canonical_element, intervals[key], True)
             pairs_of: Callable[[list[str]], list[tuple[str, str]]] = partial(conflicts, intervals[key])
         else:
-            ipset = ipsets[key[1]]  # type: ignore[index]  # ("ipset", name)
+            ipset = seeded_as[key] = ipsets[key[1]]  # type: ignore[index]  # ("ipset", name)
             canonical, pairs_of = partial(canonical_entry, ipset.type, ipset.family), partial(overlapping, ipset.type)
         spans[key] = _in_force_spans(found, canonical, pairs_of)
+    return seeded_as
+
+
+def _canonical_or_none(canonical: Callable[[str], str], text: str) -> str | None:
+    try:
+        return canonical(text)
+    except ValueError:
+        return None
 
 
 def _in_force_spans(
@@ -520,11 +544,8 @@ def _in_force_spans(
     judged as bringing it in."""
     spans: dict[str, str] = {}
     for name, text in sorted(found):
-        try:
-            if canonical(text) == text:
-                spans[text] = name
-        except ValueError:
-            continue
+        if _canonical_or_none(canonical, text) == text:
+            spans[text] = name
     for one, other in pairs_of(list(spans)):
         if one in spans and other in spans:
             del spans[max(one, other, key=lambda e: (spans[e], e))]

@@ -8,6 +8,7 @@ import asyncio
 import json
 from itertools import combinations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,9 +16,9 @@ from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import Reconciler, desired_state
 from reconciler.errors import PolicyError
 from reconciler.ipsets import canonical_entry, entries_that_may_overlap, overlapping
-from reconciler.model import NftChain, NftElement, NftRule, NftSet, Outcome
+from reconciler.model import Ipset, IpsetEntry, NftChain, NftElement, NftRule, NftSet, Outcome
 from reconciler.nftsets import canonical_element, conflicts, overlapping_elements
-from reconciler.policy import LoadResult, conflicting_sets, parse_policy
+from reconciler.policy import LoadResult, Policy, conflicting_sets, parse_policy
 from reconciler.state import State, StateStore
 from reconciler.view import FirewallView
 
@@ -339,3 +340,25 @@ def test_a_rule_may_not_count_on_a_set_that_goes_in_the_same_run(tmp_path):
     assert report.converged, [o.error for o in report.failed]
     assert "the set @blocklist (inet) is declared by no [[nft.set]]" in str(report.invalid["a"][0]), report.invalid
     assert not [i for i in backend.state.items() if isinstance(i, (NftSet, NftElement))]
+
+
+@pytest.mark.parametrize(
+    ("kept", "declared_first", "first_element", "kept_element"),
+    [
+        (NftSet("inet", "x", "ipv4_addr", ("interval",)), NftSet("inet", "x", "inet_service", ("interval",)), "80", "10.0.0.0/8"),
+        (Ipset("x", "hash:net", "inet"), Ipset("x", "hash:ip,port", "inet"), "10.0.0.1,tcp:80", "10.0.0.0/8"),
+    ],
+)
+def test_elements_in_force_under_another_declaration_are_told_not_a_crash(kept, declared_first, first_element, kept_element):
+    # b keeps 10.0.0.0/8 in a set or ipset fwrecon did not create; a, first by name, declares it otherwise.
+    def item(declaration, text):  # type: ignore[no-untyped-def]
+        if isinstance(declaration, Ipset):
+            return IpsetEntry(declaration.name, text)
+        return NftElement(declaration.family, declaration.name, text)
+
+    a = Policy("a", "a.toml", "", frozenset({declared_first, item(declared_first, first_element)}))
+    b = Policy("b", "b.toml", "", frozenset({kept, item(kept, kept_element)}))
+    for policies in ({"a": a, "b": b}, {"b": b, "a": a}):
+        errors = conflicting_sets(policies, {item(kept, kept_element): frozenset({"b"})}, ())
+        assert list(errors) == ["b"], errors
+        assert "policy 'a' declares" in str(errors["b"][0])
