@@ -55,6 +55,11 @@ _SHARED = {cls: operator.attrgetter(*shared) for cls, (shared, _) in GROUPED.ite
 # run measured (README, Performance); the cap bounds what a runaway or garbage file
 # can make fwrecon allocate.
 MAX_STATE_FILE_BYTES = 512 * 1024 * 1024
+# A grouped element takes as little as ~8 bytes of the file but ~350 of
+# memory once it is an item, so the size alone no longer bounds what a file
+# can make fwrecon build: the items are counted too, with the same room as
+# the size gave version 1 files.
+MAX_STATE_ITEMS = 4_000_000
 # ``pending`` is a note for humans (policy, op count, a few op texts, a time);
 # deeper structures are not ours, and would strain deepcopy and the logger.
 MAX_PENDING_DEPTH = 8
@@ -97,11 +102,15 @@ def _grouped(groups: Any, owned: Ownership, placed: dict[Item, str]) -> None:
     if type(groups) is not list:
         raise _Corrupt(f"'owned_groups' must be an array, got {json_type_name(groups)}")
     names = {cls.kind: (cls, varying) for cls, (_, varying) in GROUPED.items()}
+    count = len(owned)
     for index, group in enumerate(groups):
         where = f"owned_groups[{index}]"
         if type(group) is not dict or type(group.get("of")) is not dict or type(group.get("values")) is not list:
             raise _Corrupt(f"{where} must be an object with an 'of' object and a 'values' array")
         of, values = group["of"], group["values"]
+        count += len(values)
+        if count > MAX_STATE_ITEMS:
+            raise _Corrupt(f"more than the {MAX_STATE_ITEMS:,} items a state file may hold")
         kind = of.get("kind")
         if type(kind) is not str or kind not in names or ITEM_KINDS.get(kind) is not names[kind][0]:
             raise _Corrupt(f"{where}.of: {_short(kind)} is not a kind kept in groups")

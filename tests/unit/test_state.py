@@ -463,3 +463,16 @@ def test_a_render_reusing_the_last_ones_entries_is_the_same_text() -> None:
         path = Path(tempfile.mkdtemp()) / "s.json"
         path.write_text(text)
         assert StateStore(path).load().owned == state.owned
+
+
+def test_a_file_of_more_items_than_a_state_may_hold_is_refused_before_they_are_built(tmp_path, monkeypatch):
+    import reconciler.state
+
+    monkeypatch.setattr(reconciler.state, "MAX_STATE_ITEMS", 5)
+    path = tmp_path / "state.json"
+    path.write_bytes(state_json(entry(), owned_groups=[group(values=[f"192.0.2.{i}" for i in range(5)])]))
+    with pytest.raises(StateError) as info:
+        StateStore(path).load()
+    assert str(info.value) == corrupt_message(path, "more than the 5 items a state file may hold")
+    path.write_bytes(state_json(entry(), owned_groups=[group(values=[f"192.0.2.{i}" for i in range(4)])]))
+    assert len(StateStore(path).load().owned) == 5
