@@ -181,7 +181,7 @@ def desired_state(
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     judged = {name: policy for name, policy in loaded.policies.items() if name not in invalid}
-    for name, errors in conflicting_sets(judged, state.owned, held_names).items():
+    for name, errors in conflicting_sets(judged, in_force(state), held_names).items():
         invalid[name] = errors
         held_names.add(name)
     items = {name: policy.items for name, policy in judged.items() if name not in invalid}
@@ -189,6 +189,13 @@ def desired_state(
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.owned_by(name)
     return Desired(items, invalid, sets_judged_beside=frozenset(invalid))
+
+
+def in_force(state: State) -> Mapping[Item, frozenset[str]]:
+    """What the state file knows to be in force, by the policies that keep
+    it: what fwrecon owns, and what others hold that policies want (an
+    element an admin put in the set is refused an overlap like ours)."""
+    return {**state.others, **state.owned} if state.others else state.owned
 
 
 def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
@@ -508,7 +515,7 @@ class Reconciler:
             if not found and desired.invalid.keys() != desired.sets_judged_beside:
                 desired.sets_judged_beside = frozenset(desired.invalid)
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
-                found = conflicting_sets(valid, state.owned, desired.items.keys() - valid.keys())
+                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys())
             if not found:
                 break
             for name, errors in found.items():

@@ -680,3 +680,29 @@ def test_a_set_only_the_held_version_lacks_is_missing_for_the_rule_that_uses_it(
     assert sorted(report.invalid) == ["b", "c"], report.invalid
     assert "the set @s (inet) is declared by no [[nft.set]]" in str(report.invalid["c"][0]), report.invalid
     assert not [i for i in backend.state.items() if i.container()[0] == "nft"]
+
+
+def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_it(tmp_path) -> None:
+    from reconciler.errors import OperationFailed
+
+    class Firewalld(MemoryBackend):
+        """Like firewalld's nftables backend: a hash:net ipset refuses an entry overlapping one in it."""
+
+        def _apply(self, op):  # type: ignore[no-untyped-def]
+            if op.action == "add" and isinstance(op.item, IpsetEntry) and not self.state.has(op.item):
+                there = [i.entry for i in self.state.items() if isinstance(i, IpsetEntry) and i.ipset == op.item.ipset]
+                if overlapping("hash:net", [*there, op.item.entry]):
+                    raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
+            return super()._apply(op)
+
+    def nets(name: str, entry: str) -> Policy:
+        return parse_policy(f"{name}.toml", f'[ipset.x]\ntype = "hash:net"\nentries = ["{entry}"]\n'.encode())
+
+    backend = Firewalld([Ipset("x", "hash:net", "inet"), IpsetEntry("x", "10.1.0.0/16")])  # the admin's
+    store = StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": nets("b", "10.1.0.0/16")}))).converged
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "10.0.0.0/8"), "b": nets("b", "10.1.0.0/16")})))
+    assert sorted(report.invalid) == ["a"], report.invalid  # the newcomer, not the one whose entry is in force
+    assert "'10.0.0.0/8' overlaps '10.1.0.0/16' of policy 'b'" in str(report.invalid["a"][0])
+    assert report.converged
