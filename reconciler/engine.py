@@ -320,6 +320,27 @@ def _removable(desired: Mapping[str, frozenset[Item]], state: State) -> frozense
     )
 
 
+def going_holders(desired: Mapping[str, frozenset[Item]], state: State, view: FirewallView) -> frozenset[Item]:
+    """The owned chains, sets and ipsets the plans take out in this run
+    (`_removable`, and the planner's rule for what is in use): no policy
+    wants them, and nothing in them or using them stays: an element or rule
+    of someone else's, or one a policy wants, keeps them."""
+
+    def unwanted(item: Item) -> bool:
+        return not any(item in items for items in desired.values())
+
+    def goes(item: Item) -> bool:
+        return item in state.owned and unwanted(item)
+
+    return frozenset(
+        holder
+        for holder in _removable(desired, state)
+        if unwanted(holder)
+        and all(goes(member) for member in view.members_of(holder))
+        and all(not isinstance(user, str) and (goes(user) or not view.has(user)) for user in view.users.get(holder, ()))
+    )
+
+
 def with_creations(outcomes: list[PolicyOutcome], created: Mapping[Ipset, PolicyOutcome]) -> list[PolicyOutcome]:
     """``outcomes`` with the ipset creations (`Reconciler._create_ipsets`)
     counted in the first outcome of their policy (one of its own if none).
@@ -505,8 +526,7 @@ class Reconciler:
         policy keeps in force (its edit dropped it, but the edit does not apply)."""
         while True:
             declared = [item for items in desired.items.values() for item in items]
-            # (what fwrecon owns and no policy wants goes in this run: a rule may not count on it)
-            staying = view.items() - _removable(desired.items, state)
+            staying = view.items() - going_holders(desired.items, state, view)  # (a rule may not count on those)
             found = {
                 name: errors
                 for name, policy in loaded.policies.items()
@@ -605,6 +625,7 @@ class Reconciler:
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
         self._note_kept_in_use(desired, view, state, plans)
+        self._record_claims(plans, state)
         wanted = dict(desired.items)
         failed_before: dict[str, PolicyOutcome] = {}  # failed on an add, no policy after it has removed anything there yet
         room_made: list[PolicyOutcome] = []  # ... and one did since: worth one more try
@@ -629,6 +650,7 @@ class Reconciler:
                 view = await self.observe(wanted, state)
                 replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
                 plans = [p for p in replanned if p.policy in remaining]
+                self._record_claims(plans, state)
         if room_made:
             outcomes = await self._try_again(room_made, outcomes, desired, wanted, state, settling, moves)
         outcomes = with_creations(outcomes, created)
@@ -679,14 +701,27 @@ class Reconciler:
             wanted[name] = desired.items[name]
         view = await self.observe(wanted, state)
         again: dict[str, PolicyOutcome] = {}
-        for plan in plan_all(wanted, view, state.owned, state.others, defer_new=settling):
-            if plan.policy in names and plan.policy not in again:
+        plans = [p for p in plan_all(wanted, view, state.owned, state.others, defer_new=settling) if p.policy in names]
+        self._record_claims(plans, state)
+        for plan in plans:
+            if plan.policy not in again:
                 log.info("policy_retried", policy=plan.policy, reason="a policy after it removed items where its add failed")
                 plan = with_moves(plan, moves)
                 again[plan.policy] = await self._run_plan(plan, state, view)
                 view = view.without_reads({op.item.container() for op in plan.ops})
         retried = {id(outcome) for outcome in failed}
         return [again.get(o.policy, o) if id(o) in retried else o for o in outcomes]
+
+    def _record_claims(self, plans: list[PolicyPlan], state: State) -> None:
+        """Write the plans' claims to the state file before any of them runs.
+        A claim is ownership of an item already there (another policy of ours
+        added it), so it needs no write: recorded first, it survives a policy
+        that lets the item go before the claimer runs, and any failure after."""
+        claimed = [(item, p.policy) for p in plans for item in p.claims if p.policy not in state.owned.get(item, ())]
+        if claimed:
+            for item, policy in claimed:
+                state.owned[item] = state.owned.get(item, frozenset()) | {policy}
+            self.store.save(state)
 
     def _note_kept_in_use(self, desired: Desired, view: FirewallView, state: State, plans: list[PolicyPlan]) -> None:
         """Log once (``owned_item_kept_in_use``) the owned chains, sets and
@@ -894,9 +929,7 @@ class Reconciler:
         self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None
     ) -> None:
         """Ownership as before the rolled-back transaction, plus adds we could not undo."""
-        state.owned = dict(before)
-        for item in plan.claims:  # there before the transaction, and still wanted: a claim stands whatever the writes did
-            state.owned[item] = before.get(item, frozenset()) | {plan.policy}
+        state.owned = dict(before)  # (claims included: `_record_claims` wrote them before)
         for undo, _ in failure.rollback_errors if failure else ():
             if undo.action == "remove":
                 state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}

@@ -268,6 +268,11 @@ class StateStore:
     def save(self, state: State) -> None:
         if self._holds(state):
             return
+        if len(state.owned) > MAX_STATE_ITEMS:  # (a file `load` would call corrupt: refused before anything lands)
+            raise StateError(
+                f"{self.path}: cannot write state file: {len(state.owned):,} owned items, "
+                f"more than the {MAX_STATE_ITEMS:,} a state file may hold"
+            )
         payload, entry_texts = render_entries(state, self._entry_texts)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

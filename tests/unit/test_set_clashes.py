@@ -362,3 +362,73 @@ def test_elements_in_force_under_another_declaration_are_told_not_a_crash(kept, 
         errors = conflicting_sets(policies, {item(kept, kept_element): frozenset({"b"})}, ())
         assert list(errors) == ["b"], errors
         assert "policy 'a' declares" in str(errors["b"][0])
+
+
+def test_a_claim_stands_when_another_policy_fails_between_the_one_letting_go_and_the_claimer(tmp_path):
+    # z (file gone, first) lets its element go to b's claim; a, between them by name, fails on a port: b is planned
+    # again, and must still find the element ours, not someone else's (nothing would ever remove it then).
+    from reconciler.model import Port, Scope
+
+    backend, store = MemoryBackend(refuse=[Port(Scope("zone", "public"), "9999", "tcp")]), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": policy("z", ["192.0.2.0/24"])}))).converged
+    a = parse_policy("a.toml", b'[zone.public]\nports = ["9999/tcp"]\n')
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": a, "b": policy("b", ["192.0.2.0/24"])})))
+    assert [o.policy for o in report.failed] == ["a"]
+    assert store.load().owned[element("192.0.2.0/24")] == {"b"} and not store.load().others
+    asyncio.run(reconciler.reconcile(LoadResult(policies={})))
+    assert not list(backend.state.items())
+
+
+class RedeclaringStrict(Strict):
+    """Strict, and a set cannot be added again with another type."""
+
+    def _apply(self, op):  # type: ignore[no-untyped-def]
+        from reconciler.errors import OperationFailed
+
+        there = [s for s in self.state.items() if isinstance(s, NftSet) and s.name == getattr(op.item, "name", None)]
+        if op.action == "add" and isinstance(op.item, NftSet) and any(s != op.item for s in there):
+            raise OperationFailed("File exists (set with another type)", "NFT_ERROR", op)
+        return super()._apply(op)
+
+
+@pytest.mark.parametrize("redeclared", [False, True])
+def test_a_set_kept_because_someone_elses_element_is_in_it_still_counts_as_held(tmp_path, redeclared):
+    # z's file is gone, but an admin's element keeps its set in place: a rule may use it, and a policy declaring
+    # it otherwise is told that it exists (not let fail at apply).
+    backend, store = RedeclaringStrict(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": policy("z", ["192.0.2.0/24"])}))).converged
+    backend.state.add(element("203.0.113.0/24"))
+    if redeclared:
+        body = (
+            '[[nft.set]]\nfamily = "inet"\nname = "blocklist"\ntype = "inet_service"\nflags = ["interval"]\nelements = ["80"]\n'
+        )
+    else:
+        body = '[[nft.chain]]\nfamily = "inet"\nchain = "input"\n' + RULE
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": parse_policy("a.toml", body.encode())})))
+    assert report.converged, [o.error for o in report.failed]
+    if redeclared:
+        assert "the set exists as" in str(report.invalid["a"][0]), report.invalid
+    else:
+        assert not report.invalid, report.invalid
+    assert any(isinstance(i, NftSet) for i in backend.state.items())
+
+
+def test_a_set_kept_by_a_rule_of_ours_that_stays_still_counts_as_held(tmp_path):
+    # b declared the set c's rule uses; b's file is deleted: the set stays in use by c's rule, and c, unchanged,
+    # is not refused.
+    class WithUsers(Strict):
+        async def observe(self, containers, known=None, *, removable=None):  # type: ignore[no-untyped-def]
+            view = await super().observe(containers, known, removable=removable)
+            rules = [i for i in view.items() if isinstance(i, NftRule)]
+            users = {s: [r for r in rules if f"@{s.name}" in r.rule] for s in view.items() if isinstance(s, NftSet)}
+            return FirewallView(view.items(), view.containers, users={s: u for s, u in users.items() if u})
+
+    backend, store = WithUsers(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    c = parse_policy("c.toml", ('[[nft.chain]]\nfamily = "inet"\nchain = "input"\n' + RULE).encode())
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["192.0.2.0/24"]), "c": c}))).converged
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies={"c": c})))
+    assert report.converged and not report.invalid, (report.invalid, [o.error for o in report.failed])
+    assert any(isinstance(i, NftSet) for i in backend.state.items())

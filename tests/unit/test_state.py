@@ -476,3 +476,15 @@ def test_a_file_of_more_items_than_a_state_may_hold_is_refused_before_they_are_b
     assert str(info.value) == corrupt_message(path, "more than the 5 items a state file may hold")
     path.write_bytes(state_json(entry(), owned_groups=[group(values=[f"192.0.2.{i}" for i in range(4)])]))
     assert len(StateStore(path).load().owned) == 5
+
+
+def test_a_state_of_more_items_than_a_file_may_hold_is_not_written(tmp_path, monkeypatch):
+    import reconciler.state
+
+    monkeypatch.setattr(reconciler.state, "MAX_STATE_ITEMS", 2)
+    store = StateStore(tmp_path / "state.json")
+    store.save(State(owned={Port(Z, "1", "tcp"): frozenset({"a"}), Port(Z, "2", "tcp"): frozenset({"a"})}))
+    written = store.path.read_bytes()
+    with pytest.raises(StateError, match="cannot write state file: 3 owned items, more than the 2 a state file may hold"):
+        store.save(State(owned={Port(Z, str(n), "tcp"): frozenset({"a"}) for n in (1, 2, 3)}))
+    assert store.path.read_bytes() == written
