@@ -32,6 +32,7 @@ from .model import (
     Item,
     KnownNames,
     NftElement,
+    NftSet,
     Op,
     Outcome,
     Ownership,
@@ -80,8 +81,9 @@ class Desired:
     items: dict[str, frozenset[Item]]
     invalid: dict[str, list[PolicyError]]
     notes: list[str] = field(default_factory=list)  # checks that could not be made here
-    # The invalid policies when sets were last judged beside what they hold (`Reconciler._settle_holds`).
-    sets_judged_beside: frozenset[str] = frozenset()
+    # The invalid policies, and the foreign elements, when sets were last
+    # judged beside what those hold (`Reconciler._settle_holds`).
+    sets_judged_beside: tuple[frozenset[str], frozenset[Item]] = (frozenset(), frozenset())
 
 
 @dataclass
@@ -188,7 +190,7 @@ def desired_state(
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.owned_by(name)
-    return Desired(items, invalid, sets_judged_beside=frozenset(invalid))
+    return Desired(items, invalid, sets_judged_beside=(frozenset(invalid), frozenset()))
 
 
 def in_force(state: State) -> Mapping[Item, frozenset[str]]:
@@ -196,6 +198,22 @@ def in_force(state: State) -> Mapping[Item, frozenset[str]]:
     it: what fwrecon owns, and what others hold that policies want (an
     element an admin put in the set is refused an overlap like ours)."""
     return {**state.others, **state.owned} if state.others else state.owned
+
+
+def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]]) -> frozenset[Item]:
+    """The elements of interval sets and the ipset entries in the firewall
+    that fwrecon does not own.  It never removes them, so a policy's element
+    overlapping one is refused at every apply; the state file may not know
+    them at all (an admin's, or one whose record went with the last policy
+    that wanted it)."""
+    intervals = {(s.family, s.name) for s in view.of_kinds({NftSet}) if isinstance(s, NftSet) and "interval" in s.flags}
+    found = set()
+    for item in view.of_kinds({NftElement, IpsetEntry}):
+        if item not in owned and (
+            isinstance(item, IpsetEntry) or (isinstance(item, NftElement) and (item.family, item.set) in intervals)
+        ):
+            found.add(item)
+    return frozenset(found)
 
 
 def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
@@ -523,7 +541,9 @@ class Reconciler:
         """Hold, until no more are found, the policies that the policies held
         so far leave broken: a rule using a chain or set that only a held
         policy's new version declared, or an element overlapping one a held
-        policy keeps in force (its edit dropped it, but the edit does not apply)."""
+        policy keeps in force (its edit dropped it, but the edit does not apply)
+        or one someone else put there (`foreign_members`)."""
+        foreign = foreign_members(view, state.owned)
         while True:
             declared = [item for items in desired.items.values() for item in items]
             staying = view.items() - going_holders(desired.items, state, view)  # (a rule may not count on those)
@@ -532,10 +552,10 @@ class Reconciler:
                 for name, policy in loaded.policies.items()
                 if name not in desired.invalid and (errors := unresolved_references(policy, declared, staying))
             }
-            if not found and desired.invalid.keys() != desired.sets_judged_beside:
-                desired.sets_judged_beside = frozenset(desired.invalid)
+            if not found and (judged := (frozenset(desired.invalid), foreign)) != desired.sets_judged_beside:
+                desired.sets_judged_beside = judged
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
-                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys())
+                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys(), foreign)
             if not found:
                 break
             for name, errors in found.items():

@@ -306,12 +306,16 @@ def unresolved_references(policy: Policy, declared: Iterable[Item], held: Iterab
 
 
 _DECLARATIONS = frozenset({NftSet, Ipset})
+# The keeper of a foreign element in `conflicting_sets`' tables: sorts before
+# every policy name, as it stays whoever else keeps it.
+SOMEONE_ELSE = ""
 
 
 def conflicting_sets(
     policies: Mapping[str, Policy],
     owned: Mapping[Item, frozenset[str]] | None = None,
     held: Collection[str] = (),
+    foreign: Collection[Item] = (),
 ) -> dict[str, list[PolicyError]]:
     """Errors, by policy name, for an nft set that policies declare alike in
     name but not in type or flags, or whose elements overlap another
@@ -324,10 +328,13 @@ def conflicting_sets(
     one).  Then the policies in name order; so the policy whose edit brings
     an overlap in is the one told, never the one already in force beside it.
     Held at what it owns, a policy told keeps that in force: what the others
-    add must not clash with it either.
+    add must not clash with it either.  Before all of it: the ``foreign``
+    elements and entries, in the firewall but not fwrecon's (an admin's, one
+    whose record went with the last policy wanting it), which fwrecon never
+    removes.
     """
     found = _clashes(policies, {}, {}, {})
-    if not owned or not (found or held):
+    if not (owned or foreign) or not (found or held or foreign):
         # What policies keep is in force together, so it cannot clash: without
         # a clash in name order there is none (and `owned`, 100,000 elements
         # say, is not walked); what is in force changes only who is told.
@@ -340,7 +347,7 @@ def conflicting_sets(
         first: dict[tuple[str, str], tuple[str, NftSet]] = {}
         first_ipset: dict[str, tuple[str, Ipset]] = {}
         spans: dict[object, dict[str, str]] = {}
-        seeded_as = _seed_in_force(judged, owned, {*held, *told}, first, first_ipset, spans)
+        seeded_as = _seed_in_force(judged, owned or {}, {*held, *told}, first, first_ipset, spans, foreign)
         found = _clashes(judged, first, first_ipset, spans, seeded_as)
         if not found:
             return told
@@ -473,11 +480,12 @@ def _seed_in_force(
     first: dict[tuple[str, str], tuple[str, NftSet]],
     first_ipset: dict[str, tuple[str, Ipset]],
     spans: dict[object, dict[str, str]],
+    foreign: Iterable[Item] = (),
 ) -> dict[object, Item]:
     """Fill `conflicting_sets`' tables with what is in force and stays: each
     owned declaration, element and entry under the first policy (by name)
-    that keeps it; return the declaration each set's elements were read
-    under.  Only sets and ipsets some policy in ``policies`` declares can
+    that keeps it, each ``foreign`` one under ``SOMEONE_ELSE``; return the
+    declaration each set's elements were read under.  Only sets and ipsets some policy in ``policies`` declares can
     clash: with none, ``owned`` is not walked at all."""
     declared = [i for p in policies.values() for i in p.items if type(i) in _DECLARATIONS]
     if not declared:
@@ -501,6 +509,11 @@ def _seed_in_force(
             table[key] = (name, item)
 
     seeded: dict[object, list[tuple[str, str]]] = {}  # set or ipset -> (keeper, element or entry)
+    for item in foreign:
+        if isinstance(item, NftElement) and (item.family, item.set) in intervals:
+            seeded.setdefault((item.family, item.set), []).append((SOMEONE_ELSE, item.element))
+        elif isinstance(item, IpsetEntry) and item.ipset in ipsets:
+            seeded.setdefault(("ipset", item.ipset), []).append((SOMEONE_ELSE, item.entry))
     for item, owners in owned.items():
         if type(item) not in kinds:
             continue
@@ -545,7 +558,7 @@ def _in_force_spans(
     spans: dict[str, str] = {}
     for name, text in sorted(found):
         if _canonical_or_none(canonical, text) == text:
-            spans[text] = name
+            spans.setdefault(text, name)
     for one, other in pairs_of(list(spans)):
         if one in spans and other in spans:
             del spans[max(one, other, key=lambda e: (spans[e], e))]
@@ -569,7 +582,9 @@ def _overlaps_across(
     for pair in pairs_of([*theirs, *mine]):
         ours, other = [e for e in pair if e in mine], [e for e in pair if e not in mine]
         if ours and other:
-            message = f"{ours[0]!r} overlaps {other[0]!r} of policy {theirs[other[0]]!r}; {refused}"
+            holder = theirs[other[0]]
+            whose = ", which someone else put there" if holder == SOMEONE_ELSE else f" of policy {holder!r}"
+            message = f"{ours[0]!r} overlaps {other[0]!r}{whose}; {refused}"
             found.append(PolicyError(policy.file, policy.key_of(item_of(ours[0])), message))
     return found
 

@@ -178,6 +178,21 @@ def test_the_edit_that_overlaps_what_is_in_force_is_the_one_refused(bare: Fwreco
     assert elements(bare) == ["10.1.0.0/16"]
 
 
+def test_an_element_someone_else_put_in_our_set_refuses_an_overlapping_edit(bare: Fwrecon) -> None:
+    bare.backend = "nftables"
+    bare.write_policy("a", set_policy(["192.0.2.0/24"], rule=False))
+    applied(bare)
+    bare.sandbox.nft("add", "element", "inet", "fwrecon", "blocklist", "{ 10.1.0.0/16 }", check=True)  # no policy wants it
+    bare.write_policy("a", set_policy(["192.0.2.0/24", "10.0.0.0/8"], rule=False))
+    told = "a.toml: nft.set[0].elements[1]: '10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there"
+    for command in ("check", "plan", "apply"):
+        result = bare.run(command)
+        said = result.stdout + result.stderr
+        assert result.returncode == 1 and told in said, (command, said)
+        assert "policy_failed" not in said, said  # held and told, not tried and refused by nft
+    assert elements(bare) == ["10.1.0.0/16", "192.0.2.0/24"]
+
+
 def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
     bare.backend = "nftables"
     policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -682,23 +683,25 @@ def test_a_set_only_the_held_version_lacks_is_missing_for_the_rule_that_uses_it(
     assert not [i for i in backend.state.items() if i.container()[0] == "nft"]
 
 
+class OverlapRefusing(MemoryBackend):
+    """Like firewalld's nftables backend: a hash:net ipset refuses an entry overlapping one in it."""
+
+    def _apply(self, op):  # type: ignore[no-untyped-def]
+        from reconciler.errors import OperationFailed
+
+        if op.action == "add" and isinstance(op.item, IpsetEntry) and not self.state.has(op.item):
+            there = [i.entry for i in self.state.items() if isinstance(i, IpsetEntry) and i.ipset == op.item.ipset]
+            if overlapping("hash:net", [*there, op.item.entry]):
+                raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
+        return super()._apply(op)
+
+
+def nets(name: str, *entries: str) -> Policy:
+    return parse_policy(f"{name}.toml", f'[ipset.x]\ntype = "hash:net"\nentries = {json.dumps(entries)}\n'.encode())
+
+
 def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_it(tmp_path) -> None:
-    from reconciler.errors import OperationFailed
-
-    class Firewalld(MemoryBackend):
-        """Like firewalld's nftables backend: a hash:net ipset refuses an entry overlapping one in it."""
-
-        def _apply(self, op):  # type: ignore[no-untyped-def]
-            if op.action == "add" and isinstance(op.item, IpsetEntry) and not self.state.has(op.item):
-                there = [i.entry for i in self.state.items() if isinstance(i, IpsetEntry) and i.ipset == op.item.ipset]
-                if overlapping("hash:net", [*there, op.item.entry]):
-                    raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
-            return super()._apply(op)
-
-    def nets(name: str, entry: str) -> Policy:
-        return parse_policy(f"{name}.toml", f'[ipset.x]\ntype = "hash:net"\nentries = ["{entry}"]\n'.encode())
-
-    backend = Firewalld([Ipset("x", "hash:net", "inet"), IpsetEntry("x", "10.1.0.0/16")])  # the admin's
+    backend = OverlapRefusing([Ipset("x", "hash:net", "inet"), IpsetEntry("x", "10.1.0.0/16")])  # the admin's
     store = StateStore(tmp_path / "s.json")
     reconciler = Reconciler(backend, store)
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": nets("b", "10.1.0.0/16")}))).converged
@@ -706,3 +709,16 @@ def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_i
     assert sorted(report.invalid) == ["a"], report.invalid  # the newcomer, not the one whose entry is in force
     assert "'10.0.0.0/8' overlaps '10.1.0.0/16' of policy 'b'" in str(report.invalid["a"][0])
     assert report.converged
+
+
+def test_an_entry_someone_else_put_in_our_ipset_refuses_an_overlap_before_apply(tmp_path) -> None:
+    # No policy wants the admin's entry (no record of it): a's widening edit is held, told why, every run.
+    backend = OverlapRefusing()
+    reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"))
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24")}))).converged
+    backend.state.add(IpsetEntry("x", "10.1.0.0/16"))
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24", "10.0.0.0/8")})))
+        assert report.converged, [o.error for o in report.failed]
+        assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid.get("a")), report.invalid
+    assert {IpsetEntry("x", "192.0.2.0/24"), IpsetEntry("x", "10.1.0.0/16")} <= backend.state.items()

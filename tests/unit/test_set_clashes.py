@@ -432,3 +432,48 @@ def test_a_set_kept_by_a_rule_of_ours_that_stays_still_counts_as_held(tmp_path):
     report = asyncio.run(reconciler.reconcile(LoadResult(policies={"c": c})))
     assert report.converged and not report.invalid, (report.invalid, [o.error for o in report.failed])
     assert any(isinstance(i, NftSet) for i in backend.state.items())
+
+
+def test_an_element_someone_else_put_in_our_set_refuses_an_overlap_before_apply(tmp_path):
+    # An admin adds 10.1.0.0/16 to fwrecon's interval set; no policy wants it, so no record of it exists.
+    # a's edit widening to 10.0.0.0/8 is held (its /24 stays), told why, instead of failing at every apply.
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": policy("a", ["192.0.2.0/24"])}))).converged
+    backend.state.add(element("10.1.0.0/16"))
+    for _ in range(2):
+        backend.calls.clear()
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": policy("a", ["192.0.2.0/24", "10.0.0.0/8"])})))
+        assert report.converged, [o.error for o in report.failed]
+        assert sorted(report.invalid) == ["a"], report.invalid
+        assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid["a"][0])
+        assert report.invalid["a"][0].key == "nft.set[0].elements[1]"
+        assert not [c for c in backend.calls if "element" in c], backend.calls  # nothing tried, nothing removed
+    assert {element("192.0.2.0/24"), element("10.1.0.0/16")} <= backend.state.items()
+
+
+def test_a_policy_whose_edit_swaps_someone_elses_element_for_an_overlap_is_told_at_every_run(tmp_path):
+    # b wanted the admin's 10.1.0.0/16 (a record of it held by others); b's edit swaps it for 10.0.0.0/8.
+    # The record goes with b's wanting it, but the element stays, so b is held at every run, not let fail.
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    backend.state.add(BLOCK)
+    backend.state.add(element("10.1.0.0/16"))
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
+    assert element("10.1.0.0/16") in store.load().others
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.0.0.0/8"])})))
+        assert report.converged, [o.error for o in report.failed]
+        assert "overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid.get("b")), report.invalid
+    assert element("10.1.0.0/16") in backend.state.items() and element("10.0.0.0/8") not in backend.state.items()
+
+
+def test_foreign_elements_are_in_force_before_every_policy():
+    a, b = policy("a", ["10.0.0.0/8"]), policy("b", ["192.0.2.0/24"])
+    foreign = [element("10.1.0.0/16"), element("198.51.100.0/24")]
+    found = conflicting_sets({"a": a, "b": b}, {}, (), foreign)
+    assert sorted(found) == ["a"] and "which someone else put there" in str(found["a"][0]), found
+    # Not of a set declared with the interval flag, or of another set: they cannot clash.
+    assert conflicting_sets({"a": a}, {}, (), [NftElement("inet", "other", "10.1.0.0/16")]) == {}
+    # A foreign element a policy also wants is no overlap of its own.
+    assert conflicting_sets({"c": policy("c", ["10.1.0.0/16"])}, {}, (), foreign) == {}
