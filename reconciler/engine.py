@@ -189,7 +189,7 @@ def desired_state(
     items = {name: policy.items for name, policy in judged.items() if name not in invalid}
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
-        items[name] = held if held is not None else state.owned_by(name)
+        items[name] = held if held is not None else state.kept_by(name)
     return Desired(items, invalid, sets_judged_beside=(frozenset(invalid), frozenset()))
 
 
@@ -603,7 +603,7 @@ class Reconciler:
         """Make ``name`` invalid: it keeps its last good items (or what it owns)."""
         desired.invalid[name] = desired.invalid.get(name, []) + errors
         held = (last_good or {}).get(name)
-        desired.items[name] = self._with_copies(held if held is not None else state.owned_by(name))
+        desired.items[name] = self._with_copies(held if held is not None else state.kept_by(name))
 
     async def plan(
         self, loaded: LoadResult, last_good: Mapping[str, frozenset[Item]] | None = None
@@ -665,7 +665,7 @@ class Reconciler:
                 moves[plan.policy] = undone_moves  # rolled back with the rest: still to do
             if outcome.status in ("failed", "invalid") and plans:
                 # The failed policy stays as it was; plan the rest without its adds.
-                wanted[plan.policy] = state.owned_by(plan.policy)
+                wanted[plan.policy] = state.kept_by(plan.policy)
                 remaining = {p.policy for p in plans}
                 view = await self.observe(wanted, state)
                 replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)

@@ -83,6 +83,12 @@ class State:
     def owned_by(self, policy: str) -> frozenset[Item]:
         return frozenset(item for item, owners in self.owned.items() if policy in owners)
 
+    def kept_by(self, policy: str) -> frozenset[Item]:
+        """What ``policy`` has in force: what it owns, and what it wants that
+        others hold (what it is held at when its file breaks, so the records
+        of those stay too)."""
+        return self.owned_by(policy) | {item for item, wanters in self.others.items() if policy in wanters}
+
 
 def _owners(entry: dict[str, Any], where: str) -> tuple[frozenset[str], str | None]:
     """An owned entry's (or group's) policies and backend."""

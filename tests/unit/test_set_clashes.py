@@ -477,3 +477,19 @@ def test_foreign_elements_are_in_force_before_every_policy():
     assert conflicting_sets({"a": a}, {}, (), [NftElement("inet", "other", "10.1.0.0/16")]) == {}
     # A foreign element a policy also wants is no overlap of its own.
     assert conflicting_sets({"c": policy("c", ["10.1.0.0/16"])}, {}, (), foreign) == {}
+
+
+def test_a_policy_held_without_memory_keeps_wanting_what_someone_else_holds(tmp_path):
+    # b wants the admin's 10.1.0.0/16 and owns 192.0.2.0/24; its file breaks (a CLI run: no last good version).
+    # Held at what it has in force, it still wants the admin's element: the record stays, `plan` says "=".
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    backend.state.add(BLOCK)
+    backend.state.add(element("10.1.0.0/16"))
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16", "192.0.2.0/24"])}))).converged
+    broken = LoadResult(errors={"b": [PolicyError("b.toml", "", "broken")]})
+    report = asyncio.run(reconciler.reconcile(broken))
+    assert report.converged and sorted(report.invalid) == ["b"], report.invalid
+    state = store.load()
+    assert state.others == {BLOCK: frozenset({"b"}), element("10.1.0.0/16"): frozenset({"b"})}, state.others
+    assert state.owned_by("b") == {element("192.0.2.0/24")}
