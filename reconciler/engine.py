@@ -544,14 +544,10 @@ class Reconciler:
         policy keeps in force (its edit dropped it, but the edit does not apply)
         or one someone else put there (`foreign_members`)."""
         foreign = foreign_members(view, state.owned)
+        released: set[str] = set()  # let go of a hold once, never twice: so the loop ends
         while True:
-            declared = [item for items in desired.items.values() for item in items]
-            staying = view.items() - going_holders(desired.items, state, view)  # (a rule may not count on those)
-            found = {
-                name: errors
-                for name, policy in loaded.policies.items()
-                if name not in desired.invalid and (errors := unresolved_references(policy, declared, staying))
-            }
+            found = self._broken_references(loaded, desired, view, state)
+            by_references = bool(found)
             if not found and (judged := (frozenset(desired.invalid), foreign)) != desired.sets_judged_beside:
                 desired.sets_judged_beside = judged
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
@@ -560,6 +556,28 @@ class Reconciler:
                 break
             for name, errors in found.items():
                 self._hold(desired, name, errors, state, last_good)
+            if by_references and len(found) > 1:
+                # One held in this round may keep what another's rule was refused for (b's edit drops
+                # the set c's rule uses, but b is held at a version declaring it): let go of those.
+                for name in sorted(found.keys() - released):
+                    released.add(name)
+                    held = desired.items[name], desired.invalid.pop(name)
+                    desired.items[name] = self._with_copies(loaded.policies[name].items)
+                    if self._broken_references(loaded, desired, view, state, [name]):
+                        desired.items[name], desired.invalid[name] = held
+
+    def _broken_references(
+        self, loaded: LoadResult, desired: Desired, view: FirewallView, state: State, names: Iterable[str] | None = None
+    ) -> dict[str, list[PolicyError]]:
+        """The errors, by valid policy (of ``names``, or all), of rules using a
+        chain or set that nothing applying declares and nothing staying holds."""
+        declared = [item for items in desired.items.values() for item in items]
+        staying = view.items() - going_holders(desired.items, state, view)  # (a rule may not count on those)
+        return {
+            name: errors
+            for name in (loaded.policies if names is None else names)
+            if name not in desired.invalid and (errors := unresolved_references(loaded.policies[name], declared, staying))
+        }
 
     async def _read_enough(self, desired: Desired, view: FirewallView, state: State) -> FirewallView:
         """``view``, or a new read when a held version needs containers not

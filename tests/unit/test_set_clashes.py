@@ -493,3 +493,44 @@ def test_a_policy_held_without_memory_keeps_wanting_what_someone_else_holds(tmp_
     state = store.load()
     assert state.others == {BLOCK: frozenset({"b"}), element("10.1.0.0/16"): frozenset({"b"})}, state.others
     assert state.owned_by("b") == {element("192.0.2.0/24")}
+
+
+def test_a_rule_is_not_refused_for_a_set_that_a_policy_held_in_the_same_round_keeps(tmp_path):
+    # b's edit drops the set c's rule uses, and adds a rule in a chain nobody declares: b is held at its last
+    # good version, which keeps the set; so c's rule still has it, and c (unchanged) is not held with b.
+    backend, store = Strict(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    c = parse_policy("c.toml", (CHAIN + RULE).encode())
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["192.0.2.0/24"]), "c": c}))).converged
+    stray = '[[nft.rule]]\nfamily = "inet"\nchain = "nowhere"\nrule = "counter"\n'
+    b = parse_policy("b.toml", stray.encode())
+    last_good = {"b": policy("b", ["192.0.2.0/24"]).items}
+    for memory in (last_good, None):  # the daemon's last good version, or (a CLI run) what b has in force
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"b": b, "c": c}), last_good=memory))
+        assert report.converged, [o.error for o in report.failed]
+        assert sorted(report.invalid) == ["b"], report.invalid
+        assert "nowhere" in str(report.invalid["b"][0])
+        assert BLOCK in backend.state.items() and element("192.0.2.0/24") in backend.state.items()
+
+
+def test_two_edits_that_each_drop_the_set_the_others_rule_uses_hold_one_not_both(tmp_path):
+    # b's edit uses @s2 and drops s1; c's edit uses @s1 and drops s2.  Together they break; either alone
+    # is fine beside the other held.  The first by name applies, the other is held and keeps its set.
+    def declares(name: str, uses: str | None = None) -> str:
+        body = f'[[nft.set]]\nfamily = "inet"\nname = "{name}"\ntype = "ipv4_addr"\nelements = ["192.0.2.1"]\n' if name else ""
+        if uses:
+            body += f'[[nft.chain]]\nfamily = "inet"\nchain = "in_{uses}"\n'
+            body += f'[[nft.rule]]\nfamily = "inet"\nchain = "in_{uses}"\nrule = "ip saddr @{uses} drop"\n'
+        return body
+
+    backend, store = MemoryBackend(), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    first = {n: parse_policy(f"{n}.toml", declares(s).encode()) for n, s in (("b", "s1"), ("c", "s2"))}
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies=first))).converged
+    edited = {"b": parse_policy("b.toml", declares("", "s2").encode()), "c": parse_policy("c.toml", declares("", "s1").encode())}
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert report.converged, [o.error for o in report.failed]
+    assert sorted(report.invalid) == ["c"], report.invalid
+    sets = {i.name for i in backend.state.items() if isinstance(i, NftSet)}
+    rules = {i.rule for i in backend.state.items() if isinstance(i, NftRule)}
+    assert sets == {"s2"} and rules == {"ip saddr @s2 drop"}, (sets, rules)
