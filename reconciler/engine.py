@@ -207,8 +207,9 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]]) ->
     them at all (an admin's, or one whose record went with the last policy
     that wanted it)."""
     intervals = {(s.family, s.name) for s in view.of_kinds({NftSet}) if isinstance(s, NftSet) and "interval" in s.flags}
+    # (The elements of hash sets, 100,000 say, cannot overlap: without an interval set they are not walked.)
     found = set()
-    for item in view.of_kinds({NftElement, IpsetEntry}):
+    for item in view.of_kinds({IpsetEntry, NftElement} if intervals else {IpsetEntry}):
         if item not in owned and (
             isinstance(item, IpsetEntry) or (isinstance(item, NftElement) and (item.family, item.set) in intervals)
         ):
@@ -428,6 +429,7 @@ class Reconciler:
         self.persist = persist
         self.said = said if said is not None else Said()
         self._users_read: frozenset[Item] = frozenset()  # the holders whose users the last read asked for (`observe`)
+        self._read_for: dict[str, frozenset[Item]] = {}  # the desired items the last read was for
 
     async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
         known = await self.names() if self.names is not None else None
@@ -467,6 +469,7 @@ class Reconciler:
                 containers.update(copy.container() for copy in copies)
         removable = _removable(desired, state)
         self._users_read = removable
+        self._read_for = dict(desired)
         known = [*state.owned, *itertools.chain(*desired.values())]
         view = await self.backend.observe(containers, known, removable=removable)
         if self.persist == "runtime":
@@ -581,10 +584,11 @@ class Reconciler:
 
     async def _read_enough(self, desired: Desired, view: FirewallView, state: State) -> FirewallView:
         """``view``, or a new read when a held version needs containers not
-        read yet, or drops a holder whose users the read did not ask for."""
-        if containers_for(desired.items, state.owned) - view.containers or not (
-            _removable(desired.items, state) <= self._users_read
-        ):
+        read yet, or drops a holder whose users the read did not ask for.
+        (The read had what was owned: only the policies held since may need
+        more, and 100,000 unchanged elements are not walked again.)"""
+        changed = {name: items for name, items in desired.items.items() if self._read_for.get(name) is not items}
+        if containers_for(changed, {}) - view.containers or not (_removable(desired.items, state) <= self._users_read):
             return await self.observe(desired.items, state)
         return view
 
