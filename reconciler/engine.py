@@ -470,7 +470,7 @@ class Reconciler:
         removable = _removable(desired, state)
         self._users_read = removable
         self._read_for = dict(desired)
-        known = [*state.owned, *itertools.chain(*desired.values())]
+        known = set(state.owned).union(*desired.values())  # (each item once: most are both)
         view = await self.backend.observe(containers, known, removable=removable)
         if self.persist == "runtime":
             self._note_made_permanent(view, state)
