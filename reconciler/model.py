@@ -724,9 +724,10 @@ class KnownNames:
 # JSON text (a plan from empty sorts 100,000 of them, and a key kept per
 # element would cost megabytes).  After the start of that text, where the
 # order tells kinds apart and no other kind shares, come the fields the text
-# orders them by: none of them, in the forms fwrecon writes, holds a
-# character that sorts before the quote that closes a JSON string.
+# orders them by, each quoted as the text quotes it: a quoted string ends
+# with the only quote it holds unescaped, so no field decides by its length
+# what the text after it would decide, and the order is exactly the text's.
 _QUICK_SORT_KEYS: dict[type[Item], Callable[[Any], tuple[Any, ...]]] = {
-    NftElement: lambda e: (e.layer, False, False, ("nft", e.family), '{"kind":"nft_element"', e.set, e.element),
-    IpsetEntry: lambda e: (e.layer, False, False, ("ipset", e.ipset), '{"kind":"ipset_entry"', e.entry),
+    NftElement: lambda e: (e.layer, False, False, ("nft", e.family), '{"kind":"nft_element"', _quote(e.set), _quote(e.element)),
+    IpsetEntry: lambda e: (e.layer, False, False, ("ipset", e.ipset), '{"kind":"ipset_entry"', _quote(e.entry)),
 }
