@@ -206,8 +206,14 @@ async def cmd_check(args: argparse.Namespace) -> int:
     loaded = load_policy_dir(args.policy_dir)
     extra: dict[str, list[PolicyError]] = {}
     try:
-        async with _reconciler(args, StateStore(args.state_file)) as reconciler:
-            desired, _ = await reconciler.validate(loaded, State(), thorough=True)
+        store = StateStore(args.state_file)
+        try:
+            state, known = store.load(), True
+        except StateError as exc:  # (check is also a linter, run where the state file cannot be read)
+            print(f"note: judged without what fwrecon owns ({exc})", file=sys.stderr)
+            state, known = State(), False
+        async with _reconciler(args, store) as reconciler:
+            desired, _ = await reconciler.validate(loaded, state, thorough=True, ownership_known=known)
             extra = dict(desired.invalid)
             for note in desired.notes:
                 print(f"note: {note}", file=sys.stderr)

@@ -81,9 +81,11 @@ class Desired:
     items: dict[str, frozenset[Item]]
     invalid: dict[str, list[PolicyError]]
     notes: list[str] = field(default_factory=list)  # checks that could not be made here
-    # The invalid policies, and the foreign elements, when sets were last
-    # judged beside what those hold (`Reconciler._settle_holds`).
-    sets_judged_beside: tuple[frozenset[str], frozenset[Item]] = (frozenset(), frozenset())
+    # Elements and entries someone else put in the sets (`foreign_members`):
+    # in force before every policy when sets are judged.
+    foreign: frozenset[Item] = frozenset()
+    # The invalid policies when sets were last judged beside what those hold (`Reconciler._settle_holds`).
+    sets_judged_beside: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -164,6 +166,7 @@ def desired_state(
     known: KnownNames | None,
     last_good: Mapping[str, frozenset[Item]] | None = None,
     refused: Mapping[str, list[PolicyError]] | None = None,
+    foreign: frozenset[Item] = frozenset(),
 ) -> Desired:
     """Valid policies want their items; an invalid one keeps its last good items.
 
@@ -171,7 +174,8 @@ def desired_state(
     memory) or, failing that, what the policy owns according to the state file.
     A policy with items the backend in charge cannot express (``refused``, by
     policy name), or with an nft set another policy declares otherwise (or
-    whose elements overlap what is in force), is invalid too.
+    whose elements overlap what is in force, ``foreign`` elements first), is
+    invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     for name, policy in loaded.policies.items():
@@ -183,14 +187,14 @@ def desired_state(
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     judged = {name: policy for name, policy in loaded.policies.items() if name not in invalid}
-    for name, errors in conflicting_sets(judged, in_force(state), held_names).items():
+    for name, errors in conflicting_sets(judged, in_force(state), held_names, foreign).items():
         invalid[name] = errors
         held_names.add(name)
     items = {name: policy.items for name, policy in judged.items() if name not in invalid}
     for name in held_names - items.keys():
         held = (last_good or {}).get(name)
         items[name] = held if held is not None else state.kept_by(name)
-    return Desired(items, invalid, sets_judged_beside=(frozenset(invalid), frozenset()))
+    return Desired(items, invalid, foreign=foreign, sets_judged_beside=frozenset(invalid))
 
 
 def in_force(state: State) -> Mapping[Item, frozenset[str]]:
@@ -431,9 +435,15 @@ class Reconciler:
         self._users_read: frozenset[Item] = frozenset()  # the holders whose users the last read asked for (`observe`)
         self._read_for: dict[str, frozenset[Item]] = {}  # the desired items the last read was for
 
-    async def desired(self, loaded: LoadResult, state: State, last_good: Mapping[str, frozenset[Item]] | None = None) -> Desired:
+    async def desired(
+        self,
+        loaded: LoadResult,
+        state: State,
+        last_good: Mapping[str, frozenset[Item]] | None = None,
+        foreign: frozenset[Item] = frozenset(),
+    ) -> Desired:
         known = await self.names() if self.names is not None else None
-        desired = desired_state(loaded, state, known, last_good, await self.refused(loaded))
+        desired = desired_state(loaded, state, known, last_good, await self.refused(loaded), foreign)
         desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
 
@@ -506,6 +516,7 @@ class Reconciler:
         last_good: Mapping[str, frozenset[Item]] | None = None,
         *,
         thorough: bool = False,
+        ownership_known: bool = True,
     ) -> tuple[Desired, FirewallView]:
         """Every check a policy must pass before it applies, and the view it was judged on.
 
@@ -516,10 +527,15 @@ class Reconciler:
         ``thorough`` (``check`` and ``plan``) also asks the backends' own
         verdicts (``nft -c``); ``apply`` leaves that to the write itself,
         which is all or nothing.  A policy that fails is held at its last good
-        items, like any invalid one.
+        items, like any invalid one.  Without ``ownership_known`` (``check``
+        when the state file cannot be read) nothing in the sets is taken for
+        someone else's.
         """
         desired = await self.desired(loaded, state, last_good)
         view = await self.observe(desired.items, state)
+        foreign = foreign_members(view, state.owned) if ownership_known else frozenset()
+        if foreign:  # judged again from the start, someone else's elements first (the first pass could not see them)
+            desired = await self.desired(loaded, state, last_good, foreign)
         self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:
@@ -545,16 +561,15 @@ class Reconciler:
         so far leave broken: a rule using a chain or set that only a held
         policy's new version declared, or an element overlapping one a held
         policy keeps in force (its edit dropped it, but the edit does not apply)
-        or one someone else put there (`foreign_members`)."""
-        foreign = foreign_members(view, state.owned)
+        or one someone else put there (``desired.foreign``)."""
         released: set[str] = set()  # let go of a hold once, never twice: so the loop ends
         while True:
             found = self._broken_references(loaded, desired, view, state)
             by_references = bool(found)
-            if not found and (judged := (frozenset(desired.invalid), foreign)) != desired.sets_judged_beside:
-                desired.sets_judged_beside = judged
+            if not found and desired.invalid.keys() != desired.sets_judged_beside:
+                desired.sets_judged_beside = frozenset(desired.invalid)
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
-                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys(), foreign)
+                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys(), desired.foreign)
             if not found:
                 break
             for name, errors in found.items():

@@ -554,13 +554,15 @@ def _in_force_spans(
     only the elements in the form fwrecon writes (a forged or stale file
     may say anything), and of two that overlap (a crash before nft refused
     one, a hand edit) only the first keeper's, so the other's policy is
-    judged as bringing it in."""
+    judged as bringing it in.  Unless one is someone else's: that one was
+    read from the firewall, which holds both (an ipset type the kernel lets
+    nest), so neither is new."""
     spans: dict[str, str] = {}
     for name, text in sorted(found):
         if _canonical_or_none(canonical, text) == text:
             spans.setdefault(text, name)
     for one, other in pairs_of(list(spans)):
-        if one in spans and other in spans:
+        if one in spans and other in spans and SOMEONE_ELSE not in (spans[one], spans[other]):
             del spans[max(one, other, key=lambda e: (spans[e], e))]
     return spans
 

@@ -193,6 +193,32 @@ def test_an_element_someone_else_put_in_our_set_refuses_an_overlapping_edit(bare
     assert elements(bare) == ["10.1.0.0/16", "192.0.2.0/24"]
 
 
+def test_check_judges_an_edit_beside_what_fwrecon_owns_as_plan_and_apply_do(bare: Fwrecon) -> None:
+    # a widens its own 10.1.0.0/16 to 10.0.0.0/8: the /16 is fwrecon's (it goes first), not someone else's.
+    bare.backend = "nftables"
+    bare.write_policy("a", set_policy(["10.1.0.0/16"], rule=False))
+    applied(bare)
+    bare.write_policy("a", set_policy(["10.0.0.0/8"], rule=False))
+    check = bare.run("check")
+    assert check.returncode == 0 and "1 policies valid" in check.stdout, check.stdout + check.stderr
+    assert elements(bare) == ["10.1.0.0/16"]  # check changed nothing
+    applied(bare)
+    assert elements(bare) == ["10.0.0.0/8"]
+    # Where the state file cannot be read, check says so and takes nothing in the set for someone else's.
+    state = bare.state_file
+    saved = state.read_bytes()
+    bare.write_policy("a", set_policy(["10.0.0.0/8", "192.0.2.0/24"], rule=False))
+    state.unlink()
+    state.mkdir()
+    try:
+        check = bare.run("check")
+    finally:
+        state.rmdir()
+        state.write_bytes(saved)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "note: judged without what fwrecon owns" in check.stderr, check.stderr
+
+
 def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
     bare.backend = "nftables"
     policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")

@@ -707,7 +707,7 @@ def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_i
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": nets("b", "10.1.0.0/16")}))).converged
     report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "10.0.0.0/8"), "b": nets("b", "10.1.0.0/16")})))
     assert sorted(report.invalid) == ["a"], report.invalid  # the newcomer, not the one whose entry is in force
-    assert "'10.0.0.0/8' overlaps '10.1.0.0/16' of policy 'b'" in str(report.invalid["a"][0])
+    assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid["a"][0])
     assert report.converged
 
 
@@ -722,3 +722,23 @@ def test_an_entry_someone_else_put_in_our_ipset_refuses_an_overlap_before_apply(
         assert report.converged, [o.error for o in report.failed]
         assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid.get("a")), report.invalid
     assert {IpsetEntry("x", "192.0.2.0/24"), IpsetEntry("x", "10.1.0.0/16")} <= backend.state.items()
+
+
+@pytest.mark.parametrize("ipset_type", ["hash:net", "hash:net,port"])
+def test_an_entry_in_force_stays_valid_beside_someone_elses_that_nests_in_it(tmp_path, ipset_type) -> None:
+    # firewalld's iptables backend lets an admin nest 10.1.0.0/16 in fwrecon's 10.0.0.0/8 (as MemoryBackend does):
+    # both are in the ipset, so a's unchanged entry is not new, and a's next edit applies.
+    def entries(*networks: str) -> Policy:
+        suffix = ",tcp:80" if ipset_type == "hash:net,port" else ""
+        listed = json.dumps([n + suffix for n in networks])
+        return parse_policy("a.toml", f'[ipset.x]\ntype = "{ipset_type}"\nentries = {listed}\n'.encode())
+
+    backend = MemoryBackend()
+    reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"))
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": entries("10.0.0.0/8")}))).converged
+    nested = IpsetEntry("x", "10.1.0.0/16" + (",tcp:80" if ipset_type == "hash:net,port" else ""))
+    backend.state.add(nested)
+    for edit in (entries("10.0.0.0/8"), entries("10.0.0.0/8", "192.0.2.0/24")):
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": edit})))
+        assert report.converged and not report.invalid, report.invalid
+    assert nested in backend.state.items() and len([i for i in backend.state.items() if isinstance(i, IpsetEntry)]) == 3

@@ -534,3 +534,18 @@ def test_two_edits_that_each_drop_the_set_the_others_rule_uses_hold_one_not_both
     sets = {i.name for i in backend.state.items() if isinstance(i, NftSet)}
     rules = {i.rule for i in backend.state.items() if isinstance(i, NftRule)}
     assert sets == {"s2"} and rules == {"ip saddr @s2 drop"}, (sets, rules)
+
+
+def test_a_policy_overlapping_only_an_element_held_for_someone_elses_is_not_held(tmp_path):
+    # An admin's 10.200.0.0/16 is in the set: a's new 10.0.0.0/8 overlaps it and is held; b's new 10.1.0.0/16
+    # overlaps only a's /8, which never goes in, so b applies (judged once, someone else's elements first).
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": policy("z", ["192.0.2.0/24"])}))).converged
+    backend.state.add(element("10.200.0.0/16"))
+    policies = {"a": policy("a", ["10.0.0.0/8"]), "b": policy("b", ["10.1.0.0/16"]), "z": policy("z", ["192.0.2.0/24"])}
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies=policies)))
+        assert report.converged and sorted(report.invalid) == ["a"], report.invalid
+        assert any("'10.200.0.0/16', which someone else put there" in str(e) for e in report.invalid["a"]), report.invalid
+    assert element("10.1.0.0/16") in backend.state.items() and element("10.0.0.0/8") not in backend.state.items()
