@@ -435,15 +435,16 @@ class Reconciler:
         self._users_read: frozenset[Item] = frozenset()  # the holders whose users the last read asked for (`observe`)
         self._read_for: dict[str, frozenset[Item]] = {}  # the desired items the last read was for
 
-    async def desired(
+    def desired(
         self,
         loaded: LoadResult,
         state: State,
+        judged: tuple[KnownNames | None, Mapping[str, list[PolicyError]]],
         last_good: Mapping[str, frozenset[Item]] | None = None,
         foreign: frozenset[Item] = frozenset(),
     ) -> Desired:
-        known = await self.names() if self.names is not None else None
-        desired = desired_state(loaded, state, known, last_good, await self.refused(loaded), foreign)
+        """`desired_state` on ``judged`` (the names firewalld knows, what the backends refuse), with permanent copies."""
+        desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign)
         desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
 
@@ -531,11 +532,12 @@ class Reconciler:
         when the state file cannot be read) nothing in the sets is taken for
         someone else's.
         """
-        desired = await self.desired(loaded, state, last_good)
+        judged = (await self.names() if self.names is not None else None, await self.refused(loaded))
+        desired = self.desired(loaded, state, judged, last_good)
         view = await self.observe(desired.items, state)
         foreign = foreign_members(view, state.owned) if ownership_known else frozenset()
         if foreign:  # judged again from the start, someone else's elements first (the first pass could not see them)
-            desired = await self.desired(loaded, state, last_good, foreign)
+            desired = self.desired(loaded, state, judged, last_good, foreign)
         self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:
