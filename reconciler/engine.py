@@ -204,12 +204,13 @@ def in_force(state: State) -> Mapping[Item, frozenset[str]]:
     return {**state.others, **state.owned} if state.others else state.owned
 
 
-def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]]) -> frozenset[Item]:
+def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *, permanent: bool = False) -> frozenset[Item]:
     """The elements of interval sets and the ipset entries in the firewall
     that fwrecon does not own.  It never removes them, so a policy's element
     overlapping one is refused at every apply; the state file may not know
     them at all (an admin's, or one whose record went with the last policy
-    that wanted it)."""
+    that wanted it).  With ``permanent`` (``--persist permanent``, which
+    writes firewalld's permanent ipsets too) also the entries only there."""
     intervals = {(s.family, s.name) for s in view.of_kinds({NftSet}) if isinstance(s, NftSet) and "interval" in s.flags}
     # (The elements of hash sets, 100,000 say, cannot overlap: without an interval set they are not walked.)
     found = set()
@@ -218,6 +219,12 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]]) ->
             isinstance(item, IpsetEntry) or (isinstance(item, NftElement) and (item.family, item.set) in intervals)
         ):
             found.add(item)
+    if permanent:
+        found.update(
+            copy.item
+            for copy in view.of_kinds({Permanent})
+            if isinstance(copy, Permanent) and isinstance(copy.item, IpsetEntry) and copy not in owned
+        )
     return frozenset(found)
 
 
@@ -535,7 +542,7 @@ class Reconciler:
         judged = (await self.names() if self.names is not None else None, await self.refused(loaded))
         desired = self.desired(loaded, state, judged, last_good)
         view = await self.observe(desired.items, state)
-        foreign = foreign_members(view, state.owned) if ownership_known else frozenset()
+        foreign = foreign_members(view, state.owned, permanent=self.persist == "permanent") if ownership_known else frozenset()
         if foreign:  # judged again from the start, someone else's elements first (the first pass could not see them)
             desired = self.desired(loaded, state, judged, last_good, foreign)
         self._settle_holds(loaded, desired, view, state, last_good)

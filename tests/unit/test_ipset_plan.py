@@ -742,3 +742,30 @@ def test_an_entry_in_force_stays_valid_beside_someone_elses_that_nests_in_it(tmp
         report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": edit})))
         assert report.converged and not report.invalid, report.invalid
     assert nested in backend.state.items() and len([i for i in backend.state.items() if isinstance(i, IpsetEntry)]) == 3
+
+
+def test_an_entry_someone_else_put_only_in_the_permanent_ipset_refuses_an_overlap_in_permanent_mode(tmp_path) -> None:
+    from reconciler.errors import OperationFailed
+    from reconciler.model import Permanent
+
+    class PermanentOverlapRefusing(MemoryBackend):
+        """firewalld's permanent configuration refuses an entry overlapping one of the same ipset there."""
+
+        def _apply(self, op):  # type: ignore[no-untyped-def]
+            item = op.item
+            if op.action == "add" and isinstance(item, Permanent) and isinstance(entry := item.item, IpsetEntry):
+                there = [i.item.entry for i in self.state.items() if isinstance(i, Permanent) and isinstance(i.item, IpsetEntry)]
+                if overlapping("hash:net", [*there, entry.entry]):
+                    raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
+            return super()._apply(op)
+
+    backend = PermanentOverlapRefusing()
+    reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"), persist="permanent")
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24")}))).converged
+    admins = Permanent(IpsetEntry("x", "10.1.0.0/16"))  # only in the permanent configuration
+    backend.state.add(admins)
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24", "10.0.0.0/8")})))
+        assert report.converged, [o.error for o in report.failed]
+        assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid.get("a")), report.invalid
+    assert admins in backend.state.items() and IpsetEntry("x", "10.0.0.0/8") not in backend.state.items()
