@@ -10,6 +10,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from overlap_backends import NetIpsets, PermanentNetIpsets
 
 from reconciler.backends.firewalld_ipsets import ipset_of
 from reconciler.backends.firewalld_settings import MalformedReply
@@ -683,25 +684,12 @@ def test_a_set_only_the_held_version_lacks_is_missing_for_the_rule_that_uses_it(
     assert not [i for i in backend.state.items() if i.container()[0] == "nft"]
 
 
-class OverlapRefusing(MemoryBackend):
-    """Like firewalld's nftables backend: a hash:net ipset refuses an entry overlapping one in it."""
-
-    def _apply(self, op):  # type: ignore[no-untyped-def]
-        from reconciler.errors import OperationFailed
-
-        if op.action == "add" and isinstance(op.item, IpsetEntry) and not self.state.has(op.item):
-            there = [i.entry for i in self.state.items() if isinstance(i, IpsetEntry) and i.ipset == op.item.ipset]
-            if overlapping("hash:net", [*there, op.item.entry]):
-                raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
-        return super()._apply(op)
-
-
 def nets(name: str, *entries: str) -> Policy:
     return parse_policy(f"{name}.toml", f'[ipset.x]\ntype = "hash:net"\nentries = {json.dumps(entries)}\n'.encode())
 
 
 def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_it(tmp_path) -> None:
-    backend = OverlapRefusing([Ipset("x", "hash:net", "inet"), IpsetEntry("x", "10.1.0.0/16")])  # the admin's
+    backend = NetIpsets([Ipset("x", "hash:net", "inet"), IpsetEntry("x", "10.1.0.0/16")])  # the admin's
     store = StateStore(tmp_path / "s.json")
     reconciler = Reconciler(backend, store)
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": nets("b", "10.1.0.0/16")}))).converged
@@ -713,7 +701,7 @@ def test_an_entry_someone_else_put_there_is_in_force_for_the_policy_that_wants_i
 
 def test_an_entry_someone_else_put_in_our_ipset_refuses_an_overlap_before_apply(tmp_path) -> None:
     # No policy wants the admin's entry (no record of it): a's widening edit is held, told why, every run.
-    backend = OverlapRefusing()
+    backend = NetIpsets()
     reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"))
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24")}))).converged
     backend.state.add(IpsetEntry("x", "10.1.0.0/16"))
@@ -745,21 +733,9 @@ def test_an_entry_in_force_stays_valid_beside_someone_elses_that_nests_in_it(tmp
 
 
 def test_an_entry_someone_else_put_only_in_the_permanent_ipset_refuses_an_overlap_in_permanent_mode(tmp_path) -> None:
-    from reconciler.errors import OperationFailed
     from reconciler.model import Permanent
 
-    class PermanentOverlapRefusing(MemoryBackend):
-        """firewalld's permanent configuration refuses an entry overlapping one of the same ipset there."""
-
-        def _apply(self, op):  # type: ignore[no-untyped-def]
-            item = op.item
-            if op.action == "add" and isinstance(item, Permanent) and isinstance(entry := item.item, IpsetEntry):
-                there = [i.item.entry for i in self.state.items() if isinstance(i, Permanent) and isinstance(i.item, IpsetEntry)]
-                if overlapping("hash:net", [*there, entry.entry]):
-                    raise OperationFailed("overlapping entries", "INVALID_ENTRY", op)
-            return super()._apply(op)
-
-    backend = PermanentOverlapRefusing()
+    backend = PermanentNetIpsets()
     reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"), persist="permanent")
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": nets("a", "192.0.2.0/24")}))).converged
     admins = Permanent(IpsetEntry("x", "10.1.0.0/16"))  # only in the permanent configuration

@@ -11,6 +11,7 @@ from itertools import combinations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from overlap_backends import IntervalSets
 
 from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import Reconciler, desired_state
@@ -187,19 +188,6 @@ def test_many_policies_sharing_a_set_are_judged_in_one_sort_and_the_one_that_ove
         "q.toml: nft.set[0].elements[0]: '10.7.3.0/24' overlaps '10.7.3.0/30' of policy 'p007'; nft refuses overlapping intervals"
     )
     assert compared == [7064, 100_001]  # (p007's 64 and q's one suspect, beside the elements before; 5,050,000 before)
-
-
-class IntervalSets(MemoryBackend):
-    """Like nft: an element that overlaps one already in its set is refused."""
-
-    def _apply(self, op):  # type: ignore[no-untyped-def]
-        from reconciler.errors import OperationFailed
-
-        if op.action == "add" and isinstance(op.item, NftElement) and not self.state.has(op.item):
-            there = [i.element for i in self.state.items() if isinstance(i, NftElement) and i.set == op.item.set]
-            if conflicts("ipv4_addr", [*there, op.item.element]):
-                raise OperationFailed("interval overlaps with an existing one", "NFT_ERROR", op)
-        return super()._apply(op)
 
 
 def test_an_add_that_failed_on_what_a_later_policy_swaps_away_is_tried_again_in_the_same_run(tmp_path):
