@@ -17,7 +17,7 @@ import gc
 import itertools
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -31,6 +31,7 @@ from .model import (
     IpsetEntry,
     Item,
     KnownNames,
+    NftChain,
     NftElement,
     NftSet,
     Op,
@@ -125,13 +126,20 @@ async def refusals(policy: Policy, backend: Backend) -> list[PolicyError]:
     ]
 
 
-async def tool_verdicts(backend: Backend, wanted: Mapping[Item, Policy]) -> dict[str, list[PolicyError]]:
+async def tool_verdicts(
+    backend: Backend, wanted: Mapping[Item, Policy], context: Collection[Item] = ()
+) -> dict[str, list[PolicyError]]:
     """What ``backend`` refuses of ``wanted`` (item -> its policy), asking the
-    tools too (``nft -c``), as errors by policy name naming file and key."""
+    tools too (``nft -c``), as errors by policy name naming file and key.
+    ``context``: sets and chains the firewall holds that a wanted rule may
+    use though no policy judged declares them (the set of a policy whose
+    file is gone, kept by the rule using it): in the check, never judged."""
     found: dict[str, list[PolicyError]] = {}
-    verdicts = await backend.refusals(wanted, ask_tools=True)
+    verdicts = await backend.refusals([*wanted, *(item for item in context if item not in wanted)], ask_tools=True)
     for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
-        policy = wanted[item]
+        policy = wanted.get(item)
+        if policy is None:
+            continue  # (context)
         found.setdefault(policy.name, []).append(PolicyError(policy.file, policy.key_of(item), message))
     return found
 
@@ -202,6 +210,11 @@ def in_force(state: State) -> Mapping[Item, frozenset[str]]:
     it: what fwrecon owns, and what others hold that policies want (an
     element an admin put in the set is refused an overlap like ours)."""
     return {**state.others, **state.owned} if state.others else state.owned
+
+
+def _declared_name(item: NftSet | NftChain) -> tuple[str, str, str]:
+    """An nft set's or chain's name in its table: a policy's declaration replaces the firewall's in a check."""
+    return ("set", item.family, item.name) if isinstance(item, NftSet) else ("chain", item.family, item.chain)
 
 
 def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *, permanent: bool = False) -> frozenset[Item]:
@@ -548,7 +561,7 @@ class Reconciler:
         self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:
-                verdicts = await self.verdict_errors(loaded, desired)
+                verdicts = await self.verdict_errors(loaded, desired, view)
             except BackendUnavailable as exc:
                 desired.notes.append(f"nft rules not checked by nft ({exc})")
                 verdicts = {}
@@ -616,14 +629,21 @@ class Reconciler:
             return await self.observe(desired.items, state)
         return view
 
-    async def verdict_errors(self, loaded: LoadResult, desired: Desired) -> dict[str, list[PolicyError]]:
-        """The backends' own verdicts (``nft -c``) on the items of policies still valid."""
+    async def verdict_errors(
+        self, loaded: LoadResult, desired: Desired, view: FirewallView | None = None
+    ) -> dict[str, list[PolicyError]]:
+        """The backends' own verdicts (``nft -c``) on the items of policies
+        still valid, beside the sets and chains ``view`` holds (what stays
+        was judged by `unresolved_references` already)."""
         wanted = {
             item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items
         }
-        return await tool_verdicts(self.backend, wanted)
+        declared = {_declared_name(item) for item in wanted if isinstance(item, (NftSet, NftChain))}
+        held = view.of_kinds({NftSet, NftChain}) if view is not None else []
+        context = [i for i in held if isinstance(i, (NftSet, NftChain)) and _declared_name(i) not in declared]
+        return await tool_verdicts(self.backend, wanted, context)
 
-    async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome) -> None:
+    async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome, view: FirewallView) -> None:
         """A policy the firewall refused may be one `check` would have refused:
         then it is invalid (held at its last good version, not retried until
         its file changes), as `check` and `plan` say, rather than failed.
@@ -631,7 +651,7 @@ class Reconciler:
         name = outcome.policy
         single = LoadResult(policies={name: loaded.policies[name]})
         try:
-            errors = (await self.verdict_errors(single, Desired({}, {}))).get(name)
+            errors = (await self.verdict_errors(single, Desired({}, {}), view)).get(name)
         except BackendUnavailable:
             return
         if errors:
@@ -704,7 +724,7 @@ class Reconciler:
             if outcome.status == "applied":
                 room_made += made_room(failed_before, outcome)
             if outcome.status == "failed" and plan.policy in loaded.policies:
-                await self._judge_failure(loaded, desired, outcome)
+                await self._judge_failure(loaded, desired, outcome, view)
                 if outcome.status == "failed" and outcome.failed_op is not None and outcome.failed_op.action == "add":
                     failed_before[plan.policy] = outcome
             if outcome.status == "failed" and (undone_moves := [op for op in plan.ops if op.via is not None]):

@@ -219,6 +219,32 @@ def test_check_judges_an_edit_beside_what_fwrecon_owns_as_plan_and_apply_do(bare
     assert "note: judged without what fwrecon owns" in check.stderr, check.stderr
 
 
+def test_a_rule_using_a_set_that_stays_in_use_passes_check_as_it_passes_apply(bare: Fwrecon) -> None:
+    # b's file (declaring the set) is gone; d's rule keeps the set in place. nft -c judged d's rule in a
+    # scratch table without that set: check and plan said "No such file or directory", apply applied.
+    bare.backend = "nftables"
+    bare.write_policy("b", set_policy(["192.0.2.1"], rule=False, flags="[]"))
+    bare.write_policy(
+        "d",
+        """
+        [[nft.chain]]
+        family = "inet"
+        chain = "d_input"
+
+        [[nft.rule]]
+        family = "inet"
+        chain = "d_input"
+        rule = "ip saddr @blocklist drop"
+        """,
+    )
+    applied(bare)
+    bare.remove_policy("b")
+    for command in ("check", "plan", "apply", "check"):
+        result = bare.run(command)
+        assert result.returncode in (0, 2) and "rejects" not in result.stdout + result.stderr, (command, result.stdout)
+    assert elements(bare) == [] and "ip saddr @blocklist" in bare.sandbox.ruleset()
+
+
 def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
     bare.backend = "nftables"
     policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")
