@@ -17,13 +17,15 @@ import gc
 import itertools
 import time
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, OperationFailed, PolicyError
+from .ipsets import overlapping
 from .model import (
     PERSISTABLE,
     DirectChain,
@@ -40,6 +42,7 @@ from .model import (
     Permanent,
     runtime_of,
 )
+from .nftsets import conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -175,6 +178,7 @@ def desired_state(
     last_good: Mapping[str, frozenset[Item]] | None = None,
     refused: Mapping[str, list[PolicyError]] | None = None,
     foreign: frozenset[Item] = frozenset(),
+    present: Callable[[Item], bool] | None = None,
 ) -> Desired:
     """Valid policies want their items; an invalid one keeps its last good items.
 
@@ -182,8 +186,8 @@ def desired_state(
     memory) or, failing that, what the policy owns according to the state file.
     A policy with items the backend in charge cannot express (``refused``, by
     policy name), or with an nft set another policy declares otherwise (or
-    whose elements overlap what is in force, ``foreign`` elements first), is
-    invalid too.
+    whose elements overlap what is in force, ``foreign`` elements first;
+    ``present``: what the firewall holds), is invalid too.
     """
     invalid: dict[str, list[PolicyError]] = {name: list(errs) for name, errs in loaded.errors.items()}
     for name, policy in loaded.policies.items():
@@ -195,7 +199,7 @@ def desired_state(
     if loaded.unreadable:  # cannot tell deleted from unreadable: hold every policy we know
         held_names |= owners_of(state.owned) | owners_of(state.others) | set(last_good or {})
     judged = {name: policy for name, policy in loaded.policies.items() if name not in invalid}
-    for name, errors in conflicting_sets(judged, in_force(state), held_names, foreign).items():
+    for name, errors in conflicting_sets(judged, in_force(state), held_names, foreign, present).items():
         invalid[name] = errors
         held_names.add(name)
     items = {name: policy.items for name, policy in judged.items() if name not in invalid}
@@ -238,6 +242,39 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *,
             for copy in view.of_kinds({Permanent})
             if isinstance(copy, Permanent) and isinstance(copy.item, IpsetEntry) and copy not in owned
         )
+    return frozenset(found)
+
+
+def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[Item]) -> frozenset[Item]:
+    """The elements and entries of ``items`` the firewall lacks that overlap
+    someone else's there (``foreign``): nft (firewalld) refuses them, so a
+    held policy does not try to put them back, which would fail its whole
+    transaction at every run; it gets them back once the other one goes."""
+    if not foreign:
+        return frozenset()
+    theirs: dict[object, list[str]] = {}
+    for item in foreign:
+        if isinstance(item, NftElement):
+            theirs.setdefault((item.family, item.set), []).append(item.element)
+        elif isinstance(item, IpsetEntry):
+            theirs.setdefault(("ipset", item.ipset), []).append(item.entry)
+    kinds: dict[object, Callable[[list[str]], list[tuple[str, str]]]] = {}
+    for holder in view.of_kinds({NftSet, Ipset}):
+        if isinstance(holder, NftSet) and (holder.family, holder.name) in theirs:
+            kinds[(holder.family, holder.name)] = partial(conflicts, holder.type)
+        elif isinstance(holder, Ipset) and ("ipset", holder.name) in theirs:
+            kinds[("ipset", holder.name)] = partial(overlapping, holder.type)
+    found = set()
+    for item in items:
+        if isinstance(item, NftElement):
+            key, value = (item.family, item.set), item.element
+        elif isinstance(item, IpsetEntry):
+            key, value = ("ipset", item.ipset), item.entry
+        else:
+            continue
+        pairs_of = kinds.get(key)
+        if pairs_of is not None and not view.has(item) and any(value in pair for pair in pairs_of([*theirs[key], value])):
+            found.add(item)
     return frozenset(found)
 
 
@@ -461,12 +498,19 @@ class Reconciler:
         state: State,
         judged: tuple[KnownNames | None, Mapping[str, list[PolicyError]]],
         last_good: Mapping[str, frozenset[Item]] | None = None,
-        foreign: frozenset[Item] = frozenset(),
+        beside: FirewallView | None = None,
     ) -> Desired:
-        """`desired_state` on ``judged`` (the names firewalld knows, what the backends refuse), with permanent copies."""
-        desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign)
+        """`desired_state` on ``judged`` (the names firewalld knows, what the
+        backends refuse), with permanent copies; ``beside``: the view whose
+        foreign elements and entries count."""
+        foreign = self.foreign_in(beside, state) if beside is not None else frozenset()
+        desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign, beside.has if beside else None)
         desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
+
+    def foreign_in(self, view: FirewallView, state: State) -> frozenset[Item]:
+        """`foreign_members` of ``view``, in this mode."""
+        return foreign_members(view, state.owned, permanent=self.persist == "permanent")
 
     def _with_copies(self, items: frozenset[Item]) -> frozenset[Item]:
         """In permanent mode, a policy wants the permanent copies of its firewalld items too."""
@@ -486,14 +530,16 @@ class Reconciler:
             self.memo.keep_only(loaded.policies.values())
         return found
 
-    async def observe(self, desired: Mapping[str, frozenset[Item]], state: State) -> FirewallView:
+    async def observe(
+        self, desired: Mapping[str, frozenset[Item]], state: State, also: Mapping[str, frozenset[Item]] | None = None
+    ) -> FirewallView:
         """Read what desired or owned state mentions (and tell labelling
         backends those items), with the users of the owned holders a plan
-        may remove.
+        may remove; ``also`` the containers of these items.
 
         In runtime mode also the permanent layer of the owned firewalld items,
         to see when someone made them permanent (`_note_made_permanent`)."""
-        containers = containers_for(desired, state.owned)
+        containers = containers_for(desired, state.owned) | containers_for(also or {}, {})
         if self.persist == "runtime":
             copies = [Permanent(item) for item in state.owned if isinstance(item, PERSISTABLE)]
             if copies and self.backend.name_for(copies[0]) != NO_BACKEND:
@@ -554,10 +600,13 @@ class Reconciler:
         """
         judged = (await self.names() if self.names is not None else None, await self.refused(loaded))
         desired = self.desired(loaded, state, judged, last_good)
-        view = await self.observe(desired.items, state)
-        foreign = foreign_members(view, state.owned, permanent=self.persist == "permanent") if ownership_known else frozenset()
-        if foreign:  # judged again from the start, someone else's elements first (the first pass could not see them)
-            desired = self.desired(loaded, state, judged, last_good, foreign)
+        # (The new versions of held policies too: judged again beside someone else's elements, one may
+        # apply after all, and what someone else put in its sets must be seen first.)
+        held = {name: p.items for name, p in loaded.policies.items() if name in desired.invalid}
+        view = await self.observe(desired.items, state, also=held)
+        if ownership_known and self.foreign_in(view, state):
+            # Judged again from the start, someone else's elements first (the first pass could not see them).
+            desired = self.desired(loaded, state, judged, last_good, beside=view)
         self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:
@@ -591,7 +640,8 @@ class Reconciler:
             if not found and desired.invalid.keys() != desired.sets_judged_beside:
                 desired.sets_judged_beside = frozenset(desired.invalid)
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
-                found = conflicting_sets(valid, in_force(state), desired.items.keys() - valid.keys(), desired.foreign)
+                keeping = desired.items.keys() - valid.keys()
+                found = conflicting_sets(valid, in_force(state), keeping, desired.foreign, view.has)
             if not found:
                 break
             for name, errors in found.items():
@@ -605,6 +655,8 @@ class Reconciler:
                     desired.items[name] = self._with_copies(loaded.policies[name].items)
                     if self._broken_references(loaded, desired, view, state, [name]):
                         desired.items[name], desired.invalid[name] = held
+        for name in desired.invalid.keys() & desired.items.keys():  # (what no held version can put back)
+            desired.items[name] -= unplaceable(desired.items[name], view, desired.foreign)
 
     def _broken_references(
         self, loaded: LoadResult, desired: Desired, view: FirewallView, state: State, names: Iterable[str] | None = None

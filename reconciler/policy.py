@@ -316,6 +316,7 @@ def conflicting_sets(
     owned: Mapping[Item, frozenset[str]] | None = None,
     held: Collection[str] = (),
     foreign: Collection[Item] = (),
+    present: Callable[[Item], bool] | None = None,
 ) -> dict[str, list[PolicyError]]:
     """Errors, by policy name, for an nft set that policies declare alike in
     name but not in type or flags, or whose elements overlap another
@@ -347,7 +348,7 @@ def conflicting_sets(
         first: dict[tuple[str, str], tuple[str, NftSet]] = {}
         first_ipset: dict[str, tuple[str, Ipset]] = {}
         spans: dict[object, dict[str, str]] = {}
-        seeded_as = _seed_in_force(judged, owned or {}, {*held, *told}, first, first_ipset, spans, foreign)
+        seeded_as = _seed_in_force(judged, owned or {}, {*held, *told}, first, first_ipset, spans, foreign, present)
         found = _clashes(judged, first, first_ipset, spans, seeded_as)
         if not found:
             return told
@@ -481,6 +482,7 @@ def _seed_in_force(
     first_ipset: dict[str, tuple[str, Ipset]],
     spans: dict[object, dict[str, str]],
     foreign: Iterable[Item] = (),
+    present: Callable[[Item], bool] | None = None,
 ) -> dict[object, Item]:
     """Fill `conflicting_sets`' tables with what is in force and stays: each
     owned declaration, element and entry under the first policy (by name)
@@ -533,11 +535,20 @@ def _seed_in_force(
             seeded_as[key] = interval_sets[key]
             canonical: Callable[[str], str] = partial(canonical_element, intervals[key], True)
             pairs_of: Callable[[list[str]], list[tuple[str, str]]] = partial(conflicts, intervals[key])
+            item_of: Callable[[str], Item] = partial(NftElement, *key)
         else:
             ipset = seeded_as[key] = ipsets[key[1]]  # type: ignore[index]  # ("ipset", name)
             canonical, pairs_of = partial(canonical_entry, ipset.type, ipset.family), partial(overlapping, ipset.type)
-        spans[key] = _in_force_spans(found, canonical, pairs_of)
+            item_of = partial(IpsetEntry, ipset.name)
+        spans[key] = _in_force_spans(found, canonical, pairs_of, _held_there(present, item_of))
     return seeded_as
+
+
+def _held_there(present: Callable[[Item], bool] | None, item_of: Callable[[str], Item]) -> Callable[[str], bool]:
+    """Whether the firewall holds an element (by its text) of one set; without ``present``, none is known to be there."""
+    if present is None:
+        return lambda text: False
+    return lambda text: present(item_of(text))
 
 
 def _canonical_or_none(canonical: Callable[[str], str], text: str) -> str | None:
@@ -548,21 +559,27 @@ def _canonical_or_none(canonical: Callable[[str], str], text: str) -> str | None
 
 
 def _in_force_spans(
-    found: list[tuple[str, str]], canonical: Callable[[str], str], pairs_of: Callable[[list[str]], list[tuple[str, str]]]
+    found: list[tuple[str, str]],
+    canonical: Callable[[str], str],
+    pairs_of: Callable[[list[str]], list[tuple[str, str]]],
+    there: Callable[[str], bool],
 ) -> dict[str, str]:
     """What the state file says is in force in one set, element -> keeper:
     only the elements in the form fwrecon writes (a forged or stale file
     may say anything), and of two that overlap (a crash before nft refused
     one, a hand edit) only the first keeper's, so the other's policy is
-    judged as bringing it in.  Unless one is someone else's: that one was
-    read from the firewall, which holds both (an ipset type the kernel lets
-    nest), so neither is new."""
+    judged as bringing it in.  Unless one is someone else's (read from the
+    firewall) and the firewall holds the other too (``there``: an ipset type
+    the kernel lets nest): then neither is new."""
     spans: dict[str, str] = {}
     for name, text in sorted(found):
         if _canonical_or_none(canonical, text) == text:
             spans.setdefault(text, name)
     for one, other in pairs_of(list(spans)):
-        if one in spans and other in spans and SOMEONE_ELSE not in (spans[one], spans[other]):
+        if one in spans and other in spans:
+            keepers = (spans[one], spans[other])
+            if SOMEONE_ELSE in keepers and (keepers == (SOMEONE_ELSE,) * 2 or there(one if keepers[0] else other)):
+                continue
             del spans[max(one, other, key=lambda e: (spans[e], e))]
     return spans
 

@@ -745,3 +745,29 @@ def test_an_entry_someone_else_put_only_in_the_permanent_ipset_refuses_an_overla
         assert report.converged, [o.error for o in report.failed]
         assert "'10.0.0.0/8' overlaps '10.1.0.0/16', which someone else put there" in str(report.invalid.get("a")), report.invalid
     assert admins in backend.state.items() and IpsetEntry("x", "10.0.0.0/8") not in backend.state.items()
+
+
+def test_a_held_policy_judged_again_beside_someone_elses_entries_is_judged_in_every_ipset_it_names(tmp_path) -> None:
+    # Judged first without someone else's entries, b is held for overlapping a's new /8 in x, so its ipset y
+    # goes unread; judged again beside the admin's entry in x, a is held, and b must be judged beside the
+    # admin's entry in y too: it is refused there, before apply, rather than failing at it.
+    def declares(name: str, **ipsets: list[str]) -> Policy:
+        body = "".join(f'[ipset.{s}]\ntype = "hash:net"\nentries = {json.dumps(e)}\n' for s, e in ipsets.items())
+        return parse_policy(f"{name}.toml", body.encode())
+
+    backend = NetIpsets([Ipset("y", "hash:net", "inet"), IpsetEntry("y", "172.16.1.0/24")])  # the admin's ipset y
+    reconciler = Reconciler(backend, StateStore(tmp_path / "s.json"))
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"z": declares("z", x=["192.0.2.0/24"])}))).converged
+    backend.state.add(IpsetEntry("x", "10.200.0.0/16"))  # the admin's, in x
+    policies = LoadResult(
+        policies={
+            "a": declares("a", x=["10.0.0.0/8"]),
+            "b": declares("b", x=["10.1.0.0/16"], y=["172.16.0.0/12"]),
+            "z": declares("z", x=["192.0.2.0/24"]),
+        }
+    )
+    _, judged = asyncio.run(reconciler.plan(policies))
+    assert sorted(judged.invalid) == ["a", "b"], judged.invalid
+    assert "'172.16.0.0/12' overlaps '172.16.1.0/24', which someone else put there" in str(judged.invalid["b"]), judged.invalid
+    report = asyncio.run(reconciler.reconcile(policies))
+    assert report.converged and sorted(report.invalid) == ["a", "b"], ([o.error for o in report.failed], report.invalid)
