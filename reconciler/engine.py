@@ -19,13 +19,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, OperationFailed, PolicyError
-from .ipsets import overlapping
 from .model import (
     PERSISTABLE,
     DirectChain,
@@ -33,7 +31,6 @@ from .model import (
     IpsetEntry,
     Item,
     KnownNames,
-    NftChain,
     NftElement,
     NftSet,
     Op,
@@ -42,7 +39,6 @@ from .model import (
     Permanent,
     runtime_of,
 )
-from .nftsets import conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -134,9 +130,9 @@ async def tool_verdicts(
 ) -> dict[str, list[PolicyError]]:
     """What ``backend`` refuses of ``wanted`` (item -> its policy), asking the
     tools too (``nft -c``), as errors by policy name naming file and key.
-    ``context``: sets and chains the firewall holds that a wanted rule may
-    use though no policy judged declares them (the set of a policy whose
-    file is gone, kept by the rule using it): in the check, never judged."""
+    ``context``: sets the firewall holds that a wanted rule may use though
+    no policy judged declares them (the set of a policy whose file is gone,
+    kept by the rule using it): in the check, never judged."""
     found: dict[str, list[PolicyError]] = {}
     verdicts = await backend.refusals([*wanted, *(item for item in context if item not in wanted)], ask_tools=True)
     for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
@@ -216,11 +212,6 @@ def in_force(state: State) -> Mapping[Item, frozenset[str]]:
     return {**state.others, **state.owned} if state.others else state.owned
 
 
-def _declared_name(item: NftSet | NftChain) -> tuple[str, str, str]:
-    """An nft set's or chain's name in its table: a policy's declaration replaces the firewall's in a check."""
-    return ("set", item.family, item.name) if isinstance(item, NftSet) else ("chain", item.family, item.chain)
-
-
 def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *, permanent: bool = False) -> frozenset[Item]:
     """The elements of interval sets and the ipset entries in the firewall
     that fwrecon does not own.  It never removes them, so a policy's element
@@ -242,39 +233,6 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *,
             for copy in view.of_kinds({Permanent})
             if isinstance(copy, Permanent) and isinstance(copy.item, IpsetEntry) and copy not in owned
         )
-    return frozenset(found)
-
-
-def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[Item]) -> frozenset[Item]:
-    """The elements and entries of ``items`` the firewall lacks that overlap
-    someone else's there (``foreign``): nft (firewalld) refuses them, so a
-    held policy does not try to put them back, which would fail its whole
-    transaction at every run; it gets them back once the other one goes."""
-    if not foreign:
-        return frozenset()
-    theirs: dict[object, list[str]] = {}
-    for item in foreign:
-        if isinstance(item, NftElement):
-            theirs.setdefault((item.family, item.set), []).append(item.element)
-        elif isinstance(item, IpsetEntry):
-            theirs.setdefault(("ipset", item.ipset), []).append(item.entry)
-    kinds: dict[object, Callable[[list[str]], list[tuple[str, str]]]] = {}
-    for holder in view.of_kinds({NftSet, Ipset}):
-        if isinstance(holder, NftSet) and (holder.family, holder.name) in theirs:
-            kinds[(holder.family, holder.name)] = partial(conflicts, holder.type)
-        elif isinstance(holder, Ipset) and ("ipset", holder.name) in theirs:
-            kinds[("ipset", holder.name)] = partial(overlapping, holder.type)
-    found = set()
-    for item in items:
-        if isinstance(item, NftElement):
-            key, value = (item.family, item.set), item.element
-        elif isinstance(item, IpsetEntry):
-            key, value = ("ipset", item.ipset), item.entry
-        else:
-            continue
-        pairs_of = kinds.get(key)
-        if pairs_of is not None and not view.has(item) and any(value in pair for pair in pairs_of([*theirs[key], value])):
-            found.add(item)
     return frozenset(found)
 
 
@@ -504,13 +462,22 @@ class Reconciler:
         backends refuse), with permanent copies; ``beside``: the view whose
         foreign elements and entries count."""
         foreign = self.foreign_in(beside, state) if beside is not None else frozenset()
-        desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign, beside.has if beside else None)
+        present = self.holds(beside) if beside is not None else None
+        desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign, present)
         desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
 
     def foreign_in(self, view: FirewallView, state: State) -> frozenset[Item]:
         """`foreign_members` of ``view``, in this mode."""
         return foreign_members(view, state.owned, permanent=self.persist == "permanent")
+
+    def holds(self, view: FirewallView) -> Callable[[Item], bool]:
+        """Whether ``view`` holds an element or entry, in this mode: in
+        permanent mode an entry in both layers (someone else's overlapping
+        one may be in either)."""
+        if self.persist != "permanent":
+            return view.has
+        return lambda item: view.has(item) and (not isinstance(item, IpsetEntry) or view.has(Permanent(item)))
 
     def _with_copies(self, items: frozenset[Item]) -> frozenset[Item]:
         """In permanent mode, a policy wants the permanent copies of its firewalld items too."""
@@ -641,7 +608,7 @@ class Reconciler:
                 desired.sets_judged_beside = frozenset(desired.invalid)
                 valid = {name: policy for name, policy in loaded.policies.items() if name not in desired.invalid}
                 keeping = desired.items.keys() - valid.keys()
-                found = conflicting_sets(valid, in_force(state), keeping, desired.foreign, view.has)
+                found = conflicting_sets(valid, in_force(state), keeping, desired.foreign, self.holds(view))
             if not found:
                 break
             for name, errors in found.items():
@@ -655,8 +622,6 @@ class Reconciler:
                     desired.items[name] = self._with_copies(loaded.policies[name].items)
                     if self._broken_references(loaded, desired, view, state, [name]):
                         desired.items[name], desired.invalid[name] = held
-        for name in desired.invalid.keys() & desired.items.keys():  # (what no held version can put back)
-            desired.items[name] -= unplaceable(desired.items[name], view, desired.foreign)
 
     def _broken_references(
         self, loaded: LoadResult, desired: Desired, view: FirewallView, state: State, names: Iterable[str] | None = None
@@ -685,14 +650,15 @@ class Reconciler:
         self, loaded: LoadResult, desired: Desired, view: FirewallView | None = None
     ) -> dict[str, list[PolicyError]]:
         """The backends' own verdicts (``nft -c``) on the items of policies
-        still valid, beside the sets and chains ``view`` holds (what stays
-        was judged by `unresolved_references` already)."""
+        still valid, beside the sets ``view`` holds (what stays was judged by
+        `unresolved_references` already).  Not beside its chains: declared
+        without their rules, they would hide a jump loop nft refuses at apply."""
         wanted = {
             item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items
         }
-        declared = {_declared_name(item) for item in wanted if isinstance(item, (NftSet, NftChain))}
-        held = view.of_kinds({NftSet, NftChain}) if view is not None else []
-        context = [i for i in held if isinstance(i, (NftSet, NftChain)) and _declared_name(i) not in declared]
+        declared = {(item.family, item.name) for item in wanted if isinstance(item, NftSet)}
+        held = view.of_kinds({NftSet}) if view is not None else []
+        context = [i for i in held if isinstance(i, NftSet) and (i.family, i.name) not in declared]
         return await tool_verdicts(self.backend, wanted, context)
 
     async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome, view: FirewallView) -> None:
