@@ -245,6 +245,23 @@ def test_a_rule_using_a_set_that_stays_in_use_passes_check_as_it_passes_apply(ba
     assert elements(bare) == [] and "ip saddr @blocklist" in bare.sandbox.ruleset()
 
 
+def test_a_jump_loop_through_chains_a_held_policy_keeps_is_refused_by_check_as_by_apply(bare: Fwrecon) -> None:
+    # b's chains input -> X -> Y stay in force (b's file broke); d's rule "jump X" in Y closes a loop.
+    # nft refuses it at apply ("Too many links"): check and plan must not pass it.
+    bare.backend = "nftables"
+    chains = "".join(f'[[nft.chain]]\nfamily = "inet"\nchain = "{c}"\n' for c in ("X", "Y"))
+    rules = "".join(f'[[nft.rule]]\nfamily = "inet"\nchain = "{c}"\nrule = "jump {t}"\n' for c, t in (("input", "X"), ("X", "Y")))
+    bare.write_policy("b", '[[nft.chain]]\nfamily = "inet"\nchain = "input"\nhook = "input"\n' + chains + rules)
+    applied(bare)
+    bare.write_policy("b", "this is = not toml [")
+    bare.write_policy("d", '[[nft.rule]]\nfamily = "inet"\nchain = "Y"\nrule = "jump X"\n')
+    for command in ("check", "plan", "apply"):
+        result = bare.run(command)
+        said = result.stdout + result.stderr
+        assert result.returncode == 1 and "d.toml: nft.rule[0]" in said, (command, said)
+    assert "jump X" not in bare.sandbox.nft("list", "chain", "inet", "fwrecon", "Y").stdout
+
+
 def test_a_rule_using_an_undeclared_set_is_refused_before_anything_runs(bare: Fwrecon) -> None:
     bare.backend = "nftables"
     policy = set_policy([], name="blocklist").replace("@blocklist", "@nosuchset")
