@@ -159,16 +159,18 @@ class PolicyFileInvalid(Exception):
         super().__init__("; ".join(map(str, errors)))
 
 
-def parse_policy(file_name: str, raw: bytes) -> Policy:
+def parse_policy(file_name: str, raw: bytes, previous: Policy | None = None) -> Policy:
     """Parse and validate one policy file's bytes; raises PolicyFileInvalid with every error.
 
     Nothing else escapes: whatever goes wrong with one file (not UTF-8,
     nested too deeply, out of memory, even a bug in validation) makes that
     one policy invalid with a line naming the file, and the others apply.
+    ``previous``: the file's last parsed version, whose set elements and
+    ipset entries are reused where equal (`_Reuse`).
     """
     label = one_line(file_name)  # a file name may hold a line break too
     try:
-        return _parse_policy(file_name, raw)
+        return _parse_policy(file_name, raw, previous)
     except PolicyFileInvalid:
         raise
     except RecursionError as exc:
@@ -193,7 +195,7 @@ def _nested_too_deeply() -> str:
     return f"nested too deeply: arrays and inline tables may nest about {APPROX_MAX_NESTING} levels deep (a policy needs three)"
 
 
-def _parse_policy(file_name: str, raw: bytes) -> Policy:
+def _parse_policy(file_name: str, raw: bytes, previous: Policy | None = None) -> Policy:
     label = one_line(file_name)
     name = file_name[: -len(".toml")]
     try:
@@ -211,7 +213,7 @@ def _parse_policy(file_name: str, raw: bytes) -> Policy:
         else:
             message = f"invalid value: {exc}"
         raise PolicyFileInvalid([PolicyError(label, "", f"TOML syntax error: {message}")]) from exc
-    parser = _PolicyParser(label)
+    parser = _PolicyParser(label, _Reuse(previous.items if previous is not None else ()))
     if not _POLICY_NAME.match(name):
         parser.error("", f"policy name {name!r} (the file stem) may only hold letters, digits, '_', '.', '-'")
     policy = parser.parse(name, data)
@@ -640,11 +642,35 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class _Reuse:
+    """The set elements and ipset entries of a file's last version, by set
+    and text: an edit of one element among 100,000 gets the other 99,999 as
+    the same objects (equal values, hashes computed), which every later
+    comparison with what fwrecon owns and the firewall holds then settles by
+    identity instead of a field-by-field ``==`` in Python."""
+
+    def __init__(self, items: Iterable[Item]) -> None:
+        self._items = items
+        self._by_set: dict[object, dict[str, Item]] | None = None
+
+    def get(self, key: object, text: str) -> Item | None:
+        if self._by_set is None:
+            self._by_set = {}
+            for item in self._items:
+                if type(item) is NftElement:
+                    self._by_set.setdefault((item.family, item.set), {})[item.element] = item
+                elif type(item) is IpsetEntry:
+                    self._by_set.setdefault(("ipset", item.ipset), {})[item.entry] = item
+        found = self._by_set.get(key)
+        return found.get(text) if found is not None else None
+
+
 class _PolicyParser:
     """Walks one file's TOML document, collecting items and errors."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, reuse: _Reuse | None = None) -> None:
         self.label = label
+        self.reuse = reuse if reuse is not None else _Reuse(())
         self.errors: list[PolicyError] = []
         self.items: set[Item] = set()
         self.keys: dict[Item, str] = {}  # where each item was declared, for error messages
@@ -1051,8 +1077,9 @@ class _PolicyParser:
                 )
         if len(self.errors) > errors_before:
             return None
+        reuse = partial(self.reuse.get, (family, name))
         for element, key in elements.items():
-            self.add(NftElement(family, name, element), key)
+            self.add(reuse(element) or NftElement(family, name, element), key)
         return NftSet(family, name, set_type, tuple(sorted(flags)))
 
     # -- firewalld ipsets ----------------------------------------------------------
@@ -1092,8 +1119,9 @@ class _PolicyParser:
             return
         ipset = Ipset(name, ipset_type, family, canonical_options(options))
         self.add(ipset, path)
+        reuse = partial(self.reuse.get, ("ipset", name))
         for entry, key in entries.items():
-            self.add(IpsetEntry(name, entry), key)
+            self.add(reuse(entry) or IpsetEntry(name, entry), key)
 
     def ipset_options(self, path: str, table: dict[str, Any]) -> dict[str, str] | None:
         """The creation options as firewalld takes them (strings), or None after an error."""

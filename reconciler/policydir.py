@@ -81,6 +81,11 @@ class PolicyCache:
         entry = self._entries.get(path)
         return entry[1] if entry is not None and entry[0] == digest else None
 
+    def previous(self, path: Path) -> Policy | None:
+        """The file's last parsed version, whatever its content (`parse_policy` reuses its elements)."""
+        entry = self._entries.get(path)
+        return entry[1] if entry is not None else None
+
     def put(self, path: Path, digest: bytes, policy: Policy) -> None:
         self._entries[path] = (digest, policy)
 
@@ -245,7 +250,7 @@ def load_policy_file(path: Path, cache: PolicyCache | None = None) -> Policy:
     if cache is not None and (cached := cache.get(path, digest)) is not None:
         return cached
     try:
-        policy = parse_policy(path.name, raw)
+        policy = parse_policy(path.name, raw, cache.previous(path) if cache is not None else None)
     except PolicyFileInvalid as invalid:
         if invalid.internal is not None:
             log.error(
