@@ -653,7 +653,8 @@ class _Reuse:
         self._items = items
         self._by_set: dict[object, dict[str, Item]] | None = None
 
-    def get(self, key: object, text: str) -> Item | None:
+    def of_set(self, key: object) -> dict[str, Item]:
+        """The last version's members of one set ((family, name)) or ipset (("ipset", name)), by text."""
         if self._by_set is None:
             self._by_set = {}
             for item in self._items:
@@ -661,8 +662,7 @@ class _Reuse:
                     self._by_set.setdefault((item.family, item.set), {})[item.element] = item
                 elif type(item) is IpsetEntry:
                     self._by_set.setdefault(("ipset", item.ipset), {})[item.entry] = item
-        found = self._by_set.get(key)
-        return found.get(text) if found is not None else None
+        return self._by_set.get(key, {})
 
 
 class _PolicyParser:
@@ -1077,7 +1077,7 @@ class _PolicyParser:
                 )
         if len(self.errors) > errors_before:
             return None
-        reuse = partial(self.reuse.get, (family, name))
+        reuse = self.reuse.of_set((family, name)).get
         for element, key in elements.items():
             self.add(reuse(element) or NftElement(family, name, element), key)
         return NftSet(family, name, set_type, tuple(sorted(flags)))
@@ -1119,7 +1119,7 @@ class _PolicyParser:
             return
         ipset = Ipset(name, ipset_type, family, canonical_options(options))
         self.add(ipset, path)
-        reuse = partial(self.reuse.get, ("ipset", name))
+        reuse = self.reuse.of_set(("ipset", name)).get
         for entry, key in entries.items():
             self.add(reuse(entry) or IpsetEntry(name, entry), key)
 
