@@ -37,6 +37,7 @@ from .model import (
     Outcome,
     Ownership,
     Permanent,
+    container_kind,
     runtime_of,
 )
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
@@ -982,7 +983,7 @@ class Reconciler:
         in_charge: dict[str, str] = {}  # the backend in charge depends only on the container kind
         moved = {r.op.item for r in results if r.op.via is not None}
         for item in (added_new | moved) & state.owned.keys():
-            kind = item.container()[0]
+            kind = container_kind(item)
             if kind not in in_charge:
                 in_charge[kind] = self.backend.name_for(item)
             state.placed[item] = in_charge[kind]
@@ -1004,7 +1005,7 @@ class Reconciler:
         in_charge: dict[str, str | None] = {}  # the backend in charge depends only on the container kind
         moved = []
         for item, name in state.placed.items():
-            kind = item.container()[0]
+            kind = container_kind(item)
             if kind not in in_charge:
                 current = self.backend.name_for(item)
                 in_charge[kind] = None if current == NO_BACKEND else current

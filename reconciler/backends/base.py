@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 
 from ..errors import BackendError, OperationFailed
-from ..model import Item, KnownNames, Op, Outcome
+from ..model import Item, KnownNames, Op, Outcome, container_kind
 from ..view import FirewallView
 
 # `Backend.name_for` of an item no backend is in charge of now (zones while firewalld is away).
@@ -36,7 +36,7 @@ NEEDS_BACKEND = {
 
 def kind_refused(item: Item) -> str:
     """`NEEDS_BACKEND`'s text for ``item``."""
-    kind = item.container()[0]
+    kind = container_kind(item)
     return NEEDS_BACKEND.get(kind, f"no backend handles {kind} items")
 
 

@@ -45,6 +45,7 @@ from ..model import (
     ScopedItem,
     Service,
     SourcePort,
+    container_kind,
 )
 from ..view import FirewallView
 from .base import BackendEvent, EventCallback, ServiceBackend, in_runs, kind_refused, one_by_one
@@ -336,7 +337,7 @@ class FirewalldBackend(ServiceBackend):
         """Only nft sections: every zone, policy and direct item is firewalld's
         to judge when it is applied (names it does not know are checked
         against `known_names` before that)."""
-        return {item: kind_refused(item) for item in items if item.container()[0] not in CONTAINER_KINDS}
+        return {item: kind_refused(item) for item in items if container_kind(item) not in CONTAINER_KINDS}
 
     def refusal_key(self) -> Hashable:
         return None  # what firewalld refuses does not depend on the host

@@ -17,7 +17,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 import structlog
 
 from ..errors import BackendError
-from ..model import PERMANENT, Item, KnownNames, Op, Outcome
+from ..model import PERMANENT, Item, KnownNames, Op, Outcome, container_kind
 from ..view import HOLDERS, FirewallView
 from .base import NO_BACKEND, Backend, EventCallback, ServiceBackend, consecutive_runs, kind_refused
 
@@ -41,7 +41,7 @@ class Router(Backend):
         self.name = primary.name if primary else NO_BACKEND
 
     def backend_for(self, item: Item) -> Backend | None:
-        return self.routes.get(item.container()[0])
+        return self.routes.get(container_kind(item))
 
     def by_name(self, name: str) -> Backend | None:
         """A reachable backend by name (to evict items it held before a switch)."""

@@ -259,3 +259,10 @@ def test_elements_and_entries_sort_as_their_json_text_orders_them(items):
     from reconciler.model import _sort_key
 
     assert sorted(items, key=Item.sort_key) == sorted(items, key=_sort_key)
+
+
+def test_the_container_kind_of_every_item_is_the_first_part_of_its_container():
+    from reconciler.model import container_kind
+
+    for item in EVERY_KIND:
+        assert container_kind(item) == item.container()[0], item
