@@ -334,7 +334,8 @@ def conflicting_sets(
     add must not clash with it either.  Before all of it: the ``foreign``
     elements and entries, in the firewall but not fwrecon's (an admin's, one
     whose record went with the last policy wanting it), which fwrecon never
-    removes.
+    removes; ``present`` says whether the firewall holds one of ours (of
+    two that overlap, ours stays beside someone else's only then).
     """
     found = _clashes(policies, {}, {}, {})
     if not (owned or foreign) or not (found or held or foreign):
@@ -489,8 +490,9 @@ def _seed_in_force(
     """Fill `conflicting_sets`' tables with what is in force and stays: each
     owned declaration, element and entry under the first policy (by name)
     that keeps it, each ``foreign`` one under ``SOMEONE_ELSE``; return the
-    declaration each set's elements were read under.  Only sets and ipsets some policy in ``policies`` declares can
-    clash: with none, ``owned`` is not walked at all."""
+    declaration each set's elements were read under.  Only sets and ipsets
+    some policy in ``policies`` declares can clash: with none, ``owned`` is
+    not walked at all."""
     declared = [i for p in policies.values() for i in p.items if type(i) in _DECLARATIONS]
     if not declared:
         return {}
