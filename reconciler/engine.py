@@ -19,11 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, OperationFailed, PolicyError
+from .ipsets import overlapping
 from .model import (
     PERSISTABLE,
     DirectChain,
@@ -40,6 +42,7 @@ from .model import (
     container_kind,
     runtime_of,
 )
+from .nftsets import conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -87,6 +90,8 @@ class Desired:
     foreign: frozenset[Item] = frozenset()
     # The invalid policies when sets were last judged beside what those hold (`Reconciler._settle_holds`).
     sets_judged_beside: frozenset[str] = frozenset()
+    # Per held policy, what it keeps owning but must not put back now (`unplaceable`).
+    not_now: dict[str, frozenset[Item]] = field(default_factory=dict)
 
 
 @dataclass
@@ -234,6 +239,48 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *,
             for copy in view.of_kinds({Permanent})
             if isinstance(copy, Permanent) and isinstance(copy.item, IpsetEntry) and copy not in owned
         )
+    return frozenset(found)
+
+
+def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[Item]) -> frozenset[Item]:
+    """The elements and entries of ``items`` the firewall lacks that overlap
+    someone else's there (``foreign``): nft (firewalld) would refuse them, and
+    with them the whole transaction of the held policy putting them back, at
+    every run.  Judged under the type the firewall holds the set as; a text
+    not of that type (a forged state, a set recreated otherwise) is left to
+    the write, which says what is wrong."""
+    if not foreign:
+        return frozenset()
+    theirs: dict[object, list[str]] = {}
+    for item in foreign:
+        if isinstance(item, NftElement):
+            theirs.setdefault((item.family, item.set), []).append(item.element)
+        elif isinstance(item, IpsetEntry):
+            theirs.setdefault(("ipset", item.ipset), []).append(item.entry)
+    judges: dict[object, Callable[[list[str]], list[tuple[str, str]]]] = {}
+    for holder in view.of_kinds({NftSet, Ipset}):
+        if isinstance(holder, NftSet) and (holder.family, holder.name) in theirs:
+            judges[(holder.family, holder.name)] = partial(conflicts, holder.type)
+        elif isinstance(holder, Ipset) and ("ipset", holder.name) in theirs:
+            judges[("ipset", holder.name)] = partial(overlapping, holder.type)
+    found = set()
+    for item in items:
+        member = item.item if isinstance(item, Permanent) else item  # (an entry's permanent copy: the same judgement)
+        if isinstance(member, NftElement):
+            key, value = (member.family, member.set), member.element
+        elif isinstance(member, IpsetEntry):
+            key, value = ("ipset", member.ipset), member.entry
+        else:
+            continue
+        pairs_of = judges.get(key)
+        if pairs_of is None or view.has(item):
+            continue
+        try:
+            pairs = pairs_of([*theirs[key], value])
+        except ValueError:
+            continue
+        if any(value in pair for pair in pairs):
+            found.add(item)
     return frozenset(found)
 
 
@@ -623,6 +670,11 @@ class Reconciler:
                     desired.items[name] = self._with_copies(loaded.policies[name].items)
                     if self._broken_references(loaded, desired, view, state, [name]):
                         desired.items[name], desired.invalid[name] = held
+        desired.not_now = {
+            name: out
+            for name in desired.invalid.keys() & desired.items.keys()
+            if (out := unplaceable(desired.items[name], view, desired.foreign))
+        }
 
     def _broken_references(
         self, loaded: LoadResult, desired: Desired, view: FirewallView, state: State, names: Iterable[str] | None = None
@@ -697,7 +749,9 @@ class Reconciler:
         state = self.store.load()
         desired, view = await self.validate(loaded, state, last_good, thorough=True)
         moves = self._moves(state)
-        return [with_moves(plan, moves) for plan in plan_all(desired.items, view, state.owned, state.others)], desired
+        return [
+            with_moves(plan, moves) for plan in plan_all(desired.items, view, state.owned, state.others, keep_out=desired.not_now)
+        ], desired
 
     async def reconcile(
         self,
@@ -728,7 +782,7 @@ class Reconciler:
             self._hold_changed_ipsets(loaded, desired, view, state, last_good)
             view = await self._read_enough(desired, view, state)
         outcomes: list[PolicyOutcome] = []
-        plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling)
+        plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling, keep_out=desired.not_now)
         self._note_kept_in_use(desired, view, state, plans)
         self._record_claims(plans, state)
         wanted = dict(desired.items)
@@ -753,7 +807,7 @@ class Reconciler:
                 wanted[plan.policy] = state.kept_by(plan.policy)
                 remaining = {p.policy for p in plans}
                 view = await self.observe(wanted, state)
-                replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling)
+                replanned = plan_all(wanted, view, state.owned, state.others, defer_new=settling, keep_out=desired.not_now)
                 plans = [p for p in replanned if p.policy in remaining]
                 self._record_claims(plans, state)
         if room_made:
@@ -806,7 +860,11 @@ class Reconciler:
             wanted[name] = desired.items[name]
         view = await self.observe(wanted, state)
         again: dict[str, PolicyOutcome] = {}
-        plans = [p for p in plan_all(wanted, view, state.owned, state.others, defer_new=settling) if p.policy in names]
+        plans = [
+            p
+            for p in plan_all(wanted, view, state.owned, state.others, defer_new=settling, keep_out=desired.not_now)
+            if p.policy in names
+        ]
         self._record_claims(plans, state)
         for plan in plans:
             if plan.policy not in again:
@@ -914,7 +972,7 @@ class Reconciler:
         created: dict[Ipset, PolicyOutcome] = {}
         if all(view.has(item) for items in desired.items.values() for item in items if type(item) is Ipset):
             return created  # (the common case; planning 100,000 set elements twice would double a reconcile)
-        for plan in plan_all(desired.items, view, state.owned, state.others, defer_new=settling):
+        for plan in plan_all(desired.items, view, state.owned, state.others, defer_new=settling, keep_out=desired.not_now):
             ops = tuple(op for op in plan.ops if op.action == "add" and isinstance(op.item, Ipset))
             mine = {op.item for op in ops}  # (putting back someone else's ipset leaves it theirs)
             if ops or plan.held:

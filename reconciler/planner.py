@@ -67,6 +67,7 @@ def plan_all(
     others: Mapping[Item, frozenset[str]] | None = None,
     *,
     defer_new: bool = False,
+    keep_out: Mapping[str, frozenset[Item]] | None = None,
 ) -> list[PolicyPlan]:
     """Plan every policy, each seeing the effect of the ones before: first
     those that only let go (`_only_lets_go`), then the rest, each in name order.
@@ -75,8 +76,11 @@ def plan_all(
     appear in ``owned`` or ``others`` (their file is gone) want nothing.
     ``others`` records, per item held by someone else, the policies that want
     it.  Claims are settled first, so a shared item is never removed by one
-    policy and re-added by another in the same run.  Inputs are not modified.
+    policy and re-added by another in the same run.  ``keep_out``, per
+    policy: items it wants (and keeps owning) but must not add now, as the
+    firewall would refuse them.  Inputs are not modified.
     """
+    keep_out = keep_out or {}
     view = actual.copy()
     ownership: Ownership = dict(owned)
     held: Ownership = dict(others or {})
@@ -97,7 +101,9 @@ def plan_all(
     # (it no longer wants the item) still tells the next policy whose it is.
     foreign = set(held)
     for policy in names:
-        plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new)
+        plan = _plan_policy(
+            policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new, keep_out.get(policy, frozenset())
+        )
         foreign |= plan.held
         plan = replace(plan, claims=claims.get(policy, frozenset()))
         ownership = settle_ownership(ownership, plan, plan.ops)  # the policies after it plan against its effect
@@ -110,7 +116,8 @@ def plan_all(
     removing = [index for index, plan in enumerate(plans) if any(op.action == "remove" for op in plan.ops)]
     for policy in names[: removing[-1]] if removing else ():  # only removals by a later policy can do that
         if _needs_second_look(desired.get(policy, frozenset()), view, ownership, policy):
-            plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new)
+            out = keep_out.get(policy, frozenset())
+            plan = _plan_policy(policy, desired.get(policy, frozenset()), view, ownership, held, foreign, defer_new, out)
             if plan.ops:
                 ownership = settle_ownership(ownership, plan, plan.ops)
                 held = settle_others(held, plan)
@@ -156,6 +163,7 @@ def _plan_policy(
     others: Mapping[Item, frozenset[str]],
     foreign_items: set[Item],
     defer_new: bool,
+    keep_out: frozenset[Item] = frozenset(),
 ) -> PolicyPlan:
     """Plan one policy against ``view``; ``view`` is updated with the planned ops."""
     ops: list[Op] = []
@@ -202,6 +210,8 @@ def _plan_policy(
     for item in sorted(missing, key=Item.sort_key):
         if view.has(item):  # covered by what an earlier add put there (a port range)
             judge_present(item)
+        elif item in keep_out:
+            continue  # wanted, and owned still, but the firewall would refuse it now
         elif item in foreign_items and item not in owned:
             ops.append(Op("add", item))  # put back what someone else holds; it stays theirs
             view.add(item)

@@ -771,3 +771,27 @@ def test_a_held_policy_judged_again_beside_someone_elses_entries_is_judged_in_ev
     assert "'172.16.0.0/12' overlaps '172.16.1.0/24', which someone else put there" in str(judged.invalid["b"]), judged.invalid
     report = asyncio.run(reconciler.reconcile(policies))
     assert report.converged and sorted(report.invalid) == ["a", "b"], ([o.error for o in report.failed], report.invalid)
+
+
+def test_in_permanent_mode_a_held_entry_is_not_put_back_in_either_layer_beside_someone_elses(tmp_path) -> None:
+    # a owns 10.1.0.0/16 in both layers; someone swaps it for 10.0.0.0/8 in both. a is told, keeps owning
+    # its entry, and tries neither copy (each would fail a's transaction) until the /8 goes.
+    from reconciler.model import Permanent
+
+    backend = PermanentNetIpsets()
+    store = StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store, persist="permanent")
+    policies = LoadResult(policies={"a": nets("a", "10.1.0.0/16")})
+    assert asyncio.run(reconciler.reconcile(policies)).converged
+    ours, theirs = IpsetEntry("x", "10.1.0.0/16"), IpsetEntry("x", "10.0.0.0/8")
+    for layer in (lambda e: e, Permanent):
+        backend.state.remove(layer(ours))
+        backend.state.add(layer(theirs))
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(policies))
+        assert report.converged and "which someone else put there" in str(report.invalid.get("a")), report.invalid
+    assert {ours, Permanent(ours)} <= store.load().owned.keys()
+    for layer in (lambda e: e, Permanent):
+        backend.state.remove(layer(theirs))
+    assert asyncio.run(reconciler.reconcile(policies)).converged
+    assert {ours, Permanent(ours)} <= backend.state.items()
