@@ -25,7 +25,7 @@ import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
 from .errors import BackendUnavailable, OperationFailed, PolicyError
-from .ipsets import overlapping
+from .ipsets import canonical_entry, overlapping
 from .model import (
     PERSISTABLE,
     DirectChain,
@@ -42,7 +42,7 @@ from .model import (
     container_kind,
     runtime_of,
 )
-from .nftsets import conflicts
+from .nftsets import canonical_element, conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
 from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
 from .state import State, StateStore
@@ -243,12 +243,13 @@ def foreign_members(view: FirewallView, owned: Mapping[Item, frozenset[str]], *,
 
 
 def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[Item]) -> frozenset[Item]:
-    """The elements and entries of ``items`` the firewall lacks that overlap
-    someone else's there (``foreign``): nft (firewalld) would refuse them, and
-    with them the whole transaction of the held policy putting them back, at
-    every run.  Judged under the type the firewall holds the set as; a text
-    not of that type (a forged state, a set recreated otherwise) is left to
-    the write, which says what is wrong."""
+    """The elements and entries of ``items`` (and their permanent copies)
+    the firewall lacks that overlap someone else's there (``foreign``): nft
+    (firewalld) would refuse them, and with them the whole transaction of
+    the held policy putting them back, at every run.  Judged under the type
+    the firewall holds the set as, one sort per set; a text not of that type
+    (a forged state, a set recreated otherwise, an entry fwrecon cannot
+    read) is left out of the judgement, and to the write."""
     if not foreign:
         return frozenset()
     theirs: dict[object, list[str]] = {}
@@ -257,13 +258,19 @@ def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[I
             theirs.setdefault((item.family, item.set), []).append(item.element)
         elif isinstance(item, IpsetEntry):
             theirs.setdefault(("ipset", item.ipset), []).append(item.entry)
-    judges: dict[object, Callable[[list[str]], list[tuple[str, str]]]] = {}
+    judges: dict[object, tuple[Callable[[str], str], Callable[[list[str]], list[tuple[str, str]]]]] = {}
     for holder in view.of_kinds({NftSet, Ipset}):
         if isinstance(holder, NftSet) and (holder.family, holder.name) in theirs:
-            judges[(holder.family, holder.name)] = partial(conflicts, holder.type)
+            judges[(holder.family, holder.name)] = (
+                partial(canonical_element, holder.type, True),
+                partial(conflicts, holder.type),
+            )
         elif isinstance(holder, Ipset) and ("ipset", holder.name) in theirs:
-            judges[("ipset", holder.name)] = partial(overlapping, holder.type)
-    found = set()
+            judges[("ipset", holder.name)] = (
+                partial(canonical_entry, holder.type, holder.family),
+                partial(overlapping, holder.type),
+            )
+    missing: dict[object, list[tuple[str, Item]]] = {}
     for item in items:
         member = item.item if isinstance(item, Permanent) else item  # (an entry's permanent copy: the same judgement)
         if isinstance(member, NftElement):
@@ -272,16 +279,33 @@ def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[I
             key, value = ("ipset", member.ipset), member.entry
         else:
             continue
-        pairs_of = judges.get(key)
-        if pairs_of is None or view.has(item):
-            continue
+        if key in judges and not view.has(item):
+            missing.setdefault(key, []).append((value, item))
+    found: set[Item] = set()
+    for where, wanted in missing.items():
+        canonical, pairs_of = judges[where]
+        others = {text for text in theirs[where] if _readable(canonical, text)}
+        mine: dict[str, list[Item]] = {}
+        for value, item in wanted:
+            if _readable(canonical, value) and value not in others:
+                mine.setdefault(value, []).append(item)
         try:
-            pairs = pairs_of([*theirs[key], value])
+            pairs = pairs_of([*others, *mine])
         except ValueError:
             continue
-        if any(value in pair for pair in pairs):
-            found.add(item)
+        for one, other in pairs:
+            for ours, theirs_too in ((one, other), (other, one)):
+                if ours in mine and theirs_too in others:
+                    found.update(mine[ours])
     return frozenset(found)
+
+
+def _readable(canonical: Callable[[str], str], text: str) -> bool:
+    """``text`` is an element (entry) of the set's type, in the form fwrecon compares."""
+    try:
+        return canonical(text) == text
+    except ValueError:
+        return False
 
 
 def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
@@ -670,11 +694,8 @@ class Reconciler:
                     desired.items[name] = self._with_copies(loaded.policies[name].items)
                     if self._broken_references(loaded, desired, view, state, [name]):
                         desired.items[name], desired.invalid[name] = held
-        desired.not_now = {
-            name: out
-            for name in desired.invalid.keys() & desired.items.keys()
-            if (out := unplaceable(desired.items[name], view, desired.foreign))
-        }
+        holding = [name for name in desired.items if name in desired.invalid or name not in loaded.policies]  # (or unreadable)
+        desired.not_now = {name: out for name in holding if (out := unplaceable(desired.items[name], view, desired.foreign))}
 
     def _broken_references(
         self, loaded: LoadResult, desired: Desired, view: FirewallView, state: State, names: Iterable[str] | None = None

@@ -585,3 +585,16 @@ def test_a_held_policy_beside_someone_elses_element_of_another_form_is_no_crash(
     reconciler = Reconciler(MemoryBackend(there), store)
     report = asyncio.run(reconciler.reconcile(LoadResult(errors={"a": [PolicyError("a.toml", "", "bad TOML")]})))
     assert sorted(report.invalid) == ["a"], report.invalid
+
+
+def test_policies_held_because_the_directory_is_unreadable_do_not_try_what_nft_would_refuse(tmp_path):
+    # As for a broken file: the element someone else's overlapping one replaced is kept owned, not tried.
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.1.0.0/16"])}))).converged
+    backend.state.remove(element("10.1.0.0/16"))
+    backend.state.add(element("10.0.0.0/8"))
+    for _ in range(2):
+        report = asyncio.run(reconciler.reconcile(LoadResult(unreadable=True)))
+        assert report.converged, [o.error for o in report.failed]
+    assert element("10.1.0.0/16") in store.load().owned
