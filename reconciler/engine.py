@@ -41,10 +41,11 @@ from .model import (
     Permanent,
     container_kind,
     runtime_of,
+    set_member,
 )
 from .nftsets import canonical_element, conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
-from .policy import LoadResult, Policy, check_references, conflicting_sets, unresolved_references
+from .policy import LoadResult, Policy, check_references, conflicting_sets, in_canonical_form, unresolved_references
 from .state import State, StateStore
 from .transaction import QueryHook, Transaction, TransactionFailed
 from .view import HOLDERS, FirewallView, is_holder
@@ -254,10 +255,8 @@ def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[I
         return frozenset()
     theirs: dict[object, list[str]] = {}
     for item in foreign:
-        if isinstance(item, NftElement):
-            theirs.setdefault((item.family, item.set), []).append(item.element)
-        elif isinstance(item, IpsetEntry):
-            theirs.setdefault(("ipset", item.ipset), []).append(item.entry)
+        if (member := set_member(item)) is not None:
+            theirs.setdefault(member[0], []).append(member[1])
     judges: dict[object, tuple[Callable[[str], str], Callable[[list[str]], list[tuple[str, str]]]]] = {}
     for holder in view.of_kinds({NftSet, Ipset}):
         if isinstance(holder, NftSet) and (holder.family, holder.name) in theirs:
@@ -272,22 +271,16 @@ def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[I
             )
     missing: dict[object, list[tuple[str, Item]]] = {}
     for item in items:
-        member = item.item if isinstance(item, Permanent) else item  # (an entry's permanent copy: the same judgement)
-        if isinstance(member, NftElement):
-            key, value = (member.family, member.set), member.element
-        elif isinstance(member, IpsetEntry):
-            key, value = ("ipset", member.ipset), member.entry
-        else:
-            continue
-        if key in judges and not view.has(item):
-            missing.setdefault(key, []).append((value, item))
+        found_in = set_member(item.item if isinstance(item, Permanent) else item)  # (a permanent copy: the same judgement)
+        if found_in is not None and found_in[0] in judges and not view.has(item):
+            missing.setdefault(found_in[0], []).append((found_in[1], item))
     found: set[Item] = set()
     for where, wanted in missing.items():
         canonical, pairs_of = judges[where]
-        others = {text for text in theirs[where] if _readable(canonical, text)}
+        others = {text for text in theirs[where] if in_canonical_form(canonical, text)}
         mine: dict[str, list[Item]] = {}
         for value, item in wanted:
-            if _readable(canonical, value) and value not in others:
+            if in_canonical_form(canonical, value) and value not in others:
                 mine.setdefault(value, []).append(item)
         try:
             pairs = pairs_of([*others, *mine])
@@ -298,14 +291,6 @@ def unplaceable(items: frozenset[Item], view: FirewallView, foreign: frozenset[I
                 if ours in mine and theirs_too in others:
                     found.update(mine[ours])
     return frozenset(found)
-
-
-def _readable(canonical: Callable[[str], str], text: str) -> bool:
-    """``text`` is an element (entry) of the set's type, in the form fwrecon compares."""
-    try:
-        return canonical(text) == text
-    except ValueError:
-        return False
 
 
 def held_by_others(plans: list[PolicyPlan], others: Mapping[Item, frozenset[str]]) -> list[tuple[str, Item]]:
@@ -528,13 +513,11 @@ class Reconciler:
         state: State,
         judged: tuple[KnownNames | None, Mapping[str, list[PolicyError]]],
         last_good: Mapping[str, frozenset[Item]] | None = None,
-        beside: FirewallView | None = None,
+        foreign: frozenset[Item] = frozenset(),
+        present: Callable[[Item], bool] | None = None,
     ) -> Desired:
         """`desired_state` on ``judged`` (the names firewalld knows, what the
-        backends refuse), with permanent copies; ``beside``: the view whose
-        foreign elements and entries count."""
-        foreign = self.foreign_in(beside, state) if beside is not None else frozenset()
-        present = self.holds(beside) if beside is not None else None
+        backends refuse), with permanent copies."""
         desired = desired_state(loaded, state, judged[0], last_good, judged[1], foreign, present)
         desired.items = {name: self._with_copies(items) for name, items in desired.items.items()}
         return desired
@@ -643,9 +626,9 @@ class Reconciler:
         # apply after all, and what someone else put in its sets must be seen first.)
         held = {name: p.items for name, p in loaded.policies.items() if name in desired.invalid}
         view = await self.observe(desired.items, state, also=held)
-        if ownership_known and self.foreign_in(view, state):
-            # Judged again from the start, someone else's elements first (the first pass could not see them).
-            desired = self.desired(loaded, state, judged, last_good, beside=view)
+        foreign = self.foreign_in(view, state) if ownership_known else frozenset()
+        if foreign:  # judged again from the start, someone else's elements first (the first pass could not see them)
+            desired = self.desired(loaded, state, judged, last_good, foreign, self.holds(view))
         self._settle_holds(loaded, desired, view, state, last_good)
         if thorough:  # (after the checks above, whose errors say more than nft's "No such file or directory")
             try:

@@ -741,3 +741,13 @@ _CONTAINER_KINDS: dict[type[Item], str] = {NftElement: "nft", IpsetEntry: "ipset
 def container_kind(item: Item) -> str:
     """``item.container()[0]``: which backend route an item takes."""
     return _CONTAINER_KINDS.get(type(item)) or item.container()[0]
+
+
+def set_member(item: Item) -> tuple[tuple[str, str], str] | None:
+    """An nft set element's ((family, set), element) or an ipset entry's
+    (("ipset", name), entry): the set it is in, and its text; else None."""
+    if type(item) is NftElement:
+        return (item.family, item.set), item.element
+    if type(item) is IpsetEntry:
+        return ("ipset", item.ipset), item.entry
+    return None

@@ -83,6 +83,7 @@ from .model import (
     Service,
     Source,
     SourcePort,
+    set_member,
 )
 from .nftsets import REFUSED_FLAGS, SET_FLAGS, SET_TYPES, canonical_element, conflicts, overlapping_elements
 from .ports import PORT_PROTOCOLS, canonical_port
@@ -388,7 +389,7 @@ def _clashes(
         """``spans[key]``, its elements in force read under ``declaration``."""
         theirs = spans.setdefault(key, {})
         if seeded_as.get(key, declaration) != declaration:
-            theirs = spans[key] = {e: owner for e, owner in theirs.items() if _canonical_or_none(canonical, e) == e}
+            theirs = spans[key] = {e: owner for e, owner in theirs.items() if in_canonical_form(canonical, e)}
         seeded_as[key] = declaration
         return theirs
 
@@ -516,10 +517,10 @@ def _seed_in_force(
 
     seeded: dict[object, list[tuple[str, str]]] = {}  # set or ipset -> (keeper, element or entry)
     for item in foreign:
-        if isinstance(item, NftElement) and (item.family, item.set) in intervals:
-            seeded.setdefault((item.family, item.set), []).append((SOMEONE_ELSE, item.element))
-        elif isinstance(item, IpsetEntry) and item.ipset in ipsets:
-            seeded.setdefault(("ipset", item.ipset), []).append((SOMEONE_ELSE, item.entry))
+        if (member := set_member(item)) is not None and (
+            member[0] in intervals or (member[0][0] == "ipset" and member[0][1] in ipsets)
+        ):
+            seeded.setdefault(member[0], []).append((SOMEONE_ELSE, member[1]))
     for item, owners in owned.items():
         if type(item) not in kinds:
             continue
@@ -555,11 +556,12 @@ def _held_there(present: Callable[[Item], bool] | None, item_of: Callable[[str],
     return lambda text: present(item_of(text))
 
 
-def _canonical_or_none(canonical: Callable[[str], str], text: str) -> str | None:
+def in_canonical_form(canonical: Callable[[str], str], text: str) -> bool:
+    """``text`` is of the set's type, in the form fwrecon writes and compares (``canonical`` raises ValueError on others)."""
     try:
-        return canonical(text)
+        return canonical(text) == text
     except ValueError:
-        return None
+        return False
 
 
 def _in_force_spans(
@@ -577,7 +579,7 @@ def _in_force_spans(
     the kernel lets nest): then neither is new."""
     spans: dict[str, str] = {}
     for name, text in sorted(found):
-        if _canonical_or_none(canonical, text) == text:
+        if in_canonical_form(canonical, text):
             spans.setdefault(text, name)
     for one, other in pairs_of(list(spans)):
         if one in spans and other in spans:
@@ -660,10 +662,8 @@ class _Reuse:
         if self._by_set is None:
             self._by_set = {}
             for item in self._items:
-                if type(item) is NftElement:
-                    self._by_set.setdefault((item.family, item.set), {})[item.element] = item
-                elif type(item) is IpsetEntry:
-                    self._by_set.setdefault(("ipset", item.ipset), {})[item.entry] = item
+                if (member := set_member(item)) is not None:
+                    self._by_set.setdefault(member[0], {})[member[1]] = item
         return self._by_set.get(key, {})
 
 
