@@ -69,8 +69,8 @@ def plan_all(
     defer_new: bool = False,
     keep_out: Mapping[str, frozenset[Item]] | None = None,
 ) -> list[PolicyPlan]:
-    """Plan every policy, each seeing the effect of the ones before: first
-    those that only let go (`_only_lets_go`), then the rest, each in name order.
+    """Plan every policy, each seeing the effect of the ones before, in
+    `_in_order`: those that let go before those that only add.
 
     ``desired`` maps each current policy to its items; policies that only
     appear in ``owned`` or ``others`` (their file is gone) want nothing.
@@ -93,10 +93,7 @@ def plan_all(
         for item in claims[policy]:
             ownership[item] = ownership[item] | {policy}
     plans = []
-    names = sorted(
-        desired.keys() | owners_of(owned) | owners_of(held),
-        key=lambda policy: (not _only_lets_go(desired.get(policy, frozenset()), policy, owned, held, actual), policy),
-    )
+    names = _in_order(desired.keys() | owners_of(owned) | owners_of(held), desired, owned, held, actual)
     # Known to be someone else's, for the whole run: a record one policy drops
     # (it no longer wants the item) still tells the next policy whose it is.
     foreign = set(held)
@@ -125,6 +122,39 @@ def plan_all(
     return plans
 
 
+def _in_order(
+    policies: set[str],
+    desired: Mapping[str, frozenset[Item]],
+    owned: Mapping[Item, frozenset[str]],
+    held: Mapping[Item, frozenset[str]],
+    view: FirewallView,
+) -> list[str]:
+    """First the policies that only let go (`_only_lets_go`), then those that
+    let go of something and add, then those that only add; each in name order.
+
+    What a policy lets go makes room for what the others add: an interval set
+    refuses an element overlapping one still there, firewalld an interface
+    still bound to another zone.  A policy swapping its /16 for another
+    network must remove before a policy widening over that /16 adds, whatever
+    their names, or the widening fails once and lands only on the retry.
+    """
+    wanted = {policy: desired.get(policy, frozenset()) for policy in policies}
+    first = {policy for policy in policies if _only_lets_go(wanted[policy], policy, owned, held, view)}
+    rest = policies - first
+    dropping = _dropping(rest, wanted, owned) if len(rest) > 1 else set()  # (one policy left: no order to choose)
+    return sorted(policies, key=lambda policy: (policy not in first, policy not in dropping, policy))
+
+
+def _dropping(policies: set[str], wanted: Mapping[str, frozenset[Item]], owned: Mapping[Item, frozenset[str]]) -> set[str]:
+    """Those of ``policies`` that own an item they no longer want: one pass over what fwrecon owns."""
+    dropping: set[str] = set()
+    for item, owners in owned.items():
+        for policy in owners:
+            if policy in policies and policy not in dropping and item not in wanted[policy]:
+                dropping.add(policy)
+    return dropping
+
+
 def _only_lets_go(
     wanted: frozenset[Item],
     policy: str,
@@ -133,11 +163,7 @@ def _only_lets_go(
     view: FirewallView,
 ) -> bool:
     """Whether ``policy`` wants nothing it does not have already (its file is
-    gone, or it dropped items): it runs first, so what it lets go makes room
-    for what the others add.  An interval set (or a ``hash:net`` ipset)
-    refuses an element that overlaps one still there: a policy widening
-    10.1.0.0/16 to 10.0.0.0/8 while another drops the /16 must add after the
-    drop, whatever their names.  (Set operations first, which reuse stored
+    gone, or it dropped items).  (Set operations first, which reuse stored
     hashes: one new element among 100,000 owned ones says "no" at once.)"""
     if wanted.difference(owned).difference(held):
         return False  # an item nobody holds: an add

@@ -206,6 +206,9 @@ def test_policies_that_only_let_go_run_first_so_a_wider_element_finds_room():
         ("c", "- nft inet fwrecon set s element 10.1.0.0/16"),
         ("a", "+ nft inet fwrecon set s element 10.0.0.0/8"),
     ]
-    # A policy that adds anything keeps its place by name, even when it also drops.
+    # A policy that drops something and adds goes next: its drop may make room too.
     plans = plan_all({"a": frozenset({wide}), "b": frozenset({HTTP, SSH})}, view, owned)
+    assert [p.policy for p in plans if p.ops] == ["c", "b", "a"]
+    # Among those that only add, name order.
+    plans = plan_all({"a": frozenset({wide}), "b": frozenset({HTTP, other, SSH})}, view, owned)
     assert [p.policy for p in plans if p.ops] == ["c", "a", "b"]

@@ -190,20 +190,38 @@ def test_many_policies_sharing_a_set_are_judged_in_one_sort_and_the_one_that_ove
     assert compared == [7064, 100_001]  # (p007's 64 and q's one suspect, beside the elements before; 5,050,000 before)
 
 
-def test_an_add_that_failed_on_what_a_later_policy_swaps_away_is_tried_again_in_the_same_run(tmp_path):
+def test_a_policy_that_swaps_an_element_goes_before_one_that_only_widens_over_it(tmp_path):
     backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
     reconciler = Reconciler(backend, store)
     assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
     backend.calls.clear()
-    # b swaps its /16 for another network (so it does not merely let go, and runs after a by name), as a widens over it.
+    # b swaps its /16 for another network (it does not merely let go), as a, first by name, widens over it.
+    edited = {"a": policy("a", ["10.0.0.0/8"]), "b": policy("b", ["192.0.2.0/24"])}
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert [(o.policy, o.status) for o in report.outcomes] == [("b", "applied"), ("a", "applied")]
+    assert backend.calls == [  # no refused try first
+        "batch: - nft inet fwrecon set blocklist element 10.1.0.0/16; + nft inet fwrecon set blocklist element 192.0.2.0/24",
+        "batch: + nft inet fwrecon set blocklist element 10.0.0.0/8",
+    ]
+    assert store.load().owned[element("10.0.0.0/8")] == {"a"}
+
+
+def test_an_add_that_failed_on_what_a_later_policy_swaps_away_is_tried_again_in_the_same_run(tmp_path):
+    backend, store = IntervalSets(batches=True), StateStore(tmp_path / "s.json")
+    reconciler = Reconciler(backend, store)
+    first = {"a": policy("a", ["172.16.0.0/12"]), "b": policy("b", ["10.1.0.0/16"])}
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies=first))).converged
+    backend.calls.clear()
+    # Both swap, so they go by name: a's widening over b's /16 comes before b lets the /16 go.
     edited = {"a": policy("a", ["10.0.0.0/8"]), "b": policy("b", ["192.0.2.0/24"])}
     report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
     assert report.converged, [o.error for o in report.failed]
     assert [(o.policy, o.status) for o in report.outcomes] == [("a", "applied"), ("b", "applied")]
     assert backend.calls == [
-        "batch: + nft inet fwrecon set blocklist element 10.0.0.0/8",  # refused: b's /16 is still there
+        # refused: b's /16 is still there (and rolled back: a's /12 goes back)
+        "batch: - nft inet fwrecon set blocklist element 172.16.0.0/12; + nft inet fwrecon set blocklist element 10.0.0.0/8",
         "batch: - nft inet fwrecon set blocklist element 10.1.0.0/16; + nft inet fwrecon set blocklist element 192.0.2.0/24",
-        "batch: + nft inet fwrecon set blocklist element 10.0.0.0/8",
+        "batch: - nft inet fwrecon set blocklist element 172.16.0.0/12; + nft inet fwrecon set blocklist element 10.0.0.0/8",
     ]
     assert {i.element for i in backend.state.items() if isinstance(i, NftElement)} == {"10.0.0.0/8", "192.0.2.0/24"}
     assert store.load().owned[element("10.0.0.0/8")] == {"a"}
@@ -212,19 +230,19 @@ def test_an_add_that_failed_on_what_a_later_policy_swaps_away_is_tried_again_in_
 def test_an_add_refused_for_its_own_sake_is_tried_once_more_at_most(tmp_path):
     backend, store = IntervalSets(batches=True, refuse=[element("10.9.0.0/16")]), StateStore(tmp_path / "s.json")
     reconciler = Reconciler(backend, store)
-    assert asyncio.run(reconciler.reconcile(LoadResult(policies={"b": policy("b", ["10.1.0.0/16"])}))).converged
+    first = {"a": policy("a", ["172.16.0.0/12"]), "b": policy("b", ["10.1.0.0/16"])}
+    assert asyncio.run(reconciler.reconcile(LoadResult(policies=first))).converged
     backend.calls.clear()
-    report = asyncio.run(
-        reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}))
-    )
+    # Both swap (so a goes first, by name) and b's removal after a's failure earns a one more try.
+    edited = {"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
     assert [(o.policy, o.status) for o in report.outcomes] == [("a", "failed"), ("b", "applied")]
-    assert [c for c in backend.calls if "10.9.0.0/16" in c] == ["batch: + nft inet fwrecon set blocklist element 10.9.0.0/16"] * 2
+    tries = "batch: - nft inet fwrecon set blocklist element 172.16.0.0/12; + nft inet fwrecon set blocklist element 10.9.0.0/16"
+    assert [c for c in backend.calls if "10.9.0.0/16" in c] == [tries] * 2
     # Nothing removed in that set after it: no second try.
     backend.calls.clear()
-    report = asyncio.run(
-        reconciler.reconcile(LoadResult(policies={"a": policy("a", ["10.9.0.0/16"]), "b": policy("b", ["192.0.2.0/24"])}))
-    )
-    assert [c for c in backend.calls if "10.9.0.0/16" in c] == ["batch: + nft inet fwrecon set blocklist element 10.9.0.0/16"]
+    report = asyncio.run(reconciler.reconcile(LoadResult(policies=edited)))
+    assert [c for c in backend.calls if "10.9.0.0/16" in c] == [tries]
 
 
 def test_a_claim_stands_when_the_transaction_of_the_policy_that_claims_fails(tmp_path):
