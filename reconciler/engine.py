@@ -33,7 +33,9 @@ from .model import (
     IpsetEntry,
     Item,
     KnownNames,
+    NftChain,
     NftElement,
+    NftRule,
     NftSet,
     Op,
     Outcome,
@@ -137,11 +139,12 @@ async def tool_verdicts(
 ) -> dict[str, list[PolicyError]]:
     """What ``backend`` refuses of ``wanted`` (item -> its policy), asking the
     tools too (``nft -c``), as errors by policy name naming file and key.
-    ``context``: sets the firewall holds that a wanted rule may use though
-    no policy judged declares them (the set of a policy whose file is gone,
-    kept by the rule using it): in the check, never judged."""
+    ``context``: what stays in force around them (`Reconciler.verdict_errors`):
+    in the check, never judged."""
     found: dict[str, list[PolicyError]] = {}
-    verdicts = await backend.refusals([*wanted, *(item for item in context if item not in wanted)], ask_tools=True)
+    around = sorted((item for item in context if item not in wanted), key=Item.sort_key)
+    # (What is in force first: nft blames the statement that closes a loop.)
+    verdicts = await backend.refusals([*around, *sorted(wanted, key=Item.sort_key)], ask_tools=True)
     for item, message in sorted(verdicts.items(), key=lambda pair: pair[0].sort_key()):
         policy = wanted.get(item)
         if policy is None:
@@ -706,17 +709,26 @@ class Reconciler:
     async def verdict_errors(
         self, loaded: LoadResult, desired: Desired, view: FirewallView | None = None
     ) -> dict[str, list[PolicyError]]:
-        """The backends' own verdicts (``nft -c``) on the items of policies
-        still valid, beside the sets ``view`` holds (what stays was judged by
-        `unresolved_references` already).  Not beside its chains: declared
-        without their rules, they would hide a jump loop nft refuses at apply."""
-        wanted = {
-            item: policy for name, policy in loaded.policies.items() if name not in desired.invalid for item in policy.items
+        """The backends' own verdicts (``nft -c``) on the items of the policies
+        of ``loaded`` still valid, beside what stays in force around them:
+        the chains, rules and sets of the other policies in ``desired`` (those
+        held at their last good version among them), and the sets ``view``
+        holds that no judged policy declares (kept in use by a rule).  Held
+        chains come with their rules, so a jump into one passes as it does at
+        apply, and a jump loop through one is refused as apply refuses it."""
+        judged = {name for name in loaded.policies if name not in desired.invalid}
+        wanted = {item: loaded.policies[name] for name in judged for item in loaded.policies[name].items}
+        around = {
+            item
+            for name, items in desired.items.items()
+            if name not in judged
+            for item in items
+            if type(item) in (NftChain, NftRule, NftSet)  # (not their elements: a rule needs only the set)
         }
-        declared = {(item.family, item.name) for item in wanted if isinstance(item, NftSet)}
+        declared = {(item.family, item.name) for item in (*wanted, *around) if isinstance(item, NftSet)}
         held = view.of_kinds({NftSet}) if view is not None else []
-        context = [i for i in held if isinstance(i, NftSet) and (i.family, i.name) not in declared]
-        return await tool_verdicts(self.backend, wanted, context)
+        around.update(i for i in held if isinstance(i, NftSet) and (i.family, i.name) not in declared)
+        return await tool_verdicts(self.backend, wanted, around)
 
     async def _judge_failure(self, loaded: LoadResult, desired: Desired, outcome: PolicyOutcome, view: FirewallView) -> None:
         """A policy the firewall refused may be one `check` would have refused:
@@ -726,7 +738,7 @@ class Reconciler:
         name = outcome.policy
         single = LoadResult(policies={name: loaded.policies[name]})
         try:
-            errors = (await self.verdict_errors(single, Desired({}, {}), view)).get(name)
+            errors = (await self.verdict_errors(single, Desired(desired.items, {}), view)).get(name)
         except BackendUnavailable:
             return
         if errors:

@@ -26,8 +26,10 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
+import shutil
 import time
-from collections.abc import Collection, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -63,6 +65,8 @@ log = structlog.get_logger(__name__)
 
 _MISSING_TABLE_MARK = "No such file or directory"  # nft list table: no such table
 _NOT_PERMITTED = "Operation not permitted"  # nft without CAP_NET_ADMIN
+_TOO_MANY_LINKS = "Too many links"  # EMLINK: the kernel's answer to a jump loop, or jumps nested too deep
+_JUMPS = re.compile(r"\b(?:jump|goto)\b")
 DEFAULT_TIMEOUT = 10.0
 MONITOR_BACKOFF_INITIAL = 0.5
 MONITOR_BACKOFF_MAX = 30.0
@@ -392,22 +396,41 @@ class NftablesBackend(Backend):
         """Validate chains and rules with ``nft -c`` (commits nothing): item → error.
 
         They go into a scratch table ``fwrecon_check_<pid>`` per family; a rule
-        whose chain is not among ``items`` gets a plain placeholder chain.  nft
-        stops evaluating at some errors, so failing items are taken out and the
-        rest checked again until nft accepts them.
+        whose chain is not among ``items`` gets a plain placeholder chain.
+        ``nft -c`` leaves out the kernel's checks at commit for base chains
+        added in the same batch: a jump loop (or jumps deeper than the
+        kernel's stack) passes it and is refused at apply with "Too many
+        links".  So rules that jump are also committed once in a throwaway
+        network namespace (`_commit_run`), and its "Too many links" taken.
+        Within a layer the given order is kept: nft blames the rule that
+        closes a loop, so what is in force goes first (`tool_verdicts`).
         """
-        items = sorted({i for i in items if isinstance(i, NFT_ITEMS)}, key=lambda i: (i.layer, i.sort_key()))
+        items = sorted(dict.fromkeys(i for i in items if isinstance(i, NFT_ITEMS)), key=lambda i: i.layer)
         errors: dict[Item, str] = {}
         for item in items:
             problem = item_problem(item)
             if problem:
                 errors[item] = problem
-        remaining = [i for i in items if i not in errors]
         table = f"{NFT_TABLE}_check_{os.getpid()}"
+        remaining = [i for i in items if i not in errors]
+        errors.update(await self._judged(remaining, table, self._check_run))
+        remaining = [i for i in remaining if i not in errors]
+        if any(isinstance(i, NftRule) and _JUMPS.search(i.rule) for i in remaining):
+            loops = await self._judged(remaining, table, self._commit_run)
+            errors.update((item, text) for item, text in loops.items() if _TOO_MANY_LINKS in text)
+        return errors
+
+    @staticmethod
+    async def _judged(items: list[Item], table: str, run: Callable[[str], Awaitable[ToolResult | None]]) -> dict[Item, str]:
+        """Each of ``items`` nft refuses, with why: nft stops evaluating at some
+        errors, so failing items are taken out and the rest run again until
+        nft accepts them (``run`` answering None: not judged)."""
+        errors: dict[Item, str] = {}
+        remaining = items
         while remaining:
             lines, owners = check_script(remaining, table)
-            result = await self._check_run("".join(line + "\n" for line in lines))
-            if result.returncode == 0:
+            result = await run("".join(line + "\n" for line in lines))
+            if result is None or result.returncode == 0:
                 break
             found: dict[Item, str] = {}
             parsed = parse_errors(result.stderr)
@@ -421,6 +444,22 @@ class NftablesBackend(Backend):
             errors.update(found)
             remaining = [i for i in remaining if i not in found]
         return errors
+
+    async def _commit_run(self, script: str) -> ToolResult | None:
+        """``nft -f -`` committed in a fresh, empty network namespace that goes
+        with the process (a user namespace too when not root), so the kernel
+        checks what only a commit checks and the host's firewall never sees
+        it; None where namespaces may not be made (then loops are left to
+        apply).  Bounded by the backend's timeout, as every nft run."""
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            return None
+        userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        argv = [unshare, *userns, "--net", self._nft_path() or self.nft, "-f", "-"]
+        done = await ToolRunner(timeout=self.timeout).run(argv, script)  # (a fresh netns: not self.netns)
+        if done.returncode != 0 and (done.stderr.startswith("unshare:") or _NOT_PERMITTED in done.stderr):
+            return None
+        return done
 
     async def _check_run(self, script: str) -> ToolResult:
         """``nft -c -f -``; where nft may not (not root, no CAP_NET_ADMIN: the

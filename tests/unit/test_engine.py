@@ -425,3 +425,23 @@ def test_new_items_wait_while_a_reload_settles(tmp_path):
     assert report.write_ops == 0 and report.deferred == 1 and not backend.state.has(HTTP)
     report = reconcile(backend, store, policies(web={HTTP}))
     assert report.write_ops == 1 and store.load().owned == {HTTP: frozenset({"web"})}
+
+
+def test_a_failed_write_is_judged_by_nft_beside_the_other_policies_chains(tmp_path):
+    # d's rule jumps to e's chain; d's write fails for a passing reason. Judged alone, nft -c would say
+    # "No such file or directory" for the jump, and d would be held as invalid until its file changed.
+    from reconciler.model import NftChain, NftRule
+
+    e_chain, d_chain = NftChain("inet", "E"), NftChain("inet", "D")
+    jump = NftRule("inet", "D", "jump E")
+
+    class NftLike(MemoryBackend):
+        async def refusals(self, items, *, ask_tools=False):
+            chains = {i.chain for i in items if isinstance(i, NftChain)}
+            return {i: "No such file or directory" for i in items if ask_tools and i == jump and "E" not in chains}
+
+    backend = NftLike(refuse=[jump])
+    report = reconcile(backend, StateStore(tmp_path / "s.json"), policies(d={d_chain, jump}, e={e_chain}))
+    assert [(o.policy, o.status) for o in report.outcomes if o.policy == "d"] == [("d", "failed")]
+    assert "d" not in report.invalid
+    assert e_chain in backend.state.items()

@@ -678,6 +678,64 @@ def test_check_maps_errors_to_items_and_retries_the_rest():
     assert "99999" not in second
 
 
+LOOP = [NftChain("inet", "X"), NftRule("inet", "input", "jump X"), NftRule("inet", "X", "jump X")]
+
+
+def fake_unshare(tmp_path, monkeypatch, body: str) -> None:
+    """An ``unshare`` on PATH running ``body`` (sh) instead of the throwaway namespace's commit."""
+    tool = tmp_path / "unshare"
+    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_check_commits_jumping_rules_in_a_throwaway_namespace_and_takes_only_the_loop(tmp_path, monkeypatch):
+    # Line 5 of the script is "jump X" in X: the kernel's EMLINK there is the loop's verdict.
+    fake_unshare(
+        tmp_path,
+        monkeypatch,
+        f'cat > {tmp_path}/script; case "$(sed -n 5p {tmp_path}/script)" in *"X jump X"*) '
+        'echo "/dev/stdin:5:1-20: Error: Could not process rule: Too many links" >&2; exit 1;; esac',
+    )
+    backend = FakeNft()
+    assert run(backend.check([INPUT, *LOOP])) == {LOOP[2]: "Could not process rule: Too many links"}
+    assert "-c" in backend.runs[0][0]  # nft -c first, in the backend's own namespace
+
+
+def test_check_takes_nothing_but_a_loop_from_the_throwaway_commit(tmp_path, monkeypatch):
+    # Garbage, an interface the empty namespace lacks: not the policy's fault. Each run takes out what it blamed.
+    fake_unshare(tmp_path, monkeypatch, 'cat >/dev/null; echo "/dev/stdin:5:1-9: Error: Interface does not exist" >&2; exit 1')
+    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    fake_unshare(tmp_path, monkeypatch, "cat >/dev/null; head -c 3000 /dev/urandom >&2; exit 3")
+    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    fake_unshare(tmp_path, monkeypatch, 'echo "unshare: unshare failed: Operation not permitted" >&2; exit 1')
+    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+
+
+def test_check_without_unshare_leaves_loops_to_apply(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # (nothing there)
+    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+
+
+def test_a_hanging_or_dying_throwaway_commit_is_said_within_the_timeout(tmp_path, monkeypatch):
+    fake_unshare(tmp_path, monkeypatch, "exec sleep 30")
+    backend = FakeNft()
+    backend.timeout = 0.5
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=r"did not finish within 0\.5s"):
+        run(backend.check([INPUT, *LOOP]))
+    assert time.monotonic() - started < 5
+    fake_unshare(tmp_path, monkeypatch, "kill -9 $$")
+    with pytest.raises(BackendUnavailable, match="died of SIGKILL"):
+        run(FakeNft().check([INPUT, *LOOP]))
+
+
+def test_rules_that_do_not_jump_are_not_committed_anywhere(tmp_path, monkeypatch):
+    fake_unshare(tmp_path, monkeypatch, f"touch {tmp_path}/ran")
+    assert run(FakeNft().check([INPUT, SSH, WEB])) == {}
+    assert not (tmp_path / "ran").exists()
+
+
 # -- small things -----------------------------------------------------------------------
 
 
