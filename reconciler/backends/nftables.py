@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -66,7 +66,8 @@ log = structlog.get_logger(__name__)
 _MISSING_TABLE_MARK = "No such file or directory"  # nft list table: no such table
 _NOT_PERMITTED = "Operation not permitted"  # nft without CAP_NET_ADMIN
 _TOO_MANY_LINKS = "Too many links"  # EMLINK: the kernel's answer to a jump loop, or jumps nested too deep
-_JUMPS = re.compile(r"\b(?:jump|goto)\b")
+_JUMP = re.compile(r"\b(jump|goto)\s+([^\s,;}]+)")  # a jump and its target chain (also inside a vmap)
+LOOP_CHECK_RUNS = 20  # throwaway commits per check at most: each takes a rule out or stands one in
 DEFAULT_TIMEOUT = 10.0
 MONITOR_BACKOFF_INITIAL = 0.5
 MONITOR_BACKOFF_MAX = 30.0
@@ -117,6 +118,7 @@ class NftablesBackend(Backend):
         self._monitor_tail: collections.deque[str] = collections.deque(maxlen=5)  # the monitor's last lines, for its exit
         self._closing = False
         self._missing: bool | None = None  # nft not installed (None: not looked up this reconcile)
+        self._loop_check_said = False  # the warning that loops cannot be checked here, once per process
 
     # -- knowledge ------------------------------------------------------------------
 
@@ -397,13 +399,11 @@ class NftablesBackend(Backend):
 
         They go into a scratch table ``fwrecon_check_<pid>`` per family; a rule
         whose chain is not among ``items`` gets a plain placeholder chain.
-        ``nft -c`` leaves out the kernel's checks at commit for base chains
-        added in the same batch: a jump loop (or jumps deeper than the
-        kernel's stack) passes it and is refused at apply with "Too many
-        links".  So rules that jump are also committed once in a throwaway
-        network namespace (`_commit_run`), and its "Too many links" taken.
-        Within a layer the given order is kept: nft blames the rule that
-        closes a loop, so what is in force goes first (`tool_verdicts`).
+        nft stops evaluating at some errors, so failing items are taken out
+        and the rest checked again until nft accepts them.  Rules that jump
+        are then judged for loops too (`_loops`).  Within a layer the given
+        order is kept: nft blames the rule that closes a loop, so what is in
+        force goes first (`tool_verdicts`).
         """
         items = sorted(dict.fromkeys(i for i in items if isinstance(i, NFT_ITEMS)), key=lambda i: i.layer)
         errors: dict[Item, str] = {}
@@ -413,24 +413,10 @@ class NftablesBackend(Backend):
                 errors[item] = problem
         table = f"{NFT_TABLE}_check_{os.getpid()}"
         remaining = [i for i in items if i not in errors]
-        errors.update(await self._judged(remaining, table, self._check_run))
-        remaining = [i for i in remaining if i not in errors]
-        if any(isinstance(i, NftRule) and _JUMPS.search(i.rule) for i in remaining):
-            loops = await self._judged(remaining, table, self._commit_run)
-            errors.update((item, text) for item, text in loops.items() if _TOO_MANY_LINKS in text)
-        return errors
-
-    @staticmethod
-    async def _judged(items: list[Item], table: str, run: Callable[[str], Awaitable[ToolResult | None]]) -> dict[Item, str]:
-        """Each of ``items`` nft refuses, with why: nft stops evaluating at some
-        errors, so failing items are taken out and the rest run again until
-        nft accepts them (``run`` answering None: not judged)."""
-        errors: dict[Item, str] = {}
-        remaining = items
         while remaining:
             lines, owners = check_script(remaining, table)
-            result = await run("".join(line + "\n" for line in lines))
-            if result is None or result.returncode == 0:
+            result = await self._check_run("".join(line + "\n" for line in lines))
+            if result.returncode == 0:
                 break
             found: dict[Item, str] = {}
             parsed = parse_errors(result.stderr)
@@ -443,23 +429,80 @@ class NftablesBackend(Backend):
                 found = {item: text for item in remaining}
             errors.update(found)
             remaining = [i for i in remaining if i not in found]
+        if any(isinstance(i, NftRule) and _JUMP.search(i.rule) for i in remaining):
+            try:
+                errors.update(await self._loops(remaining, table))
+            except BackendUnavailable as exc:  # (what nft -c said stands)
+                log.warning("nft_loop_check_failed", error=str(exc))
         return errors
+
+    async def _loops(self, items: list[Item], table: str) -> dict[Item, str]:
+        """The rules of ``items`` that close a jump loop (or nest jumps deeper
+        than the kernel allows), which nft -c passes: the kernel checks that
+        at commit, and ``nft -c`` skips it for base chains new in the batch.
+
+        So the script is committed in a throwaway network namespace
+        (`_commit_run`).  After a loop the kernel answers "Too many links"
+        for every later rule of the table: only the first error of a run is
+        taken.  A rule failing there for a reason of that empty namespace (an
+        interface it lacks) is stood in for by its bare jumps, so a loop
+        entered through it is still seen.  At most `LOOP_CHECK_RUNS` runs.
+        """
+        script = list(items)
+        origin: dict[Item, Item] = {}  # stand-in -> the rule it stands in for
+        loops: dict[Item, str] = {}
+        for _ in range(LOOP_CHECK_RUNS):
+            lines, owners = check_script(script, table)
+            result = await self._commit_run("".join(line + "\n" for line in lines))
+            if result is None or result.returncode == 0:
+                return loops
+            blamed = [
+                (owner, e)
+                for e in parse_errors(result.stderr)
+                if e.line is not None and 1 <= e.line <= len(owners) and (owner := owners[e.line - 1]) is not None
+            ]
+            if not blamed:
+                return loops  # nothing to learn from (garbage, or the namespace itself failed)
+            culprit, error = blamed[0]
+            at = script.index(culprit)
+            if _TOO_MANY_LINKS in error.text:
+                loops[origin.get(culprit, culprit)] = error.explained()
+                del script[at]
+            elif isinstance(culprit, NftRule) and culprit not in origin:
+                stand_ins = [
+                    NftRule(culprit.family, culprit.chain, f"{verb} {target}") for verb, target in _JUMP.findall(culprit.rule)
+                ]
+                origin.update((stand_in, culprit) for stand_in in stand_ins if stand_in not in origin)
+                script[at : at + 1] = [stand_in for stand_in in stand_ins if stand_in not in script]
+            else:
+                del script[at]
+        log.warning("nft_loop_check_incomplete", runs=LOOP_CHECK_RUNS)
+        return loops
 
     async def _commit_run(self, script: str) -> ToolResult | None:
         """``nft -f -`` committed in a fresh, empty network namespace that goes
-        with the process (a user namespace too when not root), so the kernel
-        checks what only a commit checks and the host's firewall never sees
-        it; None where namespaces may not be made (then loops are left to
-        apply).  Bounded by the backend's timeout, as every nft run."""
+        with the process, so the kernel checks what only a commit checks and
+        the host's firewall never sees it: ``unshare --net``, else (not root,
+        or root without CAP_SYS_ADMIN) in a user namespace of its own too.
+        None, said once, where no namespace may be made (then loops are left
+        to apply).  Bounded by the backend's timeout, as every nft run."""
         unshare = shutil.which("unshare")
         if unshare is None:
+            self._no_loop_check("unshare is not installed (util-linux)")
             return None
-        userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-        argv = [unshare, *userns, "--net", self._nft_path() or self.nft, "-f", "-"]
-        done = await ToolRunner(timeout=self.timeout).run(argv, script)  # (a fresh netns: not self.netns)
-        if done.returncode != 0 and (done.stderr.startswith("unshare:") or _NOT_PERMITTED in done.stderr):
-            return None
-        return done
+        nft = self._nft_path() or self.nft
+        ways = [[unshare, "--net"], [unshare, "--user", "--map-root-user", "--net"]][0 if os.geteuid() == 0 else 1 :]
+        for way in ways:
+            done = await ToolRunner(timeout=self.timeout).run([*way, nft, "-f", "-"], script)  # (a fresh netns: not self.netns)
+            if not (done.returncode != 0 and done.stderr.startswith("unshare:")):
+                return done
+        self._no_loop_check(done.stderr.strip()[:200])
+        return None
+
+    def _no_loop_check(self, why: str) -> None:
+        if not self._loop_check_said:
+            self._loop_check_said = True
+            log.warning("nft_loop_check_unavailable", reason=why, effect="jump loops are found by apply, not by check")
 
     async def _check_run(self, script: str) -> ToolResult:
         """``nft -c -f -``; where nft may not (not root, no CAP_NET_ADMIN: the

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 
 from conftest import Daemon, Fwrecon, wait_until
+from fwsandbox import SANDBOX_IFACE
 from test_backends import crash_after_writes
 
 PEER = "198.18.0.2"
@@ -276,6 +277,46 @@ def test_a_jump_loop_among_new_chains_is_refused_by_check_as_by_apply(bare: Fwre
         said = result.stdout + result.stderr
         assert result.returncode == 1 and "l.toml: nft.rule[" in said and "Too many links" in said, (command, said)
     assert "fwrecon" not in bare.sandbox.ruleset()
+
+
+def loop_policy(entry: str = "jump X") -> str:
+    """input (a base chain) -> X -> Y -> X, entered by the rule ``entry`` in input."""
+    chains = "".join(f'[[nft.chain]]\nfamily = "inet"\nchain = "{c}"\n' for c in ("X", "Y"))
+    rules = "".join(
+        f'[[nft.rule]]\nfamily = "inet"\nchain = "{c}"\nrule = {json.dumps(r)}\n'
+        for c, r in (("input", entry), ("X", "jump Y"), ("Y", "jump X"))
+    )
+    return '[[nft.chain]]\nfamily = "inet"\nchain = "input"\nhook = "input"\n' + chains + rules
+
+
+def test_a_loop_is_blamed_on_its_own_policy_only_and_the_others_apply(bare: Fwrecon) -> None:
+    # After the rule closing a loop the kernel answers "Too many links" for every later rule of the table:
+    # z (its own chain, no jump) must not be refused with it.
+    bare.backend = "nftables"
+    bare.write_policy("a", loop_policy())
+    bare.write_policy(
+        "z",
+        '[[nft.chain]]\nfamily = "inet"\nchain = "zz"\n\n[[nft.rule]]\nfamily = "inet"\nchain = "zz"\nrule = "tcp dport 22 accept"\n',
+    )
+    for command in ("check", "plan", "apply"):
+        result = bare.run(command)
+        said = result.stdout + result.stderr
+        assert result.returncode == 1 and "a.toml: nft.rule[" in said and "Too many links" in said, (command, said)
+        assert "z.toml" not in said, (command, said)
+    assert "tcp dport 22 accept" in bare.sandbox.nft("list", "chain", "inet", "fwrecon", "zz").stdout
+
+
+def test_a_loop_entered_through_an_interface_the_check_namespace_lacks_is_still_refused(bare: Fwrecon) -> None:
+    # The throwaway namespace of the loop check has no fwsb0: the entry rule stands in by its bare jump.
+    bare.backend = "nftables"
+    bare.write_policy("l", loop_policy(f'iif "{SANDBOX_IFACE}" jump X'))
+    result = bare.run("check")
+    said = result.stdout + result.stderr
+    assert result.returncode == 1 and "l.toml: nft.rule[" in said and "Too many links" in said, said
+    # Without the loop the same entry passes (the interface exists where it applies).
+    bare.write_policy("l", loop_policy(f'iif "{SANDBOX_IFACE}" jump X').replace('rule = "jump X"', 'rule = "counter"'))
+    assert bare.run("check").returncode == 0
+    applied(bare)
 
 
 def test_a_jump_to_a_chain_a_held_policy_keeps_passes_check_as_it_passes_apply(bare: Fwrecon) -> None:

@@ -682,58 +682,139 @@ LOOP = [NftChain("inet", "X"), NftRule("inet", "input", "jump X"), NftRule("inet
 
 
 def fake_unshare(tmp_path, monkeypatch, body: str) -> None:
-    """An ``unshare`` on PATH running ``body`` (sh) instead of the throwaway namespace's commit."""
+    """An ``unshare`` on PATH running ``body`` (sh; the script on stdin, every run's kept in ``runs``)
+    instead of the throwaway namespace's commit."""
     tool = tmp_path / "unshare"
-    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.write_text(
+        f"#!/bin/sh\ncat > {tmp_path}/script; cat {tmp_path}/script >> {tmp_path}/runs; echo === >> {tmp_path}/runs\n{body}\n"
+    )
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
 
 
-def test_check_commits_jumping_rules_in_a_throwaway_namespace_and_takes_only_the_loop(tmp_path, monkeypatch):
-    # Line 5 of the script is "jump X" in X: the kernel's EMLINK there is the loop's verdict.
+def commits(tmp_path) -> list[str]:
+    runs = tmp_path / "runs"
+    return runs.read_text().split("===\n")[:-1] if runs.exists() else []
+
+
+def recorded(monkeypatch) -> LogRecorder:
+    from reconciler.backends import nftables as module
+
+    recorder = LogRecorder()
+    monkeypatch.setattr(module, "log", recorder)
+    return recorder
+
+
+def kernel_says(line: int, text: str) -> str:
+    """sh: nft's answer for ``line`` of the script, as the kernel reports it."""
+    return f'echo "/dev/stdin:{line}:1-20: Error: Could not process rule: {text}" >&2; exit 1'
+
+
+def test_check_commits_jumping_rules_in_a_throwaway_namespace_and_takes_the_loop(tmp_path, monkeypatch):
+    # Line 5 is "jump X" in X: EMLINK there is the loop's verdict.
     fake_unshare(
-        tmp_path,
-        monkeypatch,
-        f'cat > {tmp_path}/script; case "$(sed -n 5p {tmp_path}/script)" in *"X jump X"*) '
-        'echo "/dev/stdin:5:1-20: Error: Could not process rule: Too many links" >&2; exit 1;; esac',
+        tmp_path, monkeypatch, f'case "$(sed -n 5p {tmp_path}/script)" in *"X jump X"*) {kernel_says(5, "Too many links")};; esac'
     )
     backend = FakeNft()
     assert run(backend.check([INPUT, *LOOP])) == {LOOP[2]: "Could not process rule: Too many links"}
     assert "-c" in backend.runs[0][0]  # nft -c first, in the backend's own namespace
+    assert len(commits(tmp_path)) == 2  # the loop, then the rest without it
+
+
+def test_after_a_loop_only_the_first_too_many_links_of_a_run_counts(tmp_path, monkeypatch):
+    # The kernel answers EMLINK for every rule after the one closing a loop: the innocent one after it
+    # (line 6) is not blamed; once the loop is out it passes.
+    innocent = NftRule("inet", "zz", "tcp dport 22 accept")
+    fake_unshare(
+        tmp_path,
+        monkeypatch,
+        f'if grep -q "X jump X" {tmp_path}/script; then '
+        f'echo "/dev/stdin:6:1-9: Error: Could not process rule: Too many links" >&2; {kernel_says(7, "Too many links")}; fi',
+    )
+    assert run(FakeNft().check([INPUT, *LOOP, innocent])) == {LOOP[2]: "Could not process rule: Too many links"}
+
+
+def test_a_rule_the_empty_namespace_cannot_take_stands_in_by_its_jumps(tmp_path, monkeypatch):
+    # iif "eth0" is unknown in the throwaway namespace: the rule is judged again as its bare jump, and the
+    # loop entered through it is still seen.
+    entry = NftRule("inet", "input", 'iif "eth0" jump X')
+    loop = [NftChain("inet", "X"), entry, NftRule("inet", "X", "jump X")]
+    fake_unshare(
+        tmp_path,
+        monkeypatch,
+        f'if grep -q "eth0" {tmp_path}/script; then echo "/dev/stdin:4:1-9: Error: Interface does not exist" >&2; exit 1; fi; '
+        f'if grep -q "input jump X" {tmp_path}/script; then {kernel_says(5, "Too many links")}; fi',
+    )
+    assert run(FakeNft().check([INPUT, *loop])) == {loop[2]: "Could not process rule: Too many links"}
+    assert "add rule inet" in commits(tmp_path)[1] and " input jump X" in commits(tmp_path)[1]
 
 
 def test_check_takes_nothing_but_a_loop_from_the_throwaway_commit(tmp_path, monkeypatch):
-    # Garbage, an interface the empty namespace lacks: not the policy's fault. Each run takes out what it blamed.
-    fake_unshare(tmp_path, monkeypatch, 'cat >/dev/null; echo "/dev/stdin:5:1-9: Error: Interface does not exist" >&2; exit 1')
+    # Garbage, an interface the empty namespace lacks: not the policy's fault.
+    fake_unshare(tmp_path, monkeypatch, 'echo "/dev/stdin:5:1-9: Error: Interface does not exist" >&2; exit 1')
     assert run(FakeNft().check([INPUT, *LOOP])) == {}
-    fake_unshare(tmp_path, monkeypatch, "cat >/dev/null; head -c 3000 /dev/urandom >&2; exit 3")
+    assert len(commits(tmp_path)) > 1  # judged, and judged again without (or beside the stand-in of) that rule
+    fake_unshare(tmp_path, monkeypatch, "head -c 3000 /dev/urandom >&2; exit 3")
     assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    # Every line refused, a run each: bounded.
+    fake_unshare(
+        tmp_path,
+        monkeypatch,
+        'for n in 1 2 3 4 5 6; do echo "/dev/stdin:$n:1-2: Error: Operation not permitted" >&2; done; exit 1',
+    )
+    (tmp_path / "runs").unlink()
+    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    assert len(commits(tmp_path)) <= 20
+
+
+def test_where_no_namespace_may_be_made_check_says_so_once(tmp_path, monkeypatch):
+    # Root without CAP_SYS_ADMIN (the systemd unit): the user namespace is tried too, then it is said once.
+    recorder = recorded(monkeypatch)
     fake_unshare(tmp_path, monkeypatch, 'echo "unshare: unshare failed: Operation not permitted" >&2; exit 1')
-    assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    backend = FakeNft()
+    assert run(backend.check([INPUT, *LOOP])) == {} and run(backend.check([INPUT, *LOOP])) == {}
+    assert len(commits(tmp_path)) == (4 if os.geteuid() == 0 else 2)
+    assert [(level, event) for level, event, _ in recorder.events] == [("warning", "nft_loop_check_unavailable")]
+    assert "Operation not permitted" in recorder.events[0][2]["reason"]
 
 
-def test_check_without_unshare_leaves_loops_to_apply(tmp_path, monkeypatch):
+def test_check_without_unshare_says_loops_are_left_to_apply(tmp_path, monkeypatch):
+    recorder = recorded(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path))  # (nothing there)
     assert run(FakeNft().check([INPUT, *LOOP])) == {}
+    assert [(event, fields["reason"]) for _, event, fields in recorder.events] == [
+        ("nft_loop_check_unavailable", "unshare is not installed (util-linux)")
+    ]
 
 
-def test_a_hanging_or_dying_throwaway_commit_is_said_within_the_timeout(tmp_path, monkeypatch):
+def test_a_hanging_or_dying_throwaway_commit_keeps_what_nft_c_said(tmp_path, monkeypatch):
+    bad = NftRule("inet", "input", "tcp dport 99999 accept")
+
+    class Checker(FakeNftTool):
+        def answer(self, args: tuple[str, ...], input: str | None) -> _Result:
+            for number, line in enumerate((input or "").splitlines(), 1):
+                if "99999" in line:
+                    return _Result(1, "", f"/dev/stdin:{number}:39-43: Error: Service out of range\n{line}\n   ^^^^^\n")
+            return _Result(0, "", "")
+
+    recorder = recorded(monkeypatch)
     fake_unshare(tmp_path, monkeypatch, "exec sleep 30")
-    backend = FakeNft()
+    backend = FakeNft(tool=Checker())
     backend.timeout = 0.5
     started = time.monotonic()
-    with pytest.raises(BackendUnavailable, match=r"did not finish within 0\.5s"):
-        run(backend.check([INPUT, *LOOP]))
+    assert run(backend.check([INPUT, *LOOP, bad])) == {bad: "Service out of range"}
     assert time.monotonic() - started < 5
     fake_unshare(tmp_path, monkeypatch, "kill -9 $$")
-    with pytest.raises(BackendUnavailable, match="died of SIGKILL"):
-        run(FakeNft().check([INPUT, *LOOP]))
+    assert run(FakeNft(tool=Checker()).check([INPUT, *LOOP, bad])) == {bad: "Service out of range"}
+    said = [fields["error"] for _, event, fields in recorder.events if event == "nft_loop_check_failed"]
+    assert len(said) == 2 and "did not finish within 0.5s" in said[0] and "died of SIGKILL" in said[1]
 
 
 def test_rules_that_do_not_jump_are_not_committed_anywhere(tmp_path, monkeypatch):
-    fake_unshare(tmp_path, monkeypatch, f"touch {tmp_path}/ran")
+    fake_unshare(tmp_path, monkeypatch, "")
     assert run(FakeNft().check([INPUT, SSH, WEB])) == {}
-    assert not (tmp_path / "ran").exists()
+    assert commits(tmp_path) == []
+    assert run(FakeNft().check([INPUT, SSH, WEB, *LOOP])) == {} and len(commits(tmp_path)) == 1  # (the fake takes it)
 
 
 # -- small things -----------------------------------------------------------------------
