@@ -37,7 +37,7 @@ from .errors import BackendUnavailable, PolicyError, StateError
 from .logsetup import configure_logging
 from .metrics import DEFAULT_METRICS_ADDRESS, MetricsAddressError, parse_metrics_address
 from .model import ELEMENTS_LISTED, NFT_ITEMS, NFT_TABLE, IpsetEntry, Item, NftElement, Op, Permanent
-from .policy import LoadResult, Policy, conflicting_sets, unresolved_references
+from .policy import LoadResult, Policy, conflicting_sets, declarations, unresolved_references
 from .policydir import load_policy_dir
 from .state import State, StateStore
 
@@ -221,9 +221,9 @@ async def cmd_check(args: argparse.Namespace) -> int:
         print(f"note: {args.backend} backend not reachable, checked offline only ({exc})", file=sys.stderr)
         for name, errors in (await _nft_syntax_errors(args, loaded)).items():
             extra.setdefault(name, []).extend(errors)
-        declared = [item for policy in loaded.policies.values() for item in policy.items]
+        declared = declarations((item for policy in loaded.policies.values() for item in policy.items), None)
         for name, policy in loaded.policies.items():
-            extra.setdefault(name, []).extend(unresolved_references(policy, declared, None))
+            extra.setdefault(name, []).extend(unresolved_references(policy, declared))
         for name, errors in conflicting_sets(loaded.policies).items():
             extra.setdefault(name, []).extend(errors)
     count = _print_errors(loaded, extra)

@@ -47,7 +47,15 @@ from .model import (
 )
 from .nftsets import canonical_element, conflicts
 from .planner import PolicyPlan, in_use, owners_of, plan_all, settle_others, settle_ownership
-from .policy import LoadResult, Policy, check_references, conflicting_sets, in_canonical_form, unresolved_references
+from .policy import (
+    LoadResult,
+    Policy,
+    check_references,
+    conflicting_sets,
+    declarations,
+    in_canonical_form,
+    unresolved_references,
+)
 from .state import State, StateStore
 from .transaction import QueryHook, Transaction, TransactionFailed
 from .view import HOLDERS, FirewallView, is_holder
@@ -690,10 +698,11 @@ class Reconciler:
         chain or set that nothing applying declares and nothing staying holds."""
         declared = [item for items in desired.items.values() for item in items]
         staying = view.items() - going_holders(desired.items, state, view)  # (a rule may not count on those)
+        known = declarations(declared, staying)
         return {
             name: errors
             for name in (loaded.policies if names is None else names)
-            if name not in desired.invalid and (errors := unresolved_references(loaded.policies[name], declared, staying))
+            if name not in desired.invalid and (errors := unresolved_references(loaded.policies[name], known))
         }
 
     async def _read_enough(self, desired: Desired, view: FirewallView, state: State) -> FirewallView:

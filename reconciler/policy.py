@@ -254,16 +254,20 @@ _NAMED = frozenset({NftChain, NftSet, DirectChain})
 _REFERRING = frozenset({NftRule, NftSet, DirectRule})
 
 
-def unresolved_references(policy: Policy, declared: Iterable[Item], held: Iterable[Item] | None) -> list[PolicyError]:
-    """Errors for rules in (or nft rules jumping to) a chain that is not built
-    in, and nft rules using a set (``@name``), that no applying policy
-    declares (``declared``: every item that will be applied) and that the
-    backend does not hold (``held``: what it lists; None when it could not be
-    asked, and then only declarations count); and for a set the backend holds
-    with another type or flags.
+@dataclass(frozen=True)
+class Declarations:
+    """The chains and sets a rule may use (`declarations`), gathered once:
+    judging 100 policies walks 100,000 declared elements once, not 100 times."""
 
-    Each would pass every offline check and fail at apply.
-    """
+    names: frozenset[tuple[str, ...]]
+    held_sets: Mapping[tuple[str, str], NftSet]
+    held_known: bool  # whether the backend could be asked what it holds
+
+
+def declarations(declared: Iterable[Item], held: Iterable[Item] | None) -> Declarations:
+    """``declared``: every item that will be applied; ``held``: what the
+    backend lists (None when it could not be asked, and then only
+    declarations count)."""
     names: set[tuple[str, ...]] = set()
     held = [item for item in held or () if type(item) in _NAMED] if held is not None else None
     held_sets = {(item.family, item.name): item for item in held or () if isinstance(item, NftSet)}
@@ -274,7 +278,19 @@ def unresolved_references(policy: Policy, declared: Iterable[Item], held: Iterab
             names.add(("nft set", item.family, item.name))
         elif isinstance(item, DirectChain):
             names.add(("direct", item.family, item.table, item.chain))
-    where = "" if held is None else " and the backend in charge does not hold it"
+    return Declarations(frozenset(names), held_sets, held is not None)
+
+
+def unresolved_references(policy: Policy, known: Declarations) -> list[PolicyError]:
+    """Errors for rules in (or nft rules jumping to) a chain that is not built
+    in, and nft rules using a set (``@name``), that no applying policy
+    declares and that the backend does not hold (``known``); and for a set
+    the backend holds with another type or flags.
+
+    Each would pass every offline check and fail at apply.
+    """
+    names, held_sets = known.names, known.held_sets
+    where = " and the backend in charge does not hold it" if known.held_known else ""
     errors: list[PolicyError] = []
 
     def missing(item: Item, message: str) -> None:

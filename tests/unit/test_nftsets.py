@@ -33,7 +33,7 @@ from reconciler.errors import BackendUnavailable, OperationFailed
 from reconciler.model import NftChain, NftElement, NftRule, NftSet, Op, Outcome
 from reconciler.nftsets import canonical_element, conflicts, listed_element
 from reconciler.planner import plan_all
-from reconciler.policy import Policy, conflicting_sets, parse_policy, unresolved_references
+from reconciler.policy import Policy, conflicting_sets, declarations, parse_policy, unresolved_references
 from reconciler.view import FirewallView
 
 BLOCK = NftSet("inet", "blocklist", "ipv4_addr", ("interval",))
@@ -488,11 +488,11 @@ def test_a_declaration_in_force_keeps_its_place():
 
 def test_a_rule_using_an_undeclared_set_or_a_set_held_otherwise_is_an_error():
     rule_policy = policy("r", '[[nft.rule]]\nfamily = "inet"\nchain = "input"\nrule = "ip saddr @nosuch drop"\n')
-    errors = [str(e) for e in unresolved_references(rule_policy, [NftChain("inet", "input")], None)]
+    errors = [str(e) for e in unresolved_references(rule_policy, declarations([NftChain("inet", "input")], None))]
     assert errors == ["r.toml: nft.rule[0]: the set @nosuch (inet) is declared by no [[nft.set]]"]
     set_policy = policy("s", set_table([]))
     held = [NftSet("inet", "blocklist", "ipv4_addr")]
-    (error,) = unresolved_references(set_policy, [BLOCK], held)
+    (error,) = unresolved_references(set_policy, declarations([BLOCK], held))
     assert "the set exists as nft inet fwrecon set blocklist { type ipv4_addr; }" in str(error)
 
 

@@ -212,3 +212,27 @@ def test_policies_that_only_let_go_run_first_so_a_wider_element_finds_room():
     # Among those that only add, name order.
     plans = plan_all({"a": frozenset({wide}), "b": frozenset({HTTP, other, SSH})}, view, owned)
     assert [p.policy for p in plans if p.ops] == ["c", "a", "b"]
+
+
+def test_by_policy_gives_each_policy_what_it_owns_and_one_owner_the_mapping_itself():
+    from reconciler.planner import by_policy
+
+    owned = {HTTP: frozenset({"a"}), SSH: frozenset({"a", "b"}), P8080: frozenset({"b"})}
+    assert by_policy(owned) == {"a": {HTTP: owned[HTTP], SSH: owned[SSH]}, "b": {SSH: owned[SSH], P8080: owned[P8080]}}
+    alone = {HTTP: frozenset({"a"}), SSH: frozenset({"a"})}
+    assert by_policy(alone)["a"] is alone and by_policy({}) == {}
+
+
+def test_a_policy_is_planned_on_what_it_owns_beside_many_others():
+    # 50 policies beside one that owns 2,000 items: each removes only its own dropped item, in order.
+    from reconciler.model import NftElement
+
+    big = {NftElement("inet", "s", f"10.0.{i // 256}.{i % 256}") for i in range(2000)}
+    smalls = {f"p{k:02}": NftElement("inet", "s", f"172.16.0.{k}") for k in range(50)}
+    owned = {item: frozenset({"big"}) for item in big} | {item: frozenset({name}) for name, item in smalls.items()}
+    view = FirewallView([*big, *smalls.values()])
+    wanted = {"big": frozenset(big)} | {
+        name: frozenset() if name == "p07" else frozenset({item}) for name, item in smalls.items()
+    }
+    plans = plan_all(wanted, view, owned)
+    assert ops_of(plans) == [("p07", "- nft inet fwrecon set s element 172.16.0.7")]
