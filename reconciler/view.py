@@ -42,6 +42,13 @@ def is_holder(item: Item) -> bool:
     return isinstance(item.item if isinstance(item, Permanent) else item, HOLDERS)
 
 
+class LiveRead:
+    """A read its backend keeps true through its own writes: `FirewallView.without_reads`
+    keeps it, since the backend knows better than a blanket drop (see `nftables`)."""
+
+    __slots__ = ()
+
+
 class FirewallView:
     """A set of items plus per-(zone, protocol) port ranges."""
 
@@ -59,7 +66,7 @@ class FirewallView:
         # its nft listing), so a write right after planning can be built on
         # the read the plan was made on instead of reading again: handed back
         # to `Backend.apply` as ``seen``, and dropped (`without_reads`) for a
-        # container once something was written there.
+        # container once something was written there, unless it is a `LiveRead`.
         self.reads: dict[tuple[str, ...], object] = dict(reads or {})
         # Containers that were asked for but do not exist (an unknown zone).
         self.missing: frozenset[tuple[str, ...]] = frozenset(missing)
@@ -89,7 +96,7 @@ class FirewallView:
 
     def without_reads(self, written: Iterable[tuple[str, ...]]) -> FirewallView:
         """This view, with the reads of the ``written`` containers dropped: they are stale now."""
-        stale = set(written)
+        stale = {container for container in written if not isinstance(self.reads.get(container), LiveRead)}
         if not stale & self.reads.keys():
             return self
         clone = self.copy()

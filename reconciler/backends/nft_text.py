@@ -318,6 +318,10 @@ class Script:
     ops: list[Op | None] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     columns: dict[int, list[tuple[int, Op]]] = field(default_factory=dict)  # 0-based line -> (1-based column, op)
+    # Per family: the table as it is once the script ran, where that follows
+    # from the listing alone (`_successor`), so the next batch of the same
+    # reconcile needs no new listing.
+    listings: dict[str, TableListing] = field(default_factory=dict)
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
@@ -438,6 +442,7 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
     for family in sorted(states, key=FAMILIES.index):
         state = states[family]
         if not state.statements:
+            script.listings[family] = state.listing
             continue
         if any(
             statement.verb == "add" if isinstance(statement, _Elements) else statement[0].startswith("add ")
@@ -449,9 +454,32 @@ def build_script(ops: Sequence[Op], listings: dict[str, TableListing], known: di
                 script.append_elements(statement)
             else:
                 script.append(*statement)
-        if not (state.chains or state.sets or state.listing.others or state.live or state.added):
+        gone = not (state.chains or state.sets or state.listing.others or state.live or state.added)
+        if gone:
             script.append(f"delete table {family} {NFT_TABLE}", None)
+        successor = TableListing(family) if gone else _successor(state)
+        if successor is not None:
+            script.listings[family] = successor
     return script
+
+
+def _successor(state: _FamilyState) -> TableListing | None:
+    """The listing of the table once the batch ran, or None when that needs
+    nft's answer: a rule the batch adds gets a handle only nft knows."""
+    if state.added or any(state.readd.values()):
+        return None
+    listing = state.listing
+    alive = {id(entry) for entries in state.live.values() for entry in entries}
+    return TableListing(
+        listing.family,
+        exists=True,
+        chains=dict(state.chains),
+        rules=[entry for entry in listing.rules if id(entry) in alive],
+        others=list(listing.others),
+        sets=dict(state.sets),
+        elements={name: list(state.elements.get(name, ())) for name in state.sets},
+        odd_elements={name: count for name, count in listing.odd_elements.items() if name in state.sets},
+    )
 
 
 def _plan_set(op: Op, nft_set: NftSet, state: _FamilyState) -> Outcome:

@@ -36,7 +36,7 @@ import structlog
 
 from ..errors import BackendUnavailable, OperationFailed
 from ..model import NFT_ITEMS, NFT_TABLE, Item, NftChain, NftElement, NftRule, NftSet, Op, Outcome
-from ..view import FirewallView
+from ..view import FirewallView, LiveRead
 from .base import Backend, BackendEvent, EventCallback, kind_refused
 from .nft_text import (
     FAMILIES,
@@ -80,6 +80,16 @@ OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ig
 # -- the backend ------------------------------------------------------------------------
 
 
+class LiveListing(LiveRead):
+    """fwrecon's table in one family as the last listing and this backend's
+    batches since left it; None once that is unknown (read it again)."""
+
+    __slots__ = ("listing",)
+
+    def __init__(self, listing: TableListing | None) -> None:
+        self.listing = listing
+
+
 def _what(item: Item) -> str:
     """How a refusal names ``item``."""
     if isinstance(item, NftRule):
@@ -107,7 +117,9 @@ class NftablesBackend(Backend):
         # (family, set) -> element -> the item observe was told of: a listed element
         # is that same object, whose hash and JSON text are computed already.
         self._elements: dict[tuple[str, str], dict[str, NftElement]] = {}
-        self._listings: dict[str, TableListing] = {}  # last listing per family (handles of present rules)
+        # Per family: the table as of the last listing and the batches since
+        # (handles of present rules); observe hands it out in its view's reads.
+        self._live: dict[str, LiveListing] = {}
         self._exprs: dict[NftRule, Any] = {}  # rule -> its statements as nft lists them (learnt by a probe)
         self._expr_failed: dict[NftRule, frozenset[str]] = {}  # -> the table's chains when nft refused it
         self._lock = asyncio.Lock()
@@ -142,7 +154,8 @@ class NftablesBackend(Backend):
 
     def handles(self, rule: NftRule) -> list[int]:
         """Handles of ``rule`` as of the last observe or batch (empty if not present)."""
-        listing = self._listings.get(rule.family)
+        live = self._live.get(rule.family)
+        listing = live.listing if live else None
         return listing.handles(rule.family, rule.chain, rule.tag()) if listing else []
 
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
@@ -215,8 +228,11 @@ class NftablesBackend(Backend):
                 raise BackendUnavailable(f"nft list table {family} {NFT_TABLE} failed: {result.stderr.strip()}")
         else:
             listing = await self._prove(parse_listing(family, result.stdout))
-        self._listings[family] = listing
         return listing
+
+    def _now(self, family: str, listing: TableListing | None) -> None:
+        """``listing`` is the table now (None: unknown)."""
+        self._live.setdefault(family, LiveListing(None)).listing = listing
 
     # -- proving ownership ----------------------------------------------------------------
 
@@ -313,7 +329,12 @@ class NftablesBackend(Backend):
         users: dict[Item, tuple[Item | str, ...]] = {}
         for listing in listings:
             items.extend(self._items_of(listing, users))
-        reads: dict[tuple[str, ...], object] = {("nft", listing.family): listing for listing in listings}
+        reads: dict[tuple[str, ...], object] = {}
+        for listing in listings:
+            stale = self._live.get(listing.family)
+            if stale is not None:
+                stale.listing = None  # an older view's read: no longer kept true
+            self._live[listing.family] = reads[("nft", listing.family)] = LiveListing(listing)
         return FirewallView(items, containers, users=users, reads=reads)
 
     def _items_of(self, listing: TableListing, users: dict[Item, tuple[Item | str, ...]]) -> list[Item]:
@@ -357,7 +378,10 @@ class NftablesBackend(Backend):
         async with self._lock:
             families = sorted({op.item.family for op in ops if isinstance(op.item, NFT_ITEMS)}, key=FAMILIES.index)
             reads = seen.reads if seen is not None else {}
-            observed = {f: listing for f in families if isinstance(listing := reads.get(("nft", f)), TableListing)}
+            # What observe listed, as the batches since left it (see `_write`).
+            observed = {
+                f: read.listing for f in families if isinstance(read := reads.get(("nft", f)), LiveListing) and read.listing
+            }
             if len(observed) == len(families):
                 try:
                     script = build_script(ops, observed, self._rules)
@@ -367,6 +391,8 @@ class NftablesBackend(Backend):
                     if not script.lines or await self._write(script, families, retry=True):
                         return script.outcomes
             listings = dict(zip(families, await asyncio.gather(*(self._list(f) for f in families)), strict=True))
+            for family, listing in listings.items():
+                self._now(family, listing)
             script = build_script(ops, listings, self._rules)
             if script.lines:
                 await self._write(script, families, retry=False)
@@ -374,7 +400,12 @@ class NftablesBackend(Backend):
 
     async def _write(self, script: Script, families: Sequence[str], *, retry: bool) -> bool:
         """Run ``script``; on refusal log and return False (``retry``) or raise the failure."""
-        result = await self._run("-f", "-", input=script.text(), own=True)
+        try:
+            result = await self._run("-f", "-", input=script.text(), own=True)
+        except BaseException:
+            for family in families:
+                self._now(family, None)  # it may have run, or not: the next batch lists again
+            raise
         if result.returncode != 0:
             failure = failure_for(script, result.stderr, result.returncode)
             if retry:
@@ -388,7 +419,9 @@ class NftablesBackend(Backend):
             )
             raise failure
         for family in families:
-            self._listings.pop(family, None)  # handles changed; the next observe re-reads
+            # The table as the batch left it, when the listing tells (no rule
+            # added: a new rule's handle is nft's to give); else read again.
+            self._now(family, script.listings.get(family))
         log.debug("nft_batch_applied", ops=len(script.outcomes), lines=len(script.lines))
         return True
 

@@ -42,7 +42,7 @@ from reconciler.backends.nftables import NftablesBackend
 from reconciler.backends.process import ToolResult as _Result
 from reconciler.backends.process import ToolRunner
 from reconciler.errors import BackendUnavailable, OperationFailed
-from reconciler.model import DirectChain, DirectRule, NftChain, NftRule, NftSet, Op, Outcome, Port, Scope
+from reconciler.model import DirectChain, DirectRule, NftChain, NftElement, NftRule, NftSet, Op, Outcome, Port, Scope
 
 # `nft -j list table inet fwrecon` (one line in reality), after:
 #   add chain inet fwrecon input { type filter hook input priority 0; policy drop; }
@@ -1018,3 +1018,76 @@ def test_close_ends_a_monitor_that_never_stops_talking(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("NftablesBackend.close() hung on a monitor that keeps printing")
     assert done.returncode == 0, done.stderr
+
+
+# -- the table as a batch leaves it -----------------------------------------------------
+
+BENCH = NftSet("inet", "bench", "ipv4_addr")
+
+
+def elements(*texts: str) -> list[NftElement]:
+    return [NftElement("inet", "bench", text) for text in texts]
+
+
+def test_a_batch_of_sets_and_elements_tells_the_table_it_leaves():
+    listing = listing_of(INPUT, MINE, rules=(RuleEntry("input", 5, SSH.tag()), RuleEntry("mine", 7, WEB.tag())))
+    script = build_script([*adds(BENCH, *elements("192.0.2.1", "192.0.2.2")), *removes(WEB)], {"inet": listing})
+    after = script.listings["inet"]
+    assert after.exists and list(after.chains) == ["input", "mine"]
+    assert after.rules == [RuleEntry("input", 5, SSH.tag())]  # the deleted rule is gone, the other keeps its handle
+    assert after.sets == {"bench": BENCH} and sorted(after.elements["bench"]) == ["192.0.2.1", "192.0.2.2"]
+    again = build_script(removes(*elements("192.0.2.1"), SSH), {"inet": after})
+    assert again.lines == ["delete element inet fwrecon bench { 192.0.2.1 }", "delete rule inet fwrecon input handle 5"]
+    assert again.listings["inet"].elements == {"bench": ["192.0.2.2"]}
+
+
+def test_a_batch_adding_a_rule_tells_no_table_and_one_that_empties_it_tells_none_left():
+    assert "inet" not in build_script(adds(INPUT, SSH), {"inet": listing_of()}).listings
+    gone = build_script(removes(INPUT), {"inet": listing_of(INPUT)})
+    assert gone.lines[-1] == "delete table inet fwrecon"
+    assert not gone.listings["inet"].exists and not gone.listings["inet"].chains
+
+
+def test_the_next_batch_of_a_reconcile_builds_on_the_last_one_without_listing_again():
+    """100 policies filling one large set: each batch used to list the whole
+    table again, because the observed listing lacked what the batches before wrote."""
+    backend = FakeNft()
+    view = run(backend.observe([("nft", "inet")]))
+    run(backend.apply(adds(BENCH, *elements("192.0.2.1")), view))
+    run(backend.apply(adds(*elements("192.0.2.1", "192.0.2.2")), view))  # the canned table has no set: a listing would refuse
+    assert len(backend.lists()) == 1
+    assert backend.scripts()[-1] == "add table inet fwrecon\nadd element inet fwrecon bench { 192.0.2.2 }\n"
+    run(backend.apply(adds(INPUT, SSH), view))  # a rule's handle is nft's to give: the next batch lists again
+    with pytest.raises(OperationFailed):
+        run(backend.apply(adds(*elements("192.0.2.3")), view))
+    assert len(backend.lists()) == 2
+
+
+def test_a_batch_that_may_have_run_makes_the_next_one_list_again():
+    backend = FakeNft()
+    view = run(backend.observe([("nft", "inet")]))
+    run(backend.apply(adds(BENCH), view))
+    answer = backend.tool.answer
+
+    def hangs(args: tuple[str, ...], input: str | None) -> _Result:
+        if args[0] == "-f":
+            raise BackendUnavailable("nft -f timed out after 10 s (killed)")
+        return answer(args, input)
+
+    backend.tool.answer = hangs  # type: ignore[method-assign]
+    with pytest.raises(BackendUnavailable):
+        run(backend.apply(adds(*elements("192.0.2.1")), view))
+    backend.tool.answer = answer  # type: ignore[method-assign]
+    # Not built on what the batches left: the table is read again (the canned
+    # one has no set, so nft's answer is that it does not exist).
+    with pytest.raises(OperationFailed, match="does not exist"):
+        run(backend.apply(adds(*elements("192.0.2.2")), view))
+    assert len(backend.lists()) == 2
+
+
+def test_a_view_observed_before_the_last_one_is_not_kept_true():
+    backend = FakeNft()
+    old = run(backend.observe([("nft", "inet")]))
+    run(backend.observe([("nft", "inet")]))
+    run(backend.apply(adds(BENCH), old))
+    assert len(backend.lists()) == 3
