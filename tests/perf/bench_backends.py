@@ -265,9 +265,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.inside_netns:
         return in_own_netns()
-    configure_logging("console", logging.WARNING)
-    run("ip", "link", "set", "lo", "up")
-    work = Path(tempfile.mkdtemp(prefix="fwrecon-bench-"))
+    work = settle_in("fwrecon-bench-")
     policy_dir = work / "policies"
     policy_dir.mkdir(mode=0o755)
     samples: dict[tuple[str, int], list[Sample]] = {}
@@ -294,6 +292,13 @@ def main() -> int:
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
+
+
+def settle_in(prefix: str) -> Path:
+    """Inside a bench's own namespace: quiet logs, loopback up, and a fresh work directory."""
+    configure_logging("console", logging.WARNING)
+    run("ip", "link", "set", "lo", "up")
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def in_own_netns(script: str = __file__) -> int:

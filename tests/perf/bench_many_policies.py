@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import statistics
 import subprocess
 import sys
@@ -31,12 +30,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "perf"))
 
-from bench_backends import INSIDE, Daemon, in_own_netns, run  # noqa: E402
+from bench_backends import INSIDE, Daemon, in_own_netns, settle_in  # noqa: E402
 from bench_sets import KINDS, nft, policy  # noqa: E402
 
 from reconciler.backends.nftables import NftablesBackend  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
-from reconciler.logsetup import configure_logging  # noqa: E402
 
 FLAGS, ADDRESS = KINDS["hash"]
 
@@ -85,9 +83,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.inside_netns:
         return in_own_netns(__file__)
-    configure_logging("console", logging.WARNING)
-    run("ip", "link", "set", "lo", "up")
-    work = Path(tempfile.mkdtemp(prefix="fwrecon-bench-many-"))
+    work = settle_in("fwrecon-bench-many-")
     try:
         rounds = [one_round(work, args.n, args.policies) for _ in range(args.rounds)]
     finally:

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +41,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "perf"))
 
-from bench_backends import INSIDE, Daemon, Run, in_own_netns, run, write  # noqa: E402
+from bench_backends import INSIDE, Daemon, Run, in_own_netns, run, settle_in, write  # noqa: E402
 
 from reconciler.backends.nftables import NftablesBackend  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
-from reconciler.logsetup import configure_logging  # noqa: E402
 
 KINDS = {
     "hash": ("[]", lambda i: f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"),
@@ -138,9 +135,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.inside_netns:
         return in_own_netns(__file__)
-    configure_logging("console", logging.WARNING)
-    run("ip", "link", "set", "lo", "up")
-    work = Path(tempfile.mkdtemp(prefix="fwrecon-bench-sets-"))
+    work = settle_in("fwrecon-bench-sets-")
     policy_dir = work / "policies"
     policy_dir.mkdir(mode=0o755)
     med = statistics.median
