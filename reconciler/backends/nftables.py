@@ -30,6 +30,7 @@ import re
 import shutil
 import time
 from collections.abc import Collection, Hashable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -257,8 +258,13 @@ class NftablesBackend(Backend):
             and rule not in self._exprs
             and self._expr_failed.get(rule) != chains
         }
-        if unknown:
-            await self._learn(family, sorted(unknown, key=Item.sort_key), chains)
+        cleaned = await self._learn(family, sorted(unknown, key=Item.sort_key), chains) if unknown else frozenset()
+        if cleaned:  # (the listing would still hold them: later batches build on it)
+            listing = replace(
+                listing,
+                chains={name: chain for name, chain in listing.chains.items() if name not in cleaned},
+                rules=[entry for entry in listing.rules if entry.chain not in cleaned],
+            )
 
         def proven(entry: RuleEntry) -> bool:
             rule = self._claimed(family, entry)
@@ -266,11 +272,12 @@ class NftablesBackend(Backend):
 
         return trusted(listing, proven)
 
-    async def _learn(self, family: str, rules: list[NftRule], chains: frozenset[str]) -> None:
+    async def _learn(self, family: str, rules: list[NftRule], chains: frozenset[str]) -> frozenset[str]:
         """Learn how nft lists ``rules``: add them, untagged, to a scratch chain of
         fwrecon's table (a regular chain: never hooked, so never live), list it,
         drop it.  Rules nft refuses stay unknown (tried again when the table's
-        chains change), so a rule carrying their tag is not taken for them."""
+        chains change), so a rule carrying their tag is not taken for them.
+        Returns the listed ``chains`` its cleanup deleted (stale probe chains)."""
         probe = f"{PROBE_PREFIX}{os.getpid()}"
         pending = list(rules)
         try:
@@ -308,6 +315,7 @@ class NftablesBackend(Backend):
             done = await self._run("-f", "-", input=cleanup, own=True, scratch=True)
             if done.returncode != 0:
                 log.warning("nft_probe_cleanup_failed", family=family, chain=probe, error=done.stderr.strip()[:300])
+        return frozenset(name for name in (probe, *stale) if name in chains) if done.returncode == 0 else frozenset()
 
     # -- observe ------------------------------------------------------------------------
 

@@ -1091,3 +1091,66 @@ def test_a_view_observed_before_the_last_one_is_not_kept_true():
     run(backend.observe([("nft", "inet")]))
     run(backend.apply(adds(BENCH), old))
     assert len(backend.lists()) == 3
+
+
+# A stale probe chain deleted by `_learn`'s cleanup must not stay in the listings
+# later batches build on (found by review: the table was then never deleted).
+BENCH_ONE = NftElement("inet", "bench", "192.0.2.1")
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def probed_table(*, probe: str | None, ssh: bool) -> str:
+    objs: list[dict] = [{"table": {"family": "inet", "name": "fwrecon", "handle": 1}}]
+    objs.append(
+        {"set": {"family": "inet", "name": "bench", "table": "fwrecon", "type": "ipv4_addr", "handle": 2, "elem": ["192.0.2.1"]}}
+    )
+    if ssh:
+        objs.append(
+            {
+                "chain": {
+                    "family": "inet",
+                    "table": "fwrecon",
+                    "name": "input",
+                    "handle": 3,
+                    "type": "filter",
+                    "hook": "input",
+                    "prio": 0,
+                    "policy": "drop",
+                }
+            }
+        )
+        objs.append(
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "fwrecon",
+                    "chain": "input",
+                    "handle": 5,
+                    "comment": SSH.tag(),
+                    "expr": FORMS[SSH.rule],
+                }
+            }
+        )
+    if probe:
+        objs.append({"chain": {"family": "inet", "table": "fwrecon", "name": probe, "handle": 4}})
+    return json.dumps({"nftables": objs})
+
+
+def test_the_batch_emptying_the_table_deletes_it_after_a_probe_cleanup():
+    stale = f"fwrecon-probe-{dead_pid()}"  # left by a fwrecon killed mid-probe
+    backend = FakeNft({"inet": probed_table(probe=stale, ssh=True)})
+    view = run(backend.observe([("nft", "inet")], [SSH, INPUT, BENCH, BENCH_ONE]))
+    cleanups = [text for _, text in backend.runs if text and "flush chain" in text]
+    assert any(f"delete chain inet fwrecon {stale}" in text for text in cleanups)  # fwrecon itself deleted it
+    backend.listings["inet"] = probed_table(probe=None, ssh=True)  # the table as it really is now
+
+    run(backend.apply(removes(SSH, INPUT), view))  # policy a
+    view = view.without_reads({("nft", "inet")})  # as the engine and Transaction do after a write
+    backend.listings["inet"] = probed_table(probe=None, ssh=False)  # only the set is left
+    run(backend.apply(removes(BENCH_ONE, BENCH), view))  # policy b empties the table
+    assert backend.scripts()[-1].splitlines()[-1] == "delete table inet fwrecon", backend.scripts()[-1]
