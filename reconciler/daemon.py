@@ -59,6 +59,10 @@ class Trigger(enum.Enum):
     SETTLE = "settle"  # adds that waited for a reload to settle
 
 
+# Triggers whose reconcile may build on reads a backend kept because its
+# events showed nothing changed them (`Backend.read_afresh`).
+_MAY_KEEP_READS = frozenset({Trigger.POLICY, Trigger.DRIFT, Trigger.SETTLE})
+
 # A coalesced batch is labelled by its most significant trigger.
 _LABEL_ORDER = (
     Trigger.RELOAD,
@@ -416,6 +420,8 @@ class Controller:
             trigger = Trigger.RELOAD
         started = time.monotonic()
         assert self.backend is not None
+        if not batch.keys() <= _MAY_KEEP_READS:
+            self.backend.read_afresh()  # a resync repairs what events missed: it never builds on them
         try:
             with gc_paused():
                 loaded = load_policy_dir(self.settings.policy_dir, self._policy_cache)

@@ -101,6 +101,13 @@ class Backend(ABC):
         """
 
     @abstractmethod
+    def read_afresh(self) -> None:
+        """Keep nothing read before: the next observe asks the firewall for
+        everything.  A backend may keep a read between reconciles while its
+        event stream shows nothing changed it (nftables); the periodic resync
+        calls this first, so that its repair of drift never rests on events."""
+
+    @abstractmethod
     async def activate(self) -> bool:
         """Bring into force what the writes since the last call left for a step
         of its own, once for all of them (firewalld: the reload that loads the

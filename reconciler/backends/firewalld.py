@@ -307,6 +307,9 @@ class FirewalldBackend(ServiceBackend):
             return await self.ipsets.write_entries(run, seen)
         return await one_by_one(run, self._execute)
 
+    def read_afresh(self) -> None:
+        """Nothing: every observe asks firewalld."""
+
     async def activate(self) -> bool:
         """The one reload that brings the ipsets created since the last into
         the runtime, unless they are there already (someone reloaded since)."""

@@ -151,6 +151,9 @@ class IptablesBackend(Backend):
             return f"needs {tool}, which is not installed (the {PACKAGES[item.family]} package)" if tool else problem
         return kind_refused(item)
 
+    def read_afresh(self) -> None:
+        """Nothing: every observe runs ``*-save``."""
+
     async def activate(self) -> bool:
         """Nothing: every write is in force when it returns."""
         return False

@@ -44,6 +44,9 @@ class MemoryBackend(Backend):
         """None: it holds every kind (``refuse`` fails the write instead, as a firewall would)."""
         return {}
 
+    def read_afresh(self) -> None:
+        """Nothing: the memory is the firewall."""
+
     async def activate(self) -> bool:
         """Nothing: every write is in force when it returns."""
         return False

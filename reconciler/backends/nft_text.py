@@ -813,6 +813,17 @@ def is_drift_line(line: str) -> bool:
     return verb == "add" and obj == "chain" and "{" in line
 
 
+def may_touch_fwrecon(lines: Sequence[str]) -> bool:
+    """Whether a transaction's monitor lines may have changed a ``fwrecon``
+    table: yes unless each names another table (a transaction that printed
+    nothing, a warning and a line of unknown form count as yes)."""
+    for line in lines:
+        parsed = monitor_line_table(line)
+        if parsed is None or parsed[1] == "ruleset" or parsed[3] == NFT_TABLE:
+            return True
+    return not lines
+
+
 def generation_pid(line: str) -> int | None:
     """The PID in ``# new generation 13 by process 8980 (nft)``, else None."""
     match = GENERATION_RE.match(line.strip())

@@ -18,6 +18,23 @@ Events
     monitor, since events may have been missed while it was down.  The monitor
     never outlives fwrecon: it gets SIGKILL when fwrecon dies, however it dies
     (``PR_SET_PDEATHSIG``, see `process`).
+
+Listings kept
+    Listing a table of 100,000 set elements costs nft ~0.3-0.6 s, so observe
+    takes the listing the last observe made, as fwrecon's own batches since
+    left it (`LiveListing`), instead of listing again while nothing else can
+    have changed the table: the monitor has watched since before that listing
+    (settled), no transaction of anyone else's that it printed named a
+    ``fwrecon`` table (or could have: a line it cannot place, a warning, a
+    transaction of no lines count), no rule has become known whose tag that
+    listing did not prove, and no set there changes on its own (``timeout``
+    and ``dynamic`` sets, elements with timeouts).  Whatever breaks one of
+    these makes the next observe list.  The daemon's periodic resync, a
+    reload and a signal list afresh anyway (`read_afresh`): that repair of
+    drift never rests on events.  What remains is the moment between another
+    process's transaction and its monitor line: a reconcile then works on
+    the table as it was a few milliseconds before, as one does on a listing
+    taken just before that transaction.
 """
 
 from __future__ import annotations
@@ -53,6 +70,7 @@ from .nft_text import (
     generation_pid,
     is_drift_line,
     item_problem,
+    may_touch_fwrecon,
     parse_errors,
     parse_listing,
     probe_script,
@@ -66,6 +84,7 @@ log = structlog.get_logger(__name__)
 
 _MISSING_TABLE_MARK = "No such file or directory"  # nft list table: no such table
 _NOT_PERMITTED = "Operation not permitted"  # nft without CAP_NET_ADMIN
+_SELF_CHANGING = frozenset({"timeout", "dynamic"})  # set flags under which elements come and go without a transaction
 _TOO_MANY_LINKS = "Too many links"  # EMLINK: the kernel's answer to a jump loop, or jumps nested too deep
 _JUMP = re.compile(r"\b(jump|goto)\s+([^\s,;}]+)")  # a jump and its target chain (also inside a vmap)
 LOOP_CHECK_RUNS = 20  # throwaway commits per check at most: each takes a rule out or stands one in
@@ -83,12 +102,19 @@ OWN_PID_GRACE = 60.0  # how long after our nft exits its generation lines are ig
 
 class LiveListing(LiveRead):
     """fwrecon's table in one family as the last listing and this backend's
-    batches since left it; None once that is unknown (read it again)."""
+    batches since left it; None once that is unknown (read it again).
 
-    __slots__ = ("listing",)
+    ``epoch``: the backend's count of what may have changed the table
+    unseen (`NftablesBackend._epoch`) when the listing began; ``rules``: the
+    rule tags known when its tags were proven.  Both say whether a later
+    observe may take it instead of listing again (`NftablesBackend._kept`)."""
 
-    def __init__(self, listing: TableListing | None) -> None:
+    __slots__ = ("epoch", "listing", "rules")
+
+    def __init__(self, listing: TableListing | None, epoch: int = -1, rules: frozenset[str] = frozenset()) -> None:
         self.listing = listing
+        self.epoch = epoch
+        self.rules = rules
 
 
 def _what(item: Item) -> str:
@@ -121,6 +147,10 @@ class NftablesBackend(Backend):
         # Per family: the table as of the last listing and the batches since
         # (handles of present rules); observe hands it out in its view's reads.
         self._live: dict[str, LiveListing] = {}
+        # Bumped by whatever may change fwrecon's tables unseen: another's
+        # transaction there, a monitor not (yet) watching, `read_afresh`.
+        self._epoch = 0
+        self._watching = False  # a settled `nft monitor` reads the kernel's events now
         self._exprs: dict[NftRule, Any] = {}  # rule -> its statements as nft lists them (learnt by a probe)
         self._expr_failed: dict[NftRule, frozenset[str]] = {}  # -> the table's chains when nft refused it
         self._lock = asyncio.Lock()
@@ -231,9 +261,30 @@ class NftablesBackend(Backend):
             listing = await self._prove(parse_listing(family, result.stdout))
         return listing
 
-    def _now(self, family: str, listing: TableListing | None) -> None:
-        """``listing`` is the table now (None: unknown)."""
-        self._live.setdefault(family, LiveListing(None)).listing = listing
+    def _now(self, family: str, listing: TableListing | None, epoch: int | None = None) -> None:
+        """``listing`` is the table now (None: unknown); ``epoch``: it was just
+        listed, from then (else it is what a batch made of the listing before)."""
+        live = self._live.setdefault(family, LiveListing(None))
+        live.listing = listing
+        if epoch is not None:
+            live.epoch, live.rules = epoch, frozenset(self._rules)
+
+    def _kept(self, family: str) -> LiveListing | None:
+        """The live listing of ``family`` if nothing can have changed the table
+        since it was made (see module docstring, *Listings kept*)."""
+        live = self._live.get(family)
+        listing = live.listing if live is not None else None
+        if listing is None or not self._watching or live is None or live.epoch != self._epoch:
+            return None
+        if not self._rules.keys() <= live.rules:  # a rule known since, whose tag the listing did not prove
+            return None
+        if listing.odd_elements or any(_SELF_CHANGING & set(s.flags) for s in listing.sets.values()):
+            return None  # elements that time out, or that the packet path adds, change without a transaction
+        return live
+
+    def read_afresh(self) -> None:
+        """The next observe lists every table: no listing is kept past this."""
+        self._epoch += 1
 
     # -- proving ownership ----------------------------------------------------------------
 
@@ -332,17 +383,22 @@ class NftablesBackend(Backend):
         families = sorted({c[1] for c in containers if len(c) == 2 and c[0] == "nft" and c[1] in FAMILIES}, key=FAMILIES.index)
         if families and self._nft_missing():  # nothing to read or write: the items wait (see refusals)
             return FirewallView((), containers, unreachable=[("nft", family) for family in families])
-        listings = await asyncio.gather(*(self._list(family) for family in families))
-        items: list[Item] = []
-        users: dict[Item, tuple[Item | str, ...]] = {}
-        for listing in listings:
-            items.extend(self._items_of(listing, users))
-        reads: dict[tuple[str, ...], object] = {}
-        for listing in listings:
+        kept = {family: live for family in families if (live := self._kept(family)) is not None}
+        epoch = self._epoch  # before listing: what happens meanwhile counts against the listings
+        listed = await asyncio.gather(*(self._list(family) for family in families if family not in kept))
+        for listing in listed:
             stale = self._live.get(listing.family)
             if stale is not None:
                 stale.listing = None  # an older view's read: no longer kept true
-            self._live[listing.family] = reads[("nft", listing.family)] = LiveListing(listing)
+            kept[listing.family] = LiveListing(listing, epoch, frozenset(self._rules))
+        self._live.update(kept)
+        items: list[Item] = []
+        users: dict[Item, tuple[Item | str, ...]] = {}
+        reads: dict[tuple[str, ...], object] = {}
+        for family in families:
+            reads[("nft", family)] = live = kept[family]
+            assert live.listing is not None
+            items.extend(self._items_of(live.listing, users))
         return FirewallView(items, containers, users=users, reads=reads)
 
     def _items_of(self, listing: TableListing, users: dict[Item, tuple[Item | str, ...]]) -> list[Item]:
@@ -398,9 +454,10 @@ class NftablesBackend(Backend):
                 else:
                     if not script.lines or await self._write(script, families, retry=True):
                         return script.outcomes
+            epoch = self._epoch
             listings = dict(zip(families, await asyncio.gather(*(self._list(f) for f in families)), strict=True))
             for family, listing in listings.items():
-                self._now(family, listing)
+                self._now(family, listing, epoch)
             script = build_script(ops, listings, self._rules)
             if script.lines:
                 await self._write(script, families, retry=False)
@@ -588,6 +645,11 @@ class NftablesBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _watch(self, on: bool) -> None:
+        """The monitor starts or stops watching: no listing made before is kept."""
+        self._epoch += 1
+        self._watching = on
+
     def _notify(self, reason: str) -> None:
         log.info("nft_drift", reason=reason)
         for callback in list(self._callbacks):
@@ -625,21 +687,21 @@ class NftablesBackend(Backend):
             else:
                 self._monitor_proc = proc
                 log.info("nft_monitor_started", pid=proc.pid, netns=self.netns)
-                settled: asyncio.TimerHandle | None = None
-                if missed:
 
-                    def caught_up(proc: asyncio.subprocess.Process = proc) -> None:
-                        nonlocal missed
-                        if proc.returncode is None and missed:
+                def caught_up(proc: asyncio.subprocess.Process = proc) -> None:
+                    nonlocal missed
+                    if proc.returncode is None:
+                        self._watch(True)
+                        if missed:
                             missed = False
                             self._notify("nft monitor restarted; events may have been missed")
 
-                    settled = loop.call_later(MONITOR_SETTLE, caught_up)
+                settled = loop.call_later(MONITOR_SETTLE, caught_up)
                 try:
                     await self._read_monitor(proc)
                 finally:
-                    if settled is not None:
-                        settled.cancel()
+                    settled.cancel()
+                    self._watch(False)
                     await kill(proc)
                     if self._monitor_proc is proc:
                         self._monitor_proc = None
@@ -698,6 +760,8 @@ class NftablesBackend(Backend):
             del self._own_pids[stale]
         if pid is not None and pid in self._own_pids:
             return  # our own batch
+        if may_touch_fwrecon(lines):
+            self._epoch += 1
         drift = next((line for line in lines if is_drift_line(line)), None)
         if drift is not None:
             self._notify(drift.strip())

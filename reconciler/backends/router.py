@@ -68,6 +68,11 @@ class Router(Backend):
             found.update(await backend.refusals(wanted, ask_tools=ask_tools))
         return found
 
+    def read_afresh(self) -> None:
+        """Every backend's."""
+        for backend in self.backends:
+            backend.read_afresh()
+
     async def activate(self) -> bool:
         """Every backend's (each brings its own writes into force)."""
         results = [await backend.activate() for backend in self.backends]

@@ -46,6 +46,9 @@ class FaultyBackend(Backend):
     async def refusals(self, items: Collection[Item], *, ask_tools: bool = False) -> dict[Item, str]:
         return await self.inner.refusals(items, ask_tools=ask_tools)
 
+    def read_afresh(self) -> None:
+        self.inner.read_afresh()
+
     async def activate(self) -> bool:
         return await self.inner.activate()
 

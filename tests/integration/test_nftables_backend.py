@@ -23,10 +23,10 @@ from prereq import require_tools, skip_or_fail
 
 from reconciler.backends.base import BackendEvent
 from reconciler.backends.nft_text import IN_USE_CODE, rule_statement
-from reconciler.backends.nftables import NftablesBackend
+from reconciler.backends.nftables import MONITOR_SETTLE, NftablesBackend
 from reconciler.backends.process import search_path, which
 from reconciler.errors import OperationFailed
-from reconciler.model import NftChain, NftRule, Op, Outcome
+from reconciler.model import NftChain, NftElement, NftRule, NftSet, Op, Outcome
 from reconciler.transaction import Transaction, TransactionFailed
 
 SBIN_PATH = search_path()
@@ -486,6 +486,52 @@ def test_monitor_is_restarted_when_it_dies(netns):
             events.clear()
             await by_hand(netns, "delete", "table", "inet", "fwrecon")
             assert await events.wait(2) is not None
+        finally:
+            await backend.close()
+
+    run(go())
+
+
+async def epoch_moves(backend: NftablesBackend, before: int, within: float) -> bool:
+    """Whether the monitor makes the backend distrust its listings within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if backend._epoch != before:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_a_watched_table_is_listed_again_only_when_someone_else_touches_it(netns):
+    """With the monitor watching, observe builds on the last listing and the
+    batches since; another process's change to fwrecon's table, and only that
+    (or `read_afresh`), makes it list again, and it then sees that change."""
+    watched = NftSet("inet", "watched", "ipv4_addr")
+    ours, theirs = NftElement("inet", "watched", "192.0.2.1"), NftElement("inet", "watched", "192.0.2.9")
+    containers = [("nft", "inet")]
+
+    async def go():
+        backend = NftablesBackend(netns)
+        await subscribed(backend, Events())
+        await asyncio.sleep(MONITOR_SETTLE)
+        try:
+            view = await backend.observe(containers, [watched, ours])
+            await backend.apply(adds(watched, ours), view)
+            calls = backend.calls
+            assert (await backend.observe(containers)).has(ours)
+            epoch = backend._epoch
+            await by_hand(netns, "add", "table", "inet", "other")  # another table: the listing stays true
+            assert not await epoch_moves(backend, epoch, 1.0)
+            assert (await backend.observe(containers)).has(ours) and backend.calls == calls
+
+            await by_hand(netns, "add", "element", "inet", "fwrecon", "watched", "{ 192.0.2.9 }")
+            assert await epoch_moves(backend, epoch, 2.0)
+            view = await backend.observe(containers)
+            assert view.has(theirs) and view.has(ours) and backend.calls == calls + 1
+
+            backend.read_afresh()
+            await backend.observe(containers)
+            assert backend.calls == calls + 2
         finally:
             await backend.close()
 

@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from iptables_variants import link_variant  # noqa: E402
 
 from reconciler.backends.iptables import IptablesBackend  # noqa: E402
-from reconciler.backends.nftables import NftablesBackend  # noqa: E402
+from reconciler.backends.nftables import MONITOR_SETTLE, NftablesBackend  # noqa: E402
 from reconciler.backends.process import ToolRunner  # noqa: E402
 from reconciler.backends.router import routes_for  # noqa: E402
 from reconciler.engine import Reconciler, RefusalMemo, gc_paused  # noqa: E402
@@ -118,9 +118,28 @@ class Daemon:
         self.store = StateStore(state)
         self.cache = PolicyCache()
         self.memo = RefusalMemo()
+        self.drifted = asyncio.Event()
 
-    async def reconcile(self) -> Run:
+    async def watch(self) -> None:
+        """Subscribe to the backends' events as the daemon does, and wait for
+        ``nft monitor`` to settle (only then are nft listings kept)."""
+        await self.router.subscribe(lambda event: self.drifted.set())
+        await asyncio.sleep(MONITOR_SETTLE + 0.2)
+
+    async def drift(self) -> None:
+        """Wait for the event a change by hand causes (the daemon reconciles on it)."""
+        await asyncio.wait_for(self.drifted.wait(), 5)
+        self.drifted.clear()
+
+    async def close(self) -> None:
+        for backend in self.router.backends:
+            await backend.close()
+
+    async def reconcile(self, *, afresh: bool = False) -> Run:
+        """One reconcile; ``afresh``: as the periodic resync, which keeps no read."""
         ToolClock.seconds = 0.0
+        if afresh:
+            self.router.read_afresh()
         started = time.perf_counter()
         with gc_paused():  # as the daemon does
             loaded = load_policy_dir(self.policy_dir, self.cache)

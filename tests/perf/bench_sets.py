@@ -14,8 +14,11 @@ between reconciles; the garbage collector paused):
 * "one change": the file swaps one element for another (after a resync that
   changes nothing, as a running daemon makes between edits: the first read
   after the rule using the set was added learns once per process how nft
-  lists that rule, with a probe whose listing fetches the whole set).
-* "flushed": ``nft flush set`` by hand, then the reconcile that refills it.
+  lists that rule, with a probe whose listing fetches the whole set).  With
+  ``nft monitor`` watching, as in the daemon, it builds on the resync's
+  listing instead of listing the set again.
+* "flushed": ``nft flush set`` by hand, then the reconcile its monitor event
+  brings, which refills it.
 
 The baselines are nft itself, timed in the same round: one ``nft -f`` that
 creates the set with its N elements, and one ``nft add element`` plus one
@@ -87,27 +90,33 @@ class Round:
     flushed: Run
 
 
-def one_round(work: Path, policy_dir: Path, kind: str, n: int) -> Round:
+async def one_round(work: Path, policy_dir: Path, kind: str, n: int) -> Round:
     flags, element = KINDS[kind]
     elements = [element(i) for i in range(n)]
     spare = element(n)
     raw_empty, raw_change = raw_nft(flags, elements, spare)
     daemon = Daemon(routes_for(None, None, NftablesBackend()), policy_dir, work / f"state-{kind}-{n}.json")
-    write(policy_dir, policy(flags, elements))
-    empty = asyncio.run(daemon.reconcile())
-    assert empty.write_ops == n + 3, empty.write_ops
-    # A resync, as a running daemon makes between edits: its first read after
-    # the rule was added learns once per process how nft lists the rule (a
-    # probe whose listing fetches the set: ~0.3 s at 100,000 elements).
-    assert asyncio.run(daemon.reconcile()).write_ops == 0
-    write(policy_dir, policy(flags, [*elements[1:], spare]))
-    change = asyncio.run(daemon.reconcile())
-    assert change.write_ops == 2, change.write_ops
-    run("nft", "flush", "set", "inet", "fwrecon", "bench")
-    flushed = asyncio.run(daemon.reconcile())
-    assert flushed.write_ops == n, flushed.write_ops
-    write(policy_dir, "")
-    asyncio.run(daemon.reconcile())
+    await daemon.watch()
+    try:
+        write(policy_dir, policy(flags, elements))
+        empty = await daemon.reconcile()
+        assert empty.write_ops == n + 3, empty.write_ops
+        # The periodic resync, as a running daemon makes between edits: it
+        # lists afresh, and its first read after the rule was added learns once
+        # per process how nft lists the rule (a probe whose listing fetches the
+        # set: ~0.3 s at 100,000 elements).
+        assert (await daemon.reconcile(afresh=True)).write_ops == 0
+        write(policy_dir, policy(flags, [*elements[1:], spare]))
+        change = await daemon.reconcile()  # builds on the resync's listing: the monitor saw nothing else
+        assert change.write_ops == 2, change.write_ops
+        run("nft", "flush", "set", "inet", "fwrecon", "bench")
+        await daemon.drift()
+        flushed = await daemon.reconcile()
+        assert flushed.write_ops == n, flushed.write_ops
+        write(policy_dir, "")
+        await daemon.reconcile()
+    finally:
+        await daemon.close()
     return Round(raw_empty, raw_change, empty, change, flushed)
 
 
@@ -144,7 +153,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for n in args.sizes:
                 for kind in args.kinds:
-                    samples.setdefault((kind, n), []).append(one_round(work, policy_dir, kind, n))
+                    samples.setdefault((kind, n), []).append(asyncio.run(one_round(work, policy_dir, kind, n)))
         if args.json:
             print(json.dumps([medians(kind, n, rounds) for (kind, n), rounds in samples.items()]))
             return 0

@@ -1154,3 +1154,117 @@ def test_the_batch_emptying_the_table_deletes_it_after_a_probe_cleanup():
     backend.listings["inet"] = probed_table(probe=None, ssh=False)  # only the set is left
     run(backend.apply(removes(BENCH_ONE, BENCH), view))  # policy b empties the table
     assert backend.scripts()[-1].splitlines()[-1] == "delete table inet fwrecon", backend.scripts()[-1]
+
+
+# -- listings kept while the monitor shows nothing changed them ---------------------------
+
+
+def watched(listings: dict[str, str] | None = None) -> FakeNft:
+    """A backend whose monitor has settled (as `_monitor_loop` leaves it)."""
+    backend = FakeNft(listings)
+    backend._watch(True)
+    return backend
+
+
+def monitor_says(backend: FakeNft, text: str, own: set[int] = frozenset()) -> None:
+    for pid in own:
+        backend._own_pids[pid] = float("inf")
+
+    async def read() -> None:
+        await backend._read_monitor(FakeProc(text))  # type: ignore[arg-type]
+
+    run(read())
+
+
+def test_a_watched_table_is_listed_once_and_batches_carry_it_on():
+    backend = watched({"inet": sample()})
+    run(backend.observe((), [SSH, WEB, BENCH]))
+    run(backend.observe([("nft", "inet")]))
+    view = run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 1 and view.has(SSH) and view.has(INPUT)
+    run(backend.apply(adds(BENCH, *elements("192.0.2.1")), view))
+    again = run(backend.observe([("nft", "inet")], [SSH, WEB, BENCH, *elements("192.0.2.1")]))
+    assert len(backend.lists()) == 1  # the batch's table, not a listing (the canned one has no set)
+    assert again.has(BENCH) and again.has(elements("192.0.2.1")[0]) and again.has(SSH)
+
+
+@pytest.mark.parametrize(
+    ("events", "own", "kept"),
+    [
+        ("add table inet other\n# new generation 7 by process 8974 (nft)\n", set(), True),
+        ("add element inet fwrecon bench { 192.0.2.9 }\n# new generation 7 by process 8974 (nft)\n", {8974}, True),
+        ("add element inet fwrecon bench { 192.0.2.9 }\n# new generation 7 by process 8974 (nft)\n", set(), False),
+        ("add rule ip fwrecon c accept\n# new generation 7 by process 8974 (nft)\n", set(), False),  # any family's
+        ("flush ruleset\n# new generation 7 by process 8974 (nft)\n", set(), False),
+        ("W: Received event for an unknown set.\n# new generation 7 by process 8974 (nft)\n", set(), False),
+        ("# new generation 7 by process 8974 (nft)\n", set(), False),  # nothing printed: cannot tell
+        ("add element inet fwrecon bench { 192.0.2.9 }\n", set(), False),  # no generation line at all
+    ],
+)
+def test_what_the_monitor_shows_decides_whether_the_listing_is_kept(events, own, kept):
+    backend = watched({"inet": sample()})
+    run(backend.observe([("nft", "inet")]))
+    monitor_says(backend, events, own)
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == (1 if kept else 2)
+
+
+def test_no_listing_is_kept_without_a_settled_monitor_or_after_read_afresh():
+    backend = FakeNft({"inet": sample()})
+    run(backend.observe([("nft", "inet")]))
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 2  # nothing watches: every observe lists
+    backend._watch(True)
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 3  # listed before the monitor watched: not kept
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 3
+    backend.read_afresh()
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 4
+
+
+def test_a_rule_known_since_the_listing_makes_the_next_observe_list():
+    """The listing proved only the tags known then: a rule carrying a newly
+    known item's tag must be judged on a listing of its own."""
+    backend = watched({"inet": sample()})
+    run(backend.observe([("nft", "inet")], [WEB]))
+    run(backend.observe([("nft", "inet")], [WEB]))
+    assert len(backend.lists()) == 1
+    view = run(backend.observe([("nft", "inet")], [SSH, WEB]))
+    assert len(backend.lists()) == 2 and view.has(SSH)
+
+
+def test_a_set_whose_elements_change_on_their_own_is_listed_every_time():
+    timed = NftSet("inet", "bench", "ipv4_addr", ("timeout",))
+    backend = watched()
+    view = run(backend.observe([("nft", "inet")]))
+    run(backend.apply(adds(timed), view))
+    run(backend.observe([("nft", "inet")]))
+    assert len(backend.lists()) == 2  # (the canned table has no set: listed, it is gone)
+
+
+def test_a_monitor_settles_before_listings_are_kept_and_stops_keeping_them_when_it_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr("reconciler.backends.nftables.MONITOR_SETTLE", 0.2)
+    gone = tmp_path / "gone"
+    script = fake_nft(tmp_path, f"import os\nwhile not os.path.exists({str(gone)!r}): time.sleep(0.02)")
+
+    async def go() -> list[bool]:
+        backend = NftablesBackend(nft=script)
+        seen = [backend._watching]
+        await backend.subscribe(lambda event: None)
+        await asyncio.sleep(0.05)
+        seen.append(backend._watching)  # started, not settled
+        await asyncio.sleep(0.4)
+        seen.append(backend._watching)
+        epoch = backend._epoch
+        gone.touch()
+        for _ in range(100):
+            if not backend._watching:
+                break
+            await asyncio.sleep(0.02)
+        seen.append(backend._watching or backend._epoch == epoch)
+        await backend.close()
+        return seen
+
+    assert run(go()) == [False, False, True, False]

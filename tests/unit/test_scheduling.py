@@ -26,6 +26,10 @@ class FakeFirewall(MemoryBackend, ServiceBackend):
         self.observes = 0
         self.unavailable = 0  # fail this many reconciles with BackendUnavailable
         self.closed = asyncio.Event()
+        self.afresh = 0  # read_afresh calls
+
+    def read_afresh(self) -> None:
+        self.afresh += 1
 
     async def observe(self, containers, known=None, *, removable=None):  # type: ignore[no-untyped-def]
         self.observes += 1
@@ -133,6 +137,29 @@ def test_a_steady_trickle_still_converges_within_the_bound(tmp_path: Path) -> No
             controller.request(Trigger.DRIFT)
             await asyncio.sleep(0.02)
         assert count(metrics, "drift") >= 2  # bounded by max_delay, not starved
+
+    asyncio.run(run_with(controller, scenario))
+
+
+def test_only_a_policy_edit_or_drift_may_build_on_reads_kept_since_the_last_reconcile(tmp_path: Path) -> None:
+    """A resync repairs what an event stream missed: it reads afresh, as a
+    reload and a signal do; a policy edit and drift an event told of need not."""
+    firewall = FakeFirewall()
+    controller, metrics = make(tmp_path, firewall)
+
+    async def scenario() -> None:
+        await eventually(lambda: count(metrics, "startup") == 1)
+        afresh = firewall.afresh
+        for trigger in (Trigger.POLICY, Trigger.DRIFT):
+            controller.request(trigger)
+            await eventually(lambda trigger=trigger: count(metrics, trigger.value) == 1)
+        assert firewall.afresh == afresh
+        controller.request(Trigger.RESYNC)
+        await eventually(lambda: count(metrics, "resync") == 1)
+        assert firewall.afresh == afresh + 1
+        controller.request(Trigger.SIGNAL)
+        await eventually(lambda: count(metrics, "signal") == 1)
+        assert firewall.afresh == afresh + 2
 
     asyncio.run(run_with(controller, scenario))
 
