@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from . import tomlarrays
 from .errors import PolicyError
 from .ipsets import (
     IPSET_FAMILIES,
@@ -201,7 +202,7 @@ def _parse_policy(file_name: str, raw: bytes, previous: Policy | None = None) ->
     name = file_name[: -len(".toml")]
     try:
         text = raw.decode("utf-8")
-        data = tomllib.loads(text)
+        data = tomlarrays.loads(text)
     except UnicodeDecodeError as exc:
         raise PolicyFileInvalid([PolicyError(label, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from exc
     except tomllib.TOMLDecodeError as exc:
