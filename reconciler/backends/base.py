@@ -120,7 +120,9 @@ class Backend(ABC):
 
         Always what it cannot express (a kind it does not hold: `kind_refused`;
         a name its tools reject; a tool not installed), which is cheap and is
-        what `apply` and the daemon judge policies by.  With ``ask_tools``
+        what `apply` and the daemon judge policies by; each item on its own,
+        whatever else is asked with it (`RefusalMemo` judges only what an
+        edit added).  With ``ask_tools``
         (``check`` and ``plan``) also the tools' own verdict without applying
         anything (``nft -c``); BackendUnavailable when they cannot run here.
         """

@@ -281,6 +281,31 @@ def test_refusals_are_judged_once_per_policy_and_backend_in_charge(tmp_path):
     assert [str(e) for e in report.invalid["web"]] == ["web.toml: zone.public: needs firewalld (backend in charge: iptables)"]
 
 
+def test_an_edited_policy_has_only_the_items_it_did_not_hold_judged(tmp_path):
+    """100,000 set elements are not judged again for a one-element edit; a
+    refusal found before stays as long as its item does."""
+    asked: list[Item] = []
+
+    class Picky(MemoryBackend):
+        async def refusals(self, items, *, ask_tools=False):
+            asked.extend(items)
+            return {item: "not here" for item in items if item == P8080}
+
+    backend, store, memo = Picky(), StateStore(tmp_path / "s.json"), RefusalMemo()
+
+    def judged(*items: Item) -> list[str]:
+        report = asyncio.run(Reconciler(backend, store, memo=memo).reconcile(policies(web=set(items))))
+        return [str(e) for e in report.invalid.get("web", [])]
+
+    refused = ["web.toml: zone.public: not here (backend in charge: memory)"]
+    assert judged(HTTP, P8080) == refused
+    asked.clear()
+    assert judged(HTTP, P8080, SSH) == refused and asked == [SSH]
+    asked.clear()
+    assert judged(HTTP, SSH) == [] and asked == []
+    assert judged(HTTP, SSH, P8080) == refused and asked == [P8080]
+
+
 def test_switching_backends_moves_owned_items_without_duplicates(tmp_path):
     from reconciler.backends.router import routes_for
 
