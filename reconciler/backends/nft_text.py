@@ -265,6 +265,26 @@ def _parse_set(listing: TableListing, family: str, body: dict[str, Any]) -> None
             elements.append(element)
 
 
+def writes_sets(expr: Any) -> bool:
+    """Whether a listed rule's statements add to, update or delete from a set
+    or map from the packet path (``update @s { ip saddr }``, a meter): its
+    elements then change without a transaction, and nft lists no flag for it."""
+    pending = [expr]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if "meter" in value:
+                return True
+            for key in ("set", "map"):
+                statement = value.get(key)
+                if isinstance(statement, dict) and "op" in statement:
+                    return True
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 def set_references(expr: Any) -> set[str]:
     """Named sets a listed rule's statements use (``"@name"`` anywhere in the ``nft -j`` form)."""
     found: set[str] = set()
@@ -774,6 +794,13 @@ _DRIFT_VERBS = frozenset({"delete", "destroy", "flush", "replace"})
 # nft monitor (1.0.6) drops a set from its cache when a rule using it is deleted,
 # then warns for each of its element events instead of printing them.
 _MONITOR_WARNING = "W: "
+# ... and when its socket overflowed (ENOBUFS): the events lost may be anyone's,
+# generation lines among them, so the lines around it cannot be attributed.
+_LOST_EVENTS = "# ERROR: We lost some netlink events"
+
+
+def is_lost_events_line(line: str) -> bool:
+    return line.startswith(_LOST_EVENTS)
 
 
 def monitor_line_table(line: str) -> tuple[str, str, str, str] | None:
@@ -796,10 +823,11 @@ def is_drift_line(line: str) -> bool:
     Deletions and flushes in a ``fwrecon`` table count (``nft flush ruleset``
     shows up as one deletion per object), and so does an ``add chain`` with a
     spec there: that is how a base chain's policy is changed in place.  So
-    does nft's warning about an event it could not print.
+    does nft's warning about an event it could not print, and its report of
+    events lost.
     """
-    if line.startswith(_MONITOR_WARNING):
-        return True  # an event nft could not print (a set it lost track of): assume the worst
+    if line.startswith(_MONITOR_WARNING) or is_lost_events_line(line):
+        return True  # an event nft could not print (a set it lost track of), or lost: assume the worst
     parsed = monitor_line_table(line)
     if parsed is None:
         return False

@@ -28,8 +28,10 @@ Listings kept
     ``fwrecon`` table (or could have: a line it cannot place, a warning, a
     transaction of no lines count), no rule has become known whose tag that
     listing did not prove, and no set there changes on its own (``timeout``
-    and ``dynamic`` sets, elements with timeouts).  Whatever breaks one of
-    these makes the next observe list.  The daemon's periodic resync, a
+    and ``dynamic`` sets, elements with timeouts, sets a rule there fills
+    from the packet path).  nft's report of events lost (its socket
+    overflowed) counts as someone else's change, and as drift.  Whatever
+    breaks one of these makes the next observe list.  The daemon's periodic resync, a
     reload and a signal list afresh anyway (`read_afresh`): that repair of
     drift never rests on events.  What remains is the moment between another
     process's transaction and its monitor line: a reconcile then works on
@@ -69,6 +71,7 @@ from .nft_text import (
     foreign_users,
     generation_pid,
     is_drift_line,
+    is_lost_events_line,
     item_problem,
     may_touch_fwrecon,
     parse_errors,
@@ -77,6 +80,7 @@ from .nft_text import (
     set_references,
     trusted,
     validate,
+    writes_sets,
 )
 from .process import ToolResult, ToolRunner, kill, process_gone
 
@@ -278,7 +282,11 @@ class NftablesBackend(Backend):
             return None
         if not self._rules.keys() <= live.rules:  # a rule known since, whose tag the listing did not prove
             return None
-        if listing.odd_elements or any(_SELF_CHANGING & set(s.flags) for s in listing.sets.values()):
+        if (
+            listing.odd_elements
+            or any(_SELF_CHANGING & set(s.flags) for s in listing.sets.values())
+            or any(writes_sets(entry.expr) for entry in listing.rules)
+        ):
             return None  # elements that time out, or that the packet path adds, change without a transaction
         return live
 
@@ -750,6 +758,9 @@ class NftablesBackend(Backend):
             pid = generation_pid(line)
             if pid is not None:
                 self._judge(pending, pid)
+                pending = []
+            elif is_lost_events_line(line):
+                self._judge([*pending, line], None)  # whose these were cannot be told: not ours
                 pending = []
             elif line.strip():
                 pending.append(line)
