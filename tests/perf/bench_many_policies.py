@@ -8,8 +8,9 @@ Run as root; everything happens in a network namespace of its own:
 One policy holds a hash set of N addresses; P-1 more policies each add one
 address to the same set (a fleet's host: one blocklist, many small services).
 As the daemon runs it (backends, state store and parsed files kept between
-reconciles), timed: from empty; a resync that changes nothing; the large
-policy swapping one element; a small policy swapping its element.  The
+reconciles, ``nft monitor`` watching), timed: from empty; a resync that
+changes nothing (it lists afresh); the large policy swapping one element; a
+small policy swapping its element (both build on the last listing).  The
 baseline is nft's own one-element change (one ``nft add element`` and one
 ``nft delete element`` into the same set), timed in the same round.  Each
 policy is judged on what it owns: before, planning walked every policy's
@@ -49,7 +50,7 @@ def small(address: str) -> str:
     return f'[[nft.set]]\nfamily = "inet"\nname = "bench"\ntype = "ipv4_addr"\nelements = ["{address}"]\n'
 
 
-def one_round(work: Path, n: int, policies: int) -> dict[str, float]:
+async def one_round(work: Path, n: int, policies: int) -> dict[str, float]:
     directory = Path(tempfile.mkdtemp(prefix="policies-", dir=work))
     directory.chmod(0o755)
     elements = [ADDRESS(i) for i in range(n)]
@@ -57,20 +58,24 @@ def one_round(work: Path, n: int, policies: int) -> dict[str, float]:
     for k in range(1, policies):
         put(directory, f"p{k:03}", small(f"172.16.{k // 256}.{k % 256}"))
     daemon = Daemon(routes_for(None, None, NftablesBackend()), directory, work / f"state-{directory.name}.json")
-    times = {"empty": asyncio.run(daemon.reconcile()).seconds}
-    resync = asyncio.run(daemon.reconcile())
-    assert resync.write_ops == 0, resync.write_ops
-    times["resync"] = resync.seconds
-    put(directory, "big", policy(FLAGS, [*elements[1:], ADDRESS(n)]))
-    times["big change"] = asyncio.run(daemon.reconcile()).seconds
-    put(directory, "p001", small("172.17.0.1"))
-    times["small change"] = asyncio.run(daemon.reconcile()).seconds
-    times["nft change"] = nft("add element inet fwrecon bench { 172.18.0.1 }\n") + nft(
-        "delete element inet fwrecon bench { 172.18.0.1 }\n"
-    )
-    for path in directory.glob("*.toml"):
-        path.unlink()
-    asyncio.run(daemon.reconcile())
+    await daemon.watch()
+    try:
+        times = {"empty": (await daemon.reconcile()).seconds}
+        resync = await daemon.reconcile(afresh=True)
+        assert resync.write_ops == 0, resync.write_ops
+        times["resync"] = resync.seconds
+        put(directory, "big", policy(FLAGS, [*elements[1:], ADDRESS(n)]))
+        times["big change"] = (await daemon.reconcile()).seconds
+        put(directory, "p001", small("172.17.0.1"))
+        times["small change"] = (await daemon.reconcile()).seconds
+        times["nft change"] = nft("add element inet fwrecon bench { 172.18.0.1 }\n") + nft(
+            "delete element inet fwrecon bench { 172.18.0.1 }\n"
+        )
+        for path in directory.glob("*.toml"):
+            path.unlink()
+        await daemon.reconcile(afresh=True)  # (the by-hand change above is not fwrecon's)
+    finally:
+        await daemon.close()
     return times
 
 
@@ -85,7 +90,7 @@ def main() -> int:
         return in_own_netns(__file__)
     work = settle_in("fwrecon-bench-many-")
     try:
-        rounds = [one_round(work, args.n, args.policies) for _ in range(args.rounds)]
+        rounds = [asyncio.run(one_round(work, args.n, args.policies)) for _ in range(args.rounds)]
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     med = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
