@@ -251,7 +251,7 @@ def check_references(policy: Policy, known: KnownNames) -> list[PolicyError]:
 
 
 # What declares a name a rule may use, and what may use one (or clash with a held set).
-_NAMED = frozenset({NftChain, NftSet, DirectChain})
+DECLARING = frozenset({NftChain, NftSet, DirectChain})  # the kinds `declarations` looks at
 _REFERRING = frozenset({NftRule, NftSet, DirectRule})
 
 
@@ -270,9 +270,9 @@ def declarations(declared: Iterable[Item], held: Iterable[Item] | None) -> Decla
     backend lists (None when it could not be asked, and then only
     declarations count)."""
     names: set[tuple[str, ...]] = set()
-    held = [item for item in held or () if type(item) in _NAMED] if held is not None else None
+    held = [item for item in held or () if type(item) in DECLARING] if held is not None else None
     held_sets = {(item.family, item.name): item for item in held or () if isinstance(item, NftSet)}
-    for item in (*(item for item in declared if type(item) in _NAMED), *(held or ())):
+    for item in (*(item for item in declared if type(item) in DECLARING), *(held or ())):
         if isinstance(item, NftChain):
             names.add(("nft", item.family, item.chain))
         elif isinstance(item, NftSet):
@@ -670,9 +670,13 @@ class _Reuse:
     comparison with what fwrecon owns and the firewall holds then settles by
     identity instead of a field-by-field ``==`` in Python."""
 
-    def __init__(self, items: Iterable[Item]) -> None:
+    def __init__(self, items: Collection[Item]) -> None:
         self._items = items
         self._by_set: dict[object, dict[str, Item]] | None = None
+
+    def declared(self, item: Item) -> bool:
+        """Whether the last version held ``item`` (a set declared exactly so)."""
+        return item in self._items
 
     def of_set(self, key: object) -> dict[str, Item]:
         """The last version's members of one set ((family, name)) or ipset (("ipset", name)), by text."""
@@ -1081,8 +1085,15 @@ class _PolicyParser:
         if len(self.errors) > errors_before or family is None or name is None or set_type is None:
             return None
         interval = "interval" in flags
+        nft_set = NftSet(family, name, set_type, tuple(sorted(flags)))
+        # The last version's elements of this very set are canonical forms
+        # checked then, and a canonical form is its own (`canonical_element`).
+        checked = self.reuse.of_set((family, name)) if self.reuse.declared(nft_set) else {}
         elements: dict[str, str] = {}  # canonical element -> its key
         for key, text in self.strings(f"{path}.elements", entry.get("elements", [])):
+            if text in checked:
+                elements.setdefault(text, key)
+                continue
             try:
                 element = canonical_element(set_type, interval, text)
             except ValueError as exc:
@@ -1099,7 +1110,7 @@ class _PolicyParser:
         reuse = self.reuse.of_set((family, name)).get
         for element, key in elements.items():
             self.add(reuse(element) or NftElement(family, name, element), key)
-        return NftSet(family, name, set_type, tuple(sorted(flags)))
+        return nft_set
 
     # -- firewalld ipsets ----------------------------------------------------------
 
