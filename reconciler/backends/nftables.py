@@ -174,18 +174,23 @@ class NftablesBackend(Backend):
         ``only`` these (what observe is told, forgetting what was learnt of
         others), else added (a batch's own items)."""
         if only:
-            items = list(items)
-            rules = {item for item in items if isinstance(item, NftRule)}
             self._rules, self._chains, self._elements = {}, {}, {}
-            self._exprs = {rule: expr for rule, expr in self._exprs.items() if rule in rules}
-            self._expr_failed = {rule: chains for rule, chains in self._expr_failed.items() if rule in rules}
+        by_set: dict[str, NftElement] = {}
+        family = name = None  # the set of the element before: 100,000 of one set come in a row
         for item in items:
             if type(item) is NftElement:
-                self._elements.setdefault((item.family, item.set), {})[item.element] = item
+                if item.set != name or item.family != family:
+                    family, name = item.family, item.set
+                    by_set = self._elements.setdefault((family, name), {})
+                by_set[item.element] = item
             elif isinstance(item, NftRule):
                 self._rules[item.tag()] = item
             elif isinstance(item, NftChain):
                 self._chains.setdefault((item.family, item.chain), set()).add(item)
+        if only:
+            rules = set(self._rules.values())
+            self._exprs = {rule: expr for rule, expr in self._exprs.items() if rule in rules}
+            self._expr_failed = {rule: chains for rule, chains in self._expr_failed.items() if rule in rules}
 
     def handles(self, rule: NftRule) -> list[int]:
         """Handles of ``rule`` as of the last observe or batch (empty if not present)."""
