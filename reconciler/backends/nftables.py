@@ -31,12 +31,12 @@ Listings kept
     and ``dynamic`` sets, elements with timeouts, sets a rule there fills
     from the packet path).  nft's report of events lost (its socket
     overflowed) counts as someone else's change, and as drift.  Whatever
-    breaks one of these makes the next observe list.  The daemon's periodic resync, a
-    reload and a signal list afresh anyway (`read_afresh`): that repair of
-    drift never rests on events.  What remains is the moment between another
-    process's transaction and its monitor line: a reconcile then works on
-    the table as it was a few milliseconds before, as one does on a listing
-    taken just before that transaction.
+    breaks one of these makes the next observe list.  The daemon's periodic
+    resync, a reload and a signal list afresh anyway (`read_afresh`): that
+    repair of drift never rests on events.  What remains is the moment
+    between another process's transaction and its monitor line: a reconcile
+    then works on the table as it was a few milliseconds before, as one does
+    on a listing taken just before that transaction.
 """
 
 from __future__ import annotations
