@@ -8,12 +8,13 @@ The JSON, stderr and monitor samples were captured from nftables 1.0.6
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -1064,10 +1065,9 @@ def test_the_next_batch_of_a_reconcile_builds_on_the_last_one_without_listing_ag
     assert len(backend.lists()) == 2
 
 
-def test_a_batch_that_may_have_run_makes_the_next_one_list_again():
-    backend = FakeNft()
-    view = run(backend.observe([("nft", "inet")]))
-    run(backend.apply(adds(BENCH), view))
+@contextlib.contextmanager
+def hanging_writes(backend: FakeNft) -> Iterator[None]:
+    """Inside, every ``nft -f`` times out and is killed: it may or may not have run."""
     answer = backend.tool.answer
 
     def hangs(args: tuple[str, ...], input: str | None) -> _Result:
@@ -1076,9 +1076,18 @@ def test_a_batch_that_may_have_run_makes_the_next_one_list_again():
         return answer(args, input)
 
     backend.tool.answer = hangs  # type: ignore[method-assign]
-    with pytest.raises(BackendUnavailable):
+    try:
+        yield
+    finally:
+        backend.tool.answer = answer  # type: ignore[method-assign]
+
+
+def test_a_batch_that_may_have_run_makes_the_next_one_list_again():
+    backend = FakeNft()
+    view = run(backend.observe([("nft", "inet")]))
+    run(backend.apply(adds(BENCH), view))
+    with hanging_writes(backend), pytest.raises(BackendUnavailable):
         run(backend.apply(adds(*elements("192.0.2.1")), view))
-    backend.tool.answer = answer  # type: ignore[method-assign]
     # Not built on what the batches left: the table is read again (the canned
     # one has no set, so nft's answer is that it does not exist).
     with pytest.raises(OperationFailed, match="does not exist"):
@@ -1372,16 +1381,7 @@ def test_a_listing_a_batch_made_is_kept_and_one_it_may_have_spoilt_is_not():
     run(backend.apply(adds(BENCH)))  # no view: the batch lists the table itself
     run(backend.observe([("nft", "inet")]))
     assert len(backend.lists()) == 1  # ... and that listing, as the batch left it, is kept
-    answer = backend.tool.answer
-
-    def hangs(args: tuple[str, ...], input: str | None) -> _Result:
-        if args[0] == "-f":
-            raise BackendUnavailable("nft -f timed out after 10 s (killed)")
-        return answer(args, input)
-
-    backend.tool.answer = hangs  # type: ignore[method-assign]
-    with pytest.raises(BackendUnavailable):
+    with hanging_writes(backend), pytest.raises(BackendUnavailable):
         run(backend.apply(adds(*elements("192.0.2.1")), run(backend.observe([("nft", "inet")]))))
-    backend.tool.answer = answer  # type: ignore[method-assign]
     run(backend.observe([("nft", "inet")]))
     assert len(backend.lists()) == 2
