@@ -24,7 +24,7 @@ from functools import partial
 import structlog
 
 from .backends.base import NO_BACKEND, Backend, NameSource
-from .errors import BackendUnavailable, OperationFailed, PolicyError
+from .errors import BackendUnavailable, OperationFailed, PolicyError, StateError
 from .ipsets import canonical_entry, overlapping
 from .model import (
     PERSISTABLE,
@@ -831,6 +831,50 @@ class Reconciler:
             desired, view = await self.validate(loaded, state, last_good)  # the reload rebuilt the runtime
             self._hold_changed_ipsets(loaded, desired, view, state, last_good)
             view = await self._read_enough(desired, view, state)
+        try:
+            outcomes = await self._run_plans(loaded, desired, view, state, settling, moves)
+        except BaseException:
+            with contextlib.suppress(StateError):
+                self.store.save(state)  # the outcomes of the transactions before (see `_run_plan`)
+            raise
+        outcomes = with_creations(outcomes, created)
+        # The last transaction's outcome (see `_run_plan`); and when the
+        # interrupted transaction this run found had landed in full (nothing
+        # was left to do for it), its intent is the truth now and the note
+        # must go, or every later run would warn about it again.
+        state.pending = None
+        self.store.save(state)
+        report = ReconcileReport(
+            outcomes,
+            desired.invalid,
+            owned_items=len(state.owned),
+            duration=time.monotonic() - started,
+            write_ops=sum(len(o.ops) for o in outcomes),
+            deferred=sum(len(o.deferred) for o in outcomes),
+            set_elements=dict(Counter((i.family, i.set) for i in state.owned if isinstance(i, NftElement))),
+            ipset_entries=dict(Counter(i.ipset for i in state.owned if isinstance(i, IpsetEntry))),
+        )
+        log.info(
+            "reconcile_done",
+            ops=report.write_ops,
+            failed=[o.policy for o in report.failed],
+            invalid=sorted(desired.invalid),
+            owned_items=report.owned_items,
+            duration_ms=round(report.duration * 1000, 2),
+        )
+        return report
+
+    async def _run_plans(
+        self,
+        loaded: LoadResult,
+        desired: Desired,
+        view: FirewallView,
+        state: State,
+        settling: bool,
+        moves: dict[str, list[Op]],
+    ) -> list[PolicyOutcome]:
+        """Plan every policy and run the plans, one transaction each; a policy
+        that fails stays as it was and the rest are planned again without it."""
         outcomes: list[PolicyOutcome] = []
         plans = plan_all(desired.items, view, state.owned, state.others, defer_new=settling, keep_out=desired.not_now)
         self._note_kept_in_use(desired, view, state, plans)
@@ -862,32 +906,7 @@ class Reconciler:
                 self._record_claims(plans, state)
         if room_made:
             outcomes = await self._try_again(room_made, outcomes, desired, wanted, state, settling, moves)
-        outcomes = with_creations(outcomes, created)
-        if state.pending is not None:
-            # The interrupted transaction had landed in full (nothing was left to
-            # do for it): its intent is the truth now, and the note must go, or
-            # every later run would warn about it again.
-            state.pending = None
-            self.store.save(state)
-        report = ReconcileReport(
-            outcomes,
-            desired.invalid,
-            owned_items=len(state.owned),
-            duration=time.monotonic() - started,
-            write_ops=sum(len(o.ops) for o in outcomes),
-            deferred=sum(len(o.deferred) for o in outcomes),
-            set_elements=dict(Counter((i.family, i.set) for i in state.owned if isinstance(i, NftElement))),
-            ipset_entries=dict(Counter(i.ipset for i in state.owned if isinstance(i, IpsetEntry))),
-        )
-        log.info(
-            "reconcile_done",
-            ops=report.write_ops,
-            failed=[o.policy for o in report.failed],
-            invalid=sorted(desired.invalid),
-            owned_items=report.owned_items,
-            duration_ms=round(report.duration * 1000, 2),
-        )
-        return report
+        return outcomes
 
     async def _try_again(
         self,
@@ -1042,8 +1061,7 @@ class Reconciler:
         # before anything is written, and whatever the transaction's outcome.
         state.others = settle_others(state.others, plan)
         if not plan.ops:
-            state.owned = settle_ownership(before, plan, [])
-            self.store.save(state)
+            state.owned = settle_ownership(before, plan, [])  # (written with the next save: see below)
             return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
         intent = intent_of(before, plan)
         if intent != before:  # something new to claim (putting back what we own needs no intent)
@@ -1101,7 +1119,12 @@ class Reconciler:
             if item not in state.owned:
                 state.placed.pop(item, None)
         state.pending = None
-        self.store.save(state)
+        # The outcome goes into the file with the next save: the next
+        # transaction's intent, or the end of the reconcile (`reconcile`).  A
+        # crash before that leaves this transaction's intent, which a crash
+        # during it would have left too: the next run converges from it.  At
+        # 100 policies of 100,000 owned elements this halves the state file's
+        # writes, each of which renders every element.
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results], deferred=plan.deferred)
 
     def _moved(self, state: State) -> list[Item]:

@@ -3,6 +3,7 @@ rollback isolation between policies, last-good retention, crash-safe state."""
 
 import asyncio
 import contextlib
+import json
 
 from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import Reconciler, RefusalMemo
@@ -470,3 +471,44 @@ def test_a_failed_write_is_judged_by_nft_beside_the_other_policies_chains(tmp_pa
     assert [(o.policy, o.status) for o in report.outcomes if o.policy == "d"] == [("d", "failed")]
     assert "d" not in report.invalid
     assert e_chain in backend.state.items()
+
+
+def test_a_transactions_outcome_is_written_with_the_next_ones_intent(tmp_path):
+    """Three policies, three transactions: the state file is written four
+    times (each intent, then the last outcome), not six, and what it says
+    while the second runs (what a kill -9 then leaves) converges."""
+    path = tmp_path / "s.json"
+    seen: list[dict] = []
+
+    class Watching(MemoryBackend):
+        async def apply(self, ops, seen_view=None):
+            seen.append(json.loads(path.read_text()))
+            return await super().apply(ops, seen_view)
+
+    class Counting(StateStore):
+        writes = 0
+
+        def save(self, state):
+            before = path.stat().st_ino if path.exists() else None
+            super().save(state)
+            if path.stat().st_ino != before:  # (each write replaces the file)
+                Counting.writes += 1
+
+    backend, store = Watching(), Counting(path)
+    wanted = policies(a={HTTP}, b={SSH}, c={P8080})
+    assert reconcile(backend, store, wanted).converged
+    assert Counting.writes == 4
+    during_b = seen[1]
+    assert during_b["pending"]["policy"] == "b"
+    assert {(e["item"]["name"], tuple(e["policies"])) for e in during_b["owned"]} == {("http", ("a",)), ("ssh", ("b",))}
+    final = store.load()
+    assert final.pending is None and final.owned_by("c") == {P8080}
+
+    killed = tmp_path / "killed.json"  # the file as a kill -9 during b's transaction leaves it
+    killed.write_text(json.dumps(during_b))
+    killed.chmod(0o600)
+    after = MemoryBackend(items=[HTTP])  # a's item landed; b's had not yet
+    report = reconcile(after, StateStore(killed), wanted)
+    assert report.converged and after.calls == ["+ zone public service ssh", "+ zone public port 8080/tcp"]
+    assert StateStore(killed).load().pending is None
+    assert StateStore(killed).load().owned_by("a") == {HTTP}
