@@ -541,6 +541,7 @@ class Reconciler:
         self.said = said if said is not None else Said()
         self._users_read: frozenset[Item] = frozenset()  # the holders whose users the last read asked for (`observe`)
         self._read_for: dict[str, frozenset[Item]] = {}  # the desired items the last read was for
+        self._unsaved = False  # an outcome waits for the next save (`_run_plan`)
 
     def desired(
         self,
@@ -835,7 +836,7 @@ class Reconciler:
             outcomes = await self._run_plans(loaded, desired, view, state, settling, moves)
         except BaseException:
             with contextlib.suppress(StateError):
-                self.store.save(state)  # the outcomes of the transactions before (see `_run_plan`)
+                self._save(state)  # the outcomes of the transactions before (`_run_plan`, outcome_later)
             raise
         outcomes = with_creations(outcomes, created)
         # The last transaction's outcome (see `_run_plan`); and when the
@@ -843,7 +844,7 @@ class Reconciler:
         # was left to do for it), its intent is the truth now and the note
         # must go, or every later run would warn about it again.
         state.pending = None
-        self.store.save(state)
+        self._save(state)
         report = ReconcileReport(
             outcomes,
             desired.invalid,
@@ -884,7 +885,7 @@ class Reconciler:
         room_made: list[PolicyOutcome] = []  # ... and one did since: worth one more try
         while plans:
             plan = with_moves(plans.pop(0), moves)
-            outcome = await self._run_plan(plan, state, view)
+            outcome = await self._run_plan(plan, state, view, outcome_later=True)
             outcomes.append(outcome)
             # What this policy wrote was read before it: later writes there read again.
             view = view.without_reads({op.item.container() for op in plan.ops})
@@ -953,7 +954,7 @@ class Reconciler:
         if claimed:
             for item, policy in claimed:
                 state.owned[item] = state.owned.get(item, frozenset()) | {policy}
-            self.store.save(state)
+            self._save(state)
 
     def _note_kept_in_use(self, desired: Desired, view: FirewallView, state: State, plans: list[PolicyPlan]) -> None:
         """Log once (``owned_item_kept_in_use``) the owned chains, sets and
@@ -1051,17 +1052,31 @@ class Reconciler:
                     created.update((op.item, outcome) for op, _ in outcome.ops if isinstance(op.item, Ipset))
         return created
 
-    async def _run_plan(self, plan: PolicyPlan, state: State, seen: FirewallView | None = None) -> PolicyOutcome:
+    async def _run_plan(
+        self, plan: PolicyPlan, state: State, seen: FirewallView | None = None, *, outcome_later: bool = False
+    ) -> PolicyOutcome:
         """Apply one policy's plan as a transaction, keeping the state file truthful;
-        ``seen``: the view it was planned on (batch backends may write on its reads)."""
+        ``seen``: the view it was planned on (batch backends may write on its reads).
+
+        ``outcome_later`` (`_run_plans`): the outcome goes into the file with
+        the next save, the next transaction's intent or the end of the
+        reconcile.  A crash before that leaves this transaction's intent,
+        which a crash during it would have left too: the next run converges
+        from it.  At 100 policies beside 100,000 owned elements this halves
+        the file's writes, each of which renders every element.  Not when the
+        plan records items held by others: a reload may wipe those before
+        the next save, and the record is all that says they are not ours.
+        """
         if plan.empty:
             return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
+        later = outcome_later and not (plan.held or plan.foreign_adds or plan.unheld)
         before: Ownership = dict(state.owned)
         # Records of items held by others only ever say "not ours": safe to keep
         # before anything is written, and whatever the transaction's outcome.
         state.others = settle_others(state.others, plan)
         if not plan.ops:
-            state.owned = settle_ownership(before, plan, [])  # (written with the next save: see below)
+            state.owned = settle_ownership(before, plan, [])
+            self._save(state, later=later)
             return PolicyOutcome(plan.policy, "unchanged", deferred=plan.deferred)
         intent = intent_of(before, plan)
         if intent != before:  # something new to claim (putting back what we own needs no intent)
@@ -1072,7 +1087,9 @@ class Reconciler:
                 "ops": [op.describe() for op in plan.ops[:PENDING_OPS_SHOWN]],  # enough to say what it was doing
                 "started": time.time(),
             }
-            self.store.save(state)
+            self._save(state)
+        elif self._unsaved:
+            self._save(state)  # (or a crash now would leave the last one's note, as if it were this one)
         try:
             results = await build_transaction(plan).apply(self.backend, seen)
         except (asyncio.CancelledError, KeyboardInterrupt) as stop:
@@ -1085,7 +1102,7 @@ class Reconciler:
                 # We cannot know which ops landed: keep the intent (owning a
                 # little too much is safe) and let the caller retry later.
                 state.pending = None
-                self.store.save(state)
+                self._save(state)
                 raise failure.cause  # noqa: B904 (the cause itself, keeping its own __cause__)
             self._restore_after_failure(state, before, plan, failure)
             log.error(
@@ -1119,12 +1136,7 @@ class Reconciler:
             if item not in state.owned:
                 state.placed.pop(item, None)
         state.pending = None
-        # The outcome goes into the file with the next save: the next
-        # transaction's intent, or the end of the reconcile (`reconcile`).  A
-        # crash before that leaves this transaction's intent, which a crash
-        # during it would have left too: the next run converges from it.  At
-        # 100 policies of 100,000 owned elements this halves the state file's
-        # writes, each of which renders every element.
+        self._save(state, later=later)
         return PolicyOutcome(plan.policy, "applied", [(r.op, r.outcome) for r in results], deferred=plan.deferred)
 
     def _moved(self, state: State) -> list[Item]:
@@ -1161,6 +1173,14 @@ class Reconciler:
             moves.setdefault(min(state.owned[item]), []).append(Op("remove", item, via=state.placed[item]))
         return moves
 
+    def _save(self, state: State, *, later: bool = False) -> None:
+        """Write ``state`` to the file, or (``later``) leave it for the next save."""
+        if later:
+            self._unsaved = True
+        else:
+            self.store.save(state)
+            self._unsaved = False
+
     def _restore_after_failure(
         self, state: State, before: Ownership, plan: PolicyPlan, failure: TransactionFailed | None
     ) -> None:
@@ -1170,4 +1190,4 @@ class Reconciler:
             if undo.action == "remove":
                 state.owned[undo.item] = before.get(undo.item, frozenset()) | {plan.policy}
         state.pending = None
-        self.store.save(state)
+        self._save(state)

@@ -504,11 +504,15 @@ def test_a_transactions_outcome_is_written_with_the_next_ones_intent(tmp_path):
     final = store.load()
     assert final.pending is None and final.owned_by("c") == {P8080}
 
-    killed = tmp_path / "killed.json"  # the file as a kill -9 during b's transaction leaves it
-    killed.write_text(json.dumps(during_b))
-    killed.chmod(0o600)
-    after = MemoryBackend(items=[HTTP])  # a's item landed; b's had not yet
-    report = reconcile(after, StateStore(killed), wanted)
-    assert report.converged and after.calls == ["+ zone public service ssh", "+ zone public port 8080/tcp"]
-    assert StateStore(killed).load().pending is None
-    assert StateStore(killed).load().owned_by("a") == {HTTP}
+    # A kill -9 after a's transaction and before b's intent (the moment the
+    # outcome waits) leaves a's intent, as one during a's transaction does.
+    assert seen[0]["pending"]["policy"] == "a"
+    for left, present in ((seen[0], [HTTP]), (during_b, [HTTP])):
+        killed = tmp_path / "killed.json"
+        killed.write_text(json.dumps(left))
+        killed.chmod(0o600)
+        after = MemoryBackend(items=present)  # a's item landed; b's had not yet
+        report = reconcile(after, StateStore(killed), wanted)
+        assert report.converged and after.calls == ["+ zone public service ssh", "+ zone public port 8080/tcp"]
+        assert StateStore(killed).load().pending is None
+        assert StateStore(killed).load().owned_by("a") == {HTTP} and StateStore(killed).load().owned_by("b") == {SSH}

@@ -16,6 +16,7 @@ from reconciler.backends.firewalld_ipsets import ipset_of
 from reconciler.backends.firewalld_settings import MalformedReply
 from reconciler.backends.memory import MemoryBackend
 from reconciler.engine import PolicyOutcome, Reconciler, with_creations
+from reconciler.errors import BackendUnavailable
 from reconciler.ipsets import canonical_entry, canonical_options, overlapping
 from reconciler.model import Ipset, IpsetEntry, Item, Op, Outcome, Scope, Service, Source
 from reconciler.policy import LoadResult, Policy, PolicyFileInvalid, conflicting_sets, parse_policy
@@ -53,6 +54,35 @@ class Reloading(MemoryBackend):
 def run(backend, store, **items: set[Item]):
     loaded = LoadResult(policies={name: Policy(name, f"{name}.toml", "", frozenset(its)) for name, its in items.items()})
     return asyncio.run(Reconciler(backend, store).reconcile(loaded))
+
+
+class StopsDuringReload(Reloading):
+    """The reload happens (the runtime is wiped), then the reconcile is stopped before it returns."""
+
+    def __init__(self, *args, stop: type[BaseException], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    async def activate(self) -> bool:
+        await super().activate()
+        raise self.stop()
+
+
+@pytest.mark.parametrize("stop", [asyncio.CancelledError, BackendUnavailable])
+def test_what_the_creations_recorded_survives_a_stop_during_the_reload(tmp_path, stop) -> None:
+    """Found by review: the creations' outcomes and b's record that ssh is
+    someone else's were left for a later save, and a stop (or kill -9) during
+    the reload lost them; the next run then took ssh, wiped by the reload and
+    put back by b, for its own."""
+    theirs = Service(Z, "ssh")
+    backend, store = StopsDuringReload([theirs], stop=stop), StateStore(tmp_path / "s.json")
+    with pytest.raises(stop):
+        run(backend, store, a={BLOCK}, b={theirs})
+    state = StateStore(tmp_path / "s.json").load()
+    assert state.pending is None and theirs in state.others
+    after = Reloading(list(backend.state.items()))  # restarted; the other tool has not put ssh back yet
+    run(after, StateStore(tmp_path / "s.json"), a={BLOCK}, b={theirs})
+    assert theirs not in StateStore(tmp_path / "s.json").load().owned
 
 
 def test_ipsets_are_created_first_then_one_reload_then_the_rest(tmp_path) -> None:
