@@ -45,7 +45,7 @@ import contextlib
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -265,39 +265,32 @@ def _parse_set(listing: TableListing, family: str, body: dict[str, Any]) -> None
             elements.append(element)
 
 
+def _values(expr: Any) -> Iterator[Any]:
+    """Every value in a listed rule's ``nft -j`` statements, nested ones too."""
+    pending = [expr]
+    while pending:
+        value = pending.pop()
+        yield value
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+
+
 def writes_sets(expr: Any) -> bool:
     """Whether a listed rule's statements add to, update or delete from a set
     or map from the packet path (``update @s { ip saddr }``, a meter): its
     elements then change without a transaction, and nft lists no flag for it."""
-    pending = [expr]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            if "meter" in value:
-                return True
-            for key in ("set", "map"):
-                statement = value.get(key)
-                if isinstance(statement, dict) and "op" in statement:
-                    return True
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
+    return any(
+        isinstance(value, dict)
+        and ("meter" in value or any(isinstance(value.get(key), dict) and "op" in value[key] for key in ("set", "map")))
+        for value in _values(expr)
+    )
 
 
 def set_references(expr: Any) -> set[str]:
     """Named sets a listed rule's statements use (``"@name"`` anywhere in the ``nft -j`` form)."""
-    found: set[str] = set()
-    pending = [expr]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str) and value.startswith("@"):
-            found.add(value[1:])
-        elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return found
+    return {value[1:] for value in _values(expr) if isinstance(value, str) and value.startswith("@")}
 
 
 # -- building the script ------------------------------------------------------------
